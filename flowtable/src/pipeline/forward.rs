@@ -1,0 +1,84 @@
+//! Routing an IPv4 packet that sits at offset 14 of its frame, header already validated and
+//! the frame trimmed to the IP total length: local delivery, or hand-off to encap/ICMP.
+
+use super::{Hop, Outcome, Pipeline};
+use crate::counters::{Action, DropReason};
+use crate::packet::Packet;
+use crate::snapshot::{Pod, Snapshot};
+use crate::wire::ethernet::{ethertype, EthernetFrame, HEADER_LEN as ETH_LEN};
+use crate::wire::icmp::kind;
+use crate::wire::ipv4::Ipv4Packet;
+
+impl Pipeline {
+    /// Routes the packet by destination. Callers guarantee a valid IPv4 header at offset 14.
+    pub(super) fn route(&mut self, snap: &Snapshot, pkt: &mut Packet<'_>, hop: Hop) -> Outcome {
+        let Some(dst) = pkt.data().get(ETH_LEN + 16..ETH_LEN + 20) else {
+            return Outcome::Drop(DropReason::Ipv4Truncated);
+        };
+        let dst = std::net::Ipv4Addr::new(dst[0], dst[1], dst[2], dst[3]);
+        let node = &snap.node;
+        if let Some(pod) = snap.pod_by_ip(dst) {
+            return self.deliver(snap, pkt, pod, hop);
+        }
+        if dst == node.gateway_ip && hop != Hop::Generated {
+            return self.to_gateway(snap, pkt);
+        }
+        if dst == node.ip {
+            return Outcome::Kernel;
+        }
+        if node.pod_cidr.contains(dst) {
+            return Outcome::Drop(DropReason::NoSuchPod);
+        }
+        if hop == Hop::FromOverlay {
+            // This node does not route between other nodes.
+            return Outcome::Drop(DropReason::NotForThisNode);
+        }
+        match snap.remote_for(dst) {
+            Some(remote) => self.encap(snap, pkt, remote, hop),
+            None => Outcome::Drop(DropReason::NoRoute),
+        }
+    }
+
+    /// TTL check for forwarded packets: `Some(outcome)` if the packet must not go on.
+    pub(super) fn expire_ttl(
+        &mut self,
+        snap: &Snapshot,
+        pkt: &mut Packet<'_>,
+        hop: Hop,
+    ) -> Option<Outcome> {
+        if hop == Hop::Generated {
+            return None;
+        }
+        let ttl = *pkt.data().get(ETH_LEN + 8)?;
+        if ttl > 1 {
+            return None;
+        }
+        Some(self.icmp_error(
+            snap,
+            pkt,
+            kind::TIME_EXCEEDED,
+            0,
+            0,
+            DropReason::TtlExceeded,
+        ))
+    }
+
+    fn deliver(&mut self, snap: &Snapshot, pkt: &mut Packet<'_>, pod: &Pod, hop: Hop) -> Outcome {
+        if let Some(o) = self.expire_ttl(snap, pkt, hop) {
+            return o;
+        }
+        let data = pkt.data_mut();
+        let (eth_hdr, body) = data.split_at_mut(ETH_LEN);
+        if hop != Hop::Generated {
+            if let Ok(mut ip) = Ipv4Packet::new_checked(body) {
+                ip.decrement_ttl();
+            }
+        }
+        if let Ok(mut eth) = EthernetFrame::new_checked(eth_hdr) {
+            eth.set_dst(pod.mac);
+            eth.set_src(snap.node.gateway_mac);
+            eth.set_ethertype(ethertype::IPV4);
+        }
+        Outcome::Tx(pod.port, Action::DeliveredLocal)
+    }
+}

@@ -1,0 +1,198 @@
+//! The per-batch pipeline: every frame of a batch in, one [`Verdict`] per frame out.
+//!
+//! Design (a VPP graph node): [`Pipeline::process`] is a function over a vector of packets and
+//! one snapshot. Each frame is parsed once through the `wire` views, rewritten in place in its
+//! own buffer (MACs, TTL, VXLAN headers in the headroom, replies over the request) and given a
+//! verdict: transmit on a port, hand to the kernel, or drop with a named [`DropReason`]. Nothing
+//! allocates, locks or blocks; the only state is the worker's own [`Counters`] and an IP
+//! identification counter, so a `Pipeline` belongs to exactly one worker thread (it is `Send`,
+//! not shared). The snapshot is passed in per batch: a batch never sees two generations.
+//!
+//! Paths, by ingress port:
+//! - pod port: ARP for anything but the pod's own address is answered with the gateway MAC
+//!   (proxy ARP); IPv4 must carry the pod's own source IP and MAC (anti-spoofing), then is
+//!   routed: gateway address (ICMP echo answered), node address (kernel), a local pod
+//!   (delivered, TTL - 1), another node's pod CIDR (VXLAN-encapsulated, TTL - 1).
+//! - uplink: VXLAN to this node's address and port is checked (VNI, known VTEP) and
+//!   decapsulated, then routed to a local pod; everything else is the node's and goes to the
+//!   kernel.
+//! - TTL expiry and too-big-with-DF become ICMP errors to the sender (RFC 1812 rules: never
+//!   about an ICMP error or a non-first fragment).
+
+mod arp;
+mod forward;
+mod icmp;
+mod vxlan;
+
+use crate::counters::{Action, Counters, DropReason};
+use crate::packet::{Packet, PortId};
+use crate::snapshot::Snapshot;
+use crate::wire::ethernet::{ethertype, EthernetFrame, HEADER_LEN as ETH_LEN};
+use crate::wire::ipv4::{Ipv4Error, Ipv4Packet};
+
+/// The batch size the daemon and benchmarks use.
+pub const BATCH_SIZE: usize = 64;
+
+/// What to do with a frame after the pipeline has seen it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Send the (rewritten) frame out of this port.
+    Transmit(PortId),
+    /// Hand the frame, unchanged, to the node's kernel.
+    Kernel,
+    /// Drop the frame; the reason has been counted.
+    Drop(DropReason),
+}
+
+impl Default for Verdict {
+    fn default() -> Self {
+        Verdict::Drop(DropReason::UnknownPort)
+    }
+}
+
+/// How a frame reached the routing step; decides TTL handling and what may be routed where.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Hop {
+    /// Sent by a local pod.
+    FromPod,
+    /// Decapsulated from another node.
+    FromOverlay,
+    /// Built by the switch itself (a reply or an ICMP error): no TTL decrement.
+    Generated,
+}
+
+/// A decision before counting: what happened and where the frame goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    /// Transmit on a port, counted as the action.
+    Tx(PortId, Action),
+    /// To the kernel.
+    Kernel,
+    /// Dropped.
+    Drop(DropReason),
+}
+
+impl Outcome {
+    /// The same outcome with a transmit counted as `a` instead (for replies and errors).
+    pub(crate) fn as_action(self, a: Action) -> Outcome {
+        match self {
+            Outcome::Tx(p, _) => Outcome::Tx(p, a),
+            o => o,
+        }
+    }
+}
+
+impl From<Ipv4Error> for DropReason {
+    fn from(e: Ipv4Error) -> Self {
+        match e {
+            Ipv4Error::Truncated => DropReason::Ipv4Truncated,
+            Ipv4Error::BadVersion => DropReason::Ipv4BadVersion,
+            Ipv4Error::BadHeaderLen => DropReason::Ipv4BadHeaderLen,
+            Ipv4Error::BadTotalLen => DropReason::Ipv4BadTotalLen,
+        }
+    }
+}
+
+/// One worker's pipeline: its counters and its IP identification sequence.
+#[derive(Debug, Default)]
+pub struct Pipeline {
+    counters: Counters,
+    ident: u16,
+}
+
+impl Pipeline {
+    /// A pipeline with zeroed counters.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// This worker's counters.
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// Decides every packet of a batch with one snapshot; `verdicts[i]` is for `pkts[i]`.
+    ///
+    /// Frames are rewritten in place. If `verdicts` is shorter than `pkts`, only the first
+    /// `verdicts.len()` packets are processed (and counted).
+    pub fn process(&mut self, snap: &Snapshot, pkts: &mut [Packet<'_>], verdicts: &mut [Verdict]) {
+        for (p, v) in pkts.iter_mut().zip(verdicts.iter_mut()) {
+            *v = self.process_one(snap, p);
+        }
+    }
+
+    /// Decides one packet (the batch function's body; also handy in tests).
+    pub fn process_one(&mut self, snap: &Snapshot, pkt: &mut Packet<'_>) -> Verdict {
+        self.counters.received += 1;
+        let outcome = if pkt.port == PortId::UPLINK {
+            self.from_uplink(snap, pkt)
+        } else {
+            self.from_pod(snap, pkt)
+        };
+        match outcome {
+            Outcome::Tx(port, a) => {
+                self.counters.action(a);
+                Verdict::Transmit(port)
+            }
+            Outcome::Kernel => {
+                self.counters.action(Action::ToKernel);
+                Verdict::Kernel
+            }
+            Outcome::Drop(r) => {
+                self.counters.drop(r);
+                Verdict::Drop(r)
+            }
+        }
+    }
+
+    fn next_ident(&mut self) -> u16 {
+        self.ident = self.ident.wrapping_add(1);
+        self.ident
+    }
+
+    fn from_pod(&mut self, snap: &Snapshot, pkt: &mut Packet<'_>) -> Outcome {
+        let Some(pod) = snap.pod_on_port(pkt.port) else {
+            return Outcome::Drop(DropReason::UnknownPort);
+        };
+        let Ok(eth) = EthernetFrame::new_checked(pkt.data()) else {
+            return Outcome::Drop(DropReason::EthernetTruncated);
+        };
+        match eth.ethertype() {
+            ethertype::IPV4 => {}
+            ethertype::ARP => return arp::from_pod(snap, pod, pkt),
+            ethertype::VLAN | ethertype::QINQ | ethertype::QINQ_OLD => {
+                return Outcome::Drop(DropReason::VlanTagged)
+            }
+            ethertype::IPV6 => return Outcome::Drop(DropReason::Ipv6Unsupported),
+            _ => return Outcome::Drop(DropReason::UnsupportedEthertype),
+        }
+        let src_mac = eth.src();
+        let ip = match Ipv4Packet::new_checked(eth.payload()) {
+            Ok(ip) => ip,
+            Err(e) => return Outcome::Drop(e.into()),
+        };
+        if !ip.verify_checksum() {
+            return Outcome::Drop(DropReason::Ipv4BadChecksum);
+        }
+        if src_mac != pod.mac || ip.src() != pod.ip {
+            return Outcome::Drop(DropReason::SpoofedSource);
+        }
+        // Strip Ethernet padding: what goes on is exactly the IP packet.
+        let len = ETH_LEN + usize::from(ip.total_len());
+        pkt.set_len(len);
+        self.route(snap, pkt, Hop::FromPod)
+    }
+
+    fn from_uplink(&mut self, snap: &Snapshot, pkt: &mut Packet<'_>) -> Outcome {
+        let Ok(eth) = EthernetFrame::new_checked(pkt.data()) else {
+            return Outcome::Drop(DropReason::EthernetTruncated);
+        };
+        if eth.ethertype() != ethertype::IPV4 {
+            return Outcome::Kernel;
+        }
+        self.decap(snap, pkt)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,201 @@
+//! VXLAN (RFC 7348) towards other nodes: encapsulation in the frame's headroom, and
+//! decapsulation of what other nodes send to this one. Flannel's wire format: VNI 1, UDP port
+//! 8472 by default, outer UDP checksum 0, inner MACs are the VTEPs'.
+
+use super::{Hop, Outcome, Pipeline};
+use crate::counters::{Action, DropReason};
+use crate::packet::{Packet, PortId};
+use crate::snapshot::{RemoteNode, Snapshot};
+use crate::wire::ethernet::{ethertype, EthernetFrame, HEADER_LEN as ETH_LEN};
+use crate::wire::icmp::kind;
+use crate::wire::ipv4::{self, protocol, Ipv4Packet, Ipv4Repr};
+use crate::wire::udp::{self, UdpPacket};
+use crate::wire::vxlan::{self, VxlanPacket, OVERHEAD};
+
+/// Outer UDP source ports are spread over Linux's default ephemeral range, as its vxlan does.
+const SRC_PORT_MIN: u16 = 32768;
+/// End (exclusive) of the outer source port range.
+const SRC_PORT_MAX: u16 = 61000;
+/// Outer TTL, Linux's default for vxlan.
+const OUTER_TTL: u8 = 64;
+/// "Fragmentation needed and DF set" (RFC 1191).
+const CODE_FRAG_NEEDED: u8 = 4;
+
+/// A hash of the inner flow (addresses, protocol, ports when present) for ECMP spreading.
+pub fn flow_hash(ip: &Ipv4Packet<&[u8]>) -> u32 {
+    let mut h = (u64::from(u32::from_be_bytes(ip.src_bytes())) << 32)
+        | u64::from(u32::from_be_bytes(ip.dst_bytes()));
+    let proto = ip.protocol();
+    let payload = ip.payload();
+    let ports = if !ip.is_fragment()
+        && (proto == protocol::TCP || proto == protocol::UDP)
+        && payload.len() >= 4
+    {
+        u32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]])
+    } else {
+        0
+    };
+    h ^= (u64::from(ports) << 8 | u64::from(proto)).rotate_left(29);
+    // MurmurHash3's 64-bit finaliser.
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^= h >> 33;
+    h as u32
+}
+
+/// Maps a flow hash onto the source port range the way Linux's `udp_flow_src_port` does.
+pub fn src_port(hash: u32) -> u16 {
+    let range = u64::from(SRC_PORT_MAX - SRC_PORT_MIN);
+    SRC_PORT_MIN + ((u64::from(hash) * range) >> 32) as u16
+}
+
+impl Pipeline {
+    pub(super) fn encap(
+        &mut self,
+        snap: &Snapshot,
+        pkt: &mut Packet<'_>,
+        remote: &RemoteNode,
+        hop: Hop,
+    ) -> Outcome {
+        if let Some(o) = self.expire_ttl(snap, pkt, hop) {
+            return o;
+        }
+        let inner_len = pkt.len();
+        let (hash, tos, df) = {
+            let Some(Ok(ip)) = pkt.data().get(ETH_LEN..).map(Ipv4Packet::new_checked) else {
+                return Outcome::Drop(DropReason::Ipv4Truncated);
+            };
+            (flow_hash(&ip), ip.tos(), ip.dont_frag())
+        };
+        let outer_ip_len = inner_len + OVERHEAD - ETH_LEN;
+        let mtu = usize::from(snap.node.uplink_mtu);
+        if outer_ip_len > mtu {
+            if df && hop != Hop::Generated {
+                // The inner IP packet may be the MTU less all 50 bytes of overhead.
+                let next_hop_mtu = mtu.saturating_sub(OVERHEAD) as u32;
+                return self.icmp_error(
+                    snap,
+                    pkt,
+                    kind::DEST_UNREACHABLE,
+                    CODE_FRAG_NEEDED,
+                    next_hop_mtu,
+                    DropReason::TooBig,
+                );
+            }
+            return Outcome::Drop(DropReason::TooBig);
+        }
+        if pkt.headroom() < OVERHEAD {
+            return Outcome::Drop(DropReason::NoHeadroom);
+        }
+        {
+            let (eth_hdr, body) = pkt.data_mut().split_at_mut(ETH_LEN);
+            if hop != Hop::Generated {
+                if let Ok(mut ip) = Ipv4Packet::new_checked(body) {
+                    ip.decrement_ttl();
+                }
+            }
+            if let Ok(mut eth) = EthernetFrame::new_checked(eth_hdr) {
+                eth.set_dst(remote.vtep_mac);
+                eth.set_src(snap.node.vtep_mac);
+                eth.set_ethertype(ethertype::IPV4);
+            }
+        }
+        let ident = self.next_ident();
+        pkt.push_front(OVERHEAD);
+        let node = &snap.node;
+        let out = pkt.data_mut();
+        if let Ok(mut eth) = EthernetFrame::new_checked(&mut out[..ETH_LEN]) {
+            eth.set_dst(remote.next_hop_mac);
+            eth.set_src(node.uplink_mac);
+            eth.set_ethertype(ethertype::IPV4);
+        }
+        ipv4::write_header(
+            &mut out[ETH_LEN..],
+            &Ipv4Repr {
+                tos,
+                total_len: outer_ip_len as u16,
+                ident,
+                dont_frag: df,
+                ttl: OUTER_TTL,
+                protocol: protocol::UDP,
+                src: node.ip.octets(),
+                dst: remote.ip.octets(),
+            },
+        );
+        let udp_at = ETH_LEN + ipv4::MIN_HEADER_LEN;
+        udp::write_header(
+            &mut out[udp_at..],
+            src_port(hash),
+            node.vxlan_port,
+            (outer_ip_len - ipv4::MIN_HEADER_LEN) as u16,
+        );
+        vxlan::write_header(&mut out[udp_at + udp::HEADER_LEN..], node.vni);
+        Outcome::Tx(PortId::UPLINK, Action::Encapsulated)
+    }
+
+    /// An IPv4 frame from the uplink: decapsulate VXLAN addressed to this node, pass the rest
+    /// to the kernel.
+    pub(super) fn decap(&mut self, snap: &Snapshot, pkt: &mut Packet<'_>) -> Outcome {
+        let node = &snap.node;
+        let (outer_len, inner_len) = {
+            let Ok(ip) = Ipv4Packet::new_checked(&pkt.data()[ETH_LEN..]) else {
+                return Outcome::Kernel;
+            };
+            if ip.dst() != node.ip || ip.protocol() != protocol::UDP || ip.frag_offset() != 0 {
+                return Outcome::Kernel;
+            }
+            let l4 = ip.payload();
+            if l4.len() < 4 || u16::from_be_bytes([l4[2], l4[3]]) != node.vxlan_port {
+                return Outcome::Kernel;
+            }
+            // From here on it is VXLAN for this node: every refusal is a counted drop.
+            if ip.more_frags() {
+                return Outcome::Drop(DropReason::VxlanFragmented);
+            }
+            if !ip.verify_checksum() {
+                return Outcome::Drop(DropReason::Ipv4BadChecksum);
+            }
+            let Ok(udp) = UdpPacket::new_checked(l4) else {
+                return Outcome::Drop(DropReason::VxlanMalformed);
+            };
+            let Ok(vx) = VxlanPacket::new_checked(udp.payload()) else {
+                return Outcome::Drop(DropReason::VxlanMalformed);
+            };
+            if !vx.has_vni() {
+                return Outcome::Drop(DropReason::VxlanMalformed);
+            }
+            if vx.vni() != node.vni {
+                return Outcome::Drop(DropReason::VxlanBadVni);
+            }
+            if snap.remote_by_vtep(ip.src()).is_none() {
+                return Outcome::Drop(DropReason::VxlanUnknownVtep);
+            }
+            let Ok(inner) = EthernetFrame::new_checked(vx.payload()) else {
+                return Outcome::Drop(DropReason::VxlanMalformed);
+            };
+            if inner.ethertype() != ethertype::IPV4 {
+                return Outcome::Drop(DropReason::VxlanInnerNotIpv4);
+            }
+            let inner_ip = match Ipv4Packet::new_checked(inner.payload()) {
+                Ok(i) => i,
+                Err(e) => return Outcome::Drop(e.into()),
+            };
+            if !inner_ip.verify_checksum() {
+                return Outcome::Drop(DropReason::Ipv4BadChecksum);
+            }
+            if node.pod_cidr.contains(inner_ip.src()) || inner_ip.src() == node.gateway_ip {
+                return Outcome::Drop(DropReason::SpoofedSource);
+            }
+            (
+                ETH_LEN + ip.header_len() + udp::HEADER_LEN + vxlan::HEADER_LEN,
+                ETH_LEN + usize::from(inner_ip.total_len()),
+            )
+        };
+        pkt.pull_front(outer_len);
+        pkt.set_len(inner_len);
+        self.counters.action(Action::Decapsulated);
+        self.route(snap, pkt, Hop::FromOverlay)
+    }
+}

@@ -1,0 +1,442 @@
+//! The immutable tables workers decide with, and the lock-free cell that publishes them.
+//!
+//! Design: the controller validates a [`StateFile`] and builds a whole new [`Snapshot`] off the
+//! packet path; [`SnapshotCell::publish`] swaps it in atomically (arc-swap) with the next
+//! generation number. A worker holds a [`SnapshotReader`] and calls `load` once per batch,
+//! which costs one atomic read when nothing changed; the batch is then decided entirely by
+//! that one snapshot, never by a mix. Snapshots are read-only after construction and shared
+//! by `Arc`, so any number of workers read them concurrently; old ones are freed when the last
+//! worker moves on. The controller never waits for workers and workers never wait for it.
+
+use crate::cidr::{Ipv4Cidr, PrefixTable};
+use crate::packet::PortId;
+use crate::state::StateFile;
+use crate::wire::MacAddr;
+use arc_swap::{ArcSwap, Cache};
+use hashbrown::HashMap;
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+
+/// This node, as the pipeline needs it.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// Node name.
+    pub name: String,
+    /// Underlay/VTEP address.
+    pub ip: Ipv4Addr,
+    /// Pod CIDR.
+    pub pod_cidr: Ipv4Cidr,
+    /// Pods' gateway address (answered by the switch).
+    pub gateway_ip: Ipv4Addr,
+    /// Pods' gateway MAC.
+    pub gateway_mac: MacAddr,
+    /// Uplink MAC (outer source).
+    pub uplink_mac: MacAddr,
+    /// VTEP MAC (inner source of encapsulated frames).
+    pub vtep_mac: MacAddr,
+    /// Uplink MTU.
+    pub uplink_mtu: u16,
+    /// VXLAN network identifier.
+    pub vni: u32,
+    /// VXLAN UDP port.
+    pub vxlan_port: u16,
+}
+
+/// A pod on this node.
+#[derive(Debug, Clone)]
+pub struct Pod {
+    /// Pod name.
+    pub name: String,
+    /// Pod IP.
+    pub ip: Ipv4Addr,
+    /// Pod MAC.
+    pub mac: MacAddr,
+    /// The port it is attached to.
+    pub port: PortId,
+}
+
+/// Another node.
+#[derive(Debug, Clone)]
+pub struct RemoteNode {
+    /// Node name.
+    pub name: String,
+    /// Underlay/VTEP address.
+    pub ip: Ipv4Addr,
+    /// Its pod CIDR.
+    pub pod_cidr: Ipv4Cidr,
+    /// Its VTEP MAC (inner destination).
+    pub vtep_mac: MacAddr,
+    /// Next-hop MAC on the uplink (outer destination).
+    pub next_hop_mac: MacAddr,
+}
+
+/// A state file that cannot be applied: which field, and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct StateError {
+    /// The field, as a path into the state file (`pods[2].ip`).
+    pub field: String,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+fn err(field: impl Into<String>, reason: impl Into<String>) -> StateError {
+    StateError {
+        field: field.into(),
+        reason: reason.into(),
+    }
+}
+
+/// One generation of the switch's tables.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    /// Generation number; strictly increasing across publishes.
+    pub generation: u64,
+    /// This node.
+    pub node: NodeConfig,
+    ports: Vec<String>,
+    port_pod: Vec<Option<u32>>,
+    pods: Vec<Pod>,
+    pod_by_ip: HashMap<u32, u32>,
+    remotes: Vec<RemoteNode>,
+    routes: PrefixTable<u32>,
+    vtep_by_ip: HashMap<u32, u32>,
+}
+
+fn check_unicast(field: &str, m: MacAddr) -> Result<(), StateError> {
+    if m.is_multicast() || m == MacAddr::default() {
+        return Err(err(field, format!("{m} is not a unicast MAC address")));
+    }
+    Ok(())
+}
+
+fn check_port_name(field: &str, n: &str) -> Result<(), StateError> {
+    if n.is_empty() || n.len() > 15 || n.contains(['/', ' ', '\0']) || n == "kernel" {
+        return Err(err(
+            field,
+            format!("'{n}' is not a usable interface name (1-15 characters, no '/' or space, not 'kernel')"),
+        ));
+    }
+    Ok(())
+}
+
+impl Snapshot {
+    /// Validates `state` and builds generation `generation` of the tables from it.
+    pub fn build(state: &StateFile, generation: u64) -> Result<Snapshot, StateError> {
+        let n = &state.node;
+        if n.name.is_empty() {
+            return Err(err("node.name", "must not be empty"));
+        }
+        if n.pod_cidr.prefix_len() > 30 {
+            return Err(err(
+                "node.pod_cidr",
+                format!("{} leaves no room for pods (at most /30)", n.pod_cidr),
+            ));
+        }
+        if n.pod_cidr.contains(n.ip) {
+            return Err(err(
+                "node.ip",
+                format!("{} is inside the node's pod CIDR {}", n.ip, n.pod_cidr),
+            ));
+        }
+        let gateway_ip = match n.gateway_ip {
+            Some(g) => g,
+            None => n
+                .pod_cidr
+                .nth(1)
+                .ok_or_else(|| err("node.pod_cidr", "has no first host address"))?,
+        };
+        if !n.pod_cidr.contains(gateway_ip)
+            || gateway_ip == n.pod_cidr.network()
+            || gateway_ip == n.pod_cidr.broadcast()
+        {
+            return Err(err(
+                "node.gateway_ip",
+                format!("{gateway_ip} is not a host address of {}", n.pod_cidr),
+            ));
+        }
+        check_unicast("node.gateway_mac", n.gateway_mac)?;
+        check_unicast("node.uplink_mac", n.uplink_mac)?;
+        let vtep_mac = n.vtep_mac.unwrap_or(n.uplink_mac);
+        check_unicast("node.vtep_mac", vtep_mac)?;
+        check_port_name("node.uplink", &n.uplink)?;
+        if !(576..=9216).contains(&n.uplink_mtu) {
+            return Err(err(
+                "node.uplink_mtu",
+                format!("{} is outside 576..=9216", n.uplink_mtu),
+            ));
+        }
+        if state.vxlan.vni > 0x00ff_ffff {
+            return Err(err(
+                "vxlan.vni",
+                format!("{} does not fit in 24 bits", state.vxlan.vni),
+            ));
+        }
+        if state.vxlan.port == 0 {
+            return Err(err("vxlan.port", "must not be 0"));
+        }
+
+        let mut ports = vec![n.uplink.clone()];
+        let mut port_pod = vec![None];
+        let mut pods = Vec::with_capacity(state.pods.len());
+        let mut pod_by_ip = HashMap::with_capacity(state.pods.len());
+        let mut names = HashMap::new();
+        let mut macs = HashMap::new();
+        for (i, p) in state.pods.iter().enumerate() {
+            let f = |k: &str| format!("pods[{i}].{k}");
+            if p.name.is_empty() {
+                return Err(err(f("name"), "must not be empty"));
+            }
+            if let Some(j) = names.insert(p.name.as_str(), i) {
+                return Err(err(
+                    f("name"),
+                    format!("'{}' is also the name of pods[{j}]", p.name),
+                ));
+            }
+            if !n.pod_cidr.contains(p.ip) {
+                return Err(err(
+                    f("ip"),
+                    format!("{} is outside the node's pod CIDR {}", p.ip, n.pod_cidr),
+                ));
+            }
+            if p.ip == n.pod_cidr.network() || p.ip == n.pod_cidr.broadcast() || p.ip == gateway_ip
+            {
+                return Err(err(
+                    f("ip"),
+                    format!("{} is the network, broadcast or gateway address", p.ip),
+                ));
+            }
+            if let Some(j) = pod_by_ip.insert(u32::from(p.ip), i as u32) {
+                return Err(err(
+                    f("ip"),
+                    format!("{} is also the address of pods[{j}]", p.ip),
+                ));
+            }
+            check_unicast(&f("mac"), p.mac)?;
+            if p.mac == n.gateway_mac {
+                return Err(err(f("mac"), "is the gateway's MAC"));
+            }
+            if let Some(j) = macs.insert(p.mac, i) {
+                return Err(err(
+                    f("mac"),
+                    format!("{} is also the MAC of pods[{j}]", p.mac),
+                ));
+            }
+            check_port_name(&f("port"), &p.port)?;
+            if let Some(j) = ports.iter().position(|x| *x == p.port) {
+                let other = if j == 0 {
+                    "the uplink".to_string()
+                } else {
+                    format!("pods[{}]", j - 1)
+                };
+                return Err(err(
+                    f("port"),
+                    format!("'{}' is already used by {other}", p.port),
+                ));
+            }
+            let port =
+                PortId(u16::try_from(ports.len()).map_err(|_| err(f("port"), "too many ports"))?);
+            ports.push(p.port.clone());
+            port_pod.push(Some(i as u32));
+            pods.push(super::snapshot::Pod {
+                name: p.name.clone(),
+                ip: p.ip,
+                mac: p.mac,
+                port,
+            });
+        }
+
+        let mut remotes = Vec::with_capacity(state.nodes.len());
+        let mut routes = PrefixTable::default();
+        let mut vtep_by_ip = HashMap::with_capacity(state.nodes.len());
+        let mut node_names = HashMap::new();
+        node_names.insert(n.name.as_str(), usize::MAX);
+        for (i, r) in state.nodes.iter().enumerate() {
+            let f = |k: &str| format!("nodes[{i}].{k}");
+            if r.name.is_empty() {
+                return Err(err(f("name"), "must not be empty"));
+            }
+            if let Some(j) = node_names.insert(r.name.as_str(), i) {
+                let other = if j == usize::MAX {
+                    "this node".to_string()
+                } else {
+                    format!("nodes[{j}]")
+                };
+                return Err(err(
+                    f("name"),
+                    format!("'{}' is also the name of {other}", r.name),
+                ));
+            }
+            if r.ip == n.ip {
+                return Err(err(f("ip"), format!("{} is this node's address", r.ip)));
+            }
+            if let Some(j) = vtep_by_ip.insert(u32::from(r.ip), i as u32) {
+                return Err(err(
+                    f("ip"),
+                    format!("{} is also the address of nodes[{j}]", r.ip),
+                ));
+            }
+            if r.pod_cidr.overlaps(&n.pod_cidr) {
+                return Err(err(
+                    f("pod_cidr"),
+                    format!(
+                        "{} overlaps this node's pod CIDR {}",
+                        r.pod_cidr, n.pod_cidr
+                    ),
+                ));
+            }
+            if let Some(j) = state.nodes[..i]
+                .iter()
+                .position(|o| o.pod_cidr.overlaps(&r.pod_cidr))
+            {
+                return Err(err(
+                    f("pod_cidr"),
+                    format!(
+                        "{} overlaps nodes[{j}].pod_cidr {}",
+                        r.pod_cidr, state.nodes[j].pod_cidr
+                    ),
+                ));
+            }
+            check_unicast(&f("vtep_mac"), r.vtep_mac)?;
+            check_unicast(&f("mac"), r.mac)?;
+            routes.insert(r.pod_cidr, i as u32);
+            remotes.push(RemoteNode {
+                name: r.name.clone(),
+                ip: r.ip,
+                pod_cidr: r.pod_cidr,
+                vtep_mac: r.vtep_mac,
+                next_hop_mac: r.mac,
+            });
+        }
+
+        Ok(Snapshot {
+            generation,
+            node: NodeConfig {
+                name: n.name.clone(),
+                ip: n.ip,
+                pod_cidr: n.pod_cidr,
+                gateway_ip,
+                gateway_mac: n.gateway_mac,
+                uplink_mac: n.uplink_mac,
+                vtep_mac,
+                uplink_mtu: n.uplink_mtu,
+                vni: state.vxlan.vni,
+                vxlan_port: state.vxlan.port,
+            },
+            ports,
+            port_pod,
+            pods,
+            pod_by_ip,
+            remotes,
+            routes,
+            vtep_by_ip,
+        })
+    }
+
+    /// Port names, indexed by [`PortId`]; index 0 is the uplink.
+    pub fn ports(&self) -> &[String] {
+        &self.ports
+    }
+
+    /// The id of the port named `name`.
+    pub fn port_id(&self, name: &str) -> Option<PortId> {
+        self.ports
+            .iter()
+            .position(|p| p == name)
+            .map(|i| PortId(i as u16))
+    }
+
+    /// The name of a port.
+    pub fn port_name(&self, p: PortId) -> Option<&str> {
+        self.ports.get(usize::from(p.0)).map(String::as_str)
+    }
+
+    /// All pods.
+    pub fn pods(&self) -> &[Pod] {
+        &self.pods
+    }
+
+    /// All remote nodes.
+    pub fn remotes(&self) -> &[RemoteNode] {
+        &self.remotes
+    }
+
+    /// The pod attached to port `p`.
+    #[inline]
+    pub fn pod_on_port(&self, p: PortId) -> Option<&Pod> {
+        let i = (*self.port_pod.get(usize::from(p.0))?)?;
+        self.pods.get(i as usize)
+    }
+
+    /// The local pod with address `ip`.
+    #[inline]
+    pub fn pod_by_ip(&self, ip: Ipv4Addr) -> Option<&Pod> {
+        let i = *self.pod_by_ip.get(&u32::from(ip))?;
+        self.pods.get(i as usize)
+    }
+
+    /// The remote node whose pod CIDR holds `ip` (longest prefix).
+    #[inline]
+    pub fn remote_for(&self, ip: Ipv4Addr) -> Option<&RemoteNode> {
+        let i = *self.routes.lookup(ip)?;
+        self.remotes.get(i as usize)
+    }
+
+    /// The remote node whose VTEP address is `ip`.
+    #[inline]
+    pub fn remote_by_vtep(&self, ip: Ipv4Addr) -> Option<&RemoteNode> {
+        let i = *self.vtep_by_ip.get(&u32::from(ip))?;
+        self.remotes.get(i as usize)
+    }
+}
+
+/// The published snapshot: one writer (the controller), any number of readers (workers).
+#[derive(Debug)]
+pub struct SnapshotCell {
+    current: Arc<ArcSwap<Snapshot>>,
+}
+
+impl SnapshotCell {
+    /// A cell holding `first` (its generation is kept).
+    pub fn new(first: Snapshot) -> Self {
+        SnapshotCell {
+            current: Arc::new(ArcSwap::from_pointee(first)),
+        }
+    }
+
+    /// Publishes `next` as the next generation and returns that generation number.
+    ///
+    /// Only one thread may publish at a time (the controller serialises its writes); readers
+    /// are never blocked.
+    pub fn publish(&self, mut next: Snapshot) -> u64 {
+        let generation = self.current.load().generation + 1;
+        next.generation = generation;
+        self.current.store(Arc::new(next));
+        generation
+    }
+
+    /// The current snapshot (for the controller and tools; workers use a reader).
+    pub fn load(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+
+    /// A per-worker reader that caches the current snapshot.
+    pub fn reader(&self) -> SnapshotReader {
+        SnapshotReader {
+            cache: Cache::new(Arc::clone(&self.current)),
+        }
+    }
+}
+
+/// A worker's handle on the published snapshot; call [`SnapshotReader::load`] once per batch.
+#[derive(Debug)]
+pub struct SnapshotReader {
+    cache: Cache<Arc<ArcSwap<Snapshot>>, Arc<Snapshot>>,
+}
+
+impl SnapshotReader {
+    /// The newest snapshot; cheap when it has not changed since the last call.
+    pub fn load(&mut self) -> &Arc<Snapshot> {
+        self.cache.load()
+    }
+}
