@@ -4,7 +4,7 @@
 //! may look up concurrently. Lookups probe one hash map per distinct prefix length, longest
 //! first: with one pod CIDR size in a cluster (the usual case) that is one hash lookup.
 
-use hashbrown::HashMap;
+use crate::hash::FastMap as HashMap;
 use std::fmt;
 use std::net::Ipv4Addr;
 use std::str::FromStr;
@@ -30,6 +30,7 @@ pub enum CidrError {
     HostBits(String, String),
 }
 
+#[inline]
 fn mask(len: u8) -> u32 {
     if len == 0 {
         0
@@ -40,6 +41,7 @@ fn mask(len: u8) -> u32 {
 
 impl Ipv4Cidr {
     /// A prefix from an address and length; `None` if host bits are set or len > 32.
+    #[inline]
     pub fn new(addr: Ipv4Addr, len: u8) -> Option<Self> {
         if len > 32 {
             return None;
@@ -49,32 +51,38 @@ impl Ipv4Cidr {
     }
 
     /// The network address.
+    #[inline]
     pub fn network(&self) -> Ipv4Addr {
         Ipv4Addr::from(self.addr)
     }
 
     /// The prefix length.
+    #[inline]
     pub fn prefix_len(&self) -> u8 {
         self.len
     }
 
     /// The broadcast address (last address of the block).
+    #[inline]
     pub fn broadcast(&self) -> Ipv4Addr {
         Ipv4Addr::from(self.addr | !mask(self.len))
     }
 
     /// The n-th address of the block (n = 1 is the conventional gateway); `None` past the end.
+    #[inline]
     pub fn nth(&self, n: u32) -> Option<Ipv4Addr> {
         let size = 1u64 << (32 - u32::from(self.len));
         (u64::from(n) < size).then(|| Ipv4Addr::from(self.addr + n))
     }
 
     /// True if `ip` is inside the block.
+    #[inline]
     pub fn contains(&self, ip: Ipv4Addr) -> bool {
         u32::from(ip) & mask(self.len) == self.addr
     }
 
     /// True if the two blocks share any address.
+    #[inline]
     pub fn overlaps(&self, other: &Ipv4Cidr) -> bool {
         let l = self.len.min(other.len);
         self.addr & mask(l) == other.addr & mask(l)
@@ -82,12 +90,14 @@ impl Ipv4Cidr {
 }
 
 impl fmt::Display for Ipv4Cidr {
+    #[inline]
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", Ipv4Addr::from(self.addr), self.len)
     }
 }
 
 impl fmt::Debug for Ipv4Cidr {
+    #[inline]
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Display::fmt(self, f)
     }
@@ -95,6 +105,7 @@ impl fmt::Debug for Ipv4Cidr {
 
 impl FromStr for Ipv4Cidr {
     type Err = CidrError;
+    #[inline]
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let (a, l) = s
             .split_once('/')
@@ -119,6 +130,7 @@ pub struct PrefixTable<V> {
 }
 
 impl<V> Default for PrefixTable<V> {
+    #[inline]
     fn default() -> Self {
         PrefixTable { levels: Vec::new() }
     }
@@ -126,15 +138,16 @@ impl<V> Default for PrefixTable<V> {
 
 impl<V> PrefixTable<V> {
     /// Inserts or replaces the value for `cidr`.
+    #[inline]
     pub fn insert(&mut self, cidr: Ipv4Cidr, v: V) {
         let i = match self.levels.iter().position(|(l, _)| *l <= cidr.len) {
             Some(i) if self.levels[i].0 == cidr.len => i,
             Some(i) => {
-                self.levels.insert(i, (cidr.len, HashMap::new()));
+                self.levels.insert(i, (cidr.len, HashMap::default()));
                 i
             }
             None => {
-                self.levels.push((cidr.len, HashMap::new()));
+                self.levels.push((cidr.len, HashMap::default()));
                 self.levels.len() - 1
             }
         };

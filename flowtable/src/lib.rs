@@ -10,6 +10,7 @@
 
 pub mod cidr;
 pub mod counters;
+pub mod hash;
 pub mod packet;
 pub mod pipeline;
 pub mod snapshot;

@@ -30,6 +30,7 @@ pub struct Packet<'a> {
 
 impl<'a> Packet<'a> {
     /// A packet whose frame is `buf[start..start + len]`; `None` if that is out of bounds.
+    #[inline]
     pub fn new(buf: &'a mut [u8], start: usize, len: usize, port: PortId) -> Option<Self> {
         let end = start.checked_add(len)?;
         if end > buf.len() {
@@ -44,41 +45,49 @@ impl<'a> Packet<'a> {
     }
 
     /// The frame's bytes.
+    #[inline]
     pub fn data(&self) -> &[u8] {
         &self.buf[self.start..self.end]
     }
 
     /// The frame's bytes, mutable.
+    #[inline]
     pub fn data_mut(&mut self) -> &mut [u8] {
         &mut self.buf[self.start..self.end]
     }
 
     /// Frame length.
+    #[inline]
     pub fn len(&self) -> usize {
         self.end - self.start
     }
 
     /// True for an empty frame.
+    #[inline]
     pub fn is_empty(&self) -> bool {
         self.start == self.end
     }
 
     /// Offset of the frame in its buffer (where a transmit descriptor must point).
+    #[inline]
     pub fn offset(&self) -> usize {
         self.start
     }
 
     /// Free bytes in front of the frame.
+    #[inline]
     pub fn headroom(&self) -> usize {
         self.start
     }
 
     /// Free bytes after the frame.
+    #[inline]
     pub fn tailroom(&self) -> usize {
         self.buf.len() - self.end
     }
 
     /// Grows the frame by `n` bytes at the front (contents of the new bytes unspecified).
+    #[inline]
     pub fn push_front(&mut self, n: usize) -> bool {
         if n > self.start {
             return false;
@@ -88,6 +97,7 @@ impl<'a> Packet<'a> {
     }
 
     /// Removes `n` bytes from the front.
+    #[inline]
     pub fn pull_front(&mut self, n: usize) -> bool {
         if n > self.len() {
             return false;
@@ -97,6 +107,7 @@ impl<'a> Packet<'a> {
     }
 
     /// Sets the frame length (growing into tailroom or truncating).
+    #[inline]
     pub fn set_len(&mut self, len: usize) -> bool {
         match self.start.checked_add(len) {
             Some(end) if end <= self.buf.len() => {
@@ -108,11 +119,13 @@ impl<'a> Packet<'a> {
     }
 
     /// Largest length the frame can take without moving its start.
+    #[inline]
     pub fn capacity(&self) -> usize {
         self.buf.len() - self.start
     }
 
     /// The buffer from the frame's start to the buffer's end (frame plus tailroom).
+    #[inline]
     pub fn with_tailroom_mut(&mut self) -> &mut [u8] {
         &mut self.buf[self.start..]
     }

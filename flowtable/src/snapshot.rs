@@ -9,11 +9,11 @@
 //! worker moves on. The controller never waits for workers and workers never wait for it.
 
 use crate::cidr::{Ipv4Cidr, PrefixTable};
+use crate::hash::FastMap as HashMap;
 use crate::packet::PortId;
 use crate::state::StateFile;
 use crate::wire::MacAddr;
 use arc_swap::{ArcSwap, Cache};
-use hashbrown::HashMap;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
@@ -68,6 +68,8 @@ pub struct RemoteNode {
     pub vtep_mac: MacAddr,
     /// Next-hop MAC on the uplink (outer destination).
     pub next_hop_mac: MacAddr,
+    /// Precomputed outer headers towards this node (see [`crate::pipeline::OuterTemplate`]).
+    pub outer: crate::pipeline::OuterTemplate,
 }
 
 /// A state file that cannot be applied: which field, and why.
@@ -98,6 +100,8 @@ pub struct Snapshot {
     port_pod: Vec<Option<u32>>,
     pods: Vec<Pod>,
     pod_by_ip: HashMap<u32, u32>,
+    /// Direct index over the pod CIDR: slot `ip - network` holds pod index + 1 (0 = none).
+    pod_slots: Vec<u32>,
     remotes: Vec<RemoteNode>,
     routes: PrefixTable<u32>,
     vtep_by_ip: HashMap<u32, u32>,
@@ -179,9 +183,9 @@ impl Snapshot {
         let mut ports = vec![n.uplink.clone()];
         let mut port_pod = vec![None];
         let mut pods = Vec::with_capacity(state.pods.len());
-        let mut pod_by_ip = HashMap::with_capacity(state.pods.len());
-        let mut names = HashMap::new();
-        let mut macs = HashMap::new();
+        let mut pod_by_ip = HashMap::with_capacity_and_hasher(state.pods.len(), Default::default());
+        let mut names = HashMap::default();
+        let mut macs = HashMap::default();
         for (i, p) in state.pods.iter().enumerate() {
             let f = |k: &str| format!("pods[{i}].{k}");
             if p.name.is_empty() {
@@ -248,8 +252,9 @@ impl Snapshot {
 
         let mut remotes = Vec::with_capacity(state.nodes.len());
         let mut routes = PrefixTable::default();
-        let mut vtep_by_ip = HashMap::with_capacity(state.nodes.len());
-        let mut node_names = HashMap::new();
+        let mut vtep_by_ip =
+            HashMap::with_capacity_and_hasher(state.nodes.len(), Default::default());
+        let mut node_names = HashMap::default();
         node_names.insert(n.name.as_str(), usize::MAX);
         for (i, r) in state.nodes.iter().enumerate() {
             let f = |k: &str| format!("nodes[{i}].{k}");
@@ -300,13 +305,35 @@ impl Snapshot {
             check_unicast(&f("vtep_mac"), r.vtep_mac)?;
             check_unicast(&f("mac"), r.mac)?;
             routes.insert(r.pod_cidr, i as u32);
+            let outer = crate::pipeline::OuterTemplate::new(
+                n.uplink_mac,
+                r.mac,
+                n.ip,
+                r.ip,
+                state.vxlan.port,
+                state.vxlan.vni,
+                vtep_mac,
+                r.vtep_mac,
+            );
             remotes.push(RemoteNode {
+                outer,
                 name: r.name.clone(),
                 ip: r.ip,
                 pod_cidr: r.pod_cidr,
                 vtep_mac: r.vtep_mac,
                 next_hop_mac: r.mac,
             });
+        }
+
+        // A direct-indexed table over the pod CIDR (at most 64 Ki slots, 256 KiB) makes the
+        // hottest lookup two loads; larger CIDRs fall back to the hash map.
+        let mut pod_slots = Vec::new();
+        if n.pod_cidr.prefix_len() >= 16 {
+            pod_slots = vec![0u32; 1usize << (32 - u32::from(n.pod_cidr.prefix_len()))];
+            for (i, p) in pods.iter().enumerate() {
+                let slot = (u32::from(p.ip) - u32::from(n.pod_cidr.network())) as usize;
+                pod_slots[slot] = i as u32 + 1;
+            }
         }
 
         Ok(Snapshot {
@@ -327,6 +354,7 @@ impl Snapshot {
             port_pod,
             pods,
             pod_by_ip,
+            pod_slots,
             remotes,
             routes,
             vtep_by_ip,
@@ -371,6 +399,11 @@ impl Snapshot {
     /// The local pod with address `ip`.
     #[inline]
     pub fn pod_by_ip(&self, ip: Ipv4Addr) -> Option<&Pod> {
+        if !self.pod_slots.is_empty() {
+            let off = u32::from(ip).wrapping_sub(u32::from(self.node.pod_cidr.network())) as usize;
+            let slot = *self.pod_slots.get(off)?;
+            return self.pods.get(slot.checked_sub(1)? as usize);
+        }
         let i = *self.pod_by_ip.get(&u32::from(ip))?;
         self.pods.get(i as usize)
     }
@@ -438,5 +471,157 @@ impl SnapshotReader {
     /// The newest snapshot; cheap when it has not changed since the last call.
     pub fn load(&mut self) -> &Arc<Snapshot> {
         self.cache.load()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const STATE: &str = include_str!("../../examples/node1.toml");
+
+    fn build(edit: impl FnOnce(&mut StateFile)) -> Result<Snapshot, StateError> {
+        let mut s = StateFile::parse(STATE).unwrap();
+        edit(&mut s);
+        Snapshot::build(&s, 1)
+    }
+
+    #[test]
+    fn example_builds_with_stable_ports() {
+        let s = build(|_| {}).unwrap();
+        assert_eq!(s.ports(), ["uplink", "veth-a", "veth-b"]);
+        assert_eq!(s.port_id("veth-b"), Some(PortId(2)));
+        assert_eq!(
+            s.pod_on_port(PortId(1)).unwrap().ip,
+            Ipv4Addr::new(10, 244, 1, 2)
+        );
+        assert!(s.pod_on_port(PortId::UPLINK).is_none());
+        assert!(s.pod_on_port(PortId(3)).is_none());
+        assert_eq!(
+            s.remote_for(Ipv4Addr::new(10, 244, 2, 200)).unwrap().name,
+            "node2"
+        );
+        assert!(s.remote_for(Ipv4Addr::new(10, 244, 3, 1)).is_none());
+        assert_eq!(
+            s.remote_by_vtep(Ipv4Addr::new(198, 18, 0, 2)).unwrap().name,
+            "node2"
+        );
+        assert_eq!(s.node.vtep_mac.to_string(), "02:00:00:00:ff:01");
+    }
+
+    #[test]
+    fn every_invalid_field_is_named() {
+        let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+        let cidr = |s: &str| s.parse::<Ipv4Cidr>().unwrap();
+        let mac = |s: &str| s.parse::<MacAddr>().unwrap();
+        type Edit = Box<dyn FnOnce(&mut StateFile)>;
+        let cases: Vec<(Edit, &str)> = vec![
+            (Box::new(|s| s.node.name.clear()), "node.name"),
+            (
+                Box::new(move |s| s.node.pod_cidr = cidr("10.244.1.0/31")),
+                "node.pod_cidr",
+            ),
+            (Box::new(move |s| s.node.ip = ip("10.244.1.9")), "node.ip"),
+            (
+                Box::new(move |s| s.node.gateway_ip = Some(ip("10.244.1.0"))),
+                "node.gateway_ip",
+            ),
+            (
+                Box::new(move |s| s.node.gateway_mac = mac("01:00:5e:00:00:01")),
+                "node.gateway_mac",
+            ),
+            (
+                Box::new(move |s| s.node.uplink_mac = mac("00:00:00:00:00:00")),
+                "node.uplink_mac",
+            ),
+            (Box::new(|s| s.node.uplink = "a/b".into()), "node.uplink"),
+            (Box::new(|s| s.node.uplink_mtu = 100), "node.uplink_mtu"),
+            (Box::new(|s| s.vxlan.vni = 1 << 24), "vxlan.vni"),
+            (Box::new(|s| s.vxlan.port = 0), "vxlan.port"),
+            (
+                Box::new(|s| s.pods[1].name = s.pods[0].name.clone()),
+                "pods[1].name",
+            ),
+            (
+                Box::new(move |s| s.pods[1].ip = ip("10.244.2.3")),
+                "pods[1].ip",
+            ),
+            (
+                Box::new(move |s| s.pods[1].ip = ip("10.244.1.1")),
+                "pods[1].ip",
+            ),
+            (
+                Box::new(move |s| s.pods[1].ip = ip("10.244.1.255")),
+                "pods[1].ip",
+            ),
+            (
+                Box::new(move |s| s.pods[1].ip = ip("10.244.1.2")),
+                "pods[1].ip",
+            ),
+            (Box::new(|s| s.pods[1].mac = s.pods[0].mac), "pods[1].mac"),
+            (
+                Box::new(|s| s.pods[1].mac = s.node.gateway_mac),
+                "pods[1].mac",
+            ),
+            (
+                Box::new(|s| s.pods[1].port = "veth-a".into()),
+                "pods[1].port",
+            ),
+            (
+                Box::new(|s| s.pods[1].port = "uplink".into()),
+                "pods[1].port",
+            ),
+            (
+                Box::new(|s| s.pods[1].port = "a-very-long-interface-name".into()),
+                "pods[1].port",
+            ),
+            (
+                Box::new(|s| s.nodes[0].name = "node1".into()),
+                "nodes[0].name",
+            ),
+            (
+                Box::new(move |s| s.nodes[0].ip = ip("198.18.0.1")),
+                "nodes[0].ip",
+            ),
+            (
+                Box::new(move |s| s.nodes[0].pod_cidr = cidr("10.244.0.0/16")),
+                "nodes[0].pod_cidr",
+            ),
+            (
+                Box::new(move |s| s.nodes[0].vtep_mac = mac("ff:ff:ff:ff:ff:ff")),
+                "nodes[0].vtep_mac",
+            ),
+            (
+                Box::new(move |s| s.nodes[0].mac = mac("00:00:00:00:00:00")),
+                "nodes[0].mac",
+            ),
+            (
+                Box::new(|s| {
+                    let mut n = s.nodes[0].clone();
+                    n.name = "node3".into();
+                    n.ip = "198.18.0.3".parse().unwrap();
+                    n.pod_cidr = "10.244.2.128/25".parse().unwrap();
+                    s.nodes.push(n);
+                }),
+                "nodes[1].pod_cidr",
+            ),
+        ];
+        for (edit, field) in cases {
+            let e = build(edit).unwrap_err();
+            assert_eq!(e.field, field, "{e}");
+            assert!(!e.reason.is_empty());
+        }
+    }
+
+    #[test]
+    fn publish_bumps_generation_and_readers_follow() {
+        let cell = SnapshotCell::new(build(|_| {}).unwrap());
+        let mut reader = cell.reader();
+        assert_eq!(reader.load().generation, 1);
+        let g = cell.publish(build(|s| s.pods.pop().map(|_| ()).unwrap_or(())).unwrap());
+        assert_eq!(g, 2);
+        assert_eq!(reader.load().generation, 2);
+        assert_eq!(reader.load().pods().len(), 1);
+        assert_eq!(cell.load().generation, 2);
     }
 }

@@ -7,7 +7,7 @@ use crate::packet::Packet;
 use crate::snapshot::{Pod, Snapshot};
 use crate::wire::ethernet::{ethertype, EthernetFrame, HEADER_LEN as ETH_LEN};
 use crate::wire::icmp::kind;
-use crate::wire::ipv4::Ipv4Packet;
+use crate::wire::ipv4;
 
 impl Pipeline {
     /// Routes the packet by destination. Callers guarantee a valid IPv4 header at offset 14.
@@ -21,7 +21,7 @@ impl Pipeline {
             return self.deliver(snap, pkt, pod, hop);
         }
         if dst == node.gateway_ip && hop != Hop::Generated {
-            return self.to_gateway(snap, pkt);
+            return self.answer_gateway(snap, pkt);
         }
         if dst == node.ip {
             return Outcome::Kernel;
@@ -70,9 +70,7 @@ impl Pipeline {
         let data = pkt.data_mut();
         let (eth_hdr, body) = data.split_at_mut(ETH_LEN);
         if hop != Hop::Generated {
-            if let Ok(mut ip) = Ipv4Packet::new_checked(body) {
-                ip.decrement_ttl();
-            }
+            ipv4::decrement_ttl(body);
         }
         if let Ok(mut eth) = EthernetFrame::new_checked(eth_hdr) {
             eth.set_dst(pod.mac);

@@ -17,7 +17,7 @@ const TOS_INTERNETWORK_CONTROL: u8 = 0xc0;
 
 impl Pipeline {
     /// A packet addressed to the gateway: answer ICMP echo requests, refuse the rest.
-    pub(super) fn to_gateway(&mut self, snap: &Snapshot, pkt: &mut Packet<'_>) -> Outcome {
+    pub(super) fn answer_gateway(&mut self, snap: &Snapshot, pkt: &mut Packet<'_>) -> Outcome {
         {
             let Some(body) = pkt.data_mut().get_mut(ETH_LEN..) else {
                 return Outcome::Drop(DropReason::Ipv4Truncated);

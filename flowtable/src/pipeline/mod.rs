@@ -33,6 +33,8 @@ use crate::wire::ipv4::{Ipv4Error, Ipv4Packet};
 /// The batch size the daemon and benchmarks use.
 pub const BATCH_SIZE: usize = 64;
 
+pub use vxlan::{flow_hash, src_port, OuterTemplate};
+
 /// What to do with a frame after the pipeline has seen it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
@@ -98,6 +100,8 @@ impl From<Ipv4Error> for DropReason {
 pub struct Pipeline {
     counters: Counters,
     ident: u16,
+    /// Sink for the batch pre-touch loads, so they are not optimised away.
+    touched: u8,
 }
 
 impl Pipeline {
@@ -116,6 +120,14 @@ impl Pipeline {
     /// Frames are rewritten in place. If `verdicts` is shorter than `pkts`, only the first
     /// `verdicts.len()` packets are processed (and counted).
     pub fn process(&mut self, snap: &Snapshot, pkts: &mut [Packet<'_>], verdicts: &mut [Verdict]) {
+        // Touch every frame's headers first: the loads are independent, so the CPU overlaps
+        // their cache misses instead of taking them one packet at a time (a portable, safe
+        // stand-in for VPP's explicit prefetch).
+        let mut t = 0u8;
+        for p in pkts.iter() {
+            t ^= p.data().get(12).copied().unwrap_or(0);
+        }
+        self.touched ^= t;
         for (p, v) in pkts.iter_mut().zip(verdicts.iter_mut()) {
             *v = self.process_one(snap, p);
         }
@@ -125,9 +137,9 @@ impl Pipeline {
     pub fn process_one(&mut self, snap: &Snapshot, pkt: &mut Packet<'_>) -> Verdict {
         self.counters.received += 1;
         let outcome = if pkt.port == PortId::UPLINK {
-            self.from_uplink(snap, pkt)
+            self.ingress_uplink(snap, pkt)
         } else {
-            self.from_pod(snap, pkt)
+            self.ingress_pod(snap, pkt)
         };
         match outcome {
             Outcome::Tx(port, a) => {
@@ -150,7 +162,7 @@ impl Pipeline {
         self.ident
     }
 
-    fn from_pod(&mut self, snap: &Snapshot, pkt: &mut Packet<'_>) -> Outcome {
+    fn ingress_pod(&mut self, snap: &Snapshot, pkt: &mut Packet<'_>) -> Outcome {
         let Some(pod) = snap.pod_on_port(pkt.port) else {
             return Outcome::Drop(DropReason::UnknownPort);
         };
@@ -183,7 +195,7 @@ impl Pipeline {
         self.route(snap, pkt, Hop::FromPod)
     }
 
-    fn from_uplink(&mut self, snap: &Snapshot, pkt: &mut Packet<'_>) -> Outcome {
+    fn ingress_uplink(&mut self, snap: &Snapshot, pkt: &mut Packet<'_>) -> Outcome {
         let Ok(eth) = EthernetFrame::new_checked(pkt.data()) else {
             return Outcome::Drop(DropReason::EthernetTruncated);
         };

@@ -51,6 +51,98 @@ pub fn src_port(hash: u32) -> u16 {
     SRC_PORT_MIN + ((u64::from(hash) * range) >> 32) as u16
 }
 
+/// The outer Ethernet/IPv4/UDP/VXLAN headers towards one node, built once per snapshot.
+///
+/// Per packet only the IPv4 TOS, total length, identification and DF bit and the UDP source
+/// port and length change; they are patched in and the IPv4 checksum is finished from the
+/// template's precomputed partial sum (the sum is linear in the words), so encapsulation
+/// never sums a header. Also carries the inner MACs to write.
+#[derive(Debug, Clone)]
+pub struct OuterTemplate {
+    bytes: [u8; OVERHEAD],
+    /// Folded one's-complement sum of the outer IPv4 header with the variable fields zero.
+    partial_sum: u32,
+    inner_src: [u8; 6],
+    inner_dst: [u8; 6],
+}
+
+impl OuterTemplate {
+    /// The template for frames from this node (`src_*`) to another (`dst_*`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        src_mac: crate::wire::MacAddr,
+        next_hop_mac: crate::wire::MacAddr,
+        src_ip: std::net::Ipv4Addr,
+        dst_ip: std::net::Ipv4Addr,
+        port: u16,
+        vni: u32,
+        inner_src: crate::wire::MacAddr,
+        inner_dst: crate::wire::MacAddr,
+    ) -> Self {
+        let mut b = [0u8; OVERHEAD];
+        b[0..6].copy_from_slice(&next_hop_mac.0);
+        b[6..12].copy_from_slice(&src_mac.0);
+        b[12..14].copy_from_slice(&ethertype::IPV4.to_be_bytes());
+        ipv4::write_header(
+            &mut b[ETH_LEN..],
+            &Ipv4Repr {
+                tos: 0,
+                total_len: 0,
+                ident: 0,
+                dont_frag: false,
+                ttl: OUTER_TTL,
+                protocol: protocol::UDP,
+                src: src_ip.octets(),
+                dst: dst_ip.octets(),
+            },
+        );
+        // Zero the checksum: the per-packet sum is finished from `partial_sum`.
+        b[ETH_LEN + 10] = 0;
+        b[ETH_LEN + 11] = 0;
+        let partial_sum = u32::from(crate::wire::checksum::fold(crate::wire::checksum::sum(
+            &b[ETH_LEN..ETH_LEN + ipv4::MIN_HEADER_LEN],
+        )));
+        udp::write_header(&mut b[ETH_LEN + ipv4::MIN_HEADER_LEN..], 0, port, 0);
+        vxlan::write_header(
+            &mut b[ETH_LEN + ipv4::MIN_HEADER_LEN + udp::HEADER_LEN..],
+            vni,
+        );
+        OuterTemplate {
+            bytes: b,
+            partial_sum,
+            inner_src: inner_src.0,
+            inner_dst: inner_dst.0,
+        }
+    }
+
+    /// Writes the outer headers into `out[..50]` for an inner frame of `inner_len` bytes.
+    #[inline]
+    fn write(&self, out: &mut [u8], inner_len: usize, tos: u8, df: bool, ident: u16, sport: u16) {
+        let Some(Ok(out)) = out.get_mut(..OVERHEAD).map(<&mut [u8; OVERHEAD]>::try_from) else {
+            return;
+        };
+        *out = self.bytes;
+        let ip_len = (inner_len + OVERHEAD - ETH_LEN) as u16;
+        let flags: u16 = if df { 0x4000 } else { 0 };
+        out[ETH_LEN + 1] = tos;
+        out[ETH_LEN + 2..ETH_LEN + 4].copy_from_slice(&ip_len.to_be_bytes());
+        out[ETH_LEN + 4..ETH_LEN + 6].copy_from_slice(&ident.to_be_bytes());
+        out[ETH_LEN + 6..ETH_LEN + 8].copy_from_slice(&flags.to_be_bytes());
+        // At most 15 words of 16 bits: two end-around carries fold it.
+        let sum = self.partial_sum
+            + u32::from(tos)
+            + u32::from(ip_len)
+            + u32::from(ident)
+            + u32::from(flags);
+        let sum = (sum & 0xffff) + (sum >> 16);
+        let c = !(((sum & 0xffff) + (sum >> 16)) as u16);
+        out[ETH_LEN + 10..ETH_LEN + 12].copy_from_slice(&c.to_be_bytes());
+        let u = ETH_LEN + ipv4::MIN_HEADER_LEN;
+        out[u..u + 2].copy_from_slice(&sport.to_be_bytes());
+        out[u + 4..u + 6].copy_from_slice(&(ip_len - ipv4::MIN_HEADER_LEN as u16).to_be_bytes());
+    }
+}
+
 impl Pipeline {
     pub(super) fn encap(
         &mut self,
@@ -59,16 +151,23 @@ impl Pipeline {
         remote: &RemoteNode,
         hop: Hop,
     ) -> Outcome {
-        if let Some(o) = self.expire_ttl(snap, pkt, hop) {
-            return o;
-        }
         let inner_len = pkt.len();
-        let (hash, tos, df) = {
+        let (hash, tos, df, ttl) = {
             let Some(Ok(ip)) = pkt.data().get(ETH_LEN..).map(Ipv4Packet::new_checked) else {
                 return Outcome::Drop(DropReason::Ipv4Truncated);
             };
-            (flow_hash(&ip), ip.tos(), ip.dont_frag())
+            (flow_hash(&ip), ip.tos(), ip.dont_frag(), ip.ttl())
         };
+        if hop != Hop::Generated && ttl <= 1 {
+            return self.icmp_error(
+                snap,
+                pkt,
+                kind::TIME_EXCEEDED,
+                0,
+                0,
+                DropReason::TtlExceeded,
+            );
+        }
         let outer_ip_len = inner_len + OVERHEAD - ETH_LEN;
         let mtu = usize::from(snap.node.uplink_mtu);
         if outer_ip_len > mtu {
@@ -89,49 +188,18 @@ impl Pipeline {
         if pkt.headroom() < OVERHEAD {
             return Outcome::Drop(DropReason::NoHeadroom);
         }
-        {
-            let (eth_hdr, body) = pkt.data_mut().split_at_mut(ETH_LEN);
-            if hop != Hop::Generated {
-                if let Ok(mut ip) = Ipv4Packet::new_checked(body) {
-                    ip.decrement_ttl();
-                }
-            }
-            if let Ok(mut eth) = EthernetFrame::new_checked(eth_hdr) {
-                eth.set_dst(remote.vtep_mac);
-                eth.set_src(snap.node.vtep_mac);
-                eth.set_ethertype(ethertype::IPV4);
-            }
-        }
         let ident = self.next_ident();
-        pkt.push_front(OVERHEAD);
-        let node = &snap.node;
-        let out = pkt.data_mut();
-        if let Ok(mut eth) = EthernetFrame::new_checked(&mut out[..ETH_LEN]) {
-            eth.set_dst(remote.next_hop_mac);
-            eth.set_src(node.uplink_mac);
-            eth.set_ethertype(ethertype::IPV4);
+        let t = &remote.outer;
+        {
+            let data = pkt.data_mut();
+            if hop != Hop::Generated {
+                ipv4::decrement_ttl(&mut data[ETH_LEN..]);
+            }
+            data[0..6].copy_from_slice(&t.inner_dst);
+            data[6..12].copy_from_slice(&t.inner_src);
         }
-        ipv4::write_header(
-            &mut out[ETH_LEN..],
-            &Ipv4Repr {
-                tos,
-                total_len: outer_ip_len as u16,
-                ident,
-                dont_frag: df,
-                ttl: OUTER_TTL,
-                protocol: protocol::UDP,
-                src: node.ip.octets(),
-                dst: remote.ip.octets(),
-            },
-        );
-        let udp_at = ETH_LEN + ipv4::MIN_HEADER_LEN;
-        udp::write_header(
-            &mut out[udp_at..],
-            src_port(hash),
-            node.vxlan_port,
-            (outer_ip_len - ipv4::MIN_HEADER_LEN) as u16,
-        );
-        vxlan::write_header(&mut out[udp_at + udp::HEADER_LEN..], node.vni);
+        pkt.push_front(OVERHEAD);
+        t.write(pkt.data_mut(), inner_len, tos, df, ident, src_port(hash));
         Outcome::Tx(PortId::UPLINK, Action::Encapsulated)
     }
 

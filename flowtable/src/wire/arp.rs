@@ -25,6 +25,7 @@ pub struct ArpPacket<T> {
 
 impl<T: AsRef<[u8]>> ArpPacket<T> {
     /// Wraps `buf` after the checks listed on the type.
+    #[inline]
     pub fn new_checked(buf: T) -> Result<Self, WireError> {
         let b = buf.as_ref();
         if b.len() < PACKET_LEN {
@@ -37,37 +38,44 @@ impl<T: AsRef<[u8]>> ArpPacket<T> {
     }
 
     /// Opcode.
+    #[inline]
     pub fn op(&self) -> u16 {
         be16(self.buf.as_ref(), 6)
     }
 
+    #[inline]
     fn mac_at(&self, off: usize) -> MacAddr {
         let mut m = [0; 6];
         m.copy_from_slice(&self.buf.as_ref()[off..off + 6]);
         MacAddr(m)
     }
 
+    #[inline]
     fn ip_at(&self, off: usize) -> Ipv4Addr {
         let b = self.buf.as_ref();
         Ipv4Addr::new(b[off], b[off + 1], b[off + 2], b[off + 3])
     }
 
     /// Sender hardware address.
+    #[inline]
     pub fn sha(&self) -> MacAddr {
         self.mac_at(8)
     }
 
     /// Sender protocol address.
+    #[inline]
     pub fn spa(&self) -> Ipv4Addr {
         self.ip_at(14)
     }
 
     /// Target hardware address.
+    #[inline]
     pub fn tha(&self) -> MacAddr {
         self.mac_at(18)
     }
 
     /// Target protocol address.
+    #[inline]
     pub fn tpa(&self) -> Ipv4Addr {
         self.ip_at(24)
     }
@@ -75,6 +83,7 @@ impl<T: AsRef<[u8]>> ArpPacket<T> {
 
 impl<T: AsRef<[u8]> + AsMut<[u8]>> ArpPacket<T> {
     /// Turns this request into the reply "`tpa` is at `mac`", in place.
+    #[inline]
     pub fn make_reply(&mut self, mac: MacAddr) {
         let (sha, spa, tpa) = (self.sha(), self.spa(), self.tpa());
         let b = self.buf.as_mut();

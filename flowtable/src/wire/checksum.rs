@@ -6,6 +6,7 @@
 //! (forwarded traffic is never "repaired").
 
 /// One's-complement sum of `data` as big-endian 16-bit words (odd tail padded with zero), unfolded.
+#[inline]
 pub fn sum(data: &[u8]) -> u64 {
     let mut acc: u64 = 0;
     let mut chunks = data.chunks_exact(4);
@@ -25,24 +26,30 @@ pub fn sum(data: &[u8]) -> u64 {
 }
 
 /// Folds an unfolded sum to 16 bits (end-around carry).
-pub fn fold(mut acc: u64) -> u16 {
-    while acc > 0xffff {
-        acc = (acc & 0xffff) + (acc >> 16);
-    }
+#[inline]
+pub fn fold(acc: u64) -> u16 {
+    // Four fixed end-around-carry steps fold any u64 (no data-dependent loop).
+    let acc = (acc & 0xffff_ffff) + (acc >> 32);
+    let acc = (acc & 0xffff) + (acc >> 16);
+    let acc = (acc & 0xffff) + (acc >> 16);
+    let acc = (acc & 0xffff) + (acc >> 16);
     acc as u16
 }
 
 /// The checksum field value for `data` (with the checksum field itself zeroed by the caller).
+#[inline]
 pub fn checksum(data: &[u8]) -> u16 {
     !fold(sum(data))
 }
 
 /// True if `data`, checksum field included, sums to 0xffff (the checksum is valid).
+#[inline]
 pub fn verify(data: &[u8]) -> bool {
     fold(sum(data)) == 0xffff
 }
 
 /// Unfolded sum of the IPv4 pseudo-header for TCP/UDP.
+#[inline]
 pub fn pseudo_header_sum(src: [u8; 4], dst: [u8; 4], protocol: u8, l4_len: u16) -> u64 {
     u64::from(u32::from_be_bytes(src))
         + u64::from(u32::from_be_bytes(dst))
@@ -51,12 +58,14 @@ pub fn pseudo_header_sum(src: [u8; 4], dst: [u8; 4], protocol: u8, l4_len: u16) 
 }
 
 /// RFC 1624 eqn. 3: the new checksum after one 16-bit word changes from `old` to `new`.
+#[inline]
 pub fn update16(check: u16, old: u16, new: u16) -> u16 {
     let acc = u64::from(!check) + u64::from(!old) + u64::from(new);
     !fold(acc)
 }
 
 /// RFC 1624 eqn. 3 for a 32-bit field (an IPv4 address).
+#[inline]
 pub fn update32(check: u16, old: u32, new: u32) -> u16 {
     let acc = u64::from(!check)
         + u64::from(!(old >> 16) as u16)
@@ -76,6 +85,17 @@ mod tests {
         let data = [0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7];
         assert_eq!(fold(sum(&data)), 0xddf2);
         assert_eq!(checksum(&data), !0xddf2);
+    }
+
+    #[test]
+    fn fold_handles_large_sums() {
+        assert_eq!(fold(0), 0);
+        assert_eq!(fold(0xffff), 0xffff);
+        assert_eq!(fold(0x1_0000), 1);
+        assert_eq!(fold(0x1_fffe), 0xffff);
+        assert_eq!(fold(u64::MAX), 0xffff);
+        assert_eq!(fold(0xffff_ffff), 0xffff);
+        assert_eq!(fold(0x1234_5678_9abc), fold(0x1234 + 0x5678 + 0x9abc));
     }
 
     #[test]

@@ -39,12 +39,14 @@ impl MacAddr {
     pub const BROADCAST: MacAddr = MacAddr([0xff; 6]);
 
     /// True for group (multicast or broadcast) addresses.
+    #[inline]
     pub fn is_multicast(&self) -> bool {
         self.0[0] & 1 == 1
     }
 }
 
 impl fmt::Display for MacAddr {
+    #[inline]
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let m = self.0;
         write!(
@@ -56,6 +58,7 @@ impl fmt::Display for MacAddr {
 }
 
 impl fmt::Debug for MacAddr {
+    #[inline]
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Display::fmt(self, f)
     }
@@ -68,6 +71,7 @@ pub struct MacParseError(pub String);
 
 impl FromStr for MacAddr {
     type Err = MacParseError;
+    #[inline]
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let err = || MacParseError(s.to_string());
         let mut out = [0u8; 6];
@@ -94,6 +98,7 @@ pub struct EthernetFrame<T> {
 
 impl<T: AsRef<[u8]>> EthernetFrame<T> {
     /// Wraps `buf` after checking it holds a whole header; accessors never panic afterwards.
+    #[inline]
     pub fn new_checked(buf: T) -> Result<Self, WireError> {
         if buf.as_ref().len() < HEADER_LEN {
             return Err(WireError::Truncated);
@@ -102,6 +107,7 @@ impl<T: AsRef<[u8]>> EthernetFrame<T> {
     }
 
     /// Destination address.
+    #[inline]
     pub fn dst(&self) -> MacAddr {
         let mut m = [0; 6];
         m.copy_from_slice(&self.buf.as_ref()[field::DST]);
@@ -109,6 +115,7 @@ impl<T: AsRef<[u8]>> EthernetFrame<T> {
     }
 
     /// Source address.
+    #[inline]
     pub fn src(&self) -> MacAddr {
         let mut m = [0; 6];
         m.copy_from_slice(&self.buf.as_ref()[field::SRC]);
@@ -116,11 +123,13 @@ impl<T: AsRef<[u8]>> EthernetFrame<T> {
     }
 
     /// The ethertype (or TPID for tagged frames).
+    #[inline]
     pub fn ethertype(&self) -> u16 {
         be16(self.buf.as_ref(), field::ETHERTYPE)
     }
 
     /// Everything after the header.
+    #[inline]
     pub fn payload(&self) -> &[u8] {
         &self.buf.as_ref()[HEADER_LEN..]
     }
@@ -128,21 +137,25 @@ impl<T: AsRef<[u8]>> EthernetFrame<T> {
 
 impl<T: AsRef<[u8]> + AsMut<[u8]>> EthernetFrame<T> {
     /// Sets the destination address.
+    #[inline]
     pub fn set_dst(&mut self, m: MacAddr) {
         self.buf.as_mut()[field::DST].copy_from_slice(&m.0);
     }
 
     /// Sets the source address.
+    #[inline]
     pub fn set_src(&mut self, m: MacAddr) {
         self.buf.as_mut()[field::SRC].copy_from_slice(&m.0);
     }
 
     /// Sets the ethertype.
+    #[inline]
     pub fn set_ethertype(&mut self, t: u16) {
         put16(self.buf.as_mut(), field::ETHERTYPE, t);
     }
 
     /// Everything after the header, mutable.
+    #[inline]
     pub fn payload_mut(&mut self) -> &mut [u8] {
         &mut self.buf.as_mut()[HEADER_LEN..]
     }

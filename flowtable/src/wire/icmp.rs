@@ -24,6 +24,7 @@ pub mod kind {
 }
 
 /// True for the types that are error messages (never answered with another error).
+#[inline]
 pub fn is_error(t: u8) -> bool {
     matches!(
         t,
@@ -43,6 +44,7 @@ pub struct IcmpPacket<T> {
 
 impl<T: AsRef<[u8]>> IcmpPacket<T> {
     /// Wraps `buf` after checking for 8 bytes.
+    #[inline]
     pub fn new_checked(buf: T) -> Result<Self, WireError> {
         if buf.as_ref().len() < HEADER_LEN {
             return Err(WireError::Truncated);
@@ -51,36 +53,43 @@ impl<T: AsRef<[u8]>> IcmpPacket<T> {
     }
 
     /// Type.
+    #[inline]
     pub fn kind(&self) -> u8 {
         self.buf.as_ref()[0]
     }
 
     /// Code.
+    #[inline]
     pub fn code(&self) -> u8 {
         self.buf.as_ref()[1]
     }
 
     /// Checksum field.
+    #[inline]
     pub fn checksum(&self) -> u16 {
         be16(self.buf.as_ref(), 2)
     }
 
     /// Echo identifier (bytes 4-5).
+    #[inline]
     pub fn ident(&self) -> u16 {
         be16(self.buf.as_ref(), 4)
     }
 
     /// Echo sequence number (bytes 6-7).
+    #[inline]
     pub fn seq(&self) -> u16 {
         be16(self.buf.as_ref(), 6)
     }
 
     /// True if the checksum over the whole message is valid.
+    #[inline]
     pub fn verify_checksum(&self) -> bool {
         checksum::verify(self.buf.as_ref())
     }
 
     /// Bytes after the 8-byte header.
+    #[inline]
     pub fn payload(&self) -> &[u8] {
         &self.buf.as_ref()[HEADER_LEN..]
     }
@@ -88,6 +97,7 @@ impl<T: AsRef<[u8]>> IcmpPacket<T> {
 
 impl<T: AsRef<[u8]> + AsMut<[u8]>> IcmpPacket<T> {
     /// Changes the type (code unchanged), updating the checksum incrementally.
+    #[inline]
     pub fn set_kind(&mut self, t: u8) {
         let b = self.buf.as_mut();
         let old = be16(b, 0);
@@ -99,6 +109,7 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> IcmpPacket<T> {
 }
 
 /// Writes an ICMP header (type, code, rest) over `msg[..8]` and the checksum over all of `msg`.
+#[inline]
 pub fn write_message(msg: &mut [u8], t: u8, code: u8, rest: u32) -> bool {
     if msg.len() < HEADER_LEN {
         return false;

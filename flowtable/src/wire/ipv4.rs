@@ -54,6 +54,7 @@ pub enum Ipv4Error {
 }
 
 impl From<Ipv4Error> for WireError {
+    #[inline]
     fn from(e: Ipv4Error) -> Self {
         match e {
             Ipv4Error::Truncated => WireError::Truncated,
@@ -64,6 +65,7 @@ impl From<Ipv4Error> for WireError {
 
 impl<T: AsRef<[u8]>> Ipv4Packet<T> {
     /// Wraps `buf` after the checks listed on the type.
+    #[inline]
     pub fn new_checked(buf: T) -> Result<Self, Ipv4Error> {
         let b = buf.as_ref();
         if b.len() < MIN_HEADER_LEN {
@@ -87,61 +89,73 @@ impl<T: AsRef<[u8]>> Ipv4Packet<T> {
     }
 
     /// Header length in bytes (IHL * 4).
+    #[inline]
     pub fn header_len(&self) -> usize {
         usize::from(self.buf.as_ref()[field::VER_IHL] & 0x0f) * 4
     }
 
     /// The DSCP/ECN byte.
+    #[inline]
     pub fn tos(&self) -> u8 {
         self.buf.as_ref()[field::TOS]
     }
 
     /// Total length field.
+    #[inline]
     pub fn total_len(&self) -> u16 {
         be16(self.buf.as_ref(), field::TOTAL_LEN)
     }
 
     /// Identification field.
+    #[inline]
     pub fn ident(&self) -> u16 {
         be16(self.buf.as_ref(), field::IDENT)
     }
 
     /// Don't-fragment flag.
+    #[inline]
     pub fn dont_frag(&self) -> bool {
         self.buf.as_ref()[field::FLAGS_FRAG] & 0x40 != 0
     }
 
     /// More-fragments flag.
+    #[inline]
     pub fn more_frags(&self) -> bool {
         self.buf.as_ref()[field::FLAGS_FRAG] & 0x20 != 0
     }
 
     /// Fragment offset in 8-byte units.
+    #[inline]
     pub fn frag_offset(&self) -> u16 {
         be16(self.buf.as_ref(), field::FLAGS_FRAG) & 0x1fff
     }
 
     /// True if this is any fragment (first, middle or last).
+    #[inline]
     pub fn is_fragment(&self) -> bool {
         self.more_frags() || self.frag_offset() != 0
     }
 
     /// Time to live.
+    #[inline]
     pub fn ttl(&self) -> u8 {
         self.buf.as_ref()[field::TTL]
     }
 
     /// Protocol number.
+    #[inline]
     pub fn protocol(&self) -> u8 {
         self.buf.as_ref()[field::PROTOCOL]
     }
 
     /// Header checksum field.
+    #[inline]
     pub fn checksum(&self) -> u16 {
         be16(self.buf.as_ref(), field::CHECKSUM)
     }
 
     /// Source address as raw octets.
+    #[inline]
     pub fn src_bytes(&self) -> [u8; 4] {
         let mut a = [0; 4];
         a.copy_from_slice(&self.buf.as_ref()[field::SRC]);
@@ -149,6 +163,7 @@ impl<T: AsRef<[u8]>> Ipv4Packet<T> {
     }
 
     /// Destination address as raw octets.
+    #[inline]
     pub fn dst_bytes(&self) -> [u8; 4] {
         let mut a = [0; 4];
         a.copy_from_slice(&self.buf.as_ref()[field::DST]);
@@ -156,26 +171,31 @@ impl<T: AsRef<[u8]>> Ipv4Packet<T> {
     }
 
     /// Source address.
+    #[inline]
     pub fn src(&self) -> Ipv4Addr {
         Ipv4Addr::from(self.src_bytes())
     }
 
     /// Destination address.
+    #[inline]
     pub fn dst(&self) -> Ipv4Addr {
         Ipv4Addr::from(self.dst_bytes())
     }
 
     /// True if the header checksum is valid.
+    #[inline]
     pub fn verify_checksum(&self) -> bool {
         checksum::verify(&self.buf.as_ref()[..self.header_len()])
     }
 
     /// The header (options included).
+    #[inline]
     pub fn header(&self) -> &[u8] {
         &self.buf.as_ref()[..self.header_len()]
     }
 
     /// The payload up to the total length (padding excluded).
+    #[inline]
     pub fn payload(&self) -> &[u8] {
         &self.buf.as_ref()[self.header_len()..usize::from(self.total_len())]
     }
@@ -183,16 +203,13 @@ impl<T: AsRef<[u8]>> Ipv4Packet<T> {
 
 impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv4Packet<T> {
     /// Decrements TTL by one and updates the checksum incrementally (callers check TTL > 1 first).
+    #[inline]
     pub fn decrement_ttl(&mut self) {
-        let b = self.buf.as_mut();
-        let old = be16(b, field::TTL);
-        let new = old.wrapping_sub(0x0100);
-        put16(b, field::TTL, new);
-        let c = checksum::update16(be16(b, field::CHECKSUM), old, new);
-        put16(b, field::CHECKSUM, c);
+        decrement_ttl(self.buf.as_mut());
     }
 
     /// Sets TTL, updating the checksum incrementally.
+    #[inline]
     pub fn set_ttl(&mut self, ttl: u8) {
         let b = self.buf.as_mut();
         let old = be16(b, field::TTL);
@@ -203,6 +220,7 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv4Packet<T> {
     }
 
     /// Sets the source address, updating the header checksum incrementally.
+    #[inline]
     pub fn set_src(&mut self, a: Ipv4Addr) {
         let old = u32::from(self.src());
         let b = self.buf.as_mut();
@@ -212,6 +230,7 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv4Packet<T> {
     }
 
     /// Sets the destination address, updating the header checksum incrementally.
+    #[inline]
     pub fn set_dst(&mut self, a: Ipv4Addr) {
         let old = u32::from(self.dst());
         let b = self.buf.as_mut();
@@ -221,6 +240,7 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv4Packet<T> {
     }
 
     /// Swaps source and destination; the checksum is unchanged (the sum is commutative).
+    #[inline]
     pub fn swap_addrs(&mut self) {
         let b = self.buf.as_mut();
         for i in 0..4 {
@@ -229,10 +249,27 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv4Packet<T> {
     }
 
     /// The payload up to the total length, mutable.
+    #[inline]
     pub fn payload_mut(&mut self) -> &mut [u8] {
         let (hl, tl) = (self.header_len(), usize::from(self.total_len()));
         &mut self.buf.as_mut()[hl..tl]
     }
+}
+
+/// Decrements the TTL of the IPv4 header at the start of `header` and updates its checksum
+/// incrementally, without re-validating it (for callers that already did); returns false if
+/// `header` is shorter than 20 bytes.
+#[inline]
+pub fn decrement_ttl(header: &mut [u8]) -> bool {
+    if header.len() < MIN_HEADER_LEN {
+        return false;
+    }
+    header[field::TTL] = header[field::TTL].wrapping_sub(1);
+    // RFC 1624 for a word that drops by 0x0100: the checksum rises by 0x0100 with end-around
+    // carry (what Linux's ip_decrease_ttl does).
+    let c = u32::from(be16(header, field::CHECKSUM)) + 0x0100;
+    put16(header, field::CHECKSUM, (c + (c >> 16)) as u16);
+    true
 }
 
 /// Fields of a 20-byte header that [`write_header`] emits.
@@ -257,6 +294,7 @@ pub struct Ipv4Repr {
 }
 
 /// Writes a 20-byte header with a computed checksum into `b[..20]`; returns false if `b` is short.
+#[inline]
 pub fn write_header(b: &mut [u8], r: &Ipv4Repr) -> bool {
     let Some(h) = b.get_mut(..MIN_HEADER_LEN) else {
         return false;

@@ -27,6 +27,7 @@ pub struct TcpPacket<T> {
 
 impl<T: AsRef<[u8]>> TcpPacket<T> {
     /// Wraps `buf` after the checks listed on the type.
+    #[inline]
     pub fn new_checked(buf: T) -> Result<Self, WireError> {
         let b = buf.as_ref();
         if b.len() < MIN_HEADER_LEN {
@@ -43,36 +44,43 @@ impl<T: AsRef<[u8]>> TcpPacket<T> {
     }
 
     /// Source port.
+    #[inline]
     pub fn src_port(&self) -> u16 {
         be16(self.buf.as_ref(), 0)
     }
 
     /// Destination port.
+    #[inline]
     pub fn dst_port(&self) -> u16 {
         be16(self.buf.as_ref(), 2)
     }
 
     /// Sequence number.
+    #[inline]
     pub fn seq(&self) -> u32 {
         be32(self.buf.as_ref(), 4)
     }
 
     /// Acknowledgement number.
+    #[inline]
     pub fn ack(&self) -> u32 {
         be32(self.buf.as_ref(), 8)
     }
 
     /// Header length in bytes.
+    #[inline]
     pub fn header_len(&self) -> usize {
         usize::from(self.buf.as_ref()[12] >> 4) * 4
     }
 
     /// The flag byte (see [`flags`]).
+    #[inline]
     pub fn flags(&self) -> u8 {
         self.buf.as_ref()[13]
     }
 
     /// Checksum field.
+    #[inline]
     pub fn checksum(&self) -> u16 {
         be16(self.buf.as_ref(), 16)
     }

@@ -15,6 +15,7 @@ pub struct UdpPacket<T> {
 
 impl<T: AsRef<[u8]>> UdpPacket<T> {
     /// Wraps `buf` after the checks listed on the type.
+    #[inline]
     pub fn new_checked(buf: T) -> Result<Self, WireError> {
         let b = buf.as_ref();
         if b.len() < HEADER_LEN {
@@ -31,37 +32,44 @@ impl<T: AsRef<[u8]>> UdpPacket<T> {
     }
 
     /// Source port.
+    #[inline]
     pub fn src_port(&self) -> u16 {
         be16(self.buf.as_ref(), 0)
     }
 
     /// Destination port.
+    #[inline]
     pub fn dst_port(&self) -> u16 {
         be16(self.buf.as_ref(), 2)
     }
 
     /// Length field (header + payload).
+    #[inline]
     pub fn len(&self) -> u16 {
         be16(self.buf.as_ref(), 4)
     }
 
     /// True if the length field says there is no payload.
+    #[inline]
     pub fn is_empty(&self) -> bool {
         self.len() as usize == HEADER_LEN
     }
 
     /// Checksum field (0 means none was computed).
+    #[inline]
     pub fn checksum(&self) -> u16 {
         be16(self.buf.as_ref(), 6)
     }
 
     /// Payload up to the length field.
+    #[inline]
     pub fn payload(&self) -> &[u8] {
         &self.buf.as_ref()[HEADER_LEN..usize::from(self.len())]
     }
 }
 
 /// Writes a UDP header with checksum 0 (allowed for IPv4; what VXLAN senders do by default).
+#[inline]
 pub fn write_header(b: &mut [u8], src_port: u16, dst_port: u16, len: u16) -> bool {
     let Some(h) = b.get_mut(..HEADER_LEN) else {
         return false;

@@ -17,6 +17,7 @@ pub struct VxlanPacket<T> {
 
 impl<T: AsRef<[u8]>> VxlanPacket<T> {
     /// Wraps `buf` after checking for 8 bytes.
+    #[inline]
     pub fn new_checked(buf: T) -> Result<Self, WireError> {
         if buf.as_ref().len() < HEADER_LEN {
             return Err(WireError::Truncated);
@@ -25,27 +26,32 @@ impl<T: AsRef<[u8]>> VxlanPacket<T> {
     }
 
     /// The flags byte.
+    #[inline]
     pub fn flags(&self) -> u8 {
         self.buf.as_ref()[0]
     }
 
     /// True if the I flag is set.
+    #[inline]
     pub fn has_vni(&self) -> bool {
         self.flags() & FLAG_VNI != 0
     }
 
     /// The 24-bit VNI.
+    #[inline]
     pub fn vni(&self) -> u32 {
         be32(self.buf.as_ref(), 4) >> 8
     }
 
     /// The inner Ethernet frame.
+    #[inline]
     pub fn payload(&self) -> &[u8] {
         &self.buf.as_ref()[HEADER_LEN..]
     }
 }
 
 /// Writes a VXLAN header with the I flag and `vni` into `b[..8]`.
+#[inline]
 pub fn write_header(b: &mut [u8], vni: u32) -> bool {
     let Some(h) = b.get_mut(..HEADER_LEN) else {
         return false;

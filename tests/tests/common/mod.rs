@@ -2,7 +2,7 @@
 //! RFC 1071 checksum written again here so that checks do not trust the code under test, and
 //! tshark.
 
-#![allow(dead_code, missing_docs)]
+#![allow(dead_code, missing_docs, clippy::too_many_arguments)]
 
 use etherparse::PacketBuilder;
 use pcap_file::pcap::{PcapHeader, PcapPacket, PcapReader, PcapWriter};

@@ -1,0 +1,100 @@
+//! The `switchd` command line as a user runs it: exit codes and messages.
+
+#![allow(missing_docs)]
+
+use std::process::Command;
+
+const EXAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples");
+
+fn switchd(args: &[&str]) -> (i32, String, String) {
+    let o = Command::new(env!("CARGO_BIN_EXE_switchd"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stdout).into(),
+        String::from_utf8_lossy(&o.stderr).into(),
+    )
+}
+
+#[test]
+fn check_prints_tables() {
+    let state = format!("{EXAMPLES}/node1.toml");
+    let (code, out, _) = switchd(&["check", "--state", &state]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("valid") && out.contains("default/pod-a") && out.contains("node2"),
+        "{out}"
+    );
+}
+
+#[test]
+fn invalid_state_names_file_line_and_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    let text = std::fs::read_to_string(format!("{EXAMPLES}/node1.toml")).unwrap();
+    std::fs::write(
+        &bad,
+        text.replace(
+            "pod_cidr = \"10.244.2.0/24\"",
+            "pod_cidr = \"10.244.1.0/24\"",
+        ),
+    )
+    .unwrap();
+    let (code, _, err) = switchd(&["check", "--state", bad.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("bad.toml: nodes[0].pod_cidr: 10.244.1.0/24 overlaps this node's pod CIDR"),
+        "{err}"
+    );
+    std::fs::write(&bad, "[node]\nname = 1\n").unwrap();
+    let (code, _, err) = switchd(&["check", "--state", bad.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(err.contains("line 2") && err.contains("name"), "{err}");
+}
+
+#[test]
+fn replay_of_the_shipped_example() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = format!("{EXAMPLES}/node1.toml");
+    let a = format!("veth-a={EXAMPLES}/pcap/pod-a.pcap");
+    let u = format!("uplink={EXAMPLES}/pcap/uplink.pcap");
+    let (code, out, err) = switchd(&[
+        "replay",
+        "--state",
+        &state,
+        "--in",
+        &a,
+        "--in",
+        &u,
+        "--out",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("replayed 10 frames"), "{out}");
+    for f in [
+        "uplink.pcap",
+        "veth-a.pcap",
+        "veth-b.pcap",
+        "kernel.pcap",
+        "counters.json",
+    ] {
+        assert!(dir.path().join(f).exists(), "{f}");
+    }
+    let c: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("counters.json")).unwrap())
+            .unwrap();
+    assert_eq!(c["received"], 10);
+    assert_eq!(c["dropped"], 3);
+    assert_eq!(c["output"]["veth-a"], 3);
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let (code, _, err) = switchd(&[
+        "replay", "--state", "x.toml", "--in", "nonsense", "--out", "/tmp/x",
+    ]);
+    assert_eq!(code, 2);
+    assert!(err.contains("is not PORT=FILE"), "{err}");
+}
