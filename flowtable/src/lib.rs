@@ -11,6 +11,7 @@
 pub mod cidr;
 pub mod counters;
 pub mod hash;
+pub mod maglev;
 pub mod packet;
 pub mod pipeline;
 pub mod snapshot;
