@@ -89,6 +89,18 @@ named_enum! {
         VxlanFragmented = "vxlan_fragmented",
         /// The inner frame of a VXLAN packet is not IPv4.
         VxlanInnerNotIpv4 = "vxlan_inner_not_ipv4",
+        /// TCP/UDP header too short to read ports and flags, for a Service or reply.
+        L4Truncated = "l4_truncated",
+        /// An IP fragment addressed to a Service (fragments are not reassembled for NAT).
+        ServiceFragment = "service_fragment",
+        /// SCTP to a Service: not translated yet.
+        SctpUnsupported = "sctp_unsupported",
+        /// internalTrafficPolicy or externalTrafficPolicy Local and no endpoint on this node.
+        NoLocalEndpoints = "no_local_endpoints",
+        /// A new Service flow could not be tracked: the conntrack table is full of live flows.
+        ConntrackFull = "conntrack_full",
+        /// No free source port to resolve a NAT clash.
+        NatClash = "nat_clash",
     }
 }
 
@@ -109,6 +121,8 @@ named_enum! {
         IcmpErrorSent = "icmp_error_sent",
         /// Handed to the node's kernel.
         ToKernel = "to_kernel",
+        /// A Service with no endpoints answered: TCP RST or ICMP port unreachable.
+        Rejected = "rejected",
     }
 }
 
@@ -117,6 +131,12 @@ named_enum! {
 pub struct Counters {
     /// Frames given to the pipeline.
     pub received: u64,
+    /// Frames translated to a Service backend (DNAT), new or tracked flows.
+    pub dnat: u64,
+    /// Frames translated back from a backend to the Service (reverse NAT).
+    pub reverse_nat: u64,
+    /// New Service flows (conntrack entries created).
+    pub new_flows: u64,
     actions: [u64; Action::COUNT],
     drops: [u64; DropReason::COUNT],
 }
@@ -125,6 +145,9 @@ impl Default for Counters {
     fn default() -> Self {
         Counters {
             received: 0,
+            dnat: 0,
+            reverse_nat: 0,
+            new_flows: 0,
             actions: [0; Action::COUNT],
             drops: [0; DropReason::COUNT],
         }
@@ -175,6 +198,9 @@ impl Counters {
     /// Adds another worker's counters into this one.
     pub fn merge(&mut self, o: &Counters) {
         self.received += o.received;
+        self.dnat += o.dnat;
+        self.reverse_nat += o.reverse_nat;
+        self.new_flows += o.new_flows;
         for (a, b) in self.actions.iter_mut().zip(o.actions.iter()) {
             *a += b;
         }

@@ -9,11 +9,13 @@
 #![forbid(unsafe_code)]
 
 pub mod cidr;
+pub mod conntrack;
 pub mod counters;
 pub mod hash;
 pub mod maglev;
 pub mod packet;
 pub mod pipeline;
+pub mod services;
 pub mod snapshot;
 pub mod state;
 pub mod wire;

@@ -105,6 +105,8 @@ pub struct Snapshot {
     remotes: Vec<RemoteNode>,
     routes: PrefixTable<u32>,
     vtep_by_ip: HashMap<u32, u32>,
+    /// Services, their ports, frontends and backends.
+    pub services: crate::services::ServiceTables,
 }
 
 fn check_unicast(field: &str, m: MacAddr) -> Result<(), StateError> {
@@ -336,6 +338,8 @@ impl Snapshot {
             }
         }
 
+        let services = crate::services::build(state)?;
+
         Ok(Snapshot {
             generation,
             node: NodeConfig {
@@ -358,6 +362,7 @@ impl Snapshot {
             remotes,
             routes,
             vtep_by_ip,
+            services,
         })
     }
 

@@ -26,6 +26,178 @@ pub struct StateFile {
     /// The other nodes of the cluster.
     #[serde(default)]
     pub nodes: Vec<RemoteNodeSpec>,
+    /// Cluster-wide Service settings.
+    #[serde(default)]
+    pub service_config: ServiceConfigSpec,
+    /// Services and their endpoints.
+    #[serde(default)]
+    pub services: Vec<ServiceSpec>,
+}
+
+/// Cluster-wide Service settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceConfigSpec {
+    /// The Service CIDR; every ClusterIP must be inside it.
+    #[serde(default = "default_service_cidr")]
+    pub service_cidr: Ipv4Cidr,
+    /// Maglev lookup table size per Service port; must be a prime.
+    #[serde(default = "default_maglev")]
+    pub maglev_table_size: u32,
+    /// Source address a pod's connection to itself through a Service is translated to, so
+    /// that the reply comes back through the switch (Cilium's default).
+    #[serde(default = "default_hairpin")]
+    pub hairpin_ip: Ipv4Addr,
+}
+
+fn default_service_cidr() -> Ipv4Cidr {
+    Ipv4Cidr::new(Ipv4Addr::new(10, 96, 0, 0), 12).unwrap_or_else(|| unreachable!())
+}
+
+fn default_maglev() -> u32 {
+    crate::maglev::DEFAULT_TABLE_SIZE as u32
+}
+
+fn default_hairpin() -> Ipv4Addr {
+    Ipv4Addr::new(169, 254, 42, 1)
+}
+
+impl Default for ServiceConfigSpec {
+    fn default() -> Self {
+        ServiceConfigSpec {
+            service_cidr: default_service_cidr(),
+            maglev_table_size: default_maglev(),
+            hairpin_ip: default_hairpin(),
+        }
+    }
+}
+
+/// A Service (the parts of a Kubernetes Service and its EndpointSlices the dataplane uses).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceSpec {
+    /// `namespace/name`.
+    pub name: String,
+    /// The ClusterIP.
+    pub cluster_ip: Ipv4Addr,
+    /// Ports.
+    #[serde(default)]
+    pub ports: Vec<ServicePortSpec>,
+    /// LoadBalancer ingress IPs (served for traffic arriving on the uplink).
+    #[serde(default)]
+    pub load_balancer_ips: Vec<Ipv4Addr>,
+    /// externalIPs (served like LoadBalancer IPs).
+    #[serde(default)]
+    pub external_ips: Vec<Ipv4Addr>,
+    /// sessionAffinity.
+    #[serde(default)]
+    pub session_affinity: SessionAffinity,
+    /// sessionAffinityConfig.clientIP.timeoutSeconds (1 to 86400).
+    #[serde(default = "default_affinity_timeout")]
+    pub affinity_timeout_seconds: u32,
+    /// externalTrafficPolicy.
+    #[serde(default)]
+    pub external_traffic_policy: TrafficPolicy,
+    /// internalTrafficPolicy.
+    #[serde(default)]
+    pub internal_traffic_policy: TrafficPolicy,
+    /// Endpoints, as in EndpointSlices.
+    #[serde(default)]
+    pub endpoints: Vec<EndpointSpec>,
+}
+
+fn default_affinity_timeout() -> u32 {
+    10800
+}
+
+/// A Service port.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServicePortSpec {
+    /// Port name (may be empty for a single-port Service).
+    #[serde(default)]
+    pub name: String,
+    /// Protocol.
+    #[serde(default)]
+    pub protocol: Protocol,
+    /// The Service port.
+    pub port: u16,
+    /// The port on the endpoints; defaults to `port`.
+    #[serde(default)]
+    pub target_port: Option<u16>,
+    /// The NodePort (30000-32767), if any.
+    #[serde(default)]
+    pub node_port: Option<u16>,
+}
+
+/// An endpoint of a Service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointSpec {
+    /// Pod IP.
+    pub ip: Ipv4Addr,
+    /// Name of the node the pod runs on.
+    pub node: String,
+    /// conditions.ready.
+    #[serde(default = "yes")]
+    pub ready: bool,
+    /// conditions.serving; defaults to `ready`.
+    #[serde(default)]
+    pub serving: Option<bool>,
+    /// conditions.terminating.
+    #[serde(default)]
+    pub terminating: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Transport protocol of a Service port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum Protocol {
+    /// TCP.
+    #[default]
+    #[serde(rename = "TCP")]
+    Tcp,
+    /// UDP.
+    #[serde(rename = "UDP")]
+    Udp,
+    /// SCTP.
+    #[serde(rename = "SCTP")]
+    Sctp,
+}
+
+impl Protocol {
+    /// The IP protocol number.
+    pub fn number(self) -> u8 {
+        match self {
+            Protocol::Tcp => 6,
+            Protocol::Udp => 17,
+            Protocol::Sctp => 132,
+        }
+    }
+}
+
+/// sessionAffinity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum SessionAffinity {
+    /// No affinity: every connection is balanced on its own.
+    #[default]
+    None,
+    /// The same client IP goes to the same endpoint until the timeout.
+    #[serde(rename = "ClientIP")]
+    ClientIp,
+}
+
+/// externalTrafficPolicy / internalTrafficPolicy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum TrafficPolicy {
+    /// Any endpoint in the cluster.
+    #[default]
+    Cluster,
+    /// Only endpoints on this node.
+    Local,
 }
 
 /// This node's identity and addresses.

@@ -58,6 +58,29 @@ impl Pipeline {
         rest: u32,
         fallback: DropReason,
     ) -> Outcome {
+        self.icmp_error_from(
+            snap,
+            pkt,
+            icmp_type,
+            code,
+            rest,
+            fallback,
+            snap.node.gateway_ip,
+        )
+    }
+
+    /// As [`Pipeline::icmp_error`], sent from `from` (a Service address for port unreachable).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn icmp_error_from(
+        &mut self,
+        snap: &Snapshot,
+        pkt: &mut Packet<'_>,
+        icmp_type: u8,
+        code: u8,
+        rest: u32,
+        fallback: DropReason,
+        from: std::net::Ipv4Addr,
+    ) -> Outcome {
         let (total_len, src) = {
             let Some(body) = pkt.data().get(ETH_LEN..) else {
                 return Outcome::Drop(fallback);
@@ -109,7 +132,7 @@ impl Pipeline {
                 dont_frag: false,
                 ttl: 64,
                 protocol: protocol::ICMP,
-                src: snap.node.gateway_ip.octets(),
+                src: from.octets(),
                 dst: src.octets(),
             },
         );
@@ -119,6 +142,10 @@ impl Pipeline {
             code,
             rest,
         );
+        // An error about a translated packet quotes the translation: undo it for the sender.
+        if !snap.services.frontends.is_empty() {
+            let _ = self.nat_error_quote(snap, pkt);
+        }
         self.route(snap, pkt, Hop::Generated)
             .as_action(Action::IcmpErrorSent)
     }

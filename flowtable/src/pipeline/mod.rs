@@ -22,13 +22,16 @@
 mod arp;
 mod forward;
 mod icmp;
+mod nat;
 mod vxlan;
 
+use crate::conntrack::{Conntrack, Timeouts};
 use crate::counters::{Action, Counters, DropReason};
 use crate::packet::{Packet, PortId};
 use crate::snapshot::Snapshot;
 use crate::wire::ethernet::{ethertype, EthernetFrame, HEADER_LEN as ETH_LEN};
 use crate::wire::ipv4::{Ipv4Error, Ipv4Packet};
+use std::sync::Arc;
 
 /// The batch size the daemon and benchmarks use.
 pub const BATCH_SIZE: usize = 64;
@@ -95,19 +98,55 @@ impl From<Ipv4Error> for DropReason {
     }
 }
 
-/// One worker's pipeline: its counters and its IP identification sequence.
-#[derive(Debug, Default)]
+/// One worker's pipeline: its counters, its IP identification sequence, the clock it was
+/// given for this batch, and a handle on the conntrack table it shares with other workers.
+#[derive(Debug)]
 pub struct Pipeline {
     counters: Counters,
     ident: u16,
     /// Sink for the batch pre-touch loads, so they are not optimised away.
     touched: u8,
+    ct: Arc<Conntrack>,
+    now: u32,
+}
+
+/// Conntrack capacity of a pipeline made by [`Pipeline::new`] (tests, tools).
+pub const DEFAULT_PRIVATE_CT: usize = 4096;
+
+impl Default for Pipeline {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl Pipeline {
-    /// A pipeline with zeroed counters.
+    /// A pipeline with zeroed counters and a small conntrack table of its own.
     pub fn new() -> Self {
-        Self::default()
+        Self::with_conntrack(Arc::new(Conntrack::new(
+            DEFAULT_PRIVATE_CT,
+            Timeouts::default(),
+        )))
+    }
+
+    /// A pipeline sharing `ct` with other workers.
+    pub fn with_conntrack(ct: Arc<Conntrack>) -> Self {
+        Pipeline {
+            counters: Counters::default(),
+            ident: 0,
+            touched: 0,
+            ct,
+            now: 0,
+        }
+    }
+
+    /// The conntrack table.
+    pub fn conntrack(&self) -> &Arc<Conntrack> {
+        &self.ct
+    }
+
+    /// Sets the clock (seconds, any fixed epoch) for the next batches: conntrack ages with it.
+    pub fn set_now(&mut self, secs: u32) {
+        self.now = secs;
     }
 
     /// This worker's counters.
@@ -157,7 +196,7 @@ impl Pipeline {
         }
     }
 
-    fn next_ident(&mut self) -> u16 {
+    pub(crate) fn next_ident(&mut self) -> u16 {
         self.ident = self.ident.wrapping_add(1);
         self.ident
     }
@@ -192,6 +231,9 @@ impl Pipeline {
         // Strip Ethernet padding: what goes on is exactly the IP packet.
         let len = ETH_LEN + usize::from(ip.total_len());
         pkt.set_len(len);
+        if let Some(o) = self.nat_from_pod(snap, pkt) {
+            return o;
+        }
         self.route(snap, pkt, Hop::FromPod)
     }
 

@@ -264,6 +264,9 @@ impl Pipeline {
         pkt.pull_front(outer_len);
         pkt.set_len(inner_len);
         self.counters.action(Action::Decapsulated);
+        if let Some(o) = self.nat_from_overlay(snap, pkt) {
+            return o;
+        }
         self.route(snap, pkt, Hop::FromOverlay)
     }
 }

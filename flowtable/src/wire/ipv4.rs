@@ -88,6 +88,28 @@ impl<T: AsRef<[u8]>> Ipv4Packet<T> {
         Ok(Ipv4Packet { buf })
     }
 
+    /// Wraps a possibly cut-short packet (one quoted in an ICMP error): checks the version,
+    /// IHL and that the header fits, but not the total length. Accessors stay panic-free;
+    /// the payload is whatever follows the header, up to the total length.
+    #[inline]
+    pub fn new_checked_lenient(buf: T) -> Result<Self, Ipv4Error> {
+        let b = buf.as_ref();
+        if b.len() < MIN_HEADER_LEN {
+            return Err(Ipv4Error::Truncated);
+        }
+        if b[field::VER_IHL] >> 4 != 4 {
+            return Err(Ipv4Error::BadVersion);
+        }
+        let hl = usize::from(b[field::VER_IHL] & 0x0f) * 4;
+        if hl < MIN_HEADER_LEN {
+            return Err(Ipv4Error::BadHeaderLen);
+        }
+        if hl > b.len() {
+            return Err(Ipv4Error::Truncated);
+        }
+        Ok(Ipv4Packet { buf })
+    }
+
     /// Header length in bytes (IHL * 4).
     #[inline]
     pub fn header_len(&self) -> usize {
@@ -197,7 +219,9 @@ impl<T: AsRef<[u8]>> Ipv4Packet<T> {
     /// The payload up to the total length (padding excluded).
     #[inline]
     pub fn payload(&self) -> &[u8] {
-        &self.buf.as_ref()[self.header_len()..usize::from(self.total_len())]
+        let b = self.buf.as_ref();
+        let end = usize::from(self.total_len()).clamp(self.header_len(), b.len());
+        &b[self.header_len()..end]
     }
 }
 
@@ -251,8 +275,9 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv4Packet<T> {
     /// The payload up to the total length, mutable.
     #[inline]
     pub fn payload_mut(&mut self) -> &mut [u8] {
-        let (hl, tl) = (self.header_len(), usize::from(self.total_len()));
-        &mut self.buf.as_mut()[hl..tl]
+        let hl = self.header_len();
+        let end = usize::from(self.total_len()).clamp(hl, self.buf.as_ref().len());
+        &mut self.buf.as_mut()[hl..end]
     }
 }
 

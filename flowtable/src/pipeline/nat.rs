@@ -1,0 +1,482 @@
+//! Service NAT: DNAT of new and tracked flows to a backend, reverse NAT of replies, rejection
+//! when a Service has no endpoints, and reverse translation of ICMP errors about translated
+//! packets.
+//!
+//! Design: runs on IPv4 frames before routing. A destination that is a Service frontend is
+//! translated to a backend (picked by ClientIP affinity or Maglev; hairpin flows also get their
+//! source translated) and tracked in the shared conntrack table; a packet from an endpoint IP
+//! whose tuple is a tracked reply is translated back. Checksums (IPv4 header, TCP/UDP over the
+//! pseudo-header) are updated incrementally; a UDP checksum of 0 stays 0. After translation
+//! the packet is routed like any other, so a backend on another node is reached over VXLAN.
+
+use super::{Hop, Outcome, Pipeline};
+use crate::conntrack::{Dir, FlowKey, InsertError};
+use crate::counters::{Action, DropReason};
+use crate::maglev;
+use crate::packet::Packet;
+use crate::services::{FrontendKind, Selection};
+use crate::snapshot::Snapshot;
+use crate::wire::checksum;
+use crate::wire::ethernet::HEADER_LEN as ETH_LEN;
+use crate::wire::icmp::{self, kind};
+use crate::wire::ipv4::{self, protocol, Ipv4Packet, Ipv4Repr};
+use std::net::Ipv4Addr;
+
+/// IP protocol number of SCTP.
+const SCTP: u8 = 132;
+/// Marks affinity records in the conntrack table (a protocol number no packet is tracked with).
+const AFFINITY_PROTO: u8 = 255;
+/// "Port unreachable".
+const CODE_PORT_UNREACHABLE: u8 = 3;
+
+/// What NAT needs of a packet's headers.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct L4 {
+    pub key: FlowKey,
+    pub l4_off: usize,
+    pub tcp_flags: Option<u8>,
+    pub fragment: bool,
+}
+
+/// Reads the 5-tuple; `Err` with a drop reason if the L4 header is too short, `Ok(None)` for
+/// protocols without ports.
+pub(super) fn l4_of(data: &[u8]) -> Result<Option<L4>, DropReason> {
+    let Some(Ok(ip)) = data.get(ETH_LEN..).map(Ipv4Packet::new_checked) else {
+        return Err(DropReason::Ipv4Truncated);
+    };
+    let proto = ip.protocol();
+    if proto != protocol::TCP && proto != protocol::UDP && proto != SCTP {
+        return Ok(None);
+    }
+    let l4_off = ETH_LEN + ip.header_len();
+    let fragment = ip.is_fragment();
+    let p = ip.payload();
+    if ip.frag_offset() != 0 {
+        // Later fragments carry no ports.
+        return Ok(Some(L4 {
+            key: FlowKey {
+                src: ip.src(),
+                dst: ip.dst(),
+                sport: 0,
+                dport: 0,
+                proto,
+            },
+            l4_off,
+            tcp_flags: None,
+            fragment,
+        }));
+    }
+    let need = match proto {
+        protocol::TCP => 20,
+        protocol::UDP => 8,
+        _ => 12,
+    };
+    if p.len() < need {
+        return Err(DropReason::L4Truncated);
+    }
+    let key = FlowKey {
+        src: ip.src(),
+        dst: ip.dst(),
+        sport: u16::from_be_bytes([p[0], p[1]]),
+        dport: u16::from_be_bytes([p[2], p[3]]),
+        proto,
+    };
+    let tcp_flags = (proto == protocol::TCP).then(|| p[13]);
+    Ok(Some(L4 {
+        key,
+        l4_off,
+        tcp_flags,
+        fragment,
+    }))
+}
+
+/// Offset of the L4 checksum from the L4 header's start, and whether 0 means "none".
+fn l4_checksum_field(proto: u8) -> Option<(usize, bool)> {
+    match proto {
+        protocol::TCP => Some((16, false)),
+        protocol::UDP => Some((6, true)),
+        _ => None,
+    }
+}
+
+/// Rewrites the packet's tuple from `from` to `to` (addresses and ports), updating the IPv4
+/// and L4 checksums incrementally. `l4_len` bounds the L4 header (quoted packets in ICMP
+/// errors may be cut short: fields beyond it are left alone).
+pub(super) fn rewrite(data: &mut [u8], ip_off: usize, from: &FlowKey, to: &FlowKey) {
+    let Some(Ok(mut ip)) = data
+        .get_mut(ip_off..)
+        .map(|b| Ipv4Packet::new_checked_lenient(b))
+    else {
+        return;
+    };
+    if from.src != to.src {
+        ip.set_src(to.src);
+    }
+    if from.dst != to.dst {
+        ip.set_dst(to.dst);
+    }
+    let hl = ip.header_len();
+    let l4 = &mut data[ip_off + hl..];
+    if l4.len() < 4 {
+        return;
+    }
+    if from.sport != to.sport {
+        l4[0..2].copy_from_slice(&to.sport.to_be_bytes());
+    }
+    if from.dport != to.dport {
+        l4[2..4].copy_from_slice(&to.dport.to_be_bytes());
+    }
+    let Some((off, zero_is_none)) = l4_checksum_field(from.proto) else {
+        return;
+    };
+    let Some(c) = l4
+        .get(off..off + 2)
+        .map(|b| u16::from_be_bytes([b[0], b[1]]))
+    else {
+        return;
+    };
+    if zero_is_none && c == 0 {
+        return;
+    }
+    let mut c = c;
+    c = checksum::update32(c, u32::from(from.src), u32::from(to.src));
+    c = checksum::update32(c, u32::from(from.dst), u32::from(to.dst));
+    c = checksum::update16(c, from.sport, to.sport);
+    c = checksum::update16(c, from.dport, to.dport);
+    if zero_is_none && c == 0 {
+        c = 0xffff;
+    }
+    l4[off..off + 2].copy_from_slice(&c.to_be_bytes());
+}
+
+impl Pipeline {
+    /// Service handling for a packet from a pod (before routing). `Some` if it is decided here.
+    pub(super) fn nat_from_pod(
+        &mut self,
+        snap: &Snapshot,
+        pkt: &mut Packet<'_>,
+    ) -> Option<Outcome> {
+        let svc = &snap.services;
+        if svc.frontends.is_empty() {
+            return None;
+        }
+        let l4 = match l4_of(pkt.data()) {
+            Ok(Some(l4)) => l4,
+            Ok(None) => return self.nat_icmp_error(snap, pkt),
+            Err(r) => {
+                // Too short to tell: only a drop if it was aimed at a Service.
+                return pkt
+                    .data()
+                    .get(ETH_LEN + 16..ETH_LEN + 20)
+                    .map(|d| Ipv4Addr::new(d[0], d[1], d[2], d[3]))
+                    .filter(|d| svc.frontends_ip(*d))
+                    .map(|_| Outcome::Drop(r));
+            }
+        };
+        if let Some(fe) = svc.frontend(l4.key.dst, l4.key.dport, l4.key.proto) {
+            return self.dnat(snap, pkt, &l4, fe.port, fe.kind);
+        }
+        if svc.is_backend_ip(l4.key.src) || Some(l4.key.dst) == svc.hairpin_ip {
+            return self.reverse_nat(snap, pkt, &l4);
+        }
+        None
+    }
+
+    /// Reverse NAT for a packet decapsulated from another node (replies of remote backends).
+    pub(super) fn nat_from_overlay(
+        &mut self,
+        snap: &Snapshot,
+        pkt: &mut Packet<'_>,
+    ) -> Option<Outcome> {
+        let svc = &snap.services;
+        if svc.frontends.is_empty() {
+            return None;
+        }
+        match l4_of(pkt.data()) {
+            Ok(Some(l4)) if svc.is_backend_ip(l4.key.src) => self.reverse_nat(snap, pkt, &l4),
+            Ok(None) => self.nat_icmp_error(snap, pkt),
+            _ => None,
+        }
+    }
+
+    fn dnat(
+        &mut self,
+        snap: &Snapshot,
+        pkt: &mut Packet<'_>,
+        l4: &L4,
+        port: u32,
+        kind: FrontendKind,
+    ) -> Option<Outcome> {
+        if l4.fragment {
+            return Some(Outcome::Drop(DropReason::ServiceFragment));
+        }
+        if l4.key.proto == SCTP {
+            return Some(Outcome::Drop(DropReason::SctpUnsupported));
+        }
+        let svc = &snap.services;
+        let sp = svc.ports.get(port as usize)?;
+        let service = svc.services.get(sp.service as usize)?;
+        let key = l4.key;
+        if let Some(hit) = self.ct.lookup(&key) {
+            let stale = hit.dir == Dir::Original
+                && key.proto != protocol::TCP
+                && !sp.has_backend(hit.translated.dst, hit.translated.dport);
+            if hit.dir == Dir::Original && !stale {
+                self.ct
+                    .touch(hit.entry, Dir::Original, l4.tcp_flags, self.now);
+                rewrite(pkt.data_mut(), ETH_LEN, &key, &hit.translated);
+                self.counters.dnat += 1;
+                return None;
+            }
+            if stale {
+                // The stale-conntrack blackhole kube-proxy had: move the flow to a live backend.
+                self.ct.remove(hit.entry);
+            }
+        }
+        let local = match kind {
+            FrontendKind::ClusterIp => service.internal_local,
+            FrontendKind::NodePort | FrontendKind::External => service.external_local,
+        };
+        let sel: &Selection = if local { &sp.local } else { &sp.cluster };
+        if sel.is_empty() {
+            if local && !sp.cluster.is_empty() {
+                return Some(Outcome::Drop(DropReason::NoLocalEndpoints));
+            }
+            return Some(self.reject(snap, pkt, l4));
+        }
+        let backend_idx = match service.affinity_timeout {
+            Some(timeout) => self.affinity_pick(&key, sel, sp, timeout)?,
+            None => sel.pick(maglev::flow_hash(
+                key.src, key.sport, key.dst, key.dport, key.proto,
+            ))?,
+        };
+        let b = sp.backends.get(backend_idx as usize)?;
+        let mut tr = FlowKey {
+            dst: b.ip,
+            dport: b.port,
+            ..key
+        };
+        if b.ip == key.src {
+            // Hairpin: the pod reaches itself through its Service; make the reply come back.
+            tr.src = svc.hairpin_ip.unwrap_or(snap.node.gateway_ip);
+        }
+        let mut attempt = 0u32;
+        loop {
+            match self.ct.insert(key, tr, self.now) {
+                Ok(_) => break,
+                Err(InsertError::Full) => return Some(Outcome::Drop(DropReason::ConntrackFull)),
+                Err(InsertError::Clash) if attempt < 16 => {
+                    // Another tracked flow already owns this reply tuple: move the source port
+                    // (as netfilter's clash resolution does).
+                    attempt += 1;
+                    let h = maglev::flow_hash(key.src, key.sport, key.dst, key.dport, key.proto);
+                    let span = 61000 - 32768;
+                    tr.sport = 32768 + ((h.wrapping_add(u64::from(attempt) * 7919)) % span) as u16;
+                }
+                Err(InsertError::Clash) => return Some(Outcome::Drop(DropReason::NatClash)),
+            }
+        }
+        rewrite(pkt.data_mut(), ETH_LEN, &key, &tr);
+        self.counters.dnat += 1;
+        self.counters.new_flows += 1;
+        None
+    }
+
+    /// ClientIP affinity: the backend this client used within the timeout, else a Maglev pick
+    /// on the client address alone, remembered in the conntrack table.
+    fn affinity_pick(
+        &mut self,
+        key: &FlowKey,
+        sel: &Selection,
+        sp: &crate::services::ServicePort,
+        timeout: u32,
+    ) -> Option<u32> {
+        let akey = FlowKey {
+            src: key.src,
+            dst: key.dst,
+            sport: 0,
+            dport: key.dport,
+            proto: AFFINITY_PROTO,
+        };
+        if let Some(hit) = self.ct.lookup(&akey) {
+            let usable = sel.members.iter().copied().find(|&i| {
+                sp.backends
+                    .get(i as usize)
+                    .is_some_and(|b| b.ip == hit.translated.dst && b.port == hit.translated.dport)
+            });
+            if let Some(i) = usable {
+                self.ct.touch(hit.entry, Dir::Original, None, self.now);
+                return Some(i);
+            }
+            self.ct.remove(hit.entry);
+        }
+        let i = sel.pick(maglev::flow_hash(key.src, 0, key.dst, key.dport, key.proto))?;
+        let b = sp.backends.get(i as usize)?;
+        // The translated side names the Service too, so two Services' records never clash.
+        let tr = FlowKey {
+            src: key.dst,
+            sport: key.dport,
+            dst: b.ip,
+            dport: b.port,
+            proto: AFFINITY_PROTO,
+        };
+        let _ = self
+            .ct
+            .insert_with_timeout(akey, tr, self.now, Some(timeout));
+        Some(i)
+    }
+
+    fn reverse_nat(&mut self, _snap: &Snapshot, pkt: &mut Packet<'_>, l4: &L4) -> Option<Outcome> {
+        let hit = self.ct.lookup(&l4.key)?;
+        if hit.dir != Dir::Reply {
+            return None;
+        }
+        self.ct.touch(hit.entry, Dir::Reply, l4.tcp_flags, self.now);
+        let back = hit.original.reversed();
+        rewrite(pkt.data_mut(), ETH_LEN, &l4.key, &back);
+        self.counters.reverse_nat += 1;
+        None
+    }
+
+    /// An ICMP error about a translated packet: translate the error and the packet it quotes
+    /// back, so the client sees the Service address (path-MTU discovery works through it).
+    pub(super) fn nat_error_quote(
+        &mut self,
+        snap: &Snapshot,
+        pkt: &mut Packet<'_>,
+    ) -> Option<Outcome> {
+        self.nat_icmp_error(snap, pkt)
+    }
+
+    fn nat_icmp_error(&mut self, _snap: &Snapshot, pkt: &mut Packet<'_>) -> Option<Outcome> {
+        let data = pkt.data();
+        let ip = Ipv4Packet::new_checked(data.get(ETH_LEN..)?).ok()?;
+        if ip.protocol() != protocol::ICMP || ip.is_fragment() {
+            return None;
+        }
+        let outer_hl = ip.header_len();
+        let msg = ip.payload();
+        if msg.len() < icmp::HEADER_LEN + ipv4::MIN_HEADER_LEN + 4 || !icmp::is_error(msg[0]) {
+            return None;
+        }
+        let q_off = ETH_LEN + outer_hl + icmp::HEADER_LEN;
+        let quoted = Ipv4Packet::new_checked_lenient(data.get(q_off..)?).ok()?;
+        let qhl = quoted.header_len();
+        let qp = data.get(q_off + qhl..q_off + qhl + 4)?;
+        // The quoted packet went from the client to the backend: its reverse is a reply tuple.
+        let inner = FlowKey {
+            src: quoted.src(),
+            dst: quoted.dst(),
+            sport: u16::from_be_bytes([qp[0], qp[1]]),
+            dport: u16::from_be_bytes([qp[2], qp[3]]),
+            proto: quoted.protocol(),
+        };
+        let outer_src = ip.src();
+        let hit = self.ct.lookup(&inner.reversed())?;
+        if hit.dir != Dir::Reply {
+            return None;
+        }
+        let want = hit.original;
+        let data = pkt.data_mut();
+        // The quoted header: back to what the client sent (client -> VIP).
+        rewrite_quoted(data, q_off, &inner, &want);
+        // The error itself: from the VIP if the backend sent it, to the client.
+        let mut outer = Ipv4Packet::new_checked(&mut data[ETH_LEN..]).ok()?;
+        if outer_src == inner.dst {
+            outer.set_src(want.dst);
+        }
+        if outer.dst() != want.src {
+            outer.set_dst(want.src);
+        }
+        let total = usize::from(outer.total_len());
+        let m = &mut data[ETH_LEN + outer_hl..ETH_LEN + total];
+        m[2] = 0;
+        m[3] = 0;
+        let c = checksum::checksum(m);
+        m[2..4].copy_from_slice(&c.to_be_bytes());
+        self.counters.reverse_nat += 1;
+        None
+    }
+
+    /// Answers a flow to a Service without endpoints at once: TCP RST, or ICMP port unreachable.
+    fn reject(&mut self, snap: &Snapshot, pkt: &mut Packet<'_>, l4: &L4) -> Outcome {
+        let key = l4.key;
+        if key.proto != protocol::TCP {
+            return self
+                .icmp_error_from(
+                    snap,
+                    pkt,
+                    kind::DEST_UNREACHABLE,
+                    CODE_PORT_UNREACHABLE,
+                    0,
+                    DropReason::NoRoute,
+                    key.dst,
+                )
+                .as_action(Action::Rejected);
+        }
+        let flags = l4.tcp_flags.unwrap_or(0);
+        if flags & 0x04 != 0 {
+            // Never answer a RST.
+            return Outcome::Drop(DropReason::NoRoute);
+        }
+        let (seq, ack, payload_len) = {
+            let d = pkt.data();
+            let t = &d[l4.l4_off..];
+            let seq = u32::from_be_bytes([t[4], t[5], t[6], t[7]]);
+            let ack = u32::from_be_bytes([t[8], t[9], t[10], t[11]]);
+            let doff = usize::from(t[12] >> 4) * 4;
+            (seq, ack, t.len().saturating_sub(doff))
+        };
+        let (rst_seq, rst_ack, rst_flags) = if flags & 0x10 != 0 {
+            (ack, 0, 0x04)
+        } else {
+            let mut a = seq.wrapping_add(payload_len as u32);
+            if flags & 0x02 != 0 {
+                a = a.wrapping_add(1);
+            }
+            if flags & 0x01 != 0 {
+                a = a.wrapping_add(1);
+            }
+            (0, a, 0x14)
+        };
+        let ident = self.next_ident();
+        if !pkt.set_len(ETH_LEN + 40) {
+            return Outcome::Drop(DropReason::NoTailroom);
+        }
+        let d = pkt.data_mut();
+        ipv4::write_header(
+            &mut d[ETH_LEN..],
+            &Ipv4Repr {
+                tos: 0,
+                total_len: 40,
+                ident,
+                dont_frag: true,
+                ttl: 64,
+                protocol: protocol::TCP,
+                src: key.dst.octets(),
+                dst: key.src.octets(),
+            },
+        );
+        let t = &mut d[ETH_LEN + 20..ETH_LEN + 40];
+        t[0..2].copy_from_slice(&key.dport.to_be_bytes());
+        t[2..4].copy_from_slice(&key.sport.to_be_bytes());
+        t[4..8].copy_from_slice(&rst_seq.to_be_bytes());
+        t[8..12].copy_from_slice(&rst_ack.to_be_bytes());
+        t[12] = 5 << 4;
+        t[13] = rst_flags;
+        t[14..20].fill(0);
+        let sum =
+            checksum::pseudo_header_sum(key.dst.octets(), key.src.octets(), protocol::TCP, 20)
+                + checksum::sum(t);
+        let c = !checksum::fold(sum);
+        t[16..18].copy_from_slice(&c.to_be_bytes());
+        self.route(snap, pkt, Hop::Generated)
+            .as_action(Action::Rejected)
+    }
+}
+
+/// Rewrites a packet quoted inside an ICMP error (its IPv4 and L4 checksums incrementally;
+/// the quote may be cut short after the ports).
+fn rewrite_quoted(data: &mut [u8], q_off: usize, from: &FlowKey, to: &FlowKey) {
+    rewrite(data, q_off, from, to);
+}
