@@ -9,8 +9,9 @@ use proptest::prelude::*;
 
 const STATE: &str = include_str!("../../examples/node1.toml");
 
-fn snap() -> Snapshot {
-    Snapshot::build(&StateFile::parse(STATE).unwrap(), 1).unwrap()
+fn snap() -> &'static Snapshot {
+    static SNAP: std::sync::OnceLock<Snapshot> = std::sync::OnceLock::new();
+    SNAP.get_or_init(|| Snapshot::build(&StateFile::parse(STATE).unwrap(), 1).unwrap())
 }
 
 /// Valid seed frames, one per path, to mutate.
@@ -97,7 +98,7 @@ fn run(port: u16, frame: &[u8], headroom: usize, tailroom: usize) -> (Verdict, V
     buf[headroom..headroom + frame.len()].copy_from_slice(frame);
     let mut pkt = Packet::new(&mut buf, headroom, frame.len(), PortId(port)).unwrap();
     let mut p = Pipeline::new();
-    let v = p.process_one(&s, &mut pkt);
+    let v = p.process_one(s, &mut pkt);
     let out = pkt.data().to_vec();
     (v, out, p)
 }
@@ -182,7 +183,7 @@ proptest! {
             let mut buf = vec![0u8; 256 + f.len()];
             buf[256..].copy_from_slice(&f);
             let mut pkt = Packet::new(&mut buf, 256, f.len(), PortId(1)).unwrap();
-            prop_assert_eq!(p.process_one(&s, &mut pkt), Verdict::Transmit(PortId::UPLINK));
+            prop_assert_eq!(p.process_one(s, &mut pkt), Verdict::Transmit(PortId::UPLINK));
             let out = pkt.data();
             prop_assert_eq!(out.len(), f.len() + 50);
             prop_assert!(checksum::verify(&out[14..34]));

@@ -250,3 +250,5 @@ impl Pipeline {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_services;
