@@ -93,6 +93,8 @@ pub struct Hit {
     pub state: CtState,
     /// True once a reply-direction packet has been seen.
     pub replied: bool,
+    /// For flows that came in on the uplink: the MAC to send replies to.
+    pub peer: Option<[u8; 6]>,
 }
 
 /// Timeouts in seconds (defaults close to Cilium's and the kernel's).
@@ -179,6 +181,8 @@ struct Entry {
     last_seen: AtomicU32,
     /// Seconds after which GC may remove it if not seen again (set from the state's timeout).
     timeout: AtomicU32,
+    /// For flows from outside the cluster: 1 << 48 | the MAC replies go back to (else 0).
+    peer: AtomicU64,
 }
 
 /// The connection-tracking table.
@@ -326,6 +330,11 @@ impl Conntrack {
                             3 => CtState::Closing,
                             _ => CtState::New,
                         };
+                        let p = self.entries[entry as usize].peer.load(Relaxed);
+                        let peer = (p >> 48 == 1).then(|| {
+                            let b = p.to_be_bytes();
+                            [b[2], b[3], b[4], b[5], b[6], b[7]]
+                        });
                         return Some(Hit {
                             entry,
                             dir,
@@ -333,6 +342,7 @@ impl Conntrack {
                             translated: tr,
                             state,
                             replied: meta & REPLIED != 0,
+                            peer,
                         });
                     }
                 }
@@ -400,6 +410,19 @@ impl Conntrack {
         now: u32,
         timeout: Option<u32>,
     ) -> Result<u32, InsertError> {
+        self.insert_full(original, translated, now, timeout, None)
+    }
+
+    /// As [`Conntrack::insert`], with an optional fixed timeout and, for flows from outside
+    /// the cluster, the MAC address replies are sent back to.
+    pub fn insert_full(
+        &self,
+        original: FlowKey,
+        translated: FlowKey,
+        now: u32,
+        timeout: Option<u32>,
+        peer: Option<[u8; 6]>,
+    ) -> Result<u32, InsertError> {
         let reply = translated.reversed();
         if self.lookup(&reply).is_some() {
             return Err(InsertError::Clash);
@@ -421,6 +444,10 @@ impl Conntrack {
         e.n_ports
             .store(pack_ports(translated.sport, translated.dport), Relaxed);
         e.last_seen.store(now, Relaxed);
+        let p = peer.map_or(0, |m| {
+            (1u64 << 48) | u64::from_be_bytes([0, 0, m[0], m[1], m[2], m[3], m[4], m[5]])
+        });
+        e.peer.store(p, Relaxed);
         e.timeout.store(
             timeout.unwrap_or_else(|| self.timeout_for(original.proto, CtState::New, false)),
             Relaxed,

@@ -123,6 +123,8 @@ named_enum! {
         ToKernel = "to_kernel",
         /// A Service with no endpoints answered: TCP RST or ICMP port unreachable.
         Rejected = "rejected",
+        /// A backend's reply to a client outside the cluster, sent out of the uplink.
+        ToExternal = "to_external",
     }
 }
 

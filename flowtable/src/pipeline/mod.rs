@@ -62,6 +62,8 @@ pub(crate) enum Hop {
     FromPod,
     /// Decapsulated from another node.
     FromOverlay,
+    /// From outside the cluster on the uplink (NodePort, LoadBalancer), after DNAT.
+    FromUplink,
     /// Built by the switch itself (a reply or an ICMP error): no TTL decrement.
     Generated,
 }
@@ -243,6 +245,11 @@ impl Pipeline {
         };
         if eth.ethertype() != ethertype::IPV4 {
             return Outcome::Kernel;
+        }
+        if !snap.services.frontend_ips.is_empty() {
+            if let Some(o) = self.nat_from_uplink(snap, pkt) {
+                return o;
+            }
         }
         self.decap(snap, pkt)
     }

@@ -174,12 +174,54 @@ impl Pipeline {
             }
         };
         if let Some(fe) = svc.frontend(l4.key.dst, l4.key.dport, l4.key.proto) {
-            return self.dnat(snap, pkt, &l4, fe.port, fe.kind);
+            return self.dnat(snap, pkt, &l4, fe.port, fe.kind, None);
         }
         if svc.is_backend_ip(l4.key.src) || Some(l4.key.dst) == svc.hairpin_ip {
             return self.reverse_nat(snap, pkt, &l4);
         }
         None
+    }
+
+    /// NodePort and LoadBalancer/external IP traffic arriving on the uplink. `None` if the
+    /// frame is not for a Service (it then goes the uplink's usual way).
+    pub(super) fn nat_from_uplink(
+        &mut self,
+        snap: &Snapshot,
+        pkt: &mut Packet<'_>,
+    ) -> Option<Outcome> {
+        let svc = &snap.services;
+        let (dst, total, ok_sum, peer) = {
+            let data = pkt.data();
+            let ip = Ipv4Packet::new_checked(data.get(ETH_LEN..)?).ok()?;
+            if !svc.frontends_ip(ip.dst()) {
+                return None;
+            }
+            let mut peer = [0u8; 6];
+            peer.copy_from_slice(&data[6..12]);
+            (
+                ip.dst(),
+                usize::from(ip.total_len()),
+                ip.verify_checksum(),
+                peer,
+            )
+        };
+        let l4 = match l4_of(pkt.data()) {
+            Ok(Some(l4)) => l4,
+            Ok(None) => return None,
+            Err(r) => return Some(Outcome::Drop(r)),
+        };
+        let fe = svc.frontend(dst, l4.key.dport, l4.key.proto)?;
+        if fe.kind == FrontendKind::ClusterIp {
+            return None;
+        }
+        if !ok_sum {
+            return Some(Outcome::Drop(DropReason::Ipv4BadChecksum));
+        }
+        pkt.set_len(ETH_LEN + total);
+        if let Some(o) = self.dnat(snap, pkt, &l4, fe.port, fe.kind, Some(peer)) {
+            return Some(o);
+        }
+        Some(self.route(snap, pkt, Hop::FromUplink))
     }
 
     /// Reverse NAT for a packet decapsulated from another node (replies of remote backends).
@@ -199,6 +241,7 @@ impl Pipeline {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn dnat(
         &mut self,
         snap: &Snapshot,
@@ -206,6 +249,7 @@ impl Pipeline {
         l4: &L4,
         port: u32,
         kind: FrontendKind,
+        peer: Option<[u8; 6]>,
     ) -> Option<Outcome> {
         if l4.fragment {
             return Some(Outcome::Drop(DropReason::ServiceFragment));
@@ -260,9 +304,15 @@ impl Pipeline {
             // Hairpin: the pod reaches itself through its Service; make the reply come back.
             tr.src = svc.hairpin_ip.unwrap_or(snap.node.gateway_ip);
         }
+        if peer.is_some() && !local && !b.local {
+            // From outside to a backend on another node (externalTrafficPolicy Cluster): the
+            // backend must reply through this node, so translate the source to an address
+            // of this node's pod CIDR (as Flannel's masquerade to its flannel.1 address does).
+            tr.src = snap.node.gateway_ip;
+        }
         let mut attempt = 0u32;
         loop {
-            match self.ct.insert(key, tr, self.now) {
+            match self.ct.insert_full(key, tr, self.now, None, peer) {
                 Ok(_) => break,
                 Err(InsertError::Full) => return Some(Outcome::Drop(DropReason::ConntrackFull)),
                 Err(InsertError::Clash) if attempt < 16 => {
@@ -326,7 +376,7 @@ impl Pipeline {
         Some(i)
     }
 
-    fn reverse_nat(&mut self, _snap: &Snapshot, pkt: &mut Packet<'_>, l4: &L4) -> Option<Outcome> {
+    fn reverse_nat(&mut self, snap: &Snapshot, pkt: &mut Packet<'_>, l4: &L4) -> Option<Outcome> {
         let hit = self.ct.lookup(&l4.key)?;
         if hit.dir != Dir::Reply {
             return None;
@@ -335,7 +385,20 @@ impl Pipeline {
         let back = hit.original.reversed();
         rewrite(pkt.data_mut(), ETH_LEN, &l4.key, &back);
         self.counters.reverse_nat += 1;
-        None
+        let mac = hit.peer?;
+        // A reply to a client outside the cluster: straight back out of the uplink, to the
+        // MAC the request came from.
+        let data = pkt.data_mut();
+        if data.get(ETH_LEN + 8).is_none_or(|t| *t <= 1) {
+            return Some(Outcome::Drop(DropReason::TtlExceeded));
+        }
+        ipv4::decrement_ttl(&mut data[ETH_LEN..]);
+        data[0..6].copy_from_slice(&mac);
+        data[6..12].copy_from_slice(&snap.node.uplink_mac.0);
+        Some(Outcome::Tx(
+            crate::packet::PortId::UPLINK,
+            Action::ToExternal,
+        ))
     }
 
     /// An ICMP error about a translated packet: translate the error and the packet it quotes

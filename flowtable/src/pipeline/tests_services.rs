@@ -62,7 +62,10 @@ impl H {
         H::with_state(STATE)
     }
     fn with_state(text: &str) -> H {
-        H { snap: Snapshot::build(&StateFile::parse(text).unwrap(), 1).unwrap(), p: Pipeline::new() }
+        H {
+            snap: Snapshot::build(&StateFile::parse(text).unwrap(), 1).unwrap(),
+            p: Pipeline::new(),
+        }
     }
     fn send(&mut self, port: PortId, frame: &[u8]) -> (Verdict, Vec<u8>) {
         let mut buf = vec![0u8; 2048];
@@ -81,17 +84,38 @@ impl H {
     }
 }
 
-fn tcp(mac: [u8; 6], src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, syn: bool, payload: &[u8]) -> Vec<u8> {
-    let b = PacketBuilder::ethernet2(mac, GW_MAC).ipv4(src, dst, 64).tcp(sport, dport, 1000, 64240);
+fn tcp(
+    mac: [u8; 6],
+    src: [u8; 4],
+    dst: [u8; 4],
+    sport: u16,
+    dport: u16,
+    syn: bool,
+    payload: &[u8],
+) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(mac, GW_MAC)
+        .ipv4(src, dst, 64)
+        .tcp(sport, dport, 1000, 64240);
     let b = if syn { b.syn() } else { b.ack(5000) };
     let mut v = Vec::new();
     b.write(&mut v, payload).unwrap();
     v
 }
 
-fn udp(mac: [u8; 6], src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+fn udp(
+    mac: [u8; 6],
+    src: [u8; 4],
+    dst: [u8; 4],
+    sport: u16,
+    dport: u16,
+    payload: &[u8],
+) -> Vec<u8> {
     let mut v = Vec::new();
-    PacketBuilder::ethernet2(mac, GW_MAC).ipv4(src, dst, 64).udp(sport, dport).write(&mut v, payload).unwrap();
+    PacketBuilder::ethernet2(mac, GW_MAC)
+        .ipv4(src, dst, 64)
+        .udp(sport, dport)
+        .write(&mut v, payload)
+        .unwrap();
     v
 }
 
@@ -125,16 +149,26 @@ fn web_flow_to(h: &mut H, want_local: bool) -> (u16, Vec<u8>, Verdict) {
 fn clusterip_to_local_backend_and_back() {
     let mut h = H::new();
     let (sport, out, _) = web_flow_to(&mut h, true);
-    assert_eq!(tuple(&out), (POD_A, sport, POD_B, 8080), "DNAT to pod-b:8080, client IP kept");
+    assert_eq!(
+        tuple(&out),
+        (POD_A, sport, POD_B, 8080),
+        "DNAT to pod-b:8080, client IP kept"
+    );
     assert_eq!(&out[..6], &MAC_B);
     // The backend answers: source becomes the Service again.
-    let (v, back) = h.send(PORT_B, &tcp(MAC_B, POD_B, POD_A, 8080, sport, false, b"HTTP/1.1 200 OK"));
+    let (v, back) = h.send(
+        PORT_B,
+        &tcp(MAC_B, POD_B, POD_A, 8080, sport, false, b"HTTP/1.1 200 OK"),
+    );
     assert_eq!(v, Verdict::Transmit(PORT_A));
     assert_eq!(tuple(&back), (WEB, 80, POD_A, sport));
     assert!(h.p.counters().reverse_nat >= 1);
     // The flow is tracked: the next packet goes to the same backend without a new entry.
     let flows = h.p.counters().new_flows;
-    let (v, again) = h.send(PORT_A, &tcp(MAC_A, POD_A, WEB, sport, 80, false, b"GET / HTTP/1.1"));
+    let (v, again) = h.send(
+        PORT_A,
+        &tcp(MAC_A, POD_A, WEB, sport, 80, false, b"GET / HTTP/1.1"),
+    );
     assert_eq!(v, Verdict::Transmit(PORT_B));
     assert_eq!(tuple(&again), (POD_A, sport, POD_B, 8080));
     assert_eq!(h.p.counters().new_flows, flows);
@@ -156,11 +190,23 @@ fn clusterip_to_remote_backend_over_vxlan_and_back() {
     assert_eq!(&out[30..34], &[198, 18, 0, 2], "encapsulated to node2");
     assert_eq!(tuple(&out[50..]), (POD_A, sport, REMOTE_B, 8080));
     // The reply comes back over VXLAN and is translated on this (the client's) node.
-    let reply = tcp([2, 0, 0, 0, 0xff, 2], REMOTE_B, POD_A, 8080, sport, false, b"ok");
+    let reply = tcp(
+        [2, 0, 0, 0, 0xff, 2],
+        REMOTE_B,
+        POD_A,
+        8080,
+        sport,
+        false,
+        b"ok",
+    );
     let mut vx = vec![8, 0, 0, 0, 0, 0, 1, 0];
     vx.extend_from_slice(&reply);
     let mut f = Vec::new();
-    PacketBuilder::ethernet2([2, 0, 0xc6, 0x12, 0, 2], [2, 0, 0xc6, 0x12, 0, 1]).ipv4([198, 18, 0, 2], [198, 18, 0, 1], 64).udp(40000, 8472).write(&mut f, &vx).unwrap();
+    PacketBuilder::ethernet2([2, 0, 0xc6, 0x12, 0, 2], [2, 0, 0xc6, 0x12, 0, 1])
+        .ipv4([198, 18, 0, 2], [198, 18, 0, 1], 64)
+        .udp(40000, 8472)
+        .write(&mut f, &vx)
+        .unwrap();
     let (v, back) = h.send(PortId::UPLINK, &f);
     assert_eq!(v, Verdict::Transmit(PORT_A));
     assert_eq!(tuple(&back), (WEB, 80, POD_A, sport));
@@ -174,7 +220,9 @@ fn no_endpoints_rejects_at_once() {
     assert_eq!(v, Verdict::Transmit(PORT_A));
     assert_eq!(h.p.counters().actions(Action::Rejected), 1);
     let p = SlicedPacket::from_ethernet(&out).unwrap();
-    let TransportSlice::Tcp(t) = p.transport.unwrap() else { panic!() };
+    let TransportSlice::Tcp(t) = p.transport.unwrap() else {
+        panic!()
+    };
     assert!(t.rst() && t.ack() && !t.syn());
     assert_eq!((t.source_port(), t.destination_port()), (80, 40000));
     assert_eq!(t.acknowledgment_number(), 1001, "ACKs the SYN");
@@ -204,7 +252,10 @@ fn hairpin_through_own_service() {
     assert_eq!(v, Verdict::Transmit(PORT_A));
     assert_eq!(tuple(&out), ([169, 254, 42, 1], 40000, POD_A, 8080));
     // pod-a answers the hairpin address; it becomes the Service talking to pod-a.
-    let (v, back) = h.send(PORT_A, &tcp(MAC_A, POD_A, [169, 254, 42, 1], 8080, 40000, false, b""));
+    let (v, back) = h.send(
+        PORT_A,
+        &tcp(MAC_A, POD_A, [169, 254, 42, 1], 8080, 40000, false, b""),
+    );
     assert_eq!(v, Verdict::Transmit(PORT_A));
     assert_eq!(tuple(&back), (SELF, 80, POD_A, 40000));
 }
@@ -225,9 +276,15 @@ fn two_services_same_backend_same_client_port() {
     assert_eq!(v, Verdict::Transmit(PORT_B));
     let (_, moved_port, dst, dport) = tuple(&second);
     assert_eq!((dst, dport), (POD_B, 8080));
-    assert_ne!(moved_port, sport, "the clash is resolved by moving the source port");
+    assert_ne!(
+        moved_port, sport,
+        "the clash is resolved by moving the source port"
+    );
     let (_, back1) = h.send(PORT_B, &tcp(MAC_B, POD_B, POD_A, 8080, sport, false, b""));
-    let (_, back2) = h.send(PORT_B, &tcp(MAC_B, POD_B, POD_A, 8080, moved_port, false, b""));
+    let (_, back2) = h.send(
+        PORT_B,
+        &tcp(MAC_B, POD_B, POD_A, 8080, moved_port, false, b""),
+    );
     assert_eq!(tuple(&back1), (WEB, 80, POD_A, sport));
     assert_eq!(tuple(&back2), (WEB2, 80, POD_A, sport));
 }
@@ -239,21 +296,36 @@ fn udp_moves_off_removed_backend_tcp_keeps_it() {
     // UDP to dns: one backend, then it is replaced.
     let (_, out) = h.send(PORT_A, &udp(MAC_A, POD_A, DNS, 5000, 53, b"q"));
     assert_eq!(tuple(&out[50..]).2, [10, 244, 2, 8]);
-    let moved = STATE.replace("{ ip = \"10.244.2.8\", node = \"node2\" }", "{ ip = \"10.244.2.20\", node = \"node2\" }");
+    let moved = STATE.replace(
+        "{ ip = \"10.244.2.8\", node = \"node2\" }",
+        "{ ip = \"10.244.2.20\", node = \"node2\" }",
+    );
     h.snap = Snapshot::build(&StateFile::parse(&moved).unwrap(), 2).unwrap();
     let (_, out) = h.send(PORT_A, &udp(MAC_A, POD_A, DNS, 5000, 53, b"q"));
-    assert_eq!(tuple(&out[50..]).2, [10, 244, 2, 20], "no blackhole: the flow moved");
+    assert_eq!(
+        tuple(&out[50..]).2,
+        [10, 244, 2, 20],
+        "no blackhole: the flow moved"
+    );
     // TCP to web keeps its backend while that backend is still listed.
     let mut h = H::new();
     let (sport, _, _) = web_flow_to(&mut h, false);
     let terminating = STATE.replace("{ ip = \"10.244.2.7\", node = \"node2\" },\n]", "{ ip = \"10.244.2.7\", node = \"node2\", ready = false, serving = true, terminating = true },\n]");
     h.snap = Snapshot::build(&StateFile::parse(&terminating).unwrap(), 2).unwrap();
     let (v, out) = h.send(PORT_A, &tcp(MAC_A, POD_A, WEB, sport, 80, false, b"more"));
-    assert_eq!(v, Verdict::Transmit(PortId::UPLINK), "existing flow keeps its terminating backend");
+    assert_eq!(
+        v,
+        Verdict::Transmit(PortId::UPLINK),
+        "existing flow keeps its terminating backend"
+    );
     assert_eq!(tuple(&out[50..]).2, REMOTE_B);
     for p in 50000..50100 {
         let (v, _) = h.send(PORT_A, &tcp(MAC_A, POD_A, WEB, p, 80, true, b""));
-        assert_eq!(v, Verdict::Transmit(PORT_B), "no new flow to a terminating endpoint");
+        assert_eq!(
+            v,
+            Verdict::Transmit(PORT_B),
+            "no new flow to a terminating endpoint"
+        );
     }
 }
 
@@ -262,22 +334,43 @@ fn client_ip_affinity_holds_until_timeout() {
     let mut h = H::new();
     h.p.set_now(100);
     let (_, first) = h.send(PORT_A, &tcp(MAC_A, POD_A, STICKY, 40000, 80, true, b""));
-    let first_backend = if first.len() > 100 && first[23] == 17 { tuple(&first[50..]).2 } else { tuple(&first).2 };
+    let first_backend = if first.len() > 100 && first[23] == 17 {
+        tuple(&first[50..]).2
+    } else {
+        tuple(&first).2
+    };
     for p in 40001..40050 {
         let (_, out) = h.send(PORT_A, &tcp(MAC_A, POD_A, STICKY, p, 80, true, b""));
-        let b = if out[23] == 17 { tuple(&out[50..]).2 } else { tuple(&out).2 };
+        let b = if out[23] == 17 {
+            tuple(&out[50..]).2
+        } else {
+            tuple(&out).2
+        };
         assert_eq!(b, first_backend, "same client, same backend");
     }
     // The remembered backend wins even when Maglev alone would now choose another.
     let fewer = STATE.replace("  { ip = \"10.244.2.10\", node = \"node2\" },\n", "  { ip = \"10.244.2.10\", node = \"node2\" },\n  { ip = \"10.244.2.11\", node = \"node2\" },\n  { ip = \"10.244.2.12\", node = \"node2\" },\n  { ip = \"10.244.2.13\", node = \"node2\" },\n");
     h.snap = Snapshot::build(&StateFile::parse(&fewer).unwrap(), 2).unwrap();
     let (_, out) = h.send(PORT_A, &tcp(MAC_A, POD_A, STICKY, 41000, 80, true, b""));
-    let b = if out[23] == 17 { tuple(&out[50..]).2 } else { tuple(&out).2 };
+    let b = if out[23] == 17 {
+        tuple(&out[50..]).2
+    } else {
+        tuple(&out).2
+    };
     assert_eq!(b, first_backend);
-    let aff = crate::conntrack::FlowKey { src: POD_A.into(), dst: STICKY.into(), sport: 0, dport: 80, proto: 255 };
+    let aff = crate::conntrack::FlowKey {
+        src: POD_A.into(),
+        dst: STICKY.into(),
+        sport: 0,
+        dport: 80,
+        proto: 255,
+    };
     assert!(h.p.conntrack().lookup(&aff).is_some());
     h.p.conntrack().gc(100 + 61, 1 << 20);
-    assert!(h.p.conntrack().lookup(&aff).is_none(), "affinity expires after its timeout");
+    assert!(
+        h.p.conntrack().lookup(&aff).is_none(),
+        "affinity expires after its timeout"
+    );
 }
 
 #[test]
@@ -290,19 +383,33 @@ fn icmp_error_from_backend_is_translated_back() {
     let quoted = &inner[14..];
     PacketBuilder::ethernet2([2, 0, 0, 0, 0xff, 2], [2, 0, 0, 0, 0xff, 1])
         .ipv4([10, 244, 2, 8], POD_A, 64)
-        .icmpv4(etherparse::Icmpv4Type::DestinationUnreachable(etherparse::icmpv4::DestUnreachableHeader::Port))
+        .icmpv4(etherparse::Icmpv4Type::DestinationUnreachable(
+            etherparse::icmpv4::DestUnreachableHeader::Port,
+        ))
         .write(&mut err, quoted)
         .unwrap();
     let mut vx = vec![8, 0, 0, 0, 0, 0, 1, 0];
     vx.extend_from_slice(&err);
     let mut f = Vec::new();
-    PacketBuilder::ethernet2([2, 0, 0xc6, 0x12, 0, 2], [2, 0, 0xc6, 0x12, 0, 1]).ipv4([198, 18, 0, 2], [198, 18, 0, 1], 64).udp(40000, 8472).write(&mut f, &vx).unwrap();
+    PacketBuilder::ethernet2([2, 0, 0xc6, 0x12, 0, 2], [2, 0, 0xc6, 0x12, 0, 1])
+        .ipv4([198, 18, 0, 2], [198, 18, 0, 1], 64)
+        .udp(40000, 8472)
+        .write(&mut f, &vx)
+        .unwrap();
     let (v, back) = h.send(PortId::UPLINK, &f);
     assert_eq!(v, Verdict::Transmit(PORT_A));
-    assert_eq!(&back[26..30], &DNS, "the error comes from the Service address");
+    assert_eq!(
+        &back[26..30],
+        &DNS,
+        "the error comes from the Service address"
+    );
     let q = &back[42..];
     assert_eq!(&q[12..16], &POD_A);
-    assert_eq!(&q[16..20], &DNS, "the quoted packet is what the client sent");
+    assert_eq!(
+        &q[16..20],
+        &DNS,
+        "the quoted packet is what the client sent"
+    );
     assert_eq!(u16::from_be_bytes([q[22], q[23]]), 53);
     assert!(csum_ok(&q[..20]), "quoted IPv4 checksum");
     let mut ps = Vec::new();
@@ -329,7 +436,10 @@ fn frag_needed_for_translated_packet_quotes_the_service() {
 #[test]
 fn conntrack_full_drops_new_flows_only() {
     let mut h = H::new();
-    h.p = Pipeline::with_conntrack(std::sync::Arc::new(crate::conntrack::Conntrack::new(2, Default::default())));
+    h.p = Pipeline::with_conntrack(std::sync::Arc::new(crate::conntrack::Conntrack::new(
+        2,
+        Default::default(),
+    )));
     // TCP to a UDP-only Service port is not a frontend: it is routed (and has no route).
     let (v, _) = h.send(PORT_A, &tcp(MAC_A, POD_A, DNS, 1000, 53, true, b""));
     assert_eq!(v, Verdict::Drop(DropReason::NoRoute));
@@ -337,12 +447,115 @@ fn conntrack_full_drops_new_flows_only() {
         let (v, _) = h.send(PORT_A, &udp(MAC_A, POD_A, DNS, 1000 + p, 53, b""));
         assert_eq!(v, Verdict::Transmit(PortId::UPLINK));
         // Replied: no longer evictable.
-        let r = h.p.conntrack().lookup(&crate::conntrack::FlowKey { src: POD_A.into(), dst: DNS.into(), sport: 1000 + p, dport: 53, proto: 17 }).unwrap();
-        h.p.conntrack().touch(r.entry, crate::conntrack::Dir::Reply, None, 0);
+        let r =
+            h.p.conntrack()
+                .lookup(&crate::conntrack::FlowKey {
+                    src: POD_A.into(),
+                    dst: DNS.into(),
+                    sport: 1000 + p,
+                    dport: 53,
+                    proto: 17,
+                })
+                .unwrap();
+        h.p.conntrack()
+            .touch(r.entry, crate::conntrack::Dir::Reply, None, 0);
     }
     let (v, _) = h.send(PORT_A, &udp(MAC_A, POD_A, DNS, 2000, 53, b""));
     assert_eq!(v, Verdict::Drop(DropReason::ConntrackFull));
     // Tracked flows keep working.
     let (v, _) = h.send(PORT_A, &udp(MAC_A, POD_A, DNS, 1000, 53, b""));
     assert_eq!(v, Verdict::Transmit(PortId::UPLINK));
+}
+
+const EXT: [u8; 4] = [198, 18, 0, 100];
+const EXT_MAC: [u8; 6] = [2, 0, 0xc6, 0x12, 0, 100];
+const NODE1: [u8; 4] = [198, 18, 0, 1];
+const NODE1_MAC: [u8; 6] = [2, 0, 0xc6, 0x12, 0, 1];
+
+fn from_outside(dst: [u8; 4], sport: u16, dport: u16) -> Vec<u8> {
+    let mut v = Vec::new();
+    PacketBuilder::ethernet2(EXT_MAC, NODE1_MAC)
+        .ipv4(EXT, dst, 64)
+        .tcp(sport, dport, 7, 64240)
+        .syn()
+        .write(&mut v, b"")
+        .unwrap();
+    v
+}
+
+fn vxlan_from_node2(inner: &[u8]) -> Vec<u8> {
+    let mut vx = vec![8, 0, 0, 0, 0, 0, 1, 0];
+    vx.extend_from_slice(inner);
+    let mut f = Vec::new();
+    PacketBuilder::ethernet2([2, 0, 0xc6, 0x12, 0, 2], NODE1_MAC)
+        .ipv4([198, 18, 0, 2], NODE1, 64)
+        .udp(40000, 8472)
+        .write(&mut f, &vx)
+        .unwrap();
+    f
+}
+
+#[test]
+fn nodeport_cluster_policy_local_and_remote_backends() {
+    let mut h = H::new();
+    let mut seen_local = false;
+    let mut seen_remote = false;
+    for sport in 20000..20200u16 {
+        let (v, out) = h.send(PortId::UPLINK, &from_outside(NODE1, sport, 30080));
+        match v {
+            Verdict::Transmit(PORT_B) if !seen_local => {
+                seen_local = true;
+                // Local backend: client IP preserved.
+                assert_eq!(tuple(&out), (EXT, sport, POD_B, 8080));
+                let (v, back) = h.send(PORT_B, &tcp(MAC_B, POD_B, EXT, 8080, sport, false, b""));
+                assert_eq!(v, Verdict::Transmit(PortId::UPLINK));
+                assert_eq!(tuple(&back), (NODE1, 30080, EXT, sport));
+                assert_eq!((&back[0..6], &back[6..12]), (&EXT_MAC[..], &NODE1_MAC[..]));
+                assert_eq!(back[22], 63);
+            }
+            Verdict::Transmit(PortId::UPLINK) if !seen_remote => {
+                seen_remote = true;
+                // Remote backend: SNAT to this node's pod CIDR so the reply returns here.
+                let (s, sp, d, dp) = tuple(&out[50..]);
+                assert_eq!((s, d, dp), ([10, 244, 1, 1], REMOTE_B, 8080));
+                let reply = tcp(
+                    [2, 0, 0, 0, 0xff, 2],
+                    REMOTE_B,
+                    [10, 244, 1, 1],
+                    8080,
+                    sp,
+                    false,
+                    b"",
+                );
+                let (v, back) = h.send(PortId::UPLINK, &vxlan_from_node2(&reply));
+                assert_eq!(v, Verdict::Transmit(PortId::UPLINK));
+                assert_eq!(tuple(&back), (NODE1, 30080, EXT, sport));
+                assert_eq!(&back[0..6], &EXT_MAC);
+            }
+            Verdict::Transmit(_) => {}
+            other => panic!("{other:?}"),
+        }
+        if seen_local && seen_remote {
+            break;
+        }
+    }
+    assert!(seen_local && seen_remote);
+    assert!(h.p.counters().actions(Action::ToExternal) >= 2);
+}
+
+#[test]
+fn external_traffic_policy_local() {
+    let mut h = H::new();
+    // LoadBalancer IP with a local endpoint: always the local one, client IP preserved.
+    for sport in 21000..21050u16 {
+        let (v, out) = h.send(PortId::UPLINK, &from_outside([198, 18, 1, 10], sport, 443));
+        assert_eq!(v, Verdict::Transmit(PORT_B));
+        assert_eq!(tuple(&out), (EXT, sport, POD_B, 8443));
+    }
+    // NodePort of a Service with no local endpoint: this node does not serve it.
+    let (v, _) = h.send(PortId::UPLINK, &from_outside(NODE1, 22000, 30091));
+    assert_eq!(v, Verdict::Drop(DropReason::NoLocalEndpoints));
+    // Anything else to the node is still the kernel's.
+    let (v, _) = h.send(PortId::UPLINK, &from_outside(NODE1, 22000, 22));
+    assert_eq!(v, Verdict::Kernel);
 }
