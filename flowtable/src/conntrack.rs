@@ -10,10 +10,12 @@
 //! - state updates (last seen, TCP state, replied) are single-word atomic stores;
 //! - removal (expiry by [`Conntrack::gc`], or eviction under pressure) claims the entry with a
 //!   CAS so exactly one thread frees it, tombstones its index slots and returns it to the queue.
+//!
 //! When the table is full a new flow may evict an *unreplied* entry (a SYN flood's, or a UDP
 //! probe's), never a replied/established one; if none is found the new flow is refused and the
 //! caller counts the drop. GC runs off the packet path, so the table recovers by itself.
-//! Memory: 40 bytes per entry plus 16 bytes of index per entry (see [`Conntrack::bytes_per_entry`]).
+//!
+//! Memory: 48 bytes per entry plus 16 bytes of index per entry (see [`Conntrack::bytes_per_entry`]).
 
 use crossbeam_queue::ArrayQueue;
 use std::net::Ipv4Addr;

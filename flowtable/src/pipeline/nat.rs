@@ -105,7 +105,7 @@ fn l4_checksum_field(proto: u8) -> Option<(usize, bool)> {
 pub(super) fn rewrite(data: &mut [u8], ip_off: usize, from: &FlowKey, to: &FlowKey) {
     let Some(Ok(mut ip)) = data
         .get_mut(ip_off..)
-        .map(|b| Ipv4Packet::new_checked_lenient(b))
+        .map(Ipv4Packet::new_checked_lenient)
     else {
         return;
     };
