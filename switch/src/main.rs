@@ -33,6 +33,9 @@ enum Cmd {
         /// Output directory (created if missing; files in it are overwritten).
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
+        /// Conntrack capacity (connections; memory is fixed at about 64 bytes each).
+        #[arg(long, default_value_t = 65536, value_parser = clap::value_parser!(u64).range(1..=16_777_214))]
+        conntrack_capacity: u64,
     },
     /// Validate a state file and print the tables it describes.
     Check {
@@ -45,7 +48,16 @@ enum Cmd {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.cmd {
-        Cmd::Replay { state, inputs, out } => replay::run(&state, &inputs, &out).map(|r| {
+        Cmd::Replay {
+            state,
+            inputs,
+            out,
+            conntrack_capacity,
+        } => {
+            let opts = replay::Options {
+                conntrack_capacity: conntrack_capacity as usize,
+            };
+            replay::run_with(&state, &inputs, &out, &opts).map(|r| {
             println!(
                 "replayed {} frames on node {} (generation {})",
                 r.received, r.node, r.generation
@@ -65,8 +77,13 @@ fn main() -> ExitCode {
             for (k, v) in &r.output {
                 println!("  -> {}/{k}.pcap: {v} frames", out.display());
             }
+            println!(
+                "  services: {} translated, {} translated back, {} new flows; conntrack {} of {} entries",
+                r.nat.dnat, r.nat.reverse_nat, r.nat.new_flows, r.conntrack.entries, r.conntrack.capacity
+            );
             println!("  -> {}/{}", out.display(), replay::COUNTERS_JSON);
-        }),
+        })
+        }
         Cmd::Check { state } => replay::load_state(&state).map(|s| {
             println!(
                 "{}: valid. node {} ip {} pod_cidr {} gateway {} ({})",
@@ -92,6 +109,29 @@ fn main() -> ExitCode {
                     p.mac,
                     s.port_name(p.port).unwrap_or("?")
                 );
+            }
+            for sv in &s.services.services {
+                for &pi in &sv.ports {
+                    if let Some(p) = s.services.ports.get(pi as usize) {
+                        let np = p
+                            .node_port
+                            .map(|n| format!(" nodePort {n}"))
+                            .unwrap_or_default();
+                        println!(
+                            "svc  {:<24} {}:{}/{}{np} -> {} endpoints ({} usable)",
+                            sv.name,
+                            sv.cluster_ip,
+                            p.port,
+                            match p.protocol {
+                                6 => "TCP",
+                                17 => "UDP",
+                                _ => "SCTP",
+                            },
+                            p.backends.len(),
+                            p.cluster.members.len()
+                        );
+                    }
+                }
             }
             for r in s.remotes() {
                 println!(

@@ -8,6 +8,7 @@
 //! state file. Output frames keep their input timestamps. Runs on the calling thread.
 
 use crate::pcapio::{self, PcapError, Writer};
+use flowtable::conntrack::{Conntrack, Timeouts};
 use flowtable::packet::DEFAULT_HEADROOM;
 use flowtable::{
     Action, DropReason, Packet, Pipeline, PortId, Snapshot, StateFile, Verdict, BATCH_SIZE,
@@ -15,6 +16,8 @@ use flowtable::{
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
 
 /// Size of each frame buffer (headroom included), as a UMEM frame.
 pub const FRAME_SIZE: usize = 4096;
@@ -105,6 +108,51 @@ pub struct InputStats {
     pub skipped_too_large: u64,
 }
 
+/// Settings of a replay beyond its inputs.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Conntrack capacity (connections).
+    pub conntrack_capacity: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            conntrack_capacity: 65536,
+        }
+    }
+}
+
+/// Service NAT counters of a replay.
+#[derive(Debug, Clone, Serialize)]
+pub struct NatReport {
+    /// Frames translated to a backend.
+    pub dnat: u64,
+    /// Frames translated back to the Service.
+    pub reverse_nat: u64,
+    /// New Service flows.
+    pub new_flows: u64,
+}
+
+/// Conntrack state after a replay.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConntrackReport {
+    /// Capacity (connections).
+    pub capacity: usize,
+    /// Entries live at the end.
+    pub entries: usize,
+    /// Entries created.
+    pub inserted: u64,
+    /// New flows refused because the table was full.
+    pub full: u64,
+    /// Unreplied entries evicted under pressure.
+    pub evicted: u64,
+    /// Entries expired.
+    pub expired: u64,
+    /// Memory per connection in bytes.
+    pub bytes_per_entry: usize,
+}
+
 /// What a replay did: the JSON written to `counters.json`.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
@@ -124,6 +172,10 @@ pub struct Report {
     pub dropped: u64,
     /// Frames written per output file (port name or "kernel").
     pub output: BTreeMap<String, u64>,
+    /// Service NAT.
+    pub nat: NatReport,
+    /// Conntrack.
+    pub conntrack: ConntrackReport,
 }
 
 /// Reads, parses and validates a state file into a generation-1 snapshot.
@@ -157,6 +209,16 @@ fn resolve_port(snap: &Snapshot, name: &str) -> Result<PortId, ReplayError> {
 
 /// Replays `inputs` through the pipeline built from `state`, writing results into `out_dir`.
 pub fn run(state: &Path, inputs: &[Input], out_dir: &Path) -> Result<Report, ReplayError> {
+    run_with(state, inputs, out_dir, &Options::default())
+}
+
+/// As [`run`], with options. The conntrack clock follows the capture timestamps.
+pub fn run_with(
+    state: &Path,
+    inputs: &[Input],
+    out_dir: &Path,
+    opts: &Options,
+) -> Result<Report, ReplayError> {
     let snap = load_state(state)?;
     let mut frames = Vec::new();
     for (i, input) in inputs.iter().enumerate() {
@@ -178,7 +240,8 @@ pub fn run(state: &Path, inputs: &[Input], out_dir: &Path) -> Result<Report, Rep
     let mut kernel = Writer::create(&out_dir.join(KERNEL_PCAP))?;
 
     let mut stats = InputStats::default();
-    let mut pipeline = Pipeline::new();
+    let ct = Arc::new(Conntrack::new(opts.conntrack_capacity, Timeouts::default()));
+    let mut pipeline = Pipeline::with_conntrack(Arc::clone(&ct));
     let mut bufs = vec![[0u8; FRAME_SIZE]; BATCH_SIZE];
     let mut verdicts = [Verdict::default(); BATCH_SIZE];
     let mut queue = frames.into_iter().peekable();
@@ -194,6 +257,11 @@ pub fn run(state: &Path, inputs: &[Input], out_dir: &Path) -> Result<Report, Rep
                 pkts.push(p);
                 stamps.push(ts);
             }
+        }
+        if let Some(first) = stamps.first() {
+            let now = u32::try_from(first.as_secs()).unwrap_or(u32::MAX);
+            pipeline.set_now(now);
+            ct.gc(now, 4096);
         }
         let n = pkts.len();
         pipeline.process(&snap, &mut pkts, &mut verdicts[..n]);
@@ -233,6 +301,20 @@ pub fn run(state: &Path, inputs: &[Input], out_dir: &Path) -> Result<Report, Rep
             .collect(),
         dropped: c.total_drops(),
         output,
+        nat: NatReport {
+            dnat: c.dnat,
+            reverse_nat: c.reverse_nat,
+            new_flows: c.new_flows,
+        },
+        conntrack: ConntrackReport {
+            capacity: ct.capacity(),
+            entries: ct.len(),
+            inserted: ct.counters.inserted.load(Relaxed),
+            full: ct.counters.full.load(Relaxed),
+            evicted: ct.counters.evicted.load(Relaxed),
+            expired: ct.counters.expired.load(Relaxed),
+            bytes_per_entry: ct.bytes_per_entry(),
+        },
     };
     let json = serde_json::to_string_pretty(&report).unwrap_or_default();
     let path = out_dir.join(COUNTERS_JSON);

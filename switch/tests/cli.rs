@@ -72,7 +72,7 @@ fn replay_of_the_shipped_example() {
         dir.path().to_str().unwrap(),
     ]);
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains("replayed 10 frames"), "{out}");
+    assert!(out.contains("replayed 13 frames"), "{out}");
     for f in [
         "uplink.pcap",
         "veth-a.pcap",
@@ -85,9 +85,11 @@ fn replay_of_the_shipped_example() {
     let c: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.path().join("counters.json")).unwrap())
             .unwrap();
-    assert_eq!(c["received"], 10);
+    assert_eq!(c["received"], 13);
     assert_eq!(c["dropped"], 3);
-    assert_eq!(c["output"]["veth-a"], 3);
+    assert_eq!(c["output"]["veth-a"], 4);
+    assert_eq!(c["actions"]["rejected"], 1);
+    assert_eq!(c["nat"]["new_flows"], 2);
 }
 
 #[test]

@@ -433,3 +433,179 @@ fn errors_name_what_to_fix() {
         "{e}"
     );
 }
+
+fn tcp_from(
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+    src: [u8; 4],
+    dst: [u8; 4],
+    sport: u16,
+    dport: u16,
+    syn: bool,
+    ack: bool,
+) -> Vec<u8> {
+    let mut v = Vec::new();
+    let b = etherparse::PacketBuilder::ethernet2(src_mac, dst_mac)
+        .ipv4(src, dst, 64)
+        .tcp(sport, dport, 1000, 64240);
+    let b = if syn { b.syn() } else { b };
+    let b = if ack { b.ack(2000) } else { b };
+    b.write(&mut v, &[]).unwrap();
+    v
+}
+
+/// L4 checksum over the pseudo-header, independently of the code under test.
+fn l4_ok(frame: &[u8]) -> bool {
+    let hl = usize::from(frame[14] & 0xf) * 4;
+    let tl = usize::from(u16::from_be_bytes([frame[16], frame[17]]));
+    let l4 = &frame[14 + hl..14 + tl];
+    let mut p = Vec::new();
+    p.extend_from_slice(&frame[26..34]);
+    p.extend_from_slice(&[0, frame[23]]);
+    p.extend_from_slice(&(l4.len() as u16).to_be_bytes());
+    p.extend_from_slice(l4);
+    csum_ok(&p)
+}
+
+#[test]
+fn services_replayed_and_decoded() {
+    const DNS: [u8; 4] = [10, 96, 0, 53];
+    const EMPTY: [u8; 4] = [10, 96, 0, 99];
+    const EXT: [u8; 4] = [198, 18, 0, 100];
+    const EXT_MAC: [u8; 6] = [2, 0, 0xc6, 0x12, 0, 100];
+    // Well-formed DNS messages, so that tshark's dissector has nothing to complain about.
+    let query: &[u8] = &[
+        0x12, 0x34, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 1, b'a', 0, 0, 1, 0, 1,
+    ];
+    let response: &[u8] = &[
+        0x12, 0x34, 0x81, 0x80, 0, 1, 0, 0, 0, 0, 0, 0, 1, b'a', 0, 0, 1, 0, 1,
+    ];
+    let pod_a = vec![
+        (1, udp(MAC_A, GW_MAC, POD_A, DNS, 64, 5000, 53, query)),
+        (
+            2,
+            tcp_from(MAC_A, GW_MAC, POD_A, EMPTY, 40001, 80, true, false),
+        ),
+        (
+            3,
+            udp(MAC_A, GW_MAC, POD_A, EMPTY, 64, 5001, 80, b"anyone?"),
+        ),
+    ];
+    let answer = udp(
+        VTEP2,
+        VTEP1,
+        [10, 244, 2, 8],
+        POD_A,
+        63,
+        5353,
+        5000,
+        response,
+    );
+    let uplink = vec![
+        (4, vxlan_from_node2(&answer, 1)),
+        (
+            5,
+            tcp_from(EXT_MAC, NODE1_MAC, EXT, NODE1, 20000, 30090, true, false),
+        ),
+    ];
+    let pod_b = vec![(
+        6,
+        tcp_from(MAC_B, GW_MAC, POD_B, EXT, 8443, 20000, true, true),
+    )];
+
+    let dir = tempfile::tempdir().unwrap();
+    let (a, u, b) = (
+        dir.path().join("a.pcap"),
+        dir.path().join("u.pcap"),
+        dir.path().join("b.pcap"),
+    );
+    write_pcap(&a, &pod_a);
+    write_pcap(&u, &uplink);
+    write_pcap(&b, &pod_b);
+    let out = dir.path().join("out");
+    let inputs = [
+        Input {
+            port: "veth-a".into(),
+            path: a,
+        },
+        Input {
+            port: "uplink".into(),
+            path: u,
+        },
+        Input {
+            port: "veth-b".into(),
+            path: b,
+        },
+    ];
+    let r = replay::run(Path::new(STATE), &inputs, &out).unwrap();
+    assert_eq!(r.received, 6);
+    assert_eq!(r.dropped, 0);
+    assert_eq!(r.actions["rejected"], 2);
+    assert_eq!(r.actions["to_external"], 1);
+    assert_eq!((r.nat.new_flows, r.nat.dnat, r.nat.reverse_nat), (2, 2, 2));
+    assert_eq!(r.conntrack.entries, 2);
+
+    // Uplink: the DNS query encapsulated to node2, translated to the backend; then the
+    // NodePort reply to the outside client, from the node's address and NodePort.
+    let up = read_pcap(&out.join("uplink.pcap"));
+    assert_eq!(up.len(), 2);
+    let inner = &up[0][50..];
+    assert_eq!(&inner[26..30], &POD_A, "client IP kept");
+    assert_eq!(&inner[30..34], &[10, 244, 2, 8]);
+    assert_eq!(u16::from_be_bytes([inner[36], inner[37]]), 5353);
+    assert!(csum_ok(&inner[14..34]) && l4_ok(inner));
+    let ext = &up[1];
+    assert_eq!((&ext[0..6], &ext[6..12]), (&EXT_MAC[..], &NODE1_MAC[..]));
+    assert_eq!((&ext[26..30], &ext[30..34]), (&NODE1[..], &EXT[..]));
+    assert_eq!(
+        (
+            u16::from_be_bytes([ext[34], ext[35]]),
+            u16::from_be_bytes([ext[36], ext[37]])
+        ),
+        (30090, 20000)
+    );
+    assert!(csum_ok(&ext[14..34]) && l4_ok(ext));
+
+    // pod-a: RST from the empty Service, ICMP port unreachable from it, the DNS answer from the Service.
+    let a = read_pcap(&out.join("veth-a.pcap"));
+    assert_eq!(a.len(), 3);
+    assert_eq!(
+        (&a[0][26..30], a[0][23], a[0][47] & 0x04),
+        (&EMPTY[..], 6, 0x04)
+    );
+    assert!(csum_ok(&a[0][14..34]) && l4_ok(&a[0]));
+    assert_eq!((&a[1][26..30], a[1][34], a[1][35]), (&EMPTY[..], 3, 3));
+    assert!(csum_ok(&a[1][34..]));
+    assert_eq!(&a[2][26..30], &DNS);
+    assert_eq!(u16::from_be_bytes([a[2][34], a[2][35]]), 53);
+    assert!(csum_ok(&a[2][14..34]) && l4_ok(&a[2]));
+
+    // pod-b: the outside client's SYN, translated to pod-b:8443 with the client's IP.
+    let b = read_pcap(&out.join("veth-b.pcap"));
+    assert_eq!(b.len(), 1);
+    assert_eq!((&b[0][26..30], &b[0][30..34]), (&EXT[..], &POD_B[..]));
+    assert_eq!(u16::from_be_bytes([b[0][36], b[0][37]]), 8443);
+    assert!(csum_ok(&b[0][14..34]) && l4_ok(&b[0]));
+
+    if let Some(ts) = tshark() {
+        for f in ["uplink.pcap", "veth-a.pcap", "veth-b.pcap"] {
+            tshark_verbose(&ts, &out.join(f));
+        }
+        let fields = tshark_fields(
+            &ts,
+            &out.join("veth-a.pcap"),
+            &[
+                "ip.src",
+                "tcp.flags.reset",
+                "icmp.type",
+                "udp.srcport",
+                "udp.checksum.status",
+            ],
+        );
+        assert_eq!(
+            fields[0].split('\t').take(2).collect::<Vec<_>>(),
+            vec!["10.96.0.99", "1"]
+        );
+        assert!(fields[2].starts_with("10.96.0.53\t\t\t53"), "{fields:?}");
+    }
+}

@@ -103,10 +103,7 @@ fn l4_checksum_field(proto: u8) -> Option<(usize, bool)> {
 /// and L4 checksums incrementally. `l4_len` bounds the L4 header (quoted packets in ICMP
 /// errors may be cut short: fields beyond it are left alone).
 pub(super) fn rewrite(data: &mut [u8], ip_off: usize, from: &FlowKey, to: &FlowKey) {
-    let Some(Ok(mut ip)) = data
-        .get_mut(ip_off..)
-        .map(Ipv4Packet::new_checked_lenient)
-    else {
+    let Some(Ok(mut ip)) = data.get_mut(ip_off..).map(Ipv4Packet::new_checked_lenient) else {
         return;
     };
     if from.src != to.src {
