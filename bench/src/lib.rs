@@ -58,3 +58,90 @@ pub fn arp_request() -> Vec<u8> {
     f.extend_from_slice(&[10, 244, 1, 2, 0, 0, 0, 0, 0, 0, 10, 244, 1, 1]);
     f
 }
+
+/// A state file for node1 with 10 local pods, pod-a as the client, and `n` Services of 10
+/// endpoints each: even-numbered Services have their endpoints on this node (10.244.1.10-19),
+/// odd-numbered ones on node2 (10.244.2.10-19). Service i has ClusterIP 10.96.(i/250).(i%250+1).
+pub fn services_state(n: usize) -> String {
+    let mut s = String::from(
+        r#"[node]
+name = "node1"
+ip = "198.18.0.1"
+pod_cidr = "10.244.1.0/24"
+gateway_mac = "02:00:0a:f4:01:01"
+uplink_mac = "02:00:c6:12:00:01"
+vtep_mac = "02:00:00:00:ff:01"
+
+[[pods]]
+name = "default/pod-a"
+ip = "10.244.1.2"
+mac = "02:00:0a:f4:01:02"
+port = "veth-a"
+
+[[nodes]]
+name = "node2"
+ip = "198.18.0.2"
+pod_cidr = "10.244.2.0/24"
+vtep_mac = "02:00:00:00:ff:02"
+mac = "02:00:c6:12:00:02"
+"#,
+    );
+    for p in 0..10 {
+        s += &format!(
+            "\n[[pods]]\nname = \"default/backend-{p}\"\nip = \"10.244.1.{}\"\nmac = \"02:00:0a:f4:01:{:02x}\"\nport = \"veth-{p}\"\n",
+            10 + p,
+            0x10 + p
+        );
+    }
+    for i in 0..n {
+        let node = if i % 2 == 0 {
+            (1, "node1")
+        } else {
+            (2, "node2")
+        };
+        let eps: Vec<String> = (0..10)
+            .map(|e| {
+                format!(
+                    "{{ ip = \"10.244.{}.{}\", node = \"{}\" }}",
+                    node.0,
+                    10 + e,
+                    node.1
+                )
+            })
+            .collect();
+        s += &format!(
+            "\n[[services]]\nname = \"default/svc-{i}\"\ncluster_ip = \"{}\"\nports = [{{ protocol = \"TCP\", port = 80, target_port = 8080 }}]\nendpoints = [{}]\n",
+            service_ip(i),
+            eps.join(", ")
+        );
+    }
+    s
+}
+
+/// The ClusterIP of Service `i` in [`services_state`].
+pub fn service_ip(i: usize) -> std::net::Ipv4Addr {
+    std::net::Ipv4Addr::new(10, 96, (i / 250) as u8, (i % 250 + 1) as u8)
+}
+
+/// A TCP segment from pod-a to a Service.
+pub fn pod_tcp_to(vip: std::net::Ipv4Addr, sport: u16, syn: bool) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2([2, 0, 0x0a, 0xf4, 1, 2], [2, 0, 0x0a, 0xf4, 1, 1])
+        .ipv4([10, 244, 1, 2], vip.octets(), 64)
+        .tcp(sport, 80, 1, 64240);
+    let b = if syn { b.syn() } else { b.ack(1) };
+    let mut v = Vec::new();
+    b.write(&mut v, &[0u8; 6]).unwrap_or_else(|e| panic!("{e}"));
+    v
+}
+
+/// A TCP segment from a backend pod back to pod-a.
+pub fn backend_tcp_to_pod_a(backend: std::net::Ipv4Addr, dport: u16) -> Vec<u8> {
+    let last = backend.octets()[3];
+    let b = PacketBuilder::ethernet2([2, 0, 0x0a, 0xf4, 1, last + 6], [2, 0, 0x0a, 0xf4, 1, 1])
+        .ipv4(backend.octets(), [10, 244, 1, 2], 64)
+        .tcp(8080, dport, 1, 64240)
+        .ack(2);
+    let mut v = Vec::new();
+    b.write(&mut v, &[0u8; 6]).unwrap_or_else(|e| panic!("{e}"));
+    v
+}

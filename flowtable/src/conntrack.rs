@@ -95,8 +95,6 @@ pub struct Hit {
     pub state: CtState,
     /// True once a reply-direction packet has been seen.
     pub replied: bool,
-    /// For flows that came in on the uplink: the MAC to send replies to.
-    pub peer: Option<[u8; 6]>,
 }
 
 /// Timeouts in seconds (defaults close to Cilium's and the kernel's).
@@ -192,7 +190,6 @@ struct Entry {
 pub struct Conntrack {
     entries: Box<[Entry]>,
     index: Box<[AtomicU32]>,
-    mask: usize,
     free: ArrayQueue<u32>,
     evict_cursor: AtomicU32,
     gc_cursor: AtomicU32,
@@ -209,8 +206,9 @@ impl Conntrack {
     /// A table for at most `capacity` connections (clamped to 1..=[`MAX_CAPACITY`]).
     pub fn new(capacity: usize, timeouts: Timeouts) -> Conntrack {
         let capacity = capacity.clamp(1, MAX_CAPACITY);
-        // Two keys per entry at a load factor of at most 1/2.
-        let slots = (capacity * 4).next_power_of_two();
+        // Two keys per entry at a load factor of at most 1/2; any slot count works because
+        // the home slot is found by multiply-shift, not by masking.
+        let slots = capacity * 4;
         let free = ArrayQueue::new(capacity);
         for i in 0..capacity as u32 {
             let _ = free.push(i);
@@ -218,7 +216,6 @@ impl Conntrack {
         Conntrack {
             entries: (0..capacity).map(|_| Entry::default()).collect(),
             index: (0..slots).map(|_| AtomicU32::new(EMPTY)).collect(),
-            mask: slots - 1,
             free,
             evict_cursor: AtomicU32::new(0),
             gc_cursor: AtomicU32::new(0),
@@ -260,6 +257,22 @@ impl Conntrack {
             t.udp_replied
         } else {
             t.udp_unreplied
+        }
+    }
+
+    /// Home slot (multiply-shift over the high bits) and 7-bit tag (low bits) of a key hash.
+    #[inline]
+    fn home(&self, h: u64) -> (usize, u32) {
+        let i = ((u128::from(h) * self.index.len() as u128) >> 64) as usize;
+        (i, ((h & 0x7f) as u32) << 25)
+    }
+
+    #[inline]
+    fn next_slot(&self, i: usize) -> usize {
+        if i + 1 == self.index.len() {
+            0
+        } else {
+            i + 1
         }
     }
 
@@ -306,9 +319,7 @@ impl Conntrack {
     /// Looks a packet's 5-tuple up in both directions. Lock-free.
     #[inline]
     pub fn lookup(&self, key: &FlowKey) -> Option<Hit> {
-        let h = key.hash();
-        let tag = ((h >> 57) as u32) << 25;
-        let mut i = (h as usize) & self.mask;
+        let (mut i, tag) = self.home(key.hash());
         for _ in 0..MAX_PROBE {
             let s = self.index[i].load(Acquire);
             if s == EMPTY {
@@ -332,11 +343,6 @@ impl Conntrack {
                             3 => CtState::Closing,
                             _ => CtState::New,
                         };
-                        let p = self.entries[entry as usize].peer.load(Relaxed);
-                        let peer = (p >> 48 == 1).then(|| {
-                            let b = p.to_be_bytes();
-                            [b[2], b[3], b[4], b[5], b[6], b[7]]
-                        });
                         return Some(Hit {
                             entry,
                             dir,
@@ -344,14 +350,23 @@ impl Conntrack {
                             translated: tr,
                             state,
                             replied: meta & REPLIED != 0,
-                            peer,
                         });
                     }
                 }
             }
-            i = (i + 1) & self.mask;
+            i = self.next_slot(i);
         }
         None
+    }
+
+    /// For a flow that came in on the uplink, the MAC its replies go back to.
+    #[inline]
+    pub fn peer(&self, entry: u32) -> Option<[u8; 6]> {
+        let p = self.entries.get(entry as usize)?.peer.load(Relaxed);
+        (p >> 48 == 1).then(|| {
+            let b = p.to_be_bytes();
+            [b[2], b[3], b[4], b[5], b[6], b[7]]
+        })
     }
 
     /// True if some entry's reply direction is exactly `reply_key`.
@@ -360,9 +375,7 @@ impl Conntrack {
     }
 
     fn claim_slot(&self, key: &FlowKey, value_without_tag: u32) -> Option<usize> {
-        let h = key.hash();
-        let tag = ((h >> 57) as u32) << 25;
-        let mut i = (h as usize) & self.mask;
+        let (mut i, tag) = self.home(key.hash());
         for _ in 0..MAX_PROBE {
             let s = self.index[i].load(Acquire);
             if (s == EMPTY || s == TOMB)
@@ -372,15 +385,14 @@ impl Conntrack {
             {
                 return Some(i);
             }
-            i = (i + 1) & self.mask;
+            i = self.next_slot(i);
         }
         None
     }
 
     fn release_slot(&self, key: &FlowKey, value_without_tag: u32) {
-        let h = key.hash();
-        let v = (((h >> 57) as u32) << 25) | value_without_tag;
-        let mut i = (h as usize) & self.mask;
+        let (mut i, tag) = self.home(key.hash());
+        let v = tag | value_without_tag;
         for _ in 0..MAX_PROBE {
             let s = self.index[i].load(Acquire);
             if s == EMPTY {
@@ -390,7 +402,7 @@ impl Conntrack {
                 let _ = self.index[i].compare_exchange(s, TOMB, AcqRel, Acquire);
                 return;
             }
-            i = (i + 1) & self.mask;
+            i = self.next_slot(i);
         }
     }
 

@@ -68,19 +68,26 @@ impl Maglev {
                 (offset, skip)
             })
             .collect();
-        let mut next = vec![0u64; order.len()];
+        // Each backend walks its permutation offset, offset+skip, ... (mod M) by additions.
+        let mut pos: Vec<u64> = perms.iter().map(|p| p.0).collect();
         let mut table = vec![u16::MAX; size];
         let mut filled = 0;
         'fill: loop {
             for (k, &i) in order.iter().enumerate() {
-                let (offset, skip) = perms[k];
-                let mut c = (offset + next[k] * skip) % m;
+                let skip = perms[k].1;
+                let mut c = pos[k];
                 while table[c as usize] != u16::MAX {
-                    next[k] += 1;
-                    c = (offset + next[k] * skip) % m;
+                    c += skip;
+                    if c >= m {
+                        c -= m;
+                    }
                 }
                 table[c as usize] = i as u16;
-                next[k] += 1;
+                c += skip;
+                if c >= m {
+                    c -= m;
+                }
+                pos[k] = c;
                 filled += 1;
                 if filled == size {
                     break 'fill;

@@ -99,51 +99,81 @@ fn l4_checksum_field(proto: u8) -> Option<(usize, bool)> {
     }
 }
 
+/// One's-complement sum of the 16-bit words of `new` minus those of `old` (RFC 1624): the
+/// amount a checksum covering the field must absorb.
+#[inline]
+fn delta32(old: u32, new: u32) -> u32 {
+    u32::from(!(old >> 16) as u16) + u32::from(!(old as u16)) + (new >> 16) + (new & 0xffff)
+}
+
+#[inline]
+fn delta16(old: u16, new: u16) -> u32 {
+    u32::from(!old) + u32::from(new)
+}
+
+/// Applies a delta to a checksum field value (RFC 1624 eqn. 3).
+#[inline]
+fn apply(check: u16, delta: u32) -> u16 {
+    let s = u32::from(!check) + delta;
+    let s = (s & 0xffff) + (s >> 16);
+    let s = (s & 0xffff) + (s >> 16);
+    !(s as u16)
+}
+
 /// Rewrites the packet's tuple from `from` to `to` (addresses and ports), updating the IPv4
-/// and L4 checksums incrementally. `l4_len` bounds the L4 header (quoted packets in ICMP
-/// errors may be cut short: fields beyond it are left alone).
+/// and L4 checksums incrementally with one delta each. Works on packets quoted in ICMP errors
+/// too (cut short after the ports: fields beyond the data are left alone).
 pub(super) fn rewrite(data: &mut [u8], ip_off: usize, from: &FlowKey, to: &FlowKey) {
-    let Some(Ok(mut ip)) = data.get_mut(ip_off..).map(Ipv4Packet::new_checked_lenient) else {
+    let Some(ip) = data.get_mut(ip_off..) else {
         return;
     };
+    if ip.len() < ipv4::MIN_HEADER_LEN {
+        return;
+    }
+    let hl = usize::from(ip[0] & 0x0f) * 4;
+    let mut d_ip = 0u32;
     if from.src != to.src {
-        ip.set_src(to.src);
+        d_ip += delta32(u32::from(from.src), u32::from(to.src));
+        ip[12..16].copy_from_slice(&to.src.octets());
     }
     if from.dst != to.dst {
-        ip.set_dst(to.dst);
+        d_ip += delta32(u32::from(from.dst), u32::from(to.dst));
+        ip[16..20].copy_from_slice(&to.dst.octets());
     }
-    let hl = ip.header_len();
-    let l4 = &mut data[ip_off + hl..];
+    if d_ip != 0 {
+        let c = u16::from_be_bytes([ip[10], ip[11]]);
+        ip[10..12].copy_from_slice(&apply(c, d_ip).to_be_bytes());
+    }
+    let Some(l4) = ip.get_mut(hl..) else {
+        return;
+    };
     if l4.len() < 4 {
         return;
     }
+    let mut d = d_ip;
     if from.sport != to.sport {
+        d += delta16(from.sport, to.sport);
         l4[0..2].copy_from_slice(&to.sport.to_be_bytes());
     }
     if from.dport != to.dport {
+        d += delta16(from.dport, to.dport);
         l4[2..4].copy_from_slice(&to.dport.to_be_bytes());
     }
     let Some((off, zero_is_none)) = l4_checksum_field(from.proto) else {
         return;
     };
-    let Some(c) = l4
-        .get(off..off + 2)
-        .map(|b| u16::from_be_bytes([b[0], b[1]]))
-    else {
+    let Some(field) = l4.get_mut(off..off + 2) else {
         return;
     };
+    let c = u16::from_be_bytes([field[0], field[1]]);
     if zero_is_none && c == 0 {
         return;
     }
-    let mut c = c;
-    c = checksum::update32(c, u32::from(from.src), u32::from(to.src));
-    c = checksum::update32(c, u32::from(from.dst), u32::from(to.dst));
-    c = checksum::update16(c, from.sport, to.sport);
-    c = checksum::update16(c, from.dport, to.dport);
+    let mut c = apply(c, d);
     if zero_is_none && c == 0 {
         c = 0xffff;
     }
-    l4[off..off + 2].copy_from_slice(&c.to_be_bytes());
+    field.copy_from_slice(&c.to_be_bytes());
 }
 
 impl Pipeline {
@@ -382,7 +412,7 @@ impl Pipeline {
         let back = hit.original.reversed();
         rewrite(pkt.data_mut(), ETH_LEN, &l4.key, &back);
         self.counters.reverse_nat += 1;
-        let mac = hit.peer?;
+        let mac = self.ct.peer(hit.entry)?;
         // A reply to a client outside the cluster: straight back out of the uplink, to the
         // MAC the request came from.
         let data = pkt.data_mut();

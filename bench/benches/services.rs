@@ -1,0 +1,206 @@
+//! Service NAT cost per packet at batch 64: `cargo bench -p bench --bench services`.
+//!
+//! Paths: a new flow (backend pick + conntrack insert + DNAT), an established flow to a local
+//! backend (conntrack hit + DNAT), reverse NAT of the backend's reply, and an established flow
+//! to a backend on another node (DNAT + VXLAN encapsulation). Each at 10 and 10,000 Services
+//! (10 endpoints each); the established paths also with 1,000,000 other connections tracked.
+//! Frames are restored between iterations outside the timing.
+
+#![allow(missing_docs)]
+
+use bench::{backend_tcp_to_pod_a, pod_tcp_to, service_ip, services_state, FRAME_SIZE};
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use flowtable::conntrack::{Conntrack, FlowKey, Timeouts};
+use flowtable::packet::DEFAULT_HEADROOM;
+use flowtable::{Packet, Pipeline, PortId, Snapshot, StateFile, Verdict, BATCH_SIZE};
+use std::hint::black_box;
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const POD_A: PortId = PortId(1);
+
+fn snapshot(n: usize) -> Snapshot {
+    let text = services_state(n);
+    let state = StateFile::parse(&text).unwrap_or_else(|e| panic!("{e}"));
+    Snapshot::build(&state, 1).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Decides `frames` (in batches of 64) once, returning verdicts; untimed setup helper.
+fn run_once(p: &mut Pipeline, snap: &Snapshot, port: PortId, frame: &[u8]) -> (Verdict, Vec<u8>) {
+    let mut buf = [0u8; FRAME_SIZE];
+    buf[DEFAULT_HEADROOM..DEFAULT_HEADROOM + frame.len()].copy_from_slice(frame);
+    let mut pkt = Packet::new(&mut buf, DEFAULT_HEADROOM, frame.len(), port)
+        .unwrap_or_else(|| panic!("fits"));
+    let v = p.process_one(snap, &mut pkt);
+    (v, pkt.data().to_vec())
+}
+
+/// Times batches built from `frames` (cycled, 64 per batch, each with its own port).
+fn time_batches(
+    p: &mut Pipeline,
+    snap: &Snapshot,
+    frames: &[(PortId, Vec<u8>)],
+    iters: u64,
+    mut between: impl FnMut(&mut Pipeline, u64),
+) -> Duration {
+    let mut bufs = vec![[0u8; FRAME_SIZE]; BATCH_SIZE];
+    let mut total = Duration::ZERO;
+    let mut next = 0usize;
+    for it in 0..iters {
+        between(p, it);
+        let mut meta = [(PortId(0), 0usize); BATCH_SIZE];
+        for (b, m) in bufs.iter_mut().zip(meta.iter_mut()) {
+            let (port, f) = &frames[next % frames.len()];
+            next += 1;
+            b[DEFAULT_HEADROOM..DEFAULT_HEADROOM + f.len()].copy_from_slice(f);
+            *m = (*port, f.len());
+        }
+        let start = Instant::now();
+        let mut it_b = bufs.iter_mut().zip(meta.iter());
+        let mut pkts: [Packet<'_>; BATCH_SIZE] = std::array::from_fn(|_| {
+            let (b, (port, len)) = it_b.next().unwrap_or_else(|| panic!("batch"));
+            Packet::new(b, DEFAULT_HEADROOM, *len, *port).unwrap_or_else(|| panic!("fits"))
+        });
+        let mut v = [Verdict::default(); BATCH_SIZE];
+        p.process(black_box(snap), &mut pkts, &mut v);
+        black_box(v);
+        total += start.elapsed();
+    }
+    total
+}
+
+/// Fills the table with `n` unrelated tracked connections (replied, so never evicted).
+fn prefill(ct: &Conntrack, n: usize) {
+    for i in 0..n as u32 {
+        let o = FlowKey {
+            src: Ipv4Addr::from(0x0a00_0000 + (i >> 12)),
+            dst: Ipv4Addr::new(10, 96, 0, 1),
+            sport: (i & 0xfff) as u16 + 1024,
+            dport: 80,
+            proto: 6,
+        };
+        let t = FlowKey {
+            dst: Ipv4Addr::new(10, 244, 2, 10),
+            dport: 8080,
+            ..o
+        };
+        if let Ok(e) = ct.insert(o, t, 0) {
+            ct.touch(e, flowtable::conntrack::Dir::Reply, Some(0x12), 0);
+        }
+    }
+}
+
+fn bench_scale(c: &mut Criterion, services: usize, tracked: usize) {
+    let snap = snapshot(services);
+    let tag = format!(
+        "{services}svc_{}conns",
+        if tracked >= 1_000_000 {
+            "1M".to_string()
+        } else {
+            tracked.to_string()
+        }
+    );
+    let mut g = c.benchmark_group("services");
+    g.throughput(Throughput::Elements(BATCH_SIZE as u64));
+
+    // Established flows: 64 flows from pod-a, to local-endpoint Services (even) and to
+    // remote-endpoint Services (odd), spread over the Service range.
+    let pick = |k: usize, parity: usize| -> usize {
+        ((k * (services / 64).max(1)) & !1 | parity) % services.max(2)
+    };
+    let ct = Arc::new(Conntrack::new(
+        tracked.max(4096) + 8192,
+        Timeouts::default(),
+    ));
+    prefill(&ct, tracked);
+    let mut p = Pipeline::with_conntrack(Arc::clone(&ct));
+    let mut local_frames = Vec::new();
+    let mut replies = Vec::new();
+    let mut remote_frames = Vec::new();
+    for k in 0..BATCH_SIZE {
+        let svc = pick(k, 0);
+        let f = pod_tcp_to(service_ip(svc), 30000 + k as u16, true);
+        let (v, out) = run_once(&mut p, &snap, POD_A, &f);
+        assert!(
+            matches!(v, Verdict::Transmit(port) if port != PortId::UPLINK),
+            "{v:?}"
+        );
+        let backend = Ipv4Addr::new(out[30], out[31], out[32], out[33]);
+        local_frames.push((POD_A, pod_tcp_to(service_ip(svc), 30000 + k as u16, false)));
+        let Verdict::Transmit(bport) = v else {
+            unreachable!()
+        };
+        replies.push((bport, backend_tcp_to_pod_a(backend, 30000 + k as u16)));
+        let svc = pick(k, 1);
+        let f = pod_tcp_to(service_ip(svc), 31000 + k as u16, true);
+        assert_eq!(
+            run_once(&mut p, &snap, POD_A, &f).0,
+            Verdict::Transmit(PortId::UPLINK)
+        );
+        remote_frames.push((POD_A, pod_tcp_to(service_ip(svc), 31000 + k as u16, false)));
+    }
+    for (port, f) in &replies {
+        assert_eq!(
+            run_once(&mut p, &snap, *port, f).0,
+            Verdict::Transmit(POD_A),
+            "reply translated back"
+        );
+    }
+    g.bench_function(format!("established_dnat_local/{tag}"), |b| {
+        b.iter_custom(|n| time_batches(&mut p, &snap, &local_frames, n, |_, _| {}))
+    });
+    g.bench_function(format!("reverse_nat/{tag}"), |b| {
+        b.iter_custom(|n| time_batches(&mut p, &snap, &replies, n, |_, _| {}))
+    });
+    g.bench_function(format!("established_dnat_vxlan_encap/{tag}"), |b| {
+        b.iter_custom(|n| time_batches(&mut p, &snap, &remote_frames, n, |_, _| {}))
+    });
+
+    if tracked < 1_000_000 {
+        // New flows: every packet a SYN of a flow never seen; the table is renewed (untimed)
+        // before it fills.
+        let new_frames: Vec<(PortId, Vec<u8>)> = (0..16384u32)
+            .map(|i| {
+                (
+                    POD_A,
+                    pod_tcp_to(
+                        service_ip(((i as usize) * 7) % services),
+                        1024 + (i % 60000) as u16,
+                        true,
+                    ),
+                )
+            })
+            .collect();
+        let mut fresh =
+            Pipeline::with_conntrack(Arc::new(Conntrack::new(1 << 16, Timeouts::default())));
+        g.bench_function(format!("new_flow_dnat/{services}svc"), |b| {
+            b.iter_custom(|n| {
+                time_batches(&mut fresh, &snap, &new_frames, n, |p, it| {
+                    if it % (16384 / BATCH_SIZE as u64) == 0 {
+                        *p = Pipeline::with_conntrack(Arc::new(Conntrack::new(
+                            1 << 16,
+                            Timeouts::default(),
+                        )));
+                    }
+                })
+            })
+        });
+    }
+    g.finish();
+    if services == 10 && tracked < 1_000_000 {
+        println!(
+            "conntrack memory: {} bytes per connection",
+            ct.bytes_per_entry()
+        );
+    }
+}
+
+fn services(c: &mut Criterion) {
+    bench_scale(c, 10, 0);
+    bench_scale(c, 10_000, 0);
+    bench_scale(c, 10_000, 1_000_000);
+}
+
+criterion_group!(benches, services);
+criterion_main!(benches);
