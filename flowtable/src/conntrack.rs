@@ -48,8 +48,9 @@ impl FlowKey {
         }
     }
 
+    /// A well-mixed 64-bit hash of the tuple (not stable across versions; for in-memory tables).
     #[inline]
-    fn hash(&self) -> u64 {
+    pub fn hash(&self) -> u64 {
         let a = (u64::from(u32::from(self.src)) << 32) | u64::from(u32::from(self.dst));
         let b =
             (u64::from(self.sport) << 24) | (u64::from(self.dport) << 8) | u64::from(self.proto);
@@ -95,6 +96,8 @@ pub struct Hit {
     pub state: CtState,
     /// True once a reply-direction packet has been seen.
     pub replied: bool,
+    /// The entry's version when it was read (see [`Conntrack::is_current`]).
+    pub version: u32,
 }
 
 /// Timeouts in seconds (defaults close to Cilium's and the kernel's).
@@ -350,6 +353,7 @@ impl Conntrack {
                             translated: tr,
                             state,
                             replied: meta & REPLIED != 0,
+                            version: self.entries[entry as usize].seq.load(Relaxed),
                         });
                     }
                 }
@@ -357,6 +361,23 @@ impl Conntrack {
             i = self.next_slot(i);
         }
         None
+    }
+
+    /// True if `entry` still holds the connection it held at `version` (it has not been
+    /// removed, and not reused for another). One atomic load: what a flow cache checks.
+    #[inline]
+    pub fn is_current(&self, entry: u32, version: u32) -> bool {
+        self.entries
+            .get(entry as usize)
+            .is_some_and(|e| e.seq.load(Acquire) == version && e.meta.load(Relaxed) & ALIVE != 0)
+    }
+
+    /// The current version of `entry` (changes whenever it is freed or reused).
+    #[inline]
+    pub fn version(&self, entry: u32) -> u32 {
+        self.entries
+            .get(entry as usize)
+            .map_or(1, |e| e.seq.load(Acquire))
     }
 
     /// For a flow that came in on the uplink, the MAC its replies go back to.
@@ -496,6 +517,14 @@ impl Conntrack {
         e.last_seen.store(now, Relaxed);
         let old = e.meta.load(Relaxed);
         if old & ALIVE == 0 {
+            return;
+        }
+        // The common case: an established flow's packet without FIN/RST changes nothing else.
+        let fin_rst = tcp_flags.is_some_and(|f| f & 0x05 != 0);
+        if !fin_rst
+            && (old >> 8) as u8 == CtState::Established as u8
+            && (dir == Dir::Original || old & REPLIED != 0)
+        {
             return;
         }
         let mut m = old;

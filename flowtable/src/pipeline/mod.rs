@@ -20,6 +20,7 @@
 //!   about an ICMP error or a non-first fragment).
 
 mod arp;
+mod flowcache;
 mod forward;
 mod icmp;
 mod nat;
@@ -110,6 +111,7 @@ pub struct Pipeline {
     touched: u8,
     ct: Arc<Conntrack>,
     now: u32,
+    cache: flowcache::FlowCache,
 }
 
 /// Conntrack capacity of a pipeline made by [`Pipeline::new`] (tests, tools).
@@ -138,6 +140,7 @@ impl Pipeline {
             touched: 0,
             ct,
             now: 0,
+            cache: flowcache::FlowCache::default(),
         }
     }
 

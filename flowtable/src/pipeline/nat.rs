@@ -41,26 +41,32 @@ pub(super) struct L4 {
 /// Reads the 5-tuple; `Err` with a drop reason if the L4 header is too short, `Ok(None)` for
 /// protocols without ports.
 pub(super) fn l4_of(data: &[u8]) -> Result<Option<L4>, DropReason> {
-    let Some(Ok(ip)) = data.get(ETH_LEN..).map(Ipv4Packet::new_checked) else {
+    // Callers have validated the IPv4 header at offset 14 and trimmed the frame to its total
+    // length; every read below is still bounds-checked, so a caller's mistake cannot panic.
+    let Some(ip) = data.get(ETH_LEN..ETH_LEN + ipv4::MIN_HEADER_LEN) else {
         return Err(DropReason::Ipv4Truncated);
     };
-    let proto = ip.protocol();
+    let proto = ip[9];
     if proto != protocol::TCP && proto != protocol::UDP && proto != SCTP {
         return Ok(None);
     }
-    let l4_off = ETH_LEN + ip.header_len();
-    let fragment = ip.is_fragment();
-    let p = ip.payload();
-    if ip.frag_offset() != 0 {
+    let hl = usize::from(ip[0] & 0x0f) * 4;
+    let l4_off = ETH_LEN + hl;
+    let flags_frag = u16::from_be_bytes([ip[6], ip[7]]);
+    let fragment = flags_frag & 0x3fff != 0;
+    let src = Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
+    let dst = Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]);
+    if flags_frag & 0x1fff != 0 {
         // Later fragments carry no ports.
+        let key = FlowKey {
+            src,
+            dst,
+            sport: 0,
+            dport: 0,
+            proto,
+        };
         return Ok(Some(L4 {
-            key: FlowKey {
-                src: ip.src(),
-                dst: ip.dst(),
-                sport: 0,
-                dport: 0,
-                proto,
-            },
+            key,
             l4_off,
             tcp_flags: None,
             fragment,
@@ -71,12 +77,12 @@ pub(super) fn l4_of(data: &[u8]) -> Result<Option<L4>, DropReason> {
         protocol::UDP => 8,
         _ => 12,
     };
-    if p.len() < need {
+    let Some(p) = data.get(l4_off..l4_off + need) else {
         return Err(DropReason::L4Truncated);
-    }
+    };
     let key = FlowKey {
-        src: ip.src(),
-        dst: ip.dst(),
+        src,
+        dst,
         sport: u16::from_be_bytes([p[0], p[1]]),
         dport: u16::from_be_bytes([p[2], p[3]]),
         proto,
@@ -200,6 +206,9 @@ impl Pipeline {
                     .map(|_| Outcome::Drop(r));
             }
         };
+        if !l4.fragment && self.from_cache(snap, pkt, &l4) {
+            return None;
+        }
         if let Some(fe) = svc.frontend(l4.key.dst, l4.key.dport, l4.key.proto) {
             return self.dnat(snap, pkt, &l4, fe.port, fe.kind, None);
         }
@@ -207,6 +216,51 @@ impl Pipeline {
             return self.reverse_nat(snap, pkt, &l4);
         }
         None
+    }
+
+    /// The flow-cache fast path: if this tuple's translation is cached and still valid, apply
+    /// it (precomputed checksum deltas), record the packet in conntrack and return true.
+    #[inline]
+    fn from_cache(&mut self, snap: &Snapshot, pkt: &mut Packet<'_>, l4: &L4) -> bool {
+        let Some(c) = self.cache.get(&l4.key, snap.generation).copied() else {
+            return false;
+        };
+        if !self.ct.is_current(c.entry, c.version) {
+            self.cache.forget(&l4.key);
+            return false;
+        }
+        let dir = c.dir();
+        self.ct.touch(c.entry, dir, l4.tcp_flags, self.now);
+        let data = pkt.data_mut();
+        let Some(ip) = data.get_mut(ETH_LEN..ETH_LEN + ipv4::MIN_HEADER_LEN) else {
+            return false;
+        };
+        ip[12..16].copy_from_slice(&c.to_src.to_be_bytes());
+        ip[16..20].copy_from_slice(&c.to_dst.to_be_bytes());
+        if c.d_ip != 0 {
+            let old = u16::from_be_bytes([ip[10], ip[11]]);
+            ip[10..12].copy_from_slice(&apply(old, c.d_ip).to_be_bytes());
+        }
+        if let Some(t) = data.get_mut(l4.l4_off..l4.l4_off + 4) {
+            t.copy_from_slice(&c.to_ports.to_be_bytes());
+        }
+        if let Some((off, zero_is_none)) = l4_checksum_field(l4.key.proto) {
+            if let Some(f) = data.get_mut(l4.l4_off + off..l4.l4_off + off + 2) {
+                let old = u16::from_be_bytes([f[0], f[1]]);
+                if !(zero_is_none && old == 0) {
+                    let mut n = apply(old, c.d_l4);
+                    if zero_is_none && n == 0 {
+                        n = 0xffff;
+                    }
+                    f.copy_from_slice(&n.to_be_bytes());
+                }
+            }
+        }
+        match dir {
+            Dir::Original => self.counters.dnat += 1,
+            Dir::Reply => self.counters.reverse_nat += 1,
+        }
+        true
     }
 
     /// NodePort and LoadBalancer/external IP traffic arriving on the uplink. `None` if the
@@ -262,6 +316,7 @@ impl Pipeline {
             return None;
         }
         match l4_of(pkt.data()) {
+            Ok(Some(l4)) if !l4.fragment && self.from_cache(snap, pkt, &l4) => None,
             Ok(Some(l4)) if svc.is_backend_ip(l4.key.src) => self.reverse_nat(snap, pkt, &l4),
             Ok(None) => self.nat_icmp_error(snap, pkt),
             _ => None,
@@ -340,7 +395,14 @@ impl Pipeline {
         let mut attempt = 0u32;
         loop {
             match self.ct.insert_full(key, tr, self.now, None, peer) {
-                Ok(_) => break,
+                Ok(entry) => {
+                    if peer.is_none() {
+                        let version = self.ct.version(entry);
+                        self.cache
+                            .put(&key, &tr, Dir::Original, entry, version, snap.generation);
+                    }
+                    break;
+                }
                 Err(InsertError::Full) => return Some(Outcome::Drop(DropReason::ConntrackFull)),
                 Err(InsertError::Clash) if attempt < 16 => {
                     // Another tracked flow already owns this reply tuple: move the source port
@@ -412,7 +474,17 @@ impl Pipeline {
         let back = hit.original.reversed();
         rewrite(pkt.data_mut(), ETH_LEN, &l4.key, &back);
         self.counters.reverse_nat += 1;
-        let mac = self.ct.peer(hit.entry)?;
+        let Some(mac) = self.ct.peer(hit.entry) else {
+            self.cache.put(
+                &l4.key,
+                &back,
+                Dir::Reply,
+                hit.entry,
+                hit.version,
+                snap.generation,
+            );
+            return None;
+        };
         // A reply to a client outside the cluster: straight back out of the uplink, to the
         // MAC the request came from.
         let data = pkt.data_mut();
