@@ -10,6 +10,7 @@
 //! worker's [`super::Pipeline`]: no sharing, no synchronisation.
 
 use crate::conntrack::{Dir, FlowKey};
+use crate::wire::checksum::{delta16 as ones_delta16, delta32 as ones_delta32};
 
 /// Entries per worker (64 bytes each).
 const SLOTS: usize = 1024;
@@ -44,14 +45,6 @@ impl Cached {
             Dir::Original
         }
     }
-}
-
-fn ones_delta32(old: u32, new: u32) -> u32 {
-    u32::from(!(old >> 16) as u16) + u32::from(!(old as u16)) + (new >> 16) + (new & 0xffff)
-}
-
-fn ones_delta16(old: u16, new: u16) -> u32 {
-    u32::from(!old) + u32::from(new)
 }
 
 /// The cache.

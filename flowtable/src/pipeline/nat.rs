@@ -105,26 +105,7 @@ fn l4_checksum_field(proto: u8) -> Option<(usize, bool)> {
     }
 }
 
-/// One's-complement sum of the 16-bit words of `new` minus those of `old` (RFC 1624): the
-/// amount a checksum covering the field must absorb.
-#[inline]
-fn delta32(old: u32, new: u32) -> u32 {
-    u32::from(!(old >> 16) as u16) + u32::from(!(old as u16)) + (new >> 16) + (new & 0xffff)
-}
-
-#[inline]
-fn delta16(old: u16, new: u16) -> u32 {
-    u32::from(!old) + u32::from(new)
-}
-
-/// Applies a delta to a checksum field value (RFC 1624 eqn. 3).
-#[inline]
-fn apply(check: u16, delta: u32) -> u16 {
-    let s = u32::from(!check) + delta;
-    let s = (s & 0xffff) + (s >> 16);
-    let s = (s & 0xffff) + (s >> 16);
-    !(s as u16)
-}
+use checksum::{apply_delta as apply, delta16, delta32};
 
 /// Rewrites the packet's tuple from `from` to `to` (addresses and ports), updating the IPv4
 /// and L4 checksums incrementally with one delta each. Works on packets quoted in ICMP errors

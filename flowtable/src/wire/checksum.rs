@@ -75,6 +75,29 @@ pub fn update32(check: u16, old: u32, new: u32) -> u16 {
     !fold(acc)
 }
 
+/// RFC 1624 delta of a 32-bit field changing from `old` to `new`: one's-complement sum of the
+/// new words and the complemented old ones. Deltas of several fields add up (in a u32; up to
+/// tens of thousands of them fit) and are applied with [`apply_delta`].
+#[inline]
+pub fn delta32(old: u32, new: u32) -> u32 {
+    u32::from(!(old >> 16) as u16) + u32::from(!(old as u16)) + (new >> 16) + (new & 0xffff)
+}
+
+/// RFC 1624 delta of a 16-bit field changing from `old` to `new`.
+#[inline]
+pub fn delta16(old: u16, new: u16) -> u32 {
+    u32::from(!old) + u32::from(new)
+}
+
+/// Applies a delta to a checksum field value (RFC 1624 eqn. 3).
+#[inline]
+pub fn apply_delta(check: u16, delta: u32) -> u16 {
+    let s = u32::from(!check) + delta;
+    let s = (s & 0xffff) + (s >> 16);
+    let s = (s & 0xffff) + (s >> 16);
+    !(s as u16)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -85,6 +108,24 @@ mod tests {
         let data = [0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7];
         assert_eq!(fold(sum(&data)), 0xddf2);
         assert_eq!(checksum(&data), !0xddf2);
+    }
+
+    #[test]
+    fn deltas_match_full_recompute() {
+        let mut h = [
+            0x45, 0x00, 0x00, 0x73, 0x00, 0x00, 0x40, 0x00, 0x40, 0x11, 0x00, 0x00, 0xc0, 0xa8,
+            0x00, 0x01, 0xc0, 0xa8, 0x00, 0xc7,
+        ];
+        let c = checksum(&h);
+        let d = delta32(0xc0a8_0001, 0x0af4_0102) + delta32(0xc0a8_00c7, 0x0a60_000a);
+        h[12..16].copy_from_slice(&[10, 244, 1, 2]);
+        h[16..20].copy_from_slice(&[10, 96, 0, 10]);
+        let mut full = h;
+        let want = checksum(&full);
+        full[10..12].copy_from_slice(&apply_delta(c, d).to_be_bytes());
+        assert!(verify(&full));
+        assert_eq!(apply_delta(c, d), want);
+        assert_eq!(apply_delta(c, delta16(7, 7)), c);
     }
 
     #[test]
