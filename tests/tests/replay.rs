@@ -1,4 +1,5 @@
 //! pcap replay through the real pipeline: inputs built with etherparse, outputs decoded field
+#![allow(clippy::too_many_arguments)]
 #![allow(missing_docs)]
 //! by field with etherparse and an independent checksum, and dissected by tshark.
 

@@ -187,7 +187,7 @@ impl Pipeline {
                     .map(|_| Outcome::Drop(r));
             }
         };
-        if !l4.fragment && self.from_cache(snap, pkt, &l4) {
+        if !l4.fragment && self.apply_cached(snap, pkt, &l4) {
             return None;
         }
         if let Some(fe) = svc.frontend(l4.key.dst, l4.key.dport, l4.key.proto) {
@@ -202,7 +202,7 @@ impl Pipeline {
     /// The flow-cache fast path: if this tuple's translation is cached and still valid, apply
     /// it (precomputed checksum deltas), record the packet in conntrack and return true.
     #[inline]
-    fn from_cache(&mut self, snap: &Snapshot, pkt: &mut Packet<'_>, l4: &L4) -> bool {
+    fn apply_cached(&mut self, snap: &Snapshot, pkt: &mut Packet<'_>, l4: &L4) -> bool {
         let Some(c) = self.cache.get(&l4.key, snap.generation).copied() else {
             return false;
         };
@@ -297,7 +297,7 @@ impl Pipeline {
             return None;
         }
         match l4_of(pkt.data()) {
-            Ok(Some(l4)) if !l4.fragment && self.from_cache(snap, pkt, &l4) => None,
+            Ok(Some(l4)) if !l4.fragment && self.apply_cached(snap, pkt, &l4) => None,
             Ok(Some(l4)) if svc.is_backend_ip(l4.key.src) => self.reverse_nat(snap, pkt, &l4),
             Ok(None) => self.nat_icmp_error(snap, pkt),
             _ => None,
