@@ -8,9 +8,10 @@
 
 #![allow(missing_docs)]
 
-use bench::{arp_request, pod_udp, snapshot, uplink_vxlan, FRAME_SIZE};
+use bench::{arp_request, pod_udp, snapshot, snapshot_without_services, uplink_vxlan, FRAME_SIZE};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use flowtable::packet::DEFAULT_HEADROOM;
+use flowtable::Snapshot;
 use flowtable::{Packet, Pipeline, PortId, Verdict, BATCH_SIZE};
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -21,8 +22,15 @@ fn batch_of(frame: &[u8]) -> Vec<[u8; FRAME_SIZE]> {
     vec![b; BATCH_SIZE]
 }
 
-fn bench_path(c: &mut Criterion, name: &str, frame: Vec<u8>, port: PortId, expect: Verdict) {
-    let snap = snapshot();
+fn bench_path(
+    c: &mut Criterion,
+    snap: &Snapshot,
+    name: &str,
+    frame: Vec<u8>,
+    port: PortId,
+    expect: Verdict,
+) {
+    let snap = snap.clone();
     let mut pipeline = Pipeline::new();
     let template = batch_of(&frame);
     let len = frame.len();
@@ -67,48 +75,60 @@ fn bench_path(c: &mut Criterion, name: &str, frame: Vec<u8>, port: PortId, expec
 
 fn paths(c: &mut Criterion) {
     let pod_a = PortId(1);
-    bench_path(
-        c,
-        "local_delivery_64B",
-        pod_udp([10, 244, 1, 3], 18),
-        pod_a,
-        Verdict::Transmit(PortId(2)),
-    );
-    bench_path(
-        c,
-        "vxlan_encap_64B",
-        pod_udp([10, 244, 2, 7], 18),
-        pod_a,
-        Verdict::Transmit(PortId::UPLINK),
-    );
-    bench_path(
-        c,
-        "vxlan_decap_114B",
-        uplink_vxlan(18),
-        PortId::UPLINK,
-        Verdict::Transmit(PortId(2)),
-    );
-    bench_path(
-        c,
-        "arp_reply",
-        arp_request(),
-        pod_a,
-        Verdict::Transmit(pod_a),
-    );
-    bench_path(
-        c,
-        "local_delivery_1500B",
-        pod_udp([10, 244, 1, 3], 1472),
-        pod_a,
-        Verdict::Transmit(PortId(2)),
-    );
-    bench_path(
-        c,
-        "vxlan_encap_1450B",
-        pod_udp([10, 244, 2, 7], 1422),
-        pod_a,
-        Verdict::Transmit(PortId::UPLINK),
-    );
+    for (tag, snap) in [
+        ("", snapshot_without_services()),
+        ("_with_services", snapshot()),
+    ] {
+        let name = |n: &str| format!("{n}{tag}");
+        bench_path(
+            c,
+            &snap,
+            &name("local_delivery_64B"),
+            pod_udp([10, 244, 1, 3], 18),
+            pod_a,
+            Verdict::Transmit(PortId(2)),
+        );
+        bench_path(
+            c,
+            &snap,
+            &name("vxlan_encap_64B"),
+            pod_udp([10, 244, 2, 7], 18),
+            pod_a,
+            Verdict::Transmit(PortId::UPLINK),
+        );
+        bench_path(
+            c,
+            &snap,
+            &name("vxlan_decap_114B"),
+            uplink_vxlan(18),
+            PortId::UPLINK,
+            Verdict::Transmit(PortId(2)),
+        );
+        bench_path(
+            c,
+            &snap,
+            &name("arp_reply"),
+            arp_request(),
+            pod_a,
+            Verdict::Transmit(pod_a),
+        );
+        bench_path(
+            c,
+            &snap,
+            &name("local_delivery_1500B"),
+            pod_udp([10, 244, 1, 3], 1472),
+            pod_a,
+            Verdict::Transmit(PortId(2)),
+        );
+        bench_path(
+            c,
+            &snap,
+            &name("vxlan_encap_1450B"),
+            pod_udp([10, 244, 2, 7], 1422),
+            pod_a,
+            Verdict::Transmit(PortId::UPLINK),
+        );
+    }
 }
 
 criterion_group!(benches, paths);

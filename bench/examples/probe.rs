@@ -1,6 +1,7 @@
 //! Instruction-count probe: `valgrind --tool=callgrind target/release/examples/probe PATH`
 //! decides 1000 batches of one path; divide the pipeline's instruction count by 64,000.
-//! (Wall time on a shared VM is noisy; instruction counts are not.)
+//! (Wall time on a shared VM is noisy; instruction counts are not.) A third argument
+//! `services` uses the example's Services too.
 #![allow(missing_docs)]
 use bench::*;
 use flowtable::packet::DEFAULT_HEADROOM;
@@ -20,7 +21,11 @@ fn main() {
         .nth(2)
         .and_then(|s| s.parse().ok())
         .unwrap_or(1000);
-    let snap = snapshot();
+    let snap = if std::env::args().nth(3).as_deref() == Some("services") {
+        snapshot()
+    } else {
+        snapshot_without_services()
+    };
     let mut p = Pipeline::new();
     let len = frame.len();
     let mut bufs = vec![[0u8; FRAME_SIZE]; BATCH_SIZE];

@@ -12,9 +12,17 @@ pub const STATE: &str = include_str!("../../examples/node1.toml");
 /// Size of one frame buffer, as a UMEM frame.
 pub const FRAME_SIZE: usize = 2048;
 
-/// The example node's snapshot.
+/// The example node's snapshot, with its Services (both example pods are Service endpoints,
+/// so every packet between them consults the NAT flow cache).
 pub fn snapshot() -> Snapshot {
     let s = StateFile::parse(STATE).unwrap_or_else(|e| panic!("example state: {e}"));
+    Snapshot::build(&s, 1).unwrap_or_else(|e| panic!("example state: {e}"))
+}
+
+/// The example node's snapshot without any Service: forwarding alone.
+pub fn snapshot_without_services() -> Snapshot {
+    let mut s = StateFile::parse(STATE).unwrap_or_else(|e| panic!("example state: {e}"));
+    s.services.clear();
     Snapshot::build(&s, 1).unwrap_or_else(|e| panic!("example state: {e}"))
 }
 

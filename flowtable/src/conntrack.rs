@@ -372,6 +372,13 @@ impl Conntrack {
             .is_some_and(|e| e.seq.load(Acquire) == version && e.meta.load(Relaxed) & ALIVE != 0)
     }
 
+    /// How many entries were ever created: a flow cache's "nothing to translate" entries are
+    /// valid only while this has not changed.
+    #[inline]
+    pub fn insert_epoch(&self) -> u64 {
+        self.counters.inserted.load(Acquire)
+    }
+
     /// The current version of `entry` (changes whenever it is freed or reused).
     #[inline]
     pub fn version(&self, entry: u32) -> u32 {
@@ -504,7 +511,7 @@ impl Conntrack {
             self.counters.full.fetch_add(1, Relaxed);
             return Err(InsertError::Full);
         }
-        self.counters.inserted.fetch_add(1, Relaxed);
+        self.counters.inserted.fetch_add(1, Release);
         Ok(i)
     }
 
@@ -515,9 +522,36 @@ impl Conntrack {
             return;
         };
         e.last_seen.store(now, Relaxed);
+        self.update_state(e, dir, tcp_flags);
+    }
+
+    /// [`Conntrack::touch`] for a flow cache hit: records the packet only if `entry` still
+    /// holds the connection it held at `version`; returns whether it did.
+    #[inline]
+    pub fn touch_current(
+        &self,
+        entry: u32,
+        version: u32,
+        dir: Dir,
+        tcp_flags: Option<u8>,
+        now: u32,
+    ) -> bool {
+        let Some(e) = self.entries.get(entry as usize) else {
+            return false;
+        };
+        if e.seq.load(Acquire) != version {
+            return false;
+        }
+        e.last_seen.store(now, Relaxed);
+        self.update_state(e, dir, tcp_flags)
+    }
+
+    /// Applies a packet's direction and TCP flags to the entry's state; false if it is dead.
+    #[inline]
+    fn update_state(&self, e: &Entry, dir: Dir, tcp_flags: Option<u8>) -> bool {
         let old = e.meta.load(Relaxed);
         if old & ALIVE == 0 {
-            return;
+            return false;
         }
         // The common case: an established flow's packet without FIN/RST changes nothing else.
         let fin_rst = tcp_flags.is_some_and(|f| f & 0x05 != 0);
@@ -525,7 +559,7 @@ impl Conntrack {
             && (old >> 8) as u8 == CtState::Established as u8
             && (dir == Dir::Original || old & REPLIED != 0)
         {
-            return;
+            return true;
         }
         let mut m = old;
         if dir == Dir::Reply {
@@ -550,6 +584,7 @@ impl Conntrack {
             e.timeout
                 .store(self.timeout_for(m as u8, st, m & REPLIED != 0), Relaxed);
         }
+        true
     }
 
     /// Removes an entry (for example, a UDP flow whose backend is gone). Safe to race.

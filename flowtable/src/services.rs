@@ -163,6 +163,9 @@ pub struct ServiceTables {
     pub backend_ips: FastMap<u32, ()>,
     /// Every frontend address (ClusterIPs, node IP with NodePorts, LoadBalancer/external IPs).
     pub frontend_ips: FastMap<u32, ()>,
+    /// A 65536-bit filter over frontend, endpoint and hairpin addresses: a packet whose source
+    /// and destination both miss it needs no NAT, and skips every NAT lookup.
+    pub addr_filter: Vec<u64>,
     /// The Service CIDR.
     pub service_cidr: Option<Ipv4Cidr>,
     /// The hairpin source address.
@@ -389,7 +392,26 @@ pub fn build(state: &StateFile) -> Result<ServiceTables, StateError> {
         }
         t.services.push(svc);
     }
+    if !t.frontends.is_empty() {
+        t.addr_filter = vec![0u64; 1024];
+        let ips: Vec<u32> = t
+            .frontend_ips
+            .keys()
+            .chain(t.backend_ips.keys())
+            .copied()
+            .chain(std::iter::once(u32::from(cfg.hairpin_ip)))
+            .collect();
+        for ip in ips {
+            let b = filter_bit(ip);
+            t.addr_filter[b / 64] |= 1 << (b % 64);
+        }
+    }
     Ok(t)
+}
+
+#[inline]
+fn filter_bit(ip: u32) -> usize {
+    (ip.wrapping_mul(0x9e37_79b1) >> 16) as usize
 }
 
 impl ServiceTables {
@@ -402,6 +424,19 @@ impl ServiceTables {
         self.frontends
             .get(&frontend_key(ip, port, protocol))
             .copied()
+    }
+
+    /// False if neither address can be involved in NAT (a fast, safe pre-check: true may be
+    /// a false positive, false never is).
+    #[inline]
+    pub fn may_translate(&self, src: u32, dst: u32) -> bool {
+        let hit = |ip: u32| {
+            let b = filter_bit(ip);
+            self.addr_filter
+                .get(b / 64)
+                .is_some_and(|w| w & (1 << (b % 64)) != 0)
+        };
+        hit(dst) || hit(src)
     }
 
     /// True if `ip` is the address of some frontend.

@@ -34,6 +34,11 @@ pub(super) struct Cached {
     pub d_ip: u32,
     /// Delta for the TCP/UDP checksum (addresses and ports).
     pub d_l4: u32,
+    /// A "nothing to translate" entry, valid while no conntrack entry has been created since
+    /// `epoch` (only a new entry can make a tuple translatable).
+    pub pass: bool,
+    /// The conntrack insert count when a pass entry was made.
+    pub epoch: u64,
 }
 
 impl Cached {
@@ -120,6 +125,24 @@ impl FlowCache {
                 to_ports: u32::from(to.sport) << 16 | u32::from(to.dport),
                 d_ip,
                 d_l4,
+                pass: false,
+                epoch: 0,
+            };
+        }
+    }
+
+    /// Remembers that packets with tuple `k` need no translation, as of conntrack `epoch`.
+    pub fn put_pass(&mut self, k: &FlowKey, generation: u64, epoch: u64) {
+        if let Some(s) = self.slots.get_mut(slot_of(k)) {
+            *s = Cached {
+                src: k.src.into(),
+                dst: k.dst.into(),
+                ports: u32::from(k.sport) << 16 | u32::from(k.dport),
+                proto: k.proto,
+                generation,
+                pass: true,
+                epoch,
+                ..Cached::default()
             };
         }
     }

@@ -174,6 +174,17 @@ impl Pipeline {
         if svc.frontends.is_empty() {
             return None;
         }
+        {
+            let d = pkt.data();
+            let Some(ip) = d.get(ETH_LEN..ETH_LEN + ipv4::MIN_HEADER_LEN) else {
+                return None;
+            };
+            let src = u32::from_be_bytes([ip[12], ip[13], ip[14], ip[15]]);
+            let dst = u32::from_be_bytes([ip[16], ip[17], ip[18], ip[19]]);
+            if ip[9] != protocol::ICMP && !svc.may_translate(src, dst) {
+                return None;
+            }
+        }
         let l4 = match l4_of(pkt.data()) {
             Ok(Some(l4)) => l4,
             Ok(None) => return self.nat_icmp_error(snap, pkt),
@@ -193,8 +204,31 @@ impl Pipeline {
         if let Some(fe) = svc.frontend(l4.key.dst, l4.key.dport, l4.key.proto) {
             return self.dnat(snap, pkt, &l4, fe.port, fe.kind, None);
         }
-        if svc.is_backend_ip(l4.key.src) || Some(l4.key.dst) == svc.hairpin_ip {
-            return self.reverse_nat(snap, pkt, &l4);
+        let backend = svc.is_backend_ip(l4.key.src) || Some(l4.key.dst) == svc.hairpin_ip;
+        self.reverse_or_pass(snap, pkt, &l4, backend)
+    }
+
+    /// Reverse NAT if the tuple is a tracked reply; otherwise remember that it needs nothing.
+    fn reverse_or_pass(
+        &mut self,
+        snap: &Snapshot,
+        pkt: &mut Packet<'_>,
+        l4: &L4,
+        backend: bool,
+    ) -> Option<Outcome> {
+        // Read before the lookup: an insert that lands after it invalidates the pass entry.
+        let epoch = self.ct.insert_epoch();
+        if backend {
+            let before = self.counters.reverse_nat;
+            if let Some(o) = self.reverse_nat(snap, pkt, l4) {
+                return Some(o);
+            }
+            if self.counters.reverse_nat != before {
+                return None;
+            }
+        }
+        if !l4.fragment {
+            self.cache.put_pass(&l4.key, snap.generation, epoch);
         }
         None
     }
@@ -203,15 +237,20 @@ impl Pipeline {
     /// it (precomputed checksum deltas), record the packet in conntrack and return true.
     #[inline]
     fn apply_cached(&mut self, snap: &Snapshot, pkt: &mut Packet<'_>, l4: &L4) -> bool {
-        let Some(c) = self.cache.get(&l4.key, snap.generation).copied() else {
+        let Some(c) = self.cache.get(&l4.key, snap.generation) else {
             return false;
         };
-        if !self.ct.is_current(c.entry, c.version) {
+        if c.pass {
+            return c.epoch == self.ct.insert_epoch();
+        }
+        let dir = c.dir();
+        if !self
+            .ct
+            .touch_current(c.entry, c.version, dir, l4.tcp_flags, self.now)
+        {
             self.cache.forget(&l4.key);
             return false;
         }
-        let dir = c.dir();
-        self.ct.touch(c.entry, dir, l4.tcp_flags, self.now);
         let data = pkt.data_mut();
         let Some(ip) = data.get_mut(ETH_LEN..ETH_LEN + ipv4::MIN_HEADER_LEN) else {
             return false;
@@ -296,9 +335,23 @@ impl Pipeline {
         if svc.frontends.is_empty() {
             return None;
         }
+        let (src, dst, proto) = {
+            let ip = pkt.data().get(ETH_LEN..ETH_LEN + ipv4::MIN_HEADER_LEN)?;
+            (
+                u32::from_be_bytes([ip[12], ip[13], ip[14], ip[15]]),
+                u32::from_be_bytes([ip[16], ip[17], ip[18], ip[19]]),
+                ip[9],
+            )
+        };
+        if proto != protocol::ICMP && !svc.may_translate(src, dst) {
+            return None;
+        }
         match l4_of(pkt.data()) {
             Ok(Some(l4)) if !l4.fragment && self.apply_cached(snap, pkt, &l4) => None,
-            Ok(Some(l4)) if svc.is_backend_ip(l4.key.src) => self.reverse_nat(snap, pkt, &l4),
+            Ok(Some(l4)) => {
+                let backend = svc.is_backend_ip(l4.key.src);
+                self.reverse_or_pass(snap, pkt, &l4, backend)
+            }
             Ok(None) => self.nat_icmp_error(snap, pkt),
             _ => None,
         }

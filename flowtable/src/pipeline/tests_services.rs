@@ -559,3 +559,35 @@ fn external_traffic_policy_local() {
     let (v, _) = h.send(PortId::UPLINK, &from_outside(NODE1, 22000, 22));
     assert_eq!(v, Verdict::Kernel);
 }
+
+#[test]
+fn flow_cache_never_hides_a_new_translation() {
+    let mut h = H::new();
+    // pod-b:8080 talks to pod-a:40000 directly: nothing to translate (and the cache says so).
+    for _ in 0..3 {
+        let (v, out) = h.send(PORT_B, &tcp(MAC_B, POD_B, POD_A, 8080, 40000, false, b""));
+        assert_eq!(v, Verdict::Transmit(PORT_A));
+        assert_eq!(tuple(&out), (POD_B, 8080, POD_A, 40000));
+    }
+    // Now pod-a connects from the same port to a Service whose only backend is pod-b:8080...
+    let (v, _) = h.send(PORT_A, &tcp(MAC_A, POD_A, WEB2, 40000, 80, true, b""));
+    assert_eq!(v, Verdict::Transmit(PORT_B));
+    // ...and the very same tuple from pod-b is now a reply that must be translated.
+    let (v, out) = h.send(PORT_B, &tcp(MAC_B, POD_B, POD_A, 8080, 40000, false, b""));
+    assert_eq!(v, Verdict::Transmit(PORT_A));
+    assert_eq!(tuple(&out), (WEB2, 80, POD_A, 40000));
+    // Cached translations stop when the connection is gone.
+    let e =
+        h.p.conntrack()
+            .lookup(&crate::conntrack::FlowKey {
+                src: POD_A.into(),
+                dst: WEB2.into(),
+                sport: 40000,
+                dport: 80,
+                proto: 6,
+            })
+            .unwrap();
+    assert!(h.p.conntrack().remove(e.entry));
+    let (_, out) = h.send(PORT_B, &tcp(MAC_B, POD_B, POD_A, 8080, 40000, false, b""));
+    assert_eq!(tuple(&out), (POD_B, 8080, POD_A, 40000));
+}

@@ -23,17 +23,26 @@ const CODE_FRAG_NEEDED: u8 = 4;
 
 /// A hash of the inner flow (addresses, protocol, ports when present) for ECMP spreading.
 pub fn flow_hash(ip: &Ipv4Packet<&[u8]>) -> u32 {
-    let mut h = (u64::from(u32::from_be_bytes(ip.src_bytes())) << 32)
-        | u64::from(u32::from_be_bytes(ip.dst_bytes()));
-    let proto = ip.protocol();
+    let b = ip.header();
     let payload = ip.payload();
-    let ports = if !ip.is_fragment()
-        && (proto == protocol::TCP || proto == protocol::UDP)
-        && payload.len() >= 4
-    {
-        u32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]])
-    } else {
-        0
+    hash_fields(b, payload)
+}
+
+#[inline]
+fn hash_fields(hdr: &[u8], payload: &[u8]) -> u32 {
+    if hdr.len() < ipv4::MIN_HEADER_LEN {
+        return 0;
+    }
+    let src = u32::from_be_bytes([hdr[12], hdr[13], hdr[14], hdr[15]]);
+    let dst = u32::from_be_bytes([hdr[16], hdr[17], hdr[18], hdr[19]]);
+    let proto = hdr[9];
+    let fragment = u16::from_be_bytes([hdr[6], hdr[7]]) & 0x3fff != 0;
+    let mut h = (u64::from(src) << 32) | u64::from(dst);
+    let ports = match payload.get(..4) {
+        Some(p) if !fragment && (proto == protocol::TCP || proto == protocol::UDP) => {
+            u32::from_be_bytes([p[0], p[1], p[2], p[3]])
+        }
+        _ => 0,
     };
     h ^= (u64::from(ports) << 8 | u64::from(proto)).rotate_left(29);
     // MurmurHash3's 64-bit finaliser.
@@ -152,11 +161,20 @@ impl Pipeline {
         hop: Hop,
     ) -> Outcome {
         let inner_len = pkt.len();
+        // The header was validated on ingress: read the few fields needed directly.
         let (hash, tos, df, ttl) = {
-            let Some(Ok(ip)) = pkt.data().get(ETH_LEN..).map(Ipv4Packet::new_checked) else {
+            let d = pkt.data();
+            let Some(hdr) = d.get(ETH_LEN..ETH_LEN + ipv4::MIN_HEADER_LEN) else {
                 return Outcome::Drop(DropReason::Ipv4Truncated);
             };
-            (flow_hash(&ip), ip.tos(), ip.dont_frag(), ip.ttl())
+            let hl = usize::from(hdr[0] & 0x0f) * 4;
+            let payload = d.get(ETH_LEN + hl..).unwrap_or(&[]);
+            (
+                hash_fields(hdr, payload),
+                hdr[1],
+                hdr[6] & 0x40 != 0,
+                hdr[8],
+            )
         };
         if hop != Hop::Generated && ttl <= 1 {
             return self.icmp_error(
