@@ -72,6 +72,66 @@ pub struct RemoteNode {
     pub outer: crate::pipeline::OuterTemplate,
 }
 
+/// Remote pod CIDRs of one prefix length `len` inside the supernet `net/net_len`: slot
+/// `(ip - net) >> (32 - len)` holds the remote node index + 1 (0 = none).
+#[derive(Debug, Clone)]
+struct DirectRoutes {
+    net: u32,
+    net_mask: u32,
+    shift: u32,
+    slots: Vec<u32>,
+}
+
+impl DirectRoutes {
+    fn build(remotes: &[RemoteNode]) -> Option<DirectRoutes> {
+        let first = remotes.first()?;
+        let len = first.pod_cidr.prefix_len();
+        if len == 0 || remotes.iter().any(|r| r.pod_cidr.prefix_len() != len) {
+            return None;
+        }
+        // The longest prefix covering every remote CIDR.
+        let base = u32::from(first.pod_cidr.network());
+        let common = remotes
+            .iter()
+            .map(|r| (u32::from(r.pod_cidr.network()) ^ base).leading_zeros())
+            .min()
+            .unwrap_or(32)
+            .min(u32::from(len));
+        if u32::from(len) - common > 16 {
+            return None;
+        }
+        let net_mask = if common == 0 {
+            0
+        } else {
+            u32::MAX << (32 - common)
+        };
+        let net = base & net_mask;
+        let shift = 32 - u32::from(len);
+        let mut slots = vec![0u32; 1usize << (u32::from(len) - common)];
+        for (i, r) in remotes.iter().enumerate() {
+            let slot = ((u32::from(r.pod_cidr.network()) - net) >> shift) as usize;
+            *slots.get_mut(slot)? = i as u32 + 1;
+        }
+        Some(DirectRoutes {
+            net,
+            net_mask,
+            shift,
+            slots,
+        })
+    }
+
+    #[inline]
+    fn lookup(&self, ip: u32) -> Option<u32> {
+        if ip & self.net_mask != self.net {
+            return None;
+        }
+        let s = *self
+            .slots
+            .get(((ip - self.net).checked_shr(self.shift).unwrap_or(0)) as usize)?;
+        s.checked_sub(1)
+    }
+}
+
 /// A state file that cannot be applied: which field, and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{field}: {reason}")]
@@ -104,6 +164,9 @@ pub struct Snapshot {
     pod_slots: Vec<u32>,
     remotes: Vec<RemoteNode>,
     routes: PrefixTable<u32>,
+    /// Direct index over remote pod CIDRs when they all have one prefix length and fit in a
+    /// supernet of at most 65536 of them (the usual cluster layout): see [`DirectRoutes`].
+    direct_routes: Option<DirectRoutes>,
     vtep_by_ip: HashMap<u32, u32>,
     /// Services, their ports, frontends and backends.
     pub services: crate::services::ServiceTables,
@@ -339,6 +402,7 @@ impl Snapshot {
         }
 
         let services = crate::services::build(state)?;
+        let direct_routes = DirectRoutes::build(&remotes);
 
         Ok(Snapshot {
             generation,
@@ -361,6 +425,7 @@ impl Snapshot {
             pod_slots,
             remotes,
             routes,
+            direct_routes,
             vtep_by_ip,
             services,
         })
@@ -416,6 +481,9 @@ impl Snapshot {
     /// The remote node whose pod CIDR holds `ip` (longest prefix).
     #[inline]
     pub fn remote_for(&self, ip: Ipv4Addr) -> Option<&RemoteNode> {
+        if let Some(d) = &self.direct_routes {
+            return self.remotes.get(d.lookup(u32::from(ip))? as usize);
+        }
         let i = *self.routes.lookup(ip)?;
         self.remotes.get(i as usize)
     }
@@ -616,6 +684,41 @@ mod tests {
             assert_eq!(e.field, field, "{e}");
             assert!(!e.reason.is_empty());
         }
+    }
+
+    #[test]
+    fn direct_routes_agree_with_prefix_match() {
+        let mut state = StateFile::parse(STATE).unwrap();
+        let template = state.nodes[0].clone();
+        for n in 3..60u8 {
+            let mut r = template.clone();
+            r.name = format!("node{n}");
+            r.ip = Ipv4Addr::new(198, 18, 0, n);
+            r.pod_cidr = Ipv4Cidr::new(Ipv4Addr::new(10, 244, n, 0), 24).unwrap();
+            state.nodes.push(r);
+        }
+        let s = Snapshot::build(&state, 1).unwrap();
+        assert!(s.direct_routes.is_some());
+        for a in 0..=255u8 {
+            for b in [0u8, 1, 7, 255] {
+                let ip = Ipv4Addr::new(10, 244, a, b);
+                let want = s
+                    .routes
+                    .lookup(ip)
+                    .map(|i| s.remotes[*i as usize].name.clone());
+                assert_eq!(s.remote_for(ip).map(|r| r.name.clone()), want, "{ip}");
+            }
+        }
+        assert!(s.remote_for(Ipv4Addr::new(10, 245, 3, 1)).is_none());
+        assert!(s.remote_for(Ipv4Addr::new(8, 8, 8, 8)).is_none());
+        // Mixed prefix lengths fall back to longest-prefix match.
+        state.nodes[5].pod_cidr = "10.250.0.0/16".parse().unwrap();
+        let s = Snapshot::build(&state, 1).unwrap();
+        assert!(s.direct_routes.is_none());
+        assert_eq!(
+            s.remote_for(Ipv4Addr::new(10, 250, 9, 9)).unwrap().name,
+            state.nodes[5].name
+        );
     }
 
     #[test]
