@@ -170,19 +170,45 @@ pub const MAX_CAPACITY: usize = (1 << IDX_BITS) - 2;
 const ALIVE: u32 = 1 << 31;
 const REPLIED: u32 = 1 << 30;
 
+#[inline]
+fn ver(st: u64) -> u32 {
+    (st >> 32) as u32
+}
+
+#[inline]
+fn flags(st: u64) -> u32 {
+    st as u32
+}
+
+#[inline]
+fn pack(version: u32, meta: u32) -> u64 {
+    (u64::from(version) << 32) | u64::from(meta)
+}
+
+#[inline]
+fn state_of(meta: u32) -> CtState {
+    match (meta >> 8) as u8 {
+        2 => CtState::Established,
+        3 => CtState::Closing,
+        _ => CtState::New,
+    }
+}
+
+/// `st` packs the entry's version (high 32 bits: even when stable, odd while written, bumped
+/// on every insert and free) with its flags (low 32 bits: ALIVE | REPLIED | state << 8 |
+/// proto), so that claiming an entry for removal or updating its state is one CAS that fails
+/// if the entry was reused in between.
 #[derive(Debug, Default)]
 struct Entry {
-    seq: AtomicU32,
+    st: AtomicU64,
     o_src: AtomicU32,
     o_dst: AtomicU32,
     o_ports: AtomicU32,
     n_src: AtomicU32,
     n_dst: AtomicU32,
     n_ports: AtomicU32,
-    /// ALIVE | REPLIED | state << 8 | proto.
-    meta: AtomicU32,
     last_seen: AtomicU32,
-    /// Seconds after which GC may remove it if not seen again (set from the state's timeout).
+    /// A fixed timeout in seconds (affinity records), or 0: derive it from the state.
     timeout: AtomicU32,
     /// For flows from outside the cluster: 1 << 48 | the MAC replies go back to (else 0).
     peer: AtomicU64,
@@ -279,11 +305,12 @@ impl Conntrack {
         }
     }
 
-    /// Reads an entry's identity under its seqlock; `None` if it is free or being rewritten.
-    fn read(&self, i: u32) -> Option<(FlowKey, FlowKey, u32)> {
+    /// Reads an entry's identity under its seqlock: (original, translated, flags, version);
+    /// `None` if it is free, dead or being rewritten.
+    fn read(&self, i: u32) -> Option<(FlowKey, FlowKey, u32, u32)> {
         let e = self.entries.get(i as usize)?;
-        let v1 = e.seq.load(Acquire);
-        if v1 & 1 == 1 {
+        let s1 = e.st.load(Acquire);
+        if ver(s1) & 1 == 1 || flags(s1) & ALIVE == 0 {
             return None;
         }
         let (os, od, op) = (
@@ -296,11 +323,12 @@ impl Conntrack {
             e.n_dst.load(Relaxed),
             e.n_ports.load(Relaxed),
         );
-        let meta = e.meta.load(Relaxed);
         fence(Acquire);
-        if e.seq.load(Relaxed) != v1 || meta & ALIVE == 0 {
+        let s2 = e.st.load(Relaxed);
+        if ver(s2) != ver(s1) || flags(s2) & ALIVE == 0 {
             return None;
         }
+        let meta = flags(s2);
         let proto = meta as u8;
         let orig = FlowKey {
             src: os.into(),
@@ -316,7 +344,7 @@ impl Conntrack {
             dport: np as u16,
             proto,
         };
-        Some((orig, tr, meta))
+        Some((orig, tr, meta, ver(s1)))
     }
 
     /// Looks a packet's 5-tuple up in both directions. Lock-free.
@@ -335,25 +363,20 @@ impl Conntrack {
                 } else {
                     Dir::Reply
                 };
-                if let Some((orig, tr, meta)) = self.read(entry) {
+                if let Some((orig, tr, meta, version)) = self.read(entry) {
                     let k = match dir {
                         Dir::Original => orig,
                         Dir::Reply => tr.reversed(),
                     };
                     if k == *key {
-                        let state = match (meta >> 8) as u8 {
-                            2 => CtState::Established,
-                            3 => CtState::Closing,
-                            _ => CtState::New,
-                        };
                         return Some(Hit {
                             entry,
                             dir,
                             original: orig,
                             translated: tr,
-                            state,
+                            state: state_of(meta),
                             replied: meta & REPLIED != 0,
-                            version: self.entries[entry as usize].seq.load(Relaxed),
+                            version,
                         });
                     }
                 }
@@ -367,9 +390,10 @@ impl Conntrack {
     /// removed, and not reused for another). One atomic load: what a flow cache checks.
     #[inline]
     pub fn is_current(&self, entry: u32, version: u32) -> bool {
-        self.entries
-            .get(entry as usize)
-            .is_some_and(|e| e.seq.load(Acquire) == version && e.meta.load(Relaxed) & ALIVE != 0)
+        self.entries.get(entry as usize).is_some_and(|e| {
+            let st = e.st.load(Acquire);
+            ver(st) == version && flags(st) & ALIVE != 0
+        })
     }
 
     /// How many entries were ever created: a flow cache's "nothing to translate" entries are
@@ -384,7 +408,7 @@ impl Conntrack {
     pub fn version(&self, entry: u32) -> u32 {
         self.entries
             .get(entry as usize)
-            .map_or(1, |e| e.seq.load(Acquire))
+            .map_or(1, |e| ver(e.st.load(Acquire)))
     }
 
     /// For a flow that came in on the uplink, the MAC its replies go back to.
@@ -465,8 +489,24 @@ impl Conntrack {
         timeout: Option<u32>,
         peer: Option<[u8; 6]>,
     ) -> Result<u32, InsertError> {
+        self.insert_versioned(original, translated, now, timeout, peer, true)
+            .map(|(e, _)| e)
+    }
+
+    /// The insert behind all others: returns the entry and the version it was published with
+    /// (for a flow cache). With `index_reply` false only the original tuple is indexed (for
+    /// records that are looked up one way only, such as ClientIP affinity).
+    pub fn insert_versioned(
+        &self,
+        original: FlowKey,
+        translated: FlowKey,
+        now: u32,
+        timeout: Option<u32>,
+        peer: Option<[u8; 6]>,
+        index_reply: bool,
+    ) -> Result<(u32, u32), InsertError> {
         let reply = translated.reversed();
-        if self.lookup(&reply).is_some() {
+        if index_reply && self.lookup(&reply).is_some() {
             return Err(InsertError::Clash);
         }
         let Some(i) = self.free.pop().or_else(|| self.evict_unreplied(now)) else {
@@ -474,8 +514,9 @@ impl Conntrack {
             return Err(InsertError::Full);
         };
         let e = &self.entries[i as usize];
-        let v = e.seq.load(Relaxed);
-        e.seq.store(v.wrapping_add(1) | 1, Relaxed);
+        // A free entry is ours alone: not ALIVE, in no index slot, in no queue.
+        let v = ver(e.st.load(Relaxed)) | 1;
+        e.st.store(pack(v, 0), Relaxed);
         fence(Release);
         e.o_src.store(original.src.into(), Relaxed);
         e.o_dst.store(original.dst.into(), Relaxed);
@@ -490,29 +531,34 @@ impl Conntrack {
             (1u64 << 48) | u64::from_be_bytes([0, 0, m[0], m[1], m[2], m[3], m[4], m[5]])
         });
         e.peer.store(p, Relaxed);
-        e.timeout.store(
-            timeout.unwrap_or_else(|| self.timeout_for(original.proto, CtState::New, false)),
-            Relaxed,
-        );
-        e.meta.store(
-            ALIVE | ((CtState::New as u32) << 8) | u32::from(original.proto),
-            Relaxed,
-        );
-        e.seq
-            .store((v.wrapping_add(1) | 1).wrapping_add(1), Release);
-        let Some(_) = self.claim_slot(&original, i + 2) else {
-            self.free_entry(i);
+        e.timeout.store(timeout.unwrap_or(0), Relaxed);
+        // Index it while it is still odd (readers miss it); it goes live only once indexed,
+        // so GC and eviction can never free an entry that is half inserted.
+        let published = v.wrapping_add(1);
+        let fail = |claimed_original: bool| {
+            if claimed_original {
+                self.release_slot(&original, i + 2);
+            }
+            e.st.store(pack(published, 0), Release);
+            let _ = self.free.push(i);
             self.counters.full.fetch_add(1, Relaxed);
-            return Err(InsertError::Full);
+            Err(InsertError::Full)
         };
-        if self.claim_slot(&reply, DIR_BIT | (i + 2)).is_none() {
-            self.release_slot(&original, i + 2);
-            self.free_entry(i);
-            self.counters.full.fetch_add(1, Relaxed);
-            return Err(InsertError::Full);
+        if self.claim_slot(&original, i + 2).is_none() {
+            return fail(false);
         }
+        if index_reply && self.claim_slot(&reply, DIR_BIT | (i + 2)).is_none() {
+            return fail(true);
+        }
+        e.st.store(
+            pack(
+                published,
+                ALIVE | ((CtState::New as u32) << 8) | u32::from(original.proto),
+            ),
+            Release,
+        );
         self.counters.inserted.fetch_add(1, Release);
-        Ok(i)
+        Ok((i, published))
     }
 
     /// Records a packet of the flow: last-seen time, the reply flag and the TCP state.
@@ -521,8 +567,9 @@ impl Conntrack {
         let Some(e) = self.entries.get(entry as usize) else {
             return;
         };
+        let version = ver(e.st.load(Acquire));
         e.last_seen.store(now, Relaxed);
-        self.update_state(e, dir, tcp_flags);
+        self.update_state(e, version, dir, tcp_flags);
     }
 
     /// [`Conntrack::touch`] for a flow cache hit: records the packet only if `entry` still
@@ -539,90 +586,85 @@ impl Conntrack {
         let Some(e) = self.entries.get(entry as usize) else {
             return false;
         };
-        if e.seq.load(Acquire) != version {
+        let st = e.st.load(Acquire);
+        if ver(st) != version || flags(st) & ALIVE == 0 {
             return false;
         }
         e.last_seen.store(now, Relaxed);
-        self.update_state(e, dir, tcp_flags)
+        self.update_state(e, version, dir, tcp_flags)
     }
 
-    /// Applies a packet's direction and TCP flags to the entry's state; false if it is dead.
+    /// Applies a packet's direction and TCP flags to the entry's flags (a CAS loop that fails
+    /// if the entry stops being `version`); false if it is dead or reused.
     #[inline]
-    fn update_state(&self, e: &Entry, dir: Dir, tcp_flags: Option<u8>) -> bool {
-        let old = e.meta.load(Relaxed);
-        if old & ALIVE == 0 {
-            return false;
-        }
-        // The common case: an established flow's packet without FIN/RST changes nothing else.
+    fn update_state(&self, e: &Entry, version: u32, dir: Dir, tcp_flags: Option<u8>) -> bool {
         let fin_rst = tcp_flags.is_some_and(|f| f & 0x05 != 0);
-        if !fin_rst
-            && (old >> 8) as u8 == CtState::Established as u8
-            && (dir == Dir::Original || old & REPLIED != 0)
-        {
-            return true;
-        }
-        let mut m = old;
-        if dir == Dir::Reply {
-            m |= REPLIED;
-        }
-        let state = (m >> 8) as u8;
-        let new_state = match tcp_flags {
-            Some(f) if f & 0x05 != 0 => CtState::Closing as u8, // FIN or RST
-            Some(_) if dir == Dir::Reply && state == CtState::New as u8 => {
-                CtState::Established as u8
+        let mut st = e.st.load(Acquire);
+        loop {
+            let old = flags(st);
+            if ver(st) != version || old & ALIVE == 0 {
+                return false;
             }
-            None if m & REPLIED != 0 && state == CtState::New as u8 => CtState::Established as u8,
-            _ => state,
-        };
-        m = (m & !0xff00) | (u32::from(new_state) << 8);
-        if m != old && e.meta.compare_exchange(old, m, AcqRel, Relaxed).is_ok() {
-            let st = match new_state {
-                2 => CtState::Established,
-                3 => CtState::Closing,
-                _ => CtState::New,
+            // The common case: an established flow's packet without FIN/RST changes nothing.
+            if !fin_rst
+                && state_of(old) == CtState::Established
+                && (dir == Dir::Original || old & REPLIED != 0)
+            {
+                return true;
+            }
+            let mut m = old;
+            if dir == Dir::Reply {
+                m |= REPLIED;
+            }
+            let state = state_of(m);
+            let new_state = match tcp_flags {
+                Some(f) if f & 0x05 != 0 => CtState::Closing,
+                Some(_) if dir == Dir::Reply && state == CtState::New => CtState::Established,
+                None if m & REPLIED != 0 && state == CtState::New => CtState::Established,
+                _ => state,
             };
-            e.timeout
-                .store(self.timeout_for(m as u8, st, m & REPLIED != 0), Relaxed);
+            m = (m & !0xff00) | ((new_state as u32) << 8);
+            if m == old {
+                return true;
+            }
+            match e
+                .st
+                .compare_exchange_weak(st, pack(version, m), AcqRel, Acquire)
+            {
+                Ok(_) => return true,
+                Err(cur) => st = cur,
+            }
         }
-        true
     }
 
-    /// Removes an entry (for example, a UDP flow whose backend is gone). Safe to race.
+    /// Removes an entry (for example, a UDP flow whose backend is gone). Safe to race: exactly
+    /// one remover frees a given incarnation, and a reused entry is never removed by mistake.
     pub fn remove(&self, entry: u32) -> bool {
         let Some(e) = self.entries.get(entry as usize) else {
             return false;
         };
-        let version = e.seq.load(Acquire);
-        let Some((orig, tr, _)) = self.read(entry) else {
+        let Some((orig, tr, _, version)) = self.read(entry) else {
             return false;
         };
-        let mut m = e.meta.load(Acquire);
+        let mut st = e.st.load(Acquire);
         loop {
-            if m & ALIVE == 0 {
+            if ver(st) != version || flags(st) & ALIVE == 0 {
                 return false;
             }
-            match e.meta.compare_exchange(m, m & !ALIVE, AcqRel, Acquire) {
+            match e
+                .st
+                .compare_exchange_weak(st, st & !u64::from(ALIVE), AcqRel, Acquire)
+            {
                 Ok(_) => break,
-                Err(x) => m = x,
+                Err(cur) => st = cur,
             }
-        }
-        if e.seq.load(Acquire) != version {
-            // The entry was freed and reused after we read it: that incarnation is not ours.
-            e.meta.fetch_or(ALIVE, AcqRel);
-            return false;
         }
         self.release_slot(&orig, entry + 2);
         self.release_slot(&tr.reversed(), DIR_BIT | (entry + 2));
-        self.free_entry(entry);
+        // Bump the version so readers and flow caches holding the old one let go.
+        e.st.store(pack(version.wrapping_add(2), 0), Release);
+        let _ = self.free.push(entry);
         true
-    }
-
-    fn free_entry(&self, i: u32) {
-        let e = &self.entries[i as usize];
-        e.meta.store(0, Release);
-        let v = e.seq.load(Relaxed);
-        e.seq.store(v.wrapping_add(2) & !1, Release);
-        let _ = self.free.push(i);
     }
 
     /// Under pressure: evicts one unreplied entry near a rotating cursor, if any.
@@ -632,7 +674,7 @@ impl Conntrack {
             let start = self.evict_cursor.fetch_add(32, Relaxed) % n;
             for k in 0..32u32.min(n) {
                 let i = (start + k) % n;
-                let m = self.entries[i as usize].meta.load(Relaxed);
+                let m = flags(self.entries[i as usize].st.load(Relaxed));
                 if m & ALIVE != 0 && m & REPLIED == 0 && self.remove(i) {
                     self.counters.evicted.fetch_add(1, Relaxed);
                     return self.free.pop();
@@ -646,34 +688,36 @@ impl Conntrack {
     /// where the previous pass stopped. Call it from a housekeeping thread, not per packet.
     pub fn gc(&self, now: u32, budget: usize) -> GcStats {
         let n = self.entries.len() as u32;
-        let mut st = GcStats::default();
+        let mut stats = GcStats::default();
         for _ in 0..budget.min(n as usize) {
             let i = self.gc_cursor.fetch_add(1, Relaxed) % n;
-            st.scanned += 1;
+            stats.scanned += 1;
             let e = &self.entries[i as usize];
-            if e.meta.load(Relaxed) & ALIVE == 0 {
+            let m = flags(e.st.load(Relaxed));
+            if m & ALIVE == 0 {
                 continue;
             }
+            let fixed = e.timeout.load(Relaxed);
+            let timeout = if fixed != 0 {
+                fixed
+            } else {
+                self.timeout_for(m as u8, state_of(m), m & REPLIED != 0)
+            };
             let age = now.saturating_sub(e.last_seen.load(Relaxed));
-            if age > e.timeout.load(Relaxed) && self.remove(i) {
-                st.expired += 1;
+            if age > timeout && self.remove(i) {
+                stats.expired += 1;
                 self.counters.expired.fetch_add(1, Relaxed);
             }
         }
-        st
+        stats
     }
 
     /// Every live entry (for `switchctl ct list` and tests): (original, translated, state, replied).
     pub fn entries(&self) -> Vec<(FlowKey, FlowKey, CtState, bool)> {
         (0..self.entries.len() as u32)
             .filter_map(|i| {
-                let (o, t, m) = self.read(i)?;
-                let st = match (m >> 8) as u8 {
-                    2 => CtState::Established,
-                    3 => CtState::Closing,
-                    _ => CtState::New,
-                };
-                Some((o, t, st, m & REPLIED != 0))
+                let (o, t, m, _) = self.read(i)?;
+                Some((o, t, state_of(m), m & REPLIED != 0))
             })
             .collect()
     }
@@ -801,6 +845,69 @@ mod tests {
     fn memory_per_connection() {
         let ct = Conntrack::new(1 << 20, Timeouts::default());
         assert!(ct.bytes_per_entry() <= 64, "{}", ct.bytes_per_entry());
+    }
+
+    #[test]
+    fn churn_under_eviction_never_returns_a_torn_translation() {
+        // A small table, four threads inserting unreplied flows (so inserts evict each
+        // other's), and every hit checked against the translation its key must have.
+        let ct = std::sync::Arc::new(Conntrack::new(64, Timeouts::default()));
+        let tr_of = |o: &FlowKey| FlowKey {
+            dst: Ipv4Addr::from(u32::from(o.src) ^ u32::from(o.sport)),
+            dport: o.sport ^ 0x5a5a,
+            ..*o
+        };
+        let threads: Vec<_> = (0..4u8)
+            .map(|t| {
+                let ct = ct.clone();
+                std::thread::spawn(move || {
+                    for n in 0..20_000u32 {
+                        let o = FlowKey {
+                            src: Ipv4Addr::new(10, 244, t, (n % 200) as u8),
+                            dst: Ipv4Addr::new(10, 96, 0, 1),
+                            sport: (n % 5000) as u16,
+                            dport: 80,
+                            proto: 17,
+                        };
+                        let _ = ct.insert(o, tr_of(&o), n);
+                        let probe = FlowKey {
+                            sport: ((n * 7) % 5000) as u16,
+                            ..o
+                        };
+                        if let Some(h) = ct.lookup(&probe) {
+                            assert_eq!(h.original, probe);
+                            assert_eq!(h.translated, tr_of(&probe), "torn entry");
+                            if n % 3 == 0 {
+                                ct.remove(h.entry);
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        // Nothing leaked: every entry is either live and findable, or free.
+        let live = ct.entries();
+        assert_eq!(live.len(), ct.len());
+        for (o, t, _, _) in live {
+            assert_eq!(ct.lookup(&o).unwrap().translated, t);
+            assert_eq!(ct.lookup(&t.reversed()).unwrap().original, o);
+        }
+        ct.gc(u32::MAX, 64);
+        assert!(ct.is_empty());
+        let probe = FlowKey {
+            src: Ipv4Addr::new(1, 2, 3, 4),
+            dst: Ipv4Addr::new(5, 6, 7, 8),
+            sport: 1,
+            dport: 2,
+            proto: 6,
+        };
+        assert!(
+            ct.insert(probe, tr_of(&probe), 0).is_ok(),
+            "index slots were not leaked"
+        );
     }
 
     #[test]

@@ -428,10 +428,12 @@ impl Pipeline {
         }
         let mut attempt = 0u32;
         loop {
-            match self.ct.insert_full(key, tr, self.now, None, peer) {
-                Ok(entry) => {
+            match self
+                .ct
+                .insert_versioned(key, tr, self.now, None, peer, true)
+            {
+                Ok((entry, version)) => {
                     if peer.is_none() {
-                        let version = self.ct.version(entry);
                         self.cache
                             .put(&key, &tr, Dir::Original, entry, version, snap.generation);
                     }
@@ -493,9 +495,10 @@ impl Pipeline {
             dport: b.port,
             proto: AFFINITY_PROTO,
         };
+        // Looked up by client only: no reply index, so clients of one backend never clash.
         let _ = self
             .ct
-            .insert_with_timeout(akey, tr, self.now, Some(timeout));
+            .insert_versioned(akey, tr, self.now, Some(timeout), None, false);
         Some(i)
     }
 
