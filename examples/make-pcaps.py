@@ -13,7 +13,6 @@ Run: python3 examples/make-pcaps.py   (needs: pip install scapy)
 """
 import os
 from scapy.all import ARP, DNS, DNSQR, Ether, ICMP, IP, IPv6, TCP, UDP, Raw, wrpcap
-from scapy.layers.vxlan import VXLAN
 
 GW_MAC, MAC_A = "02:00:0a:f4:01:01", "02:00:0a:f4:01:02"
 NODE1_MAC, NODE2_MAC = "02:00:c6:12:00:01", "02:00:c6:12:00:02"
@@ -41,10 +40,16 @@ pod_a = stamp([
     Ether(src=MAC_A, dst=GW_MAC) / IP(src="10.244.1.2", dst="10.96.0.99") / TCP(sport=45001, dport=80, flags="S", seq=1000),
 ], 1_700_000_000)
 
+def vxlan(vni):
+    # The RFC 7348 header exactly (I flag only, reserved bits zero), as Linux and Flannel send
+    # it; scapy's VXLAN layer may set VXLAN-GPE bits that a plain vxlan device drops.
+    return Raw(bytes([0x08, 0, 0, 0]) + (vni << 8).to_bytes(4, "big"))
+
+
 inner = Ether(src=VTEP2, dst=VTEP1) / IP(src="10.244.2.7", dst="10.244.1.3", ttl=63) / UDP(sport=40001, dport=5001) / Raw(b"hello from node2")
 uplink = stamp([
-    Ether(src=NODE2_MAC, dst=NODE1_MAC) / IP(src="198.18.0.2", dst="198.18.0.1") / UDP(sport=51000, dport=8472) / VXLAN(vni=1) / inner,
-    Ether(src=NODE2_MAC, dst=NODE1_MAC) / IP(src="198.18.0.2", dst="198.18.0.1") / UDP(sport=51000, dport=8472) / VXLAN(vni=7) / inner,
+    Ether(src=NODE2_MAC, dst=NODE1_MAC) / IP(src="198.18.0.2", dst="198.18.0.1") / UDP(sport=51000, dport=8472) / vxlan(1) / inner,
+    Ether(src=NODE2_MAC, dst=NODE1_MAC) / IP(src="198.18.0.2", dst="198.18.0.1") / UDP(sport=51000, dport=8472) / vxlan(7) / inner,
     Ether(src=NODE2_MAC, dst=NODE1_MAC) / IP(src="198.18.0.2", dst="198.18.0.1") / TCP(sport=50000, dport=10250, flags="S"),
     # A client outside the cluster reaches default/lb-local's NodePort (externalTrafficPolicy Local).
     Ether(src="02:00:c6:12:00:64", dst=NODE1_MAC) / IP(src="198.18.0.100", dst="198.18.0.1") / TCP(sport=20000, dport=30090, flags="S"),

@@ -179,7 +179,7 @@ fn err(field: String, reason: String) -> StateError {
 fn is_prime(n: u32) -> bool {
     n >= 2
         && (2..)
-            .take_while(|d: &u32| d * d <= n)
+            .take_while(|d: &u32| *d <= n / *d)
             .all(|d| !n.is_multiple_of(d))
 }
 
@@ -187,9 +187,9 @@ fn is_prime(n: u32) -> bool {
 pub fn build(state: &StateFile) -> Result<ServiceTables, StateError> {
     let cfg = &state.service_config;
     let node = &state.node;
-    if !is_prime(cfg.maglev_table_size)
-        || cfg.maglev_table_size < 7
+    if cfg.maglev_table_size < 7
         || cfg.maglev_table_size > 1_000_003
+        || !is_prime(cfg.maglev_table_size)
     {
         return Err(err(
             "service_config.maglev_table_size".into(),
@@ -259,6 +259,12 @@ pub fn build(state: &StateFile) -> Result<ServiceTables, StateError> {
             ("external_ips", &s.external_ips),
         ] {
             for (i, ip) in ips.iter().enumerate() {
+                if *ip == node.ip || state.nodes.iter().any(|n| n.ip == *ip) {
+                    return Err(err(
+                        f(&format!("{k}[{i}]")),
+                        format!("{ip} is a node's address (serving it would take over that node's traffic)"),
+                    ));
+                }
                 if pod_cidrs.iter().any(|(c, _)| c.contains(*ip))
                     || cfg.service_cidr.contains(*ip)
                     || ip.is_unspecified()
@@ -312,6 +318,9 @@ pub fn build(state: &StateFile) -> Result<ServiceTables, StateError> {
                 return Err(err(f("target_port"), "must be 1 to 65535".into()));
             }
             if let Some(np) = p.node_port {
+                if p.protocol == crate::state::Protocol::Udp && np == state.vxlan.port {
+                    return Err(err(f("node_port"), format!("{np}/UDP is the VXLAN port")));
+                }
                 if !(30000..=32767).contains(&np) {
                     return Err(err(
                         f("node_port"),

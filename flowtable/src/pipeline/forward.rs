@@ -3,7 +3,7 @@
 
 use super::{Hop, Outcome, Pipeline};
 use crate::counters::{Action, DropReason};
-use crate::packet::Packet;
+use crate::packet::{Packet, PortId};
 use crate::snapshot::{Pod, Snapshot};
 use crate::wire::ethernet::{ethertype, EthernetFrame, HEADER_LEN as ETH_LEN};
 use crate::wire::icmp::kind;
@@ -35,6 +35,18 @@ impl Pipeline {
         }
         match snap.remote_for(dst) {
             Some(remote) => self.encap(snap, pkt, remote, hop),
+            None if hop == Hop::Generated && pkt.port == PortId::UPLINK => {
+                // A reply the switch built (RST, ICMP error) to a client outside the cluster
+                // that came in on the uplink: back to the MAC the request came from.
+                let uplink_mac = snap.node.uplink_mac;
+                let data = pkt.data_mut();
+                if data.len() < ETH_LEN {
+                    return Outcome::Drop(DropReason::NoRoute);
+                }
+                data.copy_within(6..12, 0);
+                data[6..12].copy_from_slice(&uplink_mac.0);
+                Outcome::Tx(PortId::UPLINK, Action::ToExternal)
+            }
             None => Outcome::Drop(DropReason::NoRoute),
         }
     }

@@ -91,20 +91,39 @@ impl Pipeline {
             let about_error = ip.protocol() == protocol::ICMP
                 && ip.payload().first().is_some_and(|t| icmp::is_error(*t));
             let src = ip.src();
-            // RFC 1812 4.3.2.7: no error about an error, a non-first fragment, or a source
-            // that does not name a single host.
+            let dst = ip.dst();
+            let subnet_broadcast = |a: std::net::Ipv4Addr| {
+                snap.node.pod_cidr.broadcast() == a
+                    || snap
+                        .remote_for(a)
+                        .is_some_and(|r| r.pod_cidr.broadcast() == a)
+            };
+            let link_multicast = pkt.data().first().is_some_and(|b| b & 1 == 1);
+            // RFC 1812 4.3.2.7: no error about an error, a non-first fragment, a packet sent
+            // to a broadcast or multicast address, or from a source that is not one host.
             if about_error
                 || ip.frag_offset() != 0
+                || link_multicast
+                || dst.is_broadcast()
+                || dst.is_multicast()
+                || subnet_broadcast(dst)
                 || src.is_unspecified()
                 || src.is_broadcast()
                 || src.is_multicast()
-                || snap.node.pod_cidr.broadcast() == src
+                || src.is_loopback()
+                || src.octets()[0] >= 240
+                || subnet_broadcast(src)
             {
                 return Outcome::Drop(fallback);
             }
             (usize::from(ip.total_len()), src)
         };
-        let mut quote = total_len.min(MAX_ERROR_DATAGRAM - ERROR_HEADERS);
+        // At most a 576-byte datagram, and small enough to cross the overlay encapsulated.
+        let overlay_room = usize::from(snap.node.uplink_mtu)
+            .saturating_sub(crate::wire::vxlan::OVERHEAD + ERROR_HEADERS);
+        let mut quote = total_len
+            .min(MAX_ERROR_DATAGRAM - ERROR_HEADERS)
+            .min(overlay_room.max(28));
         let room = pkt.capacity().saturating_sub(ETH_LEN + ERROR_HEADERS);
         if room < quote {
             // RFC 792 needs at least the header and 8 bytes of the original.

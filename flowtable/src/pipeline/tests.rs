@@ -619,3 +619,36 @@ fn macs_parse() {
     assert_eq!("02:00:0a:f4:01:01".parse::<MacAddr>().unwrap().0, GW_MAC);
     assert_eq!(snap().node.gateway_ip, Ipv4Addr::from(GW));
 }
+
+#[test]
+fn vxlan_decap_is_as_strict_as_linux() {
+    let s = snap();
+    let inner = udp_frame(VTEP2, VTEP1, REMOTE_POD, POD_B, 63, b"x");
+    // VXLAN-GPE style flags (I + P) or reserved bits: Linux's plain vxlan drops them.
+    for (at, val) in [(42usize, 0x0cu8), (43, 1), (49, 1)] {
+        let mut f = vxlan_from_node2(&inner, 1, NODE2);
+        f[at] = val;
+        assert_eq!(
+            run(&s, &f, PortId::UPLINK).0,
+            Verdict::Drop(DropReason::VxlanMalformed),
+            "byte {at}"
+        );
+    }
+    // node2 may only send from its own pod CIDR.
+    let outsider = udp_frame(VTEP2, VTEP1, [10, 244, 3, 1], POD_B, 63, b"x");
+    assert_eq!(
+        run(&s, &vxlan_from_node2(&outsider, 1, NODE2), PortId::UPLINK).0,
+        Verdict::Drop(DropReason::SpoofedSource)
+    );
+}
+
+#[test]
+fn no_icmp_error_about_broadcasts() {
+    let s = snap();
+    // TTL 1 to the remote pod CIDR's broadcast address: dropped, no time exceeded.
+    let f = udp_frame(MAC_A, GW_MAC, POD_A, [10, 244, 2, 255], 1, b"x");
+    assert_eq!(
+        run(&s, &f, PORT_A).0,
+        Verdict::Drop(DropReason::TtlExceeded)
+    );
+}

@@ -591,3 +591,49 @@ fn flow_cache_never_hides_a_new_translation() {
     let (_, out) = h.send(PORT_B, &tcp(MAC_B, POD_B, POD_A, 8080, 40000, false, b""));
     assert_eq!(tuple(&out), (POD_B, 8080, POD_A, 40000));
 }
+
+#[test]
+fn reject_to_outside_client_leaves_the_uplink() {
+    // An outside client reaches, on an external IP, a Service without endpoints.
+    let text = STATE.replace(
+        "name = \"default/no-endpoints\"\ncluster_ip = \"10.96.0.99\"",
+        "name = \"default/no-endpoints\"\ncluster_ip = \"10.96.0.99\"\nexternal_ips = [\"198.18.1.99\"]",
+    );
+    let mut h = H::with_state(&text);
+    let (v, out) = h.send(PortId::UPLINK, &from_outside([198, 18, 1, 99], 23000, 80));
+    assert_eq!(
+        v,
+        Verdict::Transmit(PortId::UPLINK),
+        "the RST goes back out of the uplink"
+    );
+    assert_eq!((&out[0..6], &out[6..12]), (&EXT_MAC[..], &NODE1_MAC[..]));
+    assert_eq!(tuple(&out), ([198, 18, 1, 99], 80, EXT, 23000));
+    assert_eq!(out[47] & 0x04, 0x04, "RST");
+    assert_eq!(h.p.counters().actions(Action::Rejected), 1);
+}
+
+#[test]
+fn service_validation_protects_the_node() {
+    let bad_lb = STATE.replace(
+        "load_balancer_ips = [\"198.18.1.10\"]",
+        "load_balancer_ips = [\"198.18.0.1\"]",
+    );
+    let e = Snapshot::build(&StateFile::parse(&bad_lb).unwrap(), 1).unwrap_err();
+    assert!(
+        e.field.ends_with("load_balancer_ips[0]") && e.reason.contains("node's address"),
+        "{e}"
+    );
+    let np_vxlan = STATE.replace(
+        "ports = [{ name = \"dns\", protocol = \"UDP\", port = 53, target_port = 5353 }]",
+        "ports = [{ name = \"dns\", protocol = \"UDP\", port = 53, target_port = 5353, node_port = 30472 }]",
+    ).replace("[vxlan]\nvni = 1\nport = 8472", "[vxlan]\nvni = 1\nport = 30472");
+    let e = Snapshot::build(&StateFile::parse(&np_vxlan).unwrap(), 1).unwrap_err();
+    assert!(e.reason.contains("VXLAN port"), "{e}");
+    // A huge prime candidate is refused at once (no overflow, no long loop).
+    let huge = STATE.replace(
+        "maglev_table_size = 16381",
+        "maglev_table_size = 4294967291",
+    );
+    let e = Snapshot::build(&StateFile::parse(&huge).unwrap(), 1).unwrap_err();
+    assert_eq!(e.field, "service_config.maglev_table_size");
+}

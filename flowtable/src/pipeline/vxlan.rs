@@ -249,15 +249,18 @@ impl Pipeline {
             let Ok(vx) = VxlanPacket::new_checked(udp.payload()) else {
                 return Outcome::Drop(DropReason::VxlanMalformed);
             };
-            if !vx.has_vni() {
+            // As Linux's vxlan without extensions: only the I flag, reserved bits zero.
+            let h = udp.payload();
+            if vx.flags() != vxlan::FLAG_VNI || h[1..4] != [0, 0, 0] || h[7] != 0 {
                 return Outcome::Drop(DropReason::VxlanMalformed);
             }
             if vx.vni() != node.vni {
                 return Outcome::Drop(DropReason::VxlanBadVni);
             }
-            if snap.remote_by_vtep(ip.src()).is_none() {
+            let Some(sender) = snap.remote_by_vtep(ip.src()) else {
                 return Outcome::Drop(DropReason::VxlanUnknownVtep);
-            }
+            };
+            let sender_cidr = sender.pod_cidr;
             let Ok(inner) = EthernetFrame::new_checked(vx.payload()) else {
                 return Outcome::Drop(DropReason::VxlanMalformed);
             };
@@ -271,7 +274,8 @@ impl Pipeline {
             if !inner_ip.verify_checksum() {
                 return Outcome::Drop(DropReason::Ipv4BadChecksum);
             }
-            if node.pod_cidr.contains(inner_ip.src()) || inner_ip.src() == node.gateway_ip {
+            // A node may only send from its own pod CIDR (pods, its VTEP address, its SNAT).
+            if !sender_cidr.contains(inner_ip.src()) {
                 return Outcome::Drop(DropReason::SpoofedSource);
             }
             (

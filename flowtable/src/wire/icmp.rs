@@ -26,14 +26,16 @@ pub mod kind {
 /// True for the types that are error messages (never answered with another error).
 #[inline]
 pub fn is_error(t: u8) -> bool {
-    matches!(
-        t,
-        kind::DEST_UNREACHABLE
-            | kind::SOURCE_QUENCH
-            | kind::REDIRECT
-            | kind::TIME_EXCEEDED
-            | kind::PARAMETER_PROBLEM
-    )
+    // Unknown types (above 18) are treated as errors, as Linux does: never answered.
+    t > 18
+        || matches!(
+            t,
+            kind::DEST_UNREACHABLE
+                | kind::SOURCE_QUENCH
+                | kind::REDIRECT
+                | kind::TIME_EXCEEDED
+                | kind::PARAMETER_PROBLEM
+        )
 }
 
 /// A view over an ICMP message; `new_checked` guarantees the 8-byte header.
