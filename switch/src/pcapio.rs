@@ -100,28 +100,73 @@ fn read_pcap(path: &Path, f: File) -> Result<Vec<Frame>, PcapError> {
     Ok(out)
 }
 
+/// Converts a pcapng timestamp in interface units (`if_tsresol`: 10^-n s, or 2^-n s with the
+/// high bit set; microseconds by default) to a duration.
+pub fn rescale(raw: u64, tsresol: u8) -> Duration {
+    let raw = u128::from(raw);
+    let nanos = if tsresol & 0x80 == 0 {
+        let exp = u32::from(tsresol);
+        if exp <= 9 {
+            raw * 10u128.pow(9 - exp)
+        } else {
+            raw / 10u128.pow((exp - 9).min(38))
+        }
+    } else {
+        let exp = u32::from(tsresol & 0x7f).min(127);
+        (raw * 1_000_000_000) >> exp
+    };
+    Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
+}
+
 fn read_pcapng(path: &Path, f: File) -> Result<Vec<Frame>, PcapError> {
+    use pcap_file::pcapng::blocks::interface_description::InterfaceDescriptionOption;
     let mut r = PcapNgReader::new(BufReader::new(f)).map_err(|e| format_err(path, e))?;
-    let mut out = Vec::new();
+    let mut out: Vec<Frame> = Vec::new();
+    // if_tsresol per interface, in the order the interfaces were described.
+    let mut tsresol: Vec<u8> = Vec::new();
     while let Some(b) = r.next_block() {
         let b = b.map_err(|e| format_err(path, e))?;
         match b {
-            Block::InterfaceDescription(i) if i.linktype != DataLink::ETHERNET => {
-                return Err(PcapError::LinkType {
-                    path: path.to_path_buf(),
-                    linktype: format!("{:?}", i.linktype),
-                });
+            Block::InterfaceDescription(i) => {
+                if i.linktype != DataLink::ETHERNET {
+                    return Err(PcapError::LinkType {
+                        path: path.to_path_buf(),
+                        linktype: format!("{:?}", i.linktype),
+                    });
+                }
+                let res = i
+                    .options
+                    .iter()
+                    .find_map(|o| match o {
+                        InterfaceDescriptionOption::IfTsResol(r) => Some(*r),
+                        _ => None,
+                    })
+                    .unwrap_or(6);
+                tsresol.push(res);
             }
-            Block::EnhancedPacket(p) => out.push(Frame {
-                ts: p.timestamp,
-                truncated: p.original_len as usize > p.data.len(),
-                data: p.data.into_owned(),
-            }),
-            Block::SimplePacket(p) => out.push(Frame {
-                ts: Duration::ZERO,
-                truncated: p.original_len as usize > p.data.len(),
-                data: p.data.into_owned(),
-            }),
+            Block::EnhancedPacket(p) => {
+                // pcap-file hands the raw 64-bit timestamp over as nanoseconds; apply the
+                // interface's real resolution.
+                let raw = u64::try_from(p.timestamp.as_nanos()).unwrap_or(u64::MAX);
+                let res = tsresol.get(p.interface_id as usize).copied().unwrap_or(6);
+                out.push(Frame {
+                    ts: rescale(raw, res),
+                    truncated: p.original_len as usize > p.data.len(),
+                    data: p.data.into_owned(),
+                })
+            }
+            Block::SimplePacket(p) => {
+                // No timestamp: keep it in file order after the previous frame.
+                let ts = out.last().map_or(Duration::ZERO, |f| f.ts);
+                let mut data = p.data.into_owned();
+                let truncated = p.original_len as usize > data.len();
+                data.truncate(p.original_len as usize);
+                out.push(Frame {
+                    ts,
+                    truncated,
+                    data,
+                })
+            }
             _ => {}
         }
     }
@@ -174,5 +219,23 @@ impl Writer {
         let path = self.path;
         let mut inner = self.w.into_writer();
         std::io::Write::flush(&mut inner).map_err(|source| PcapError::Io { path, source })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pcapng_resolutions() {
+        assert_eq!(
+            rescale(1_700_000_000_123_456, 6),
+            Duration::new(1_700_000_000, 123_456_000)
+        );
+        assert_eq!(rescale(5, 9), Duration::from_nanos(5));
+        assert_eq!(rescale(3, 0), Duration::from_secs(3));
+        assert_eq!(rescale(1 << 10, 0x80 | 10), Duration::from_secs(1));
+        assert_eq!(rescale(12_345, 12), Duration::from_nanos(12));
+        assert_eq!(rescale(u64::MAX, 0), Duration::from_nanos(u64::MAX));
     }
 }

@@ -44,7 +44,8 @@ pub use vxlan::{flow_hash, src_port, OuterTemplate};
 pub enum Verdict {
     /// Send the (rewritten) frame out of this port.
     Transmit(PortId),
-    /// Hand the frame, unchanged, to the node's kernel.
+    /// Hand the frame to the node's kernel: unchanged, or (for VXLAN addressed to the
+    /// node's own IP) the decapsulated inner frame, whose MACs are the VTEPs'.
     Kernel,
     /// Drop the frame; the reason has been counted.
     Drop(DropReason),
@@ -134,9 +135,13 @@ impl Pipeline {
 
     /// A pipeline sharing `ct` with other workers.
     pub fn with_conntrack(ct: Arc<Conntrack>) -> Self {
+        // Each worker starts its IP identification sequence elsewhere, so outer packets of
+        // different workers towards one node do not share IDs.
+        static NEXT_SEED: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+        let ident = NEXT_SEED.fetch_add(0x3b1d, std::sync::atomic::Ordering::Relaxed);
         Pipeline {
             counters: Counters::default(),
-            ident: 0,
+            ident,
             touched: 0,
             ct,
             now: 0,

@@ -176,9 +176,7 @@ impl Pipeline {
         }
         {
             let d = pkt.data();
-            let Some(ip) = d.get(ETH_LEN..ETH_LEN + ipv4::MIN_HEADER_LEN) else {
-                return None;
-            };
+            let ip = d.get(ETH_LEN..ETH_LEN + ipv4::MIN_HEADER_LEN)?;
             let src = u32::from_be_bytes([ip[12], ip[13], ip[14], ip[15]]);
             let dst = u32::from_be_bytes([ip[16], ip[17], ip[18], ip[19]]);
             if ip[9] != protocol::ICMP && !svc.may_translate(src, dst) {
@@ -571,21 +569,32 @@ impl Pipeline {
             proto: quoted.protocol(),
         };
         let outer_src = ip.src();
-        let hit = self.ct.lookup(&inner.reversed())?;
-        if hit.dir != Dir::Reply {
+        let outer_dst = ip.dst();
+        if !checksum::verify(msg) {
+            // Leave a corrupt error as it is: recomputing its checksum would make it valid.
             return None;
         }
-        let want = hit.original;
+        let hit = self.ct.lookup(&inner.reversed())?;
+        // Reply hit: the quote is a client's packet after DNAT (client -> backend); undo it
+        // for the client. Original hit: the quote is a backend's reply after reverse NAT
+        // (VIP -> client); redo it for the backend.
+        let (want, to) = match hit.dir {
+            Dir::Reply => (hit.original, hit.original.src),
+            Dir::Original => (hit.translated.reversed(), hit.translated.dst),
+        };
+        if outer_dst != inner.src {
+            return None;
+        }
         let data = pkt.data_mut();
-        // The quoted header: back to what the client sent (client -> VIP).
         rewrite_quoted(data, q_off, &inner, &want);
-        // The error itself: from the VIP if the backend sent it, to the client.
         let mut outer = Ipv4Packet::new_checked(&mut data[ETH_LEN..]).ok()?;
         if outer_src == inner.dst {
+            // The error came from the end the quote was sent to: make it come from that end
+            // as the receiver knows it.
             outer.set_src(want.dst);
         }
-        if outer.dst() != want.src {
-            outer.set_dst(want.src);
+        if outer.dst() != to {
+            outer.set_dst(to);
         }
         let total = usize::from(outer.total_len());
         let m = &mut data[ETH_LEN + outer_hl..ETH_LEN + total];

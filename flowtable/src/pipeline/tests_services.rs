@@ -637,3 +637,39 @@ fn service_validation_protects_the_node() {
     let e = Snapshot::build(&StateFile::parse(&huge).unwrap(), 1).unwrap_err();
     assert_eq!(e.field, "service_config.maglev_table_size");
 }
+
+#[test]
+fn icmp_error_from_client_about_a_reply_reaches_the_backend() {
+    let mut h = H::new();
+    h.send(PORT_A, &udp(MAC_A, POD_A, DNS, 5000, 53, b"query"));
+    // The answer, as pod-a received it (from the Service), quoted in pod-a's port unreachable.
+    let mut answer = Vec::new();
+    PacketBuilder::ethernet2(GW_MAC, MAC_A)
+        .ipv4(DNS, POD_A, 62)
+        .udp(53, 5000)
+        .write(&mut answer, b"late answer")
+        .unwrap();
+    let mut err = Vec::new();
+    PacketBuilder::ethernet2(MAC_A, GW_MAC)
+        .ipv4(POD_A, DNS, 64)
+        .icmpv4(etherparse::Icmpv4Type::DestinationUnreachable(
+            etherparse::icmpv4::DestUnreachableHeader::Port,
+        ))
+        .write(&mut err, &answer[14..])
+        .unwrap();
+    let (v, out) = h.send(PORT_A, &err);
+    assert_eq!(
+        v,
+        Verdict::Transmit(PortId::UPLINK),
+        "to the backend's node"
+    );
+    let inner = &out[50..];
+    assert_eq!(&inner[30..34], &[10, 244, 2, 8], "addressed to the backend");
+    let q = &inner[42..];
+    assert_eq!(
+        (&q[12..16], u16::from_be_bytes([q[20], q[21]])),
+        (&[10u8, 244, 2, 8][..], 5353),
+        "quote as the backend sent it"
+    );
+    assert!(csum_ok(&inner[34..]) && csum_ok(&q[..20]));
+}
