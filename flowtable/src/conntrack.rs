@@ -613,11 +613,20 @@ impl Conntrack {
                 return true;
             }
             let mut m = old;
+            let reopen = dir == Dir::Original
+                && state_of(old) == CtState::Closing
+                && tcp_flags.is_some_and(|f| f & 0x12 == 0x02);
+            if reopen {
+                // A new SYN on a closed connection's tuple (port reuse): start over.
+                m &= !REPLIED;
+                m = (m & !0xff00) | ((CtState::New as u32) << 8);
+            }
             if dir == Dir::Reply {
                 m |= REPLIED;
             }
             let state = state_of(m);
             let new_state = match tcp_flags {
+                _ if reopen => CtState::New,
                 Some(f) if f & 0x05 != 0 => CtState::Closing,
                 Some(_) if dir == Dir::Reply && state == CtState::New => CtState::Established,
                 None if m & REPLIED != 0 && state == CtState::New => CtState::Established,
@@ -776,6 +785,14 @@ mod tests {
         // Established survives far longer than a SYN would.
         assert_eq!(ct.gc(1000, 16).expired, 0);
         ct.touch(e, Dir::Original, Some(0x11), 1000);
+        assert_eq!(ct.lookup(&o).unwrap().state, CtState::Closing);
+        // A fresh SYN on the tuple reopens it; closing it again keeps the short timeout.
+        ct.touch(e, Dir::Original, Some(0x02), 1000);
+        assert_eq!(
+            (ct.lookup(&o).unwrap().state, ct.lookup(&o).unwrap().replied),
+            (CtState::New, false)
+        );
+        ct.touch(e, Dir::Original, Some(0x04), 1000);
         assert_eq!(ct.lookup(&o).unwrap().state, CtState::Closing);
         assert_eq!(ct.gc(1005, 16).expired, 0);
         assert_eq!(ct.gc(1011, 16).expired, 1);
