@@ -163,6 +163,18 @@ pub(super) fn rewrite(data: &mut [u8], ip_off: usize, from: &FlowKey, to: &FlowK
     field.copy_from_slice(&c.to_be_bytes());
 }
 
+/// The cheap pre-check before any NAT lookup: ICMP (errors may quote translated packets), or
+/// an address the Service tables' filter knows. False means no NAT can apply.
+#[inline]
+fn may_need_nat(snap: &Snapshot, data: &[u8]) -> bool {
+    let Some(ip) = data.get(ETH_LEN..ETH_LEN + ipv4::MIN_HEADER_LEN) else {
+        return false;
+    };
+    let src = u32::from_be_bytes([ip[12], ip[13], ip[14], ip[15]]);
+    let dst = u32::from_be_bytes([ip[16], ip[17], ip[18], ip[19]]);
+    ip[9] == protocol::ICMP || snap.services.may_translate(src, dst)
+}
+
 impl Pipeline {
     /// Service handling for a packet from a pod (before routing). `Some` if it is decided here.
     pub(super) fn nat_from_pod(
@@ -174,14 +186,8 @@ impl Pipeline {
         if svc.frontends.is_empty() {
             return None;
         }
-        {
-            let d = pkt.data();
-            let ip = d.get(ETH_LEN..ETH_LEN + ipv4::MIN_HEADER_LEN)?;
-            let src = u32::from_be_bytes([ip[12], ip[13], ip[14], ip[15]]);
-            let dst = u32::from_be_bytes([ip[16], ip[17], ip[18], ip[19]]);
-            if ip[9] != protocol::ICMP && !svc.may_translate(src, dst) {
-                return None;
-            }
+        if !may_need_nat(snap, pkt.data()) {
+            return None;
         }
         let l4 = match l4_of(pkt.data()) {
             Ok(Some(l4)) => l4,
@@ -333,15 +339,7 @@ impl Pipeline {
         if svc.frontends.is_empty() {
             return None;
         }
-        let (src, dst, proto) = {
-            let ip = pkt.data().get(ETH_LEN..ETH_LEN + ipv4::MIN_HEADER_LEN)?;
-            (
-                u32::from_be_bytes([ip[12], ip[13], ip[14], ip[15]]),
-                u32::from_be_bytes([ip[16], ip[17], ip[18], ip[19]]),
-                ip[9],
-            )
-        };
-        if proto != protocol::ICMP && !svc.may_translate(src, dst) {
+        if !may_need_nat(snap, pkt.data()) {
             return None;
         }
         match l4_of(pkt.data()) {

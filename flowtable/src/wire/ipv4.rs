@@ -67,25 +67,13 @@ impl<T: AsRef<[u8]>> Ipv4Packet<T> {
     /// Wraps `buf` after the checks listed on the type.
     #[inline]
     pub fn new_checked(buf: T) -> Result<Self, Ipv4Error> {
-        let b = buf.as_ref();
-        if b.len() < MIN_HEADER_LEN {
-            return Err(Ipv4Error::Truncated);
-        }
-        if b[field::VER_IHL] >> 4 != 4 {
-            return Err(Ipv4Error::BadVersion);
-        }
-        let hl = usize::from(b[field::VER_IHL] & 0x0f) * 4;
-        if hl < MIN_HEADER_LEN {
-            return Err(Ipv4Error::BadHeaderLen);
-        }
-        if hl > b.len() {
-            return Err(Ipv4Error::Truncated);
-        }
+        let p = Self::new_checked_lenient(buf)?;
+        let b = p.buf.as_ref();
         let tl = usize::from(be16(b, field::TOTAL_LEN));
-        if tl < hl || tl > b.len() {
+        if tl < p.header_len() || tl > b.len() {
             return Err(Ipv4Error::BadTotalLen);
         }
-        Ok(Ipv4Packet { buf })
+        Ok(p)
     }
 
     /// Wraps a possibly cut-short packet (one quoted in an ICMP error): checks the version,
