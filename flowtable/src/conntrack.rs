@@ -330,21 +330,14 @@ impl Conntrack {
         }
         let meta = flags(s2);
         let proto = meta as u8;
-        let orig = FlowKey {
-            src: os.into(),
-            dst: od.into(),
-            sport: (op >> 16) as u16,
-            dport: op as u16,
+        let key = |src: u32, dst: u32, ports: u32| FlowKey {
+            src: src.into(),
+            dst: dst.into(),
+            sport: (ports >> 16) as u16,
+            dport: ports as u16,
             proto,
         };
-        let tr = FlowKey {
-            src: ns.into(),
-            dst: nd.into(),
-            sport: (np >> 16) as u16,
-            dport: np as u16,
-            proto,
-        };
-        Some((orig, tr, meta, ver(s1)))
+        Some((key(os, od, op), key(ns, nd, np), meta, ver(s1)))
     }
 
     /// Looks a packet's 5-tuple up in both directions. Lock-free.

@@ -163,10 +163,14 @@ pub(super) fn rewrite(data: &mut [u8], ip_off: usize, from: &FlowKey, to: &FlowK
     field.copy_from_slice(&c.to_be_bytes());
 }
 
-/// The cheap pre-check before any NAT lookup: ICMP (errors may quote translated packets), or
-/// an address the Service tables' filter knows. False means no NAT can apply.
+/// The cheap pre-check before any NAT lookup: Services exist, and the packet is ICMP (errors
+/// may quote translated packets) or has an address the Service tables' filter knows. False
+/// means no NAT can apply.
 #[inline]
 fn may_need_nat(snap: &Snapshot, data: &[u8]) -> bool {
+    if snap.services.frontends.is_empty() {
+        return false;
+    }
     let Some(ip) = data.get(ETH_LEN..ETH_LEN + ipv4::MIN_HEADER_LEN) else {
         return false;
     };
@@ -183,9 +187,6 @@ impl Pipeline {
         pkt: &mut Packet<'_>,
     ) -> Option<Outcome> {
         let svc = &snap.services;
-        if svc.frontends.is_empty() {
-            return None;
-        }
         if !may_need_nat(snap, pkt.data()) {
             return None;
         }
@@ -336,9 +337,6 @@ impl Pipeline {
         pkt: &mut Packet<'_>,
     ) -> Option<Outcome> {
         let svc = &snap.services;
-        if svc.frontends.is_empty() {
-            return None;
-        }
         if !may_need_nat(snap, pkt.data()) {
             return None;
         }
