@@ -139,6 +139,8 @@ pub struct Counters {
     pub reverse_nat: u64,
     /// New Service flows (conntrack entries created).
     pub new_flows: u64,
+    /// Partial TCP/UDP checksums (left by a sender's checksum offload) completed.
+    pub checksums_completed: u64,
     actions: [u64; Action::COUNT],
     drops: [u64; DropReason::COUNT],
 }
@@ -150,6 +152,7 @@ impl Default for Counters {
             dnat: 0,
             reverse_nat: 0,
             new_flows: 0,
+            checksums_completed: 0,
             actions: [0; Action::COUNT],
             drops: [0; DropReason::COUNT],
         }
@@ -203,6 +206,7 @@ impl Counters {
         self.dnat += o.dnat;
         self.reverse_nat += o.reverse_nat;
         self.new_flows += o.new_flows;
+        self.checksums_completed += o.checksums_completed;
         for (a, b) in self.actions.iter_mut().zip(o.actions.iter()) {
             *a += b;
         }

@@ -6,5 +6,9 @@
 //! be replayed through the real decision code and the result opened in Wireshark.
 //! Thread-safety: replay runs on the calling thread and shares nothing.
 
+pub mod daemon;
 pub mod pcapio;
 pub mod replay;
+pub mod worker;
+pub mod xdp;
+pub mod xsk;

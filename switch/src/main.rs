@@ -1,5 +1,5 @@
-//! `switchd`: nodeswitch's daemon. Today: `replay` captures through the pipeline and `check`
-//! a state file; the AF_XDP ports arrive with their own issue.
+//! `switchd`: nodeswitch's daemon. `run` forwards on real interfaces through AF_XDP,
+//! `replay` runs captures through the same pipeline, `check` validates a state file.
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -19,6 +19,34 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Forward on real interfaces: AF_XDP sockets on the uplink and every pod's port.
+    ///
+    /// Needs root (or CAP_NET_ADMIN, CAP_BPF and CAP_NET_RAW). SIGTERM or SIGINT: detach and
+    /// exit 0. SIGHUP: re-read the state file (pods added or removed without a restart).
+    Run {
+        /// The state file (TOML; see docs/state-file.md): node, uplink, pods, nodes, Services.
+        #[arg(long)]
+        state: PathBuf,
+        /// Pin the worker thread to this CPU core.
+        #[arg(long)]
+        core: Option<usize>,
+        /// Conntrack capacity (connections; memory is fixed at about 64 bytes each).
+        #[arg(long, default_value_t = 262_144, value_parser = clap::value_parser!(u64).range(1..=16_777_214))]
+        conntrack_capacity: u64,
+        /// How the worker waits when idle: `wakeup` sleeps in poll(2) (leaves a shared core
+        /// to the kernel's receive work), `busy` spins (lowest latency on a dedicated core).
+        #[arg(long, value_enum, default_value = "wakeup")]
+        poll: switch::worker::PollMode,
+        /// UMEM frames of 4 KiB shared by all ports.
+        #[arg(long, default_value_t = 16384, value_parser = clap::value_parser!(u32).range(1024..=1_048_576))]
+        frames: u32,
+        /// Try zero-copy mode (falls back to copy mode where the driver has none, as veth).
+        #[arg(long)]
+        zero_copy: bool,
+        /// Write counters (JSON) to this file twice a second and at exit.
+        #[arg(long, value_name = "FILE")]
+        stats: Option<PathBuf>,
+    },
     /// Replay pcap/pcapng captures through the real pipeline and write what it sends.
     ///
     /// Writes DIR/<port>.pcap for every port (the uplink and each pod's), DIR/kernel.pcap for
@@ -48,6 +76,32 @@ enum Cmd {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.cmd {
+        Cmd::Run {
+            state,
+            core,
+            conntrack_capacity,
+            poll,
+            frames,
+            zero_copy,
+            stats,
+        } => {
+            let cfg = switch::daemon::Config {
+                state,
+                core,
+                conntrack_capacity: conntrack_capacity as usize,
+                poll,
+                frames,
+                zero_copy,
+                stats,
+            };
+            return match switch::daemon::run(&cfg) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("switchd: error: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
         Cmd::Replay {
             state,
             inputs,

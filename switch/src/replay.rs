@@ -178,6 +178,21 @@ pub struct Report {
     pub conntrack: ConntrackReport,
 }
 
+impl ConntrackReport {
+    /// The table's size and counters now.
+    pub fn of(ct: &Conntrack) -> ConntrackReport {
+        ConntrackReport {
+            capacity: ct.capacity(),
+            entries: ct.len(),
+            inserted: ct.counters.inserted.load(Relaxed),
+            full: ct.counters.full.load(Relaxed),
+            evicted: ct.counters.evicted.load(Relaxed),
+            expired: ct.counters.expired.load(Relaxed),
+            bytes_per_entry: ct.bytes_per_entry(),
+        }
+    }
+}
+
 /// Reads, parses and validates a state file into a generation-1 snapshot.
 pub fn load_state(path: &Path) -> Result<Snapshot, ReplayError> {
     let text = std::fs::read_to_string(path).map_err(|source| ReplayError::StateIo {
@@ -306,15 +321,7 @@ pub fn run_with(
             reverse_nat: c.reverse_nat,
             new_flows: c.new_flows,
         },
-        conntrack: ConntrackReport {
-            capacity: ct.capacity(),
-            entries: ct.len(),
-            inserted: ct.counters.inserted.load(Relaxed),
-            full: ct.counters.full.load(Relaxed),
-            evicted: ct.counters.evicted.load(Relaxed),
-            expired: ct.counters.expired.load(Relaxed),
-            bytes_per_entry: ct.bytes_per_entry(),
-        },
+        conntrack: ConntrackReport::of(&ct),
     };
     let json = serde_json::to_string_pretty(&report).unwrap_or_default();
     let path = out_dir.join(COUNTERS_JSON);

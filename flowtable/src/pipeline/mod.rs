@@ -16,6 +16,8 @@
 //! - uplink: VXLAN to this node's address and port is checked (VNI, known VTEP) and
 //!   decapsulated, then routed to a local pod; everything else is the node's and goes to the
 //!   kernel.
+//! - TCP/UDP checksums left partial by a sender's checksum offload (veth, vxlan) are completed
+//!   first, on every path, as a NIC would (`offload`).
 //! - TTL expiry and too-big-with-DF become ICMP errors to the sender (RFC 1812 rules: never
 //!   about an ICMP error or a non-first fragment).
 
@@ -24,6 +26,7 @@ mod flowcache;
 mod forward;
 mod icmp;
 mod nat;
+mod offload;
 mod vxlan;
 
 use crate::conntrack::{Conntrack, Timeouts};
@@ -241,6 +244,9 @@ impl Pipeline {
         // Strip Ethernet padding: what goes on is exactly the IP packet.
         let len = ETH_LEN + usize::from(ip.total_len());
         pkt.set_len(len);
+        if offload::complete_partial_checksum(&mut pkt.data_mut()[ETH_LEN..]) {
+            self.counters.checksums_completed += 1;
+        }
         if let Some(o) = self.nat_from_pod(snap, pkt) {
             return o;
         }

@@ -324,6 +324,9 @@ impl Pipeline {
             return Some(Outcome::Drop(DropReason::Ipv4BadChecksum));
         }
         pkt.set_len(ETH_LEN + total);
+        if super::offload::complete_partial_checksum(&mut pkt.data_mut()[ETH_LEN..]) {
+            self.counters.checksums_completed += 1;
+        }
         if let Some(o) = self.dnat(snap, pkt, &l4, fe.port, fe.kind, Some(peer)) {
             return Some(o);
         }

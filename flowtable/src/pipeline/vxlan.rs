@@ -286,6 +286,9 @@ impl Pipeline {
         pkt.pull_front(outer_len);
         pkt.set_len(inner_len);
         self.counters.action(Action::Decapsulated);
+        if super::offload::complete_partial_checksum(&mut pkt.data_mut()[ETH_LEN..]) {
+            self.counters.checksums_completed += 1;
+        }
         if let Some(o) = self.nat_from_overlay(snap, pkt) {
             return o;
         }

@@ -1,0 +1,166 @@
+// SPDX-License-Identifier: GPL-2.0 OR BSD-2-Clause
+// nodeswitch's XDP program: sends the frames the switch forwards to its AF_XDP sockets and
+// passes what belongs to the node itself to the kernel.
+//
+// One object is loaded per switchd and attached (bpf_link) to the uplink and every pod port.
+// `ports` says what an interface is (uplink or pod) and which XSKMAP slot serves it:
+// - pod port: everything goes to the switch except ARP replies (the kernel's own neighbour
+//   resolution towards its pods) and IPv4 addressed to the node's IP (pod -> node traffic);
+// - uplink: only VXLAN addressed to the node and Service frontends (NodePort, LoadBalancer and
+//   external IPs, listed in `frontends`) go to the switch; the rest is the node's.
+// A port whose socket is not in the XSKMAP yet passes to the kernel (nothing is lost while a
+// port comes up). Every decision is counted per CPU in `stats`.
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/ip.h>
+#include <linux/in.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#define ROLE_UPLINK 0
+#define ROLE_POD 1
+
+struct port_cfg {
+	__u32 slot;
+	__u32 role;
+};
+
+struct node_cfg {
+	__u32 ip;       /* network byte order */
+	__u16 vxlan_port; /* network byte order */
+	__u16 pad;
+};
+
+struct frontend_key {
+	__u32 ip;   /* network byte order */
+	__u16 port; /* network byte order */
+	__u8 proto;
+	__u8 pad;
+};
+
+enum stat {
+	STAT_REDIRECTED = 0,
+	STAT_PASSED = 1,
+	STAT_NO_SOCKET = 2,
+	STAT_UNKNOWN_PORT = 3,
+	STAT_MAX = 4,
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_XSKMAP);
+	__uint(max_entries, 1024);
+	__type(key, __u32);
+	__type(value, __u32);
+} xsks SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, __u32);
+	__type(value, struct port_cfg);
+} ports SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct node_cfg);
+} node SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct frontend_key);
+	__type(value, __u8);
+} frontends SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, STAT_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} stats SEC(".maps");
+
+static __always_inline int count(__u32 what, int action)
+{
+	__u64 *c = bpf_map_lookup_elem(&stats, &what);
+	if (c)
+		*c += 1;
+	return action;
+}
+
+static __always_inline int to_switch(struct port_cfg *cfg)
+{
+	int r = bpf_redirect_map(&xsks, cfg->slot, XDP_PASS);
+	if (r == XDP_REDIRECT)
+		return count(STAT_REDIRECTED, r);
+	return count(STAT_NO_SOCKET, r);
+}
+
+SEC("xdp")
+int nodeswitch_xdp(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *end = (void *)(long)ctx->data_end;
+	__u32 ifindex = ctx->ingress_ifindex;
+	__u32 zero = 0;
+
+	struct port_cfg *cfg = bpf_map_lookup_elem(&ports, &ifindex);
+	if (!cfg)
+		return count(STAT_UNKNOWN_PORT, XDP_PASS);
+	struct node_cfg *n = bpf_map_lookup_elem(&node, &zero);
+	if (!n)
+		return count(STAT_PASSED, XDP_PASS);
+
+	struct ethhdr *eth = data;
+	if ((void *)(eth + 1) > end)
+		return cfg->role == ROLE_POD ? to_switch(cfg) : count(STAT_PASSED, XDP_PASS);
+
+	if (cfg->role == ROLE_POD) {
+		if (eth->h_proto == bpf_htons(ETH_P_ARP)) {
+			/* ARP header: htype(2) ptype(2) hlen(1) plen(1) op(2) */
+			__u16 *op = (void *)(eth + 1) + 6;
+			if ((void *)(op + 1) <= end && *op == bpf_htons(2))
+				return count(STAT_PASSED, XDP_PASS);
+			return to_switch(cfg);
+		}
+		if (eth->h_proto == bpf_htons(ETH_P_IP)) {
+			struct iphdr *ip = (void *)(eth + 1);
+			if ((void *)(ip + 1) <= end && ip->daddr == n->ip)
+				return count(STAT_PASSED, XDP_PASS);
+		}
+		return to_switch(cfg);
+	}
+
+	/* Uplink. */
+	if (eth->h_proto != bpf_htons(ETH_P_IP))
+		return count(STAT_PASSED, XDP_PASS);
+	struct iphdr *ip = (void *)(eth + 1);
+	if ((void *)(ip + 1) > end)
+		return count(STAT_PASSED, XDP_PASS);
+	/* Later fragments carry no ports: the kernel's (the switch does not NAT fragments). */
+	if (ip->frag_off & bpf_htons(0x1fff))
+		return count(STAT_PASSED, XDP_PASS);
+	if (ip->protocol != IPPROTO_UDP && ip->protocol != IPPROTO_TCP)
+		return count(STAT_PASSED, XDP_PASS);
+	__u32 ihl = ip->ihl * 4;
+	if (ihl < sizeof(*ip))
+		return count(STAT_PASSED, XDP_PASS);
+	__u16 *ports_hdr = (void *)ip + ihl;
+	if ((void *)(ports_hdr + 2) > end)
+		return count(STAT_PASSED, XDP_PASS);
+	__u16 dport = ports_hdr[1];
+	if (ip->protocol == IPPROTO_UDP && ip->daddr == n->ip && dport == n->vxlan_port)
+		return to_switch(cfg);
+	struct frontend_key key = {
+		.ip = ip->daddr,
+		.port = dport,
+		.proto = ip->protocol,
+		.pad = 0,
+	};
+	if (bpf_map_lookup_elem(&frontends, &key))
+		return to_switch(cfg);
+	return count(STAT_PASSED, XDP_PASS);
+}
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";

@@ -1,0 +1,469 @@
+//! `switchd run`: the daemon on real interfaces.
+//!
+//! Design: the control thread (the process's main thread) validates the state file, checks every
+//! interface, loads the XDP program, binds one AF_XDP socket per port (the uplink's owns the
+//! UMEM, the pods' share it), puts them in the XSKMAP, attaches the program with bpf_links and
+//! only then starts the worker, pinned to its core. Any failure before that returns an error
+//! naming what failed, and dropping what was built detaches everything: nothing is left
+//! attached. SIGTERM/SIGINT stop the daemon (links dropped first, so interfaces go back to the
+//! kernel at once; exit 0). SIGHUP re-reads the state file: a valid one becomes the next
+//! snapshot generation, new pods' ports are bound (EBUSY retried) and handed to the worker,
+//! removed pods' ports are detached and closed; the other ports are not touched. An invalid
+//! one is refused with the reason and the daemon goes on with the state it has.
+//! Counters go to a JSON file (`--stats`) twice a second and at exit.
+//!
+//! Thread-safety: the control thread owns the XDP program, the links and the snapshot cell;
+//! the worker owns sockets and frames (`worker`). They talk by a channel of commands, the
+//! snapshot cell (arc-swap) and the report mutex the worker only `try_lock`s.
+
+use crate::replay::{self, ConntrackReport, NatReport};
+use crate::worker::{Command, PollMode, Port, Report, Worker, MAX_PORTS};
+use crate::xdp::{Role, Xdp, XdpError, XdpStats};
+use crate::xsk::{self, Socket, Umem, XskError};
+use flowtable::conntrack::{Conntrack, Timeouts};
+use flowtable::counters::{Action, DropReason};
+use flowtable::pipeline::Pipeline;
+use flowtable::snapshot::{Snapshot, SnapshotCell};
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{channel, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How the daemon runs (from the command line).
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The state file.
+    pub state: PathBuf,
+    /// Core to pin the worker to (`None`: not pinned).
+    pub core: Option<usize>,
+    /// Conntrack capacity.
+    pub conntrack_capacity: usize,
+    /// How the worker waits when idle.
+    pub poll: PollMode,
+    /// UMEM frames (4 KiB each).
+    pub frames: u32,
+    /// Try zero-copy on the uplink (falls back to copy mode).
+    pub zero_copy: bool,
+    /// Where to write counters (JSON), if anywhere.
+    pub stats: Option<PathBuf>,
+}
+
+/// Why the daemon could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// The state file is unreadable or invalid.
+    #[error(transparent)]
+    State(#[from] replay::ReplayError),
+    /// A port's interface does not exist.
+    #[error("interface '{name}' ({what}) does not exist")]
+    NoInterface {
+        /// Interface name.
+        name: String,
+        /// Which port it is.
+        what: String,
+    },
+    /// The state file's uplink MAC is not the interface's.
+    #[error("node.uplink_mac is {state} but interface '{name}' has {real}: they must be equal")]
+    UplinkMac {
+        /// Interface.
+        name: String,
+        /// From the state file.
+        state: String,
+        /// From the interface.
+        real: String,
+    },
+    /// The XDP program could not be loaded, programmed or attached.
+    #[error(transparent)]
+    Xdp(#[from] XdpError),
+    /// A socket could not be set up.
+    #[error("AF_XDP socket on '{name}': {source}")]
+    Socket {
+        /// Interface.
+        name: String,
+        /// What failed.
+        #[source]
+        source: XskError,
+    },
+    /// Too many ports.
+    #[error("{0} ports: at most {MAX_PORTS} are supported")]
+    TooManyPorts(usize),
+    /// Signal handlers could not be installed.
+    #[error("signal handlers: {0}")]
+    Signals(std::io::Error),
+    /// The worker thread could not be started.
+    #[error("worker thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// Counters file written by the daemon.
+#[derive(Debug, Serialize)]
+pub struct Stats {
+    /// Node name.
+    pub node: String,
+    /// Generation the worker runs.
+    pub generation: u64,
+    /// Generation published by the control thread.
+    pub published_generation: u64,
+    /// Seconds since start.
+    pub uptime_secs: f64,
+    /// Frames given to the pipeline.
+    pub received: u64,
+    /// Per action.
+    pub actions: BTreeMap<&'static str, u64>,
+    /// Per drop reason (the pipeline's).
+    pub drops: BTreeMap<&'static str, u64>,
+    /// Drops decided after the pipeline, by the worker.
+    pub worker_drops: BTreeMap<&'static str, u64>,
+    /// Partial TCP/UDP checksums (from senders' checksum offload) completed by the switch.
+    pub checksums_completed: u64,
+    /// Per port.
+    pub ports: Vec<crate::worker::PortCounters>,
+    /// Service NAT.
+    pub nat: NatReport,
+    /// Conntrack.
+    pub conntrack: ConntrackReport,
+    /// The XDP program's counters.
+    pub xdp: XdpStats,
+    /// Frames in the UMEM's free pool.
+    pub free_frames: usize,
+}
+
+struct Running {
+    xdp: Xdp,
+    links: HashMap<String, libbpf_rs::Link>,
+    /// Port name -> (slot, ifindex).
+    ports: HashMap<String, (u16, u32)>,
+    owner_fd: std::os::fd::RawFd,
+    cell: Arc<SnapshotCell>,
+    cmds: Sender<Command>,
+}
+
+fn read_mac(name: &str) -> Option<String> {
+    std::fs::read_to_string(format!("/sys/class/net/{name}/address"))
+        .ok()
+        .map(|s| s.trim().to_ascii_lowercase())
+}
+
+fn check_interfaces(snap: &Snapshot) -> Result<Vec<(String, u32, Role)>, DaemonError> {
+    let mut out = Vec::new();
+    for (i, name) in snap.ports().iter().enumerate() {
+        let what = if i == 0 {
+            "the uplink".to_string()
+        } else {
+            snap.pods()
+                .iter()
+                .find(|p| p.port.0 as usize == i)
+                .map(|p| format!("port of pod {}", p.name))
+                .unwrap_or_else(|| "a pod port".to_string())
+        };
+        let ifindex = xsk::ifindex(name).ok_or_else(|| DaemonError::NoInterface {
+            name: name.clone(),
+            what,
+        })?;
+        out.push((
+            name.clone(),
+            ifindex,
+            if i == 0 { Role::Uplink } else { Role::Pod },
+        ));
+    }
+    if out.len() > MAX_PORTS {
+        return Err(DaemonError::TooManyPorts(out.len()));
+    }
+    let uplink = &snap.ports()[0];
+    let want = snap.node.uplink_mac.to_string().to_ascii_lowercase();
+    if let Some(real) = read_mac(uplink) {
+        if real != want {
+            return Err(DaemonError::UplinkMac {
+                name: uplink.clone(),
+                state: want,
+                real,
+            });
+        }
+    }
+    Ok(out)
+}
+
+fn log(msg: impl std::fmt::Display) {
+    eprintln!("switchd: {msg}");
+}
+
+/// Runs the daemon until SIGTERM or SIGINT.
+pub fn run(cfg: &Config) -> Result<(), DaemonError> {
+    let snap = replay::load_state(&cfg.state)?;
+    let ifaces = check_interfaces(&snap)?;
+
+    let mut xdp = Xdp::load()?;
+    xdp.configure(&snap)?;
+    let umem = Umem::new(cfg.frames).map_err(|source| DaemonError::Socket {
+        name: ifaces[0].0.clone(),
+        source,
+    })?;
+    let mut socks = Vec::new();
+    for (slot, (name, ifindex, _)) in ifaces.iter().enumerate() {
+        let owner = socks.first().map(|p: &Port| p.sock.fd());
+        let sock = match owner {
+            None => Socket::bind_owner(&umem, *ifindex, cfg.zero_copy),
+            Some(fd) => Socket::bind_shared(fd, *ifindex),
+        }
+        .map_err(|source| DaemonError::Socket {
+            name: name.clone(),
+            source,
+        })?;
+        socks.push(Port {
+            name: name.clone(),
+            ifindex: *ifindex,
+            slot: slot as u16,
+            sock,
+        });
+    }
+    let mut links = HashMap::new();
+    let mut ports = HashMap::new();
+    for (p, (_, _, role)) in socks.iter().zip(&ifaces) {
+        xdp.set_socket(u32::from(p.slot), p.sock.fd())?;
+        xdp.set_port(p.ifindex, u32::from(p.slot), *role)?;
+        links.insert(p.name.clone(), xdp.attach(p.ifindex)?);
+        ports.insert(p.name.clone(), (p.slot, p.ifindex));
+        log(format!(
+            "port {} (ifindex {}) {} mode, {}",
+            p.name,
+            p.ifindex,
+            p.sock.mode.name(),
+            if *role == Role::Uplink {
+                "uplink"
+            } else {
+                "pod"
+            }
+        ));
+    }
+    let owner_fd = socks[0].sock.fd();
+
+    let ct = Arc::new(Conntrack::new(cfg.conntrack_capacity, Timeouts::default()));
+    let cell = Arc::new(SnapshotCell::new(snap));
+    let (tx, rx) = channel();
+    let stop = Arc::new(AtomicBool::new(false));
+    let report = Arc::new(Mutex::new(Report::default()));
+    let mut worker = Worker::new(
+        umem,
+        Pipeline::with_conntrack(Arc::clone(&ct)),
+        cell.reader(),
+        rx,
+        Arc::clone(&stop),
+        Arc::clone(&report),
+        cfg.poll,
+    );
+    for p in socks {
+        worker.add(p);
+    }
+
+    let term = Arc::new(AtomicBool::new(false));
+    let hup = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(sig, Arc::clone(&term)).map_err(DaemonError::Signals)?;
+    }
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&hup))
+        .map_err(DaemonError::Signals)?;
+
+    let core = cfg.core;
+    let handle = std::thread::Builder::new()
+        .name("switchd-worker".into())
+        .spawn(move || {
+            if let Some(id) = core {
+                if !core_affinity::set_for_current(core_affinity::CoreId { id }) {
+                    log(format!(
+                        "could not pin the worker to core {id}; running unpinned"
+                    ));
+                }
+            }
+            worker.run();
+        })
+        .map_err(DaemonError::Thread)?;
+    log(format!(
+        "node {} forwarding: {} ports, worker on {}, {:?} polling, conntrack {} entries",
+        cell.load().node.name,
+        ports.len(),
+        core.map(|c| format!("core {c}"))
+            .unwrap_or_else(|| "any core".into()),
+        cfg.poll,
+        cfg.conntrack_capacity
+    ));
+
+    let mut run = Running {
+        xdp,
+        links,
+        ports,
+        owner_fd,
+        cell,
+        cmds: tx,
+    };
+    let start = Instant::now();
+    let mut last_stats = Instant::now();
+    while !term.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(20));
+        if hup.swap(false, Ordering::Relaxed) {
+            match reload(&mut run, &cfg.state) {
+                Ok(msg) => log(msg),
+                Err(e) => log(format!("reload refused, keeping the current state: {e}")),
+            }
+        }
+        if last_stats.elapsed() >= Duration::from_millis(500) {
+            if let Some(path) = &cfg.stats {
+                write_stats(path, &run, &report, &ct, start);
+            }
+            last_stats = Instant::now();
+        }
+    }
+    log("stopping: detaching the XDP program");
+    // Interfaces first: from here on the kernel gets every frame.
+    run.links.clear();
+    stop.store(true, Ordering::Relaxed);
+    let _ = handle.join();
+    if let Some(path) = &cfg.stats {
+        write_stats(path, &run, &report, &ct, start);
+    }
+    log("stopped");
+    Ok(())
+}
+
+/// Applies a changed state file; returns what changed.
+fn reload(run: &mut Running, path: &Path) -> Result<String, DaemonError> {
+    let next = replay::load_state(path)?;
+    let ifaces = check_interfaces(&next)?;
+    let cur = run.cell.load();
+    if next.ports()[0] != cur.ports()[0] {
+        return Err(DaemonError::NoInterface {
+            name: next.ports()[0].clone(),
+            what: "a new uplink: changing the uplink needs a restart; that uplink".into(),
+        });
+    }
+    // Ports that went away, or whose interface was re-created (new ifindex).
+    let removed: Vec<(String, u16, u32)> = run
+        .ports
+        .iter()
+        .filter(|(name, (_, ifindex))| {
+            !ifaces
+                .iter()
+                .any(|(n, i, _)| n == *name && (i == ifindex || n == &next.ports()[0]))
+        })
+        .map(|(n, (s, i))| (n.clone(), *s, *i))
+        .collect();
+    let added: Vec<(String, u32)> = ifaces
+        .iter()
+        .skip(1)
+        .filter(|(n, i, _)| run.ports.get(n).map(|(_, have)| have != i).unwrap_or(true))
+        .map(|(n, i, _)| (n.clone(), *i))
+        .collect();
+    if run.ports.len() - removed.len() + added.len() > MAX_PORTS {
+        return Err(DaemonError::TooManyPorts(ifaces.len()));
+    }
+    // Bind the new sockets first: a failure here changes nothing.
+    let mut used: Vec<u16> = run
+        .ports
+        .iter()
+        .filter(|(n, _)| !removed.iter().any(|r| &r.0 == *n))
+        .map(|(_, (s, _))| *s)
+        .collect();
+    let mut new_ports = Vec::new();
+    for (name, ifindex) in &added {
+        let slot = (0..MAX_PORTS as u16)
+            .find(|s| !used.contains(s) && !removed.iter().any(|r| r.1 == *s))
+            .ok_or(DaemonError::TooManyPorts(MAX_PORTS + 1))?;
+        used.push(slot);
+        let sock =
+            Socket::bind_shared(run.owner_fd, *ifindex).map_err(|source| DaemonError::Socket {
+                name: name.clone(),
+                source,
+            })?;
+        new_ports.push(Port {
+            name: name.clone(),
+            ifindex: *ifindex,
+            slot,
+            sock,
+        });
+    }
+    run.xdp.configure(&next)?;
+    // Removed ports: back to the kernel, then the worker closes the socket.
+    for (name, slot, ifindex) in &removed {
+        run.links.remove(name);
+        run.xdp.remove_port(*ifindex);
+        run.xdp.remove_socket(u32::from(*slot));
+        run.ports.remove(name);
+        let _ = run.cmds.send(Command::Remove(*slot));
+    }
+    let mut names = Vec::new();
+    for p in new_ports {
+        let (name, slot, ifindex, fd) = (p.name.clone(), p.slot, p.ifindex, p.sock.fd());
+        let _ = run.cmds.send(Command::Add(Box::new(p)));
+        run.xdp.set_socket(u32::from(slot), fd)?;
+        run.xdp.set_port(ifindex, u32::from(slot), Role::Pod)?;
+        run.links.insert(name.clone(), run.xdp.attach(ifindex)?);
+        run.ports.insert(name.clone(), (slot, ifindex));
+        names.push(name);
+    }
+    let generation = run.cell.publish(next);
+    Ok(format!(
+        "reloaded {}: generation {generation}, ports added [{}], removed [{}]",
+        path.display(),
+        names.join(", "),
+        removed
+            .iter()
+            .map(|r| r.0.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    ))
+}
+
+fn write_stats(path: &Path, run: &Running, report: &Mutex<Report>, ct: &Conntrack, start: Instant) {
+    let r = match report.lock() {
+        Ok(r) => r.clone(),
+        Err(_) => return,
+    };
+    let c = &r.counters;
+    let snap = run.cell.load();
+    let mut ports = r.ports.clone();
+    ports.sort_by_key(|p| p.name.clone());
+    let stats = Stats {
+        node: snap.node.name.clone(),
+        generation: r.generation,
+        published_generation: snap.generation,
+        uptime_secs: start.elapsed().as_secs_f64(),
+        received: c.received,
+        actions: Action::ALL
+            .iter()
+            .map(|a| (a.name(), c.actions(*a)))
+            .collect(),
+        drops: DropReason::ALL
+            .iter()
+            .map(|d| (d.name(), c.drops(*d)))
+            .collect(),
+        worker_drops: BTreeMap::from([
+            ("tx_no_socket", r.tx_no_socket),
+            ("kernel_undeliverable", r.kernel_undeliverable),
+            (
+                "tx_ring_full",
+                r.ports.iter().map(|p| p.tx_ring_full).sum::<u64>(),
+            ),
+            (
+                "rx_not_a_port",
+                r.ports.iter().map(|p| p.rx_not_a_port).sum::<u64>(),
+            ),
+        ]),
+        checksums_completed: c.checksums_completed,
+        ports,
+        nat: NatReport {
+            dnat: c.dnat,
+            reverse_nat: c.reverse_nat,
+            new_flows: c.new_flows,
+        },
+        conntrack: ConntrackReport::of(ct),
+        xdp: run.xdp.stats(),
+        free_frames: r.free_frames,
+    };
+    let tmp = path.with_extension("json.tmp");
+    let json = serde_json::to_string_pretty(&stats).unwrap_or_default() + "\n";
+    if std::fs::write(&tmp, json).is_ok() {
+        let _ = std::fs::rename(&tmp, path);
+    }
+}

@@ -1,0 +1,497 @@
+//! The forwarding worker: one pinned thread that owns the UMEM, every port's socket and rings,
+//! and a pipeline.
+//!
+//! Design: a loop of rounds. Each round takes the control thread's commands (a port added or
+//! removed), reads the current snapshot generation (remapping ports when it changed), takes
+//! sent frames back from the completion rings, tops up the fill rings, and then, port by port,
+//! takes up to 64 received frames, decides them with the pipeline as one batch and one
+//! snapshot, and queues them on the transmit rings of the ports they go to (one wakeup per port
+//! per batch). Frames never move: a received frame is transmitted from where it was received,
+//! its descriptor starting wherever the pipeline left the frame (VXLAN grows into the 256 bytes
+//! in front). Nothing on this path allocates, locks or makes a syscall except the transmit
+//! wakeup and, in `wakeup` mode, `poll` when idle.
+//!
+//! Every frame is in exactly one place, tracked per frame in `owner`: the free pool, user space
+//! (during a batch), or the rings of one socket. A removed port's frames come back to the pool
+//! once its socket is closed; a descriptor the kernel hands back that does not match the
+//! bookkeeping is counted and ignored, never trusted.
+//!
+//! Thread-safety: everything here belongs to the worker thread. It shares the snapshot (read
+//! through a `SnapshotReader`), the conntrack table (lock-free) and, twice a second, a report
+//! under a mutex that the control thread only reads (`try_lock`: the worker never waits).
+
+use crate::xsk::{self, KernelStats, Mode, Socket, Umem, FRAME_SIZE};
+use flowtable::counters::Counters;
+use flowtable::packet::{Packet, PortId};
+use flowtable::pipeline::{Pipeline, Verdict, BATCH_SIZE};
+use flowtable::snapshot::{Snapshot, SnapshotReader};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::Receiver;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Most ports (sockets) one worker serves; also the XSKMAP's size.
+pub const MAX_PORTS: usize = 1024;
+/// Frames each port keeps in its fill ring.
+pub const FILL_TARGET: u32 = 512;
+const NO_SLOT: u16 = u16::MAX;
+
+/// How the worker waits when there is nothing to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PollMode {
+    /// Spin: lowest latency, but starves kernel work on a shared core.
+    Busy,
+    /// Spin a little, then sleep in `poll(2)` until a frame arrives (at most 10 ms).
+    Wakeup,
+}
+
+/// One port's socket, as the control thread hands it to the worker.
+#[derive(Debug)]
+pub struct Port {
+    /// Interface name (the port's name in the state file).
+    pub name: String,
+    /// Interface index.
+    pub ifindex: u32,
+    /// XSKMAP slot; also the port's index in the worker.
+    pub slot: u16,
+    /// The bound socket.
+    pub sock: Socket,
+}
+
+/// What the control thread tells a worker.
+#[derive(Debug)]
+pub enum Command {
+    /// Serve a new port.
+    Add(Box<Port>),
+    /// Stop serving the port in this slot and close its socket.
+    Remove(u16),
+}
+
+/// Counters of one port, kept by the worker.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct PortCounters {
+    /// Interface name.
+    pub name: String,
+    /// Interface index.
+    pub ifindex: u32,
+    /// `copy` or `zero-copy`.
+    pub mode: &'static str,
+    /// Frames received from the socket.
+    pub rx: u64,
+    /// Frames queued for transmit on this port.
+    pub tx: u64,
+    /// Frames for this port dropped because its transmit ring was full.
+    pub tx_ring_full: u64,
+    /// Frames received while the port is in no snapshot (being removed): dropped.
+    pub rx_not_a_port: u64,
+    /// Descriptors from the kernel that did not match the frame bookkeeping: ignored.
+    pub bad_descriptors: u64,
+    /// The kernel's own counters for the socket.
+    pub kernel: KernelStats,
+}
+
+/// What the worker publishes for the control thread.
+#[derive(Debug, Clone, Default)]
+pub struct Report {
+    /// Snapshot generation the worker runs.
+    pub generation: u64,
+    /// Pipeline counters.
+    pub counters: Counters,
+    /// Per port.
+    pub ports: Vec<PortCounters>,
+    /// Frames the pipeline sent to a port that has no socket (yet or any more): dropped.
+    pub tx_no_socket: u64,
+    /// Frames the pipeline handed to the kernel after the XDP program had redirected them:
+    /// the daemon has no path into the kernel's stack for these, so they are dropped.
+    pub kernel_undeliverable: u64,
+    /// Frames in the free pool.
+    pub free_frames: usize,
+}
+
+struct Slot {
+    port: Port,
+    /// Frames in the fill ring or received and not yet taken (owned by the kernel side).
+    filled: u32,
+    /// Transmit descriptors written this batch, not yet submitted.
+    pending: u32,
+    counters: PortCounters,
+}
+
+/// The worker: construct with [`Worker::new`], then [`Worker::run`] on its own thread.
+pub struct Worker {
+    umem: Umem,
+    slots: Vec<Option<Slot>>,
+    /// Slots in use, in order.
+    active: Vec<u16>,
+    /// Slots with transmit descriptors pending in this batch.
+    touched: Vec<u16>,
+    /// Per frame: 0 = free pool or user space, `s + 1` = in the rings of slot `s`.
+    owner: Vec<u16>,
+    free: Vec<u32>,
+    pipeline: Pipeline,
+    reader: SnapshotReader,
+    snap: Arc<Snapshot>,
+    port_to_slot: Vec<u16>,
+    slot_to_port: Vec<Option<PortId>>,
+    cmds: Receiver<Command>,
+    stop: Arc<AtomicBool>,
+    report: Arc<Mutex<Report>>,
+    poll: PollMode,
+    pollfds: Vec<libc::pollfd>,
+    storage: Vec<Packet<'static>>,
+    tx_no_socket: u64,
+    kernel_undeliverable: u64,
+}
+
+impl Worker {
+    /// A worker over `umem` (every frame free), serving no port yet.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        umem: Umem,
+        pipeline: Pipeline,
+        reader: SnapshotReader,
+        cmds: Receiver<Command>,
+        stop: Arc<AtomicBool>,
+        report: Arc<Mutex<Report>>,
+        poll: PollMode,
+    ) -> Worker {
+        let frames = umem.frames();
+        let mut reader = reader;
+        let snap = Arc::clone(reader.load());
+        Worker {
+            owner: vec![0; frames as usize],
+            free: (0..frames).rev().collect(),
+            umem,
+            slots: (0..MAX_PORTS).map(|_| None).collect(),
+            active: Vec::with_capacity(MAX_PORTS),
+            touched: Vec::with_capacity(MAX_PORTS),
+            pipeline,
+            reader,
+            snap,
+            port_to_slot: Vec::with_capacity(MAX_PORTS),
+            slot_to_port: vec![None; MAX_PORTS],
+            cmds,
+            stop,
+            report,
+            poll,
+            pollfds: Vec::with_capacity(MAX_PORTS),
+            storage: Vec::with_capacity(BATCH_SIZE),
+            tx_no_socket: 0,
+            kernel_undeliverable: 0,
+        }
+    }
+
+    /// Adds a port before the worker runs (the control thread's initial ports).
+    pub fn add(&mut self, port: Port) {
+        let i = port.slot as usize;
+        let counters = PortCounters {
+            name: port.name.clone(),
+            ifindex: port.ifindex,
+            mode: port.sock.mode.name(),
+            ..PortCounters::default()
+        };
+        self.slots[i] = Some(Slot {
+            port,
+            filled: 0,
+            pending: 0,
+            counters,
+        });
+        self.remap();
+    }
+
+    fn remove(&mut self, slot: u16) {
+        let Some(s) = self.slots.get_mut(slot as usize).and_then(Option::take) else {
+            return;
+        };
+        // Closing the socket stops the kernel from touching its rings and frames.
+        drop(s);
+        let tag = slot + 1;
+        for (i, o) in self.owner.iter_mut().enumerate() {
+            if *o == tag {
+                *o = 0;
+                self.free.push(i as u32);
+            }
+        }
+        self.remap();
+    }
+
+    /// Rebuilds the port <-> slot maps for the current snapshot and the poll set.
+    fn remap(&mut self) {
+        let ports = self.snap.ports();
+        self.port_to_slot.clear();
+        self.port_to_slot.resize(ports.len(), NO_SLOT);
+        for s in self.slot_to_port.iter_mut() {
+            *s = None;
+        }
+        self.pollfds.clear();
+        self.active.clear();
+        for (i, slot) in self.slots.iter().enumerate() {
+            let Some(slot) = slot else { continue };
+            self.active.push(i as u16);
+            if let Some(p) = self.snap.port_id(&slot.port.name) {
+                self.port_to_slot[p.0 as usize] = i as u16;
+                self.slot_to_port[i] = Some(p);
+            }
+            self.pollfds.push(libc::pollfd {
+                fd: slot.port.sock.fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            });
+        }
+    }
+
+    /// Runs until `stop` is set; publishes a last report before returning.
+    pub fn run(mut self) {
+        let start = Instant::now();
+        let mut last_report = start;
+        let mut last_gc = start;
+        let mut idle_rounds = 0u32;
+        while !self.stop.load(Ordering::Relaxed) {
+            while let Ok(cmd) = self.cmds.try_recv() {
+                match cmd {
+                    Command::Add(p) => self.add(*p),
+                    Command::Remove(s) => self.remove(s),
+                }
+            }
+            if self.reader.load().generation != self.snap.generation {
+                self.snap = Arc::clone(self.reader.load());
+                self.remap();
+            }
+            let now = Instant::now();
+            if now.duration_since(last_gc) >= Duration::from_millis(100) {
+                let secs = 1 + now.duration_since(start).as_secs() as u32;
+                self.pipeline.set_now(secs);
+                self.pipeline.conntrack().gc(secs, 4096);
+                last_gc = now;
+            }
+            self.reclaim();
+            self.refill();
+            let mut work = 0;
+            for k in 0..self.active.len() {
+                work += self.rx_batch(self.active[k] as usize);
+            }
+            if now.duration_since(last_report) >= Duration::from_millis(500) {
+                self.publish(false);
+                last_report = now;
+            }
+            if work > 0 {
+                idle_rounds = 0;
+                continue;
+            }
+            idle_rounds += 1;
+            match self.poll {
+                PollMode::Busy => std::hint::spin_loop(),
+                PollMode::Wakeup if idle_rounds < 64 => std::hint::spin_loop(),
+                PollMode::Wakeup => {
+                    for p in self.pollfds.iter_mut() {
+                        p.revents = 0;
+                    }
+                    xsk::poll_readable(&mut self.pollfds, 10);
+                }
+            }
+        }
+        self.publish(true);
+    }
+
+    /// Takes sent frames back from every completion ring.
+    fn reclaim(&mut self) {
+        for &i in &self.active {
+            let Some(slot) = self.slots[i as usize].as_mut() else {
+                continue;
+            };
+            let comp = &mut slot.port.sock.comp;
+            let n = comp.ready(xsk::RING_SIZE);
+            for k in 0..n {
+                let addr = comp.read(k);
+                let idx = (addr / FRAME_SIZE as u64) as usize;
+                match self.owner.get_mut(idx) {
+                    Some(o) if *o == i + 1 => {
+                        *o = 0;
+                        self.free.push(idx as u32);
+                    }
+                    _ => slot.counters.bad_descriptors += 1,
+                }
+            }
+            comp.release(n);
+        }
+    }
+
+    /// Tops every fill ring up to [`FILL_TARGET`] from the free pool.
+    fn refill(&mut self) {
+        for &i in &self.active {
+            let Some(slot) = self.slots[i as usize].as_mut() else {
+                continue;
+            };
+            let want = FILL_TARGET.saturating_sub(slot.filled);
+            if want < BATCH_SIZE as u32 && slot.filled > 0 {
+                continue;
+            }
+            let fill = &mut slot.port.sock.fill;
+            let n = fill.free(want).min(self.free.len() as u32);
+            for k in 0..n {
+                let idx = self.free.pop().unwrap_or_default();
+                self.owner[idx as usize] = i + 1;
+                fill.write(k, idx as u64 * FRAME_SIZE as u64);
+            }
+            if n > 0 {
+                fill.submit(n);
+                slot.filled += n;
+                if fill.needs_wakeup() {
+                    slot.port.sock.kick_rx();
+                }
+            }
+        }
+    }
+
+    /// Receives and decides up to one batch on slot `si`; returns the frames received.
+    fn rx_batch(&mut self, si: usize) -> usize {
+        let Worker {
+            umem,
+            slots,
+            owner,
+            free,
+            pipeline,
+            snap,
+            port_to_slot,
+            slot_to_port,
+            storage,
+            touched,
+            tx_no_socket,
+            kernel_undeliverable,
+            ..
+        } = self;
+        let Some(slot) = slots[si].as_mut() else {
+            return 0;
+        };
+        let rx = &mut slot.port.sock.rx;
+        let n = rx.ready(BATCH_SIZE as u32);
+        if n == 0 {
+            return 0;
+        }
+        let tag = si as u16 + 1;
+        let mut frames = [0u32; BATCH_SIZE];
+        let mut descs = [(0usize, 0usize); BATCH_SIZE];
+        let mut m = 0;
+        for k in 0..n {
+            let d = rx.read(k);
+            let idx = (d.addr / FRAME_SIZE as u64) as usize;
+            let off = (d.addr % FRAME_SIZE as u64) as usize;
+            let ok = owner.get(idx) == Some(&tag) && off + d.len as usize <= FRAME_SIZE;
+            if !ok {
+                slot.counters.bad_descriptors += 1;
+                continue;
+            }
+            owner[idx] = 0;
+            frames[m] = idx as u32;
+            descs[m] = (off, d.len as usize);
+            m += 1;
+        }
+        rx.release(n);
+        slot.filled = slot.filled.saturating_sub(n);
+        slot.counters.rx += m as u64;
+        let Some(port) = slot_to_port[si] else {
+            slot.counters.rx_not_a_port += m as u64;
+            free.extend_from_slice(&frames[..m]);
+            return n as usize;
+        };
+
+        let mut pkts = recycle(std::mem::take(storage));
+        for k in 0..m {
+            // SAFETY: frame `frames[k]` came out of this socket's rx ring with the owner tag
+            // of this slot, which was cleared above: it is in no ring, the kernel no longer
+            // writes it, and it appears once in `frames`; no other slice of it exists.
+            #[allow(unsafe_code)]
+            let buf = unsafe { umem.frame(frames[k]) };
+            let (off, len) = descs[k];
+            // In bounds: checked against FRAME_SIZE above.
+            if let Some(p) = Packet::new(buf, off, len, port) {
+                pkts.push(p);
+            }
+        }
+        let mut verdicts = [Verdict::default(); BATCH_SIZE];
+        pipeline.process(snap, &mut pkts, &mut verdicts[..m]);
+        for k in 0..m {
+            let idx = frames[k];
+            match verdicts[k] {
+                Verdict::Transmit(p) => {
+                    let to = port_to_slot.get(p.0 as usize).copied().unwrap_or(NO_SLOT);
+                    let Some(dst) = slots.get_mut(to as usize).and_then(Option::as_mut) else {
+                        *tx_no_socket += 1;
+                        free.push(idx);
+                        continue;
+                    };
+                    let tx = &mut dst.port.sock.tx;
+                    if tx.free(dst.pending + 1) <= dst.pending {
+                        dst.counters.tx_ring_full += 1;
+                        free.push(idx);
+                        continue;
+                    }
+                    let pkt = &pkts[k];
+                    tx.write(
+                        dst.pending,
+                        libc::xdp_desc {
+                            addr: idx as u64 * FRAME_SIZE as u64 + pkt.offset() as u64,
+                            len: pkt.len() as u32,
+                            options: 0,
+                        },
+                    );
+                    if dst.pending == 0 {
+                        touched.push(to);
+                    }
+                    dst.pending += 1;
+                    owner[idx as usize] = to + 1;
+                }
+                Verdict::Kernel => {
+                    *kernel_undeliverable += 1;
+                    free.push(idx);
+                }
+                Verdict::Drop(_) => free.push(idx),
+            }
+        }
+        *storage = recycle(pkts);
+        for t in touched.drain(..) {
+            let Some(s) = slots[t as usize].as_mut() else {
+                continue;
+            };
+            {
+                s.port.sock.tx.submit(s.pending);
+                s.counters.tx += u64::from(s.pending);
+                s.pending = 0;
+                if s.port.sock.tx.needs_wakeup() || s.port.sock.mode == Mode::Copy {
+                    s.port.sock.kick_tx();
+                }
+            }
+        }
+        n as usize
+    }
+
+    /// Publishes the report; `wait` blocks for the lock (only at exit).
+    fn publish(&mut self, wait: bool) {
+        let guard = if wait {
+            self.report.lock().ok()
+        } else {
+            self.report.try_lock().ok()
+        };
+        let Some(mut r) = guard else { return };
+        r.generation = self.snap.generation;
+        r.counters = self.pipeline.counters().clone();
+        r.ports.clear();
+        for &i in &self.active {
+            let Some(s) = self.slots[i as usize].as_mut() else {
+                continue;
+            };
+            s.counters.kernel = s.port.sock.kernel_stats();
+            r.ports.push(s.counters.clone());
+        }
+        r.tx_no_socket = self.tx_no_socket;
+        r.kernel_undeliverable = self.kernel_undeliverable;
+        r.free_frames = self.free.len();
+    }
+}
+
+/// Reuses a vector's allocation for packets of another lifetime (the in-place collect of an
+/// empty vector keeps its capacity; no allocation per batch).
+fn recycle<'a, 'b>(mut v: Vec<Packet<'a>>) -> Vec<Packet<'b>> {
+    v.clear();
+    v.into_iter().map(|_| unreachable!("empty")).collect()
+}
