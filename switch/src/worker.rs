@@ -32,8 +32,9 @@ use std::time::{Duration, Instant};
 
 /// Most ports (sockets) one worker serves; also the XSKMAP's size.
 pub const MAX_PORTS: usize = 1024;
-/// Frames each port keeps in its fill ring.
-pub const FILL_TARGET: u32 = 512;
+/// Most frames one port keeps in its fill ring. With many ports each gets a fair share of
+/// half the UMEM instead (at least 16), so that no port is left without frames.
+pub const FILL_TARGET: u32 = 1024;
 const NO_SLOT: u16 = u16::MAX;
 
 /// How the worker waits when there is nothing to do.
@@ -131,6 +132,8 @@ pub struct Worker {
     pipeline: Pipeline,
     reader: SnapshotReader,
     snap: Arc<Snapshot>,
+    /// Frames each port's fill ring is kept at.
+    fill_target: u32,
     port_to_slot: Vec<u16>,
     slot_to_port: Vec<Option<PortId>>,
     cmds: Receiver<Command>,
@@ -168,6 +171,7 @@ impl Worker {
             pipeline,
             reader,
             snap,
+            fill_target: FILL_TARGET,
             port_to_slot: Vec::with_capacity(MAX_PORTS),
             slot_to_port: vec![None; MAX_PORTS],
             cmds,
@@ -238,6 +242,8 @@ impl Worker {
                 revents: 0,
             });
         }
+        let share = self.umem.frames() / 2 / (self.active.len().max(1) as u32);
+        self.fill_target = share.clamp(16, FILL_TARGET);
     }
 
     /// Runs until `stop` is set; publishes a last report before returning.
@@ -316,14 +322,14 @@ impl Worker {
         }
     }
 
-    /// Tops every fill ring up to [`FILL_TARGET`] from the free pool.
+    /// Tops every fill ring up to its target from the free pool.
     fn refill(&mut self) {
         for &i in &self.active {
             let Some(slot) = self.slots[i as usize].as_mut() else {
                 continue;
             };
-            let want = FILL_TARGET.saturating_sub(slot.filled);
-            if want < BATCH_SIZE as u32 && slot.filled > 0 {
+            let want = self.fill_target.saturating_sub(slot.filled);
+            if want < self.fill_target / 4 && slot.filled > 0 {
                 continue;
             }
             let fill = &mut slot.port.sock.fill;

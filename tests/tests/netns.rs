@@ -1,0 +1,613 @@
+//! Namespace tests: the real `switchd` on real veth interfaces, with the kernel's TCP/UDP stacks
+//! in the pods as clients and servers.
+//!
+//! Every test builds its own two-node topology with `scripts/topology` under a unique prefix
+//! (namespaces PREFIX-n1, -n2, -a .. -d, -ext, -ul; see that script for the picture), starts
+//! one `switchd run` per switch-forwarded node, and removes everything when it ends, also when
+//! it fails (the guards' `Drop`). Payloads are checked byte for byte by `tests/tools/echo.py`.
+//!
+//! Needs root (namespaces, XDP). In CI it runs as root and is never skipped; outside CI a
+//! non-root run skips with a note.
+
+#![allow(missing_docs)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+fn root_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// `target/<profile>/switchd`, built by `cargo test --workspace` (the switch package's CLI
+/// tests need it too).
+fn switchd_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let bin = dir.join("switchd");
+    assert!(
+        bin.exists(),
+        "{} not found: build it with `cargo build -p switch` (cargo test --workspace does)",
+        bin.display()
+    );
+    bin
+}
+
+fn skip_unless_root(what: &str) -> bool {
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout.starts_with(b"0"))
+        .unwrap_or(false);
+    if !root {
+        assert!(std::env::var_os("CI").is_none(), "CI runs {what} as root");
+        eprintln!("note: not root; skipping {what}");
+    }
+    !root
+}
+
+fn unique_prefix() -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    // 1-8 characters: 'q', the pid in base 36 (at most 5), a per-test letter.
+    let mut pid = std::process::id();
+    let mut s = String::new();
+    while pid > 0 {
+        s.insert(0, std::char::from_digit(pid % 36, 36).unwrap());
+        pid /= 36;
+    }
+    format!("q{s}{}", (b'a' + n as u8) as char)
+}
+
+/// A topology; removed on drop, daemons and helper processes first.
+struct Topo {
+    p: String,
+    children: Vec<Child>,
+    daemons: Vec<Daemon>,
+    dir: tempfile::TempDir,
+}
+
+struct Daemon {
+    node: u8,
+    child: Child,
+    stats: PathBuf,
+    log: PathBuf,
+}
+
+impl Topo {
+    fn up(modes: [&str; 2]) -> Topo {
+        let p = unique_prefix();
+        let out = Command::new(root_dir().join("scripts/topology"))
+            .args(["up", &p, modes[0], modes[1]])
+            .output()
+            .expect("run scripts/topology");
+        let t = Topo {
+            p,
+            children: Vec::new(),
+            daemons: Vec::new(),
+            dir: tempfile::tempdir().expect("tempdir"),
+        };
+        assert!(
+            out.status.success(),
+            "scripts/topology up failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        t
+    }
+
+    fn ns(&self, host: &str) -> String {
+        format!("{}-{host}", self.p)
+    }
+
+    /// Runs a command in namespace `host` and returns its output.
+    fn run(&self, host: &str, args: &[&str]) -> Output {
+        Command::new("ip")
+            .args(["netns", "exec", &self.ns(host)])
+            .args(args)
+            .output()
+            .expect("ip netns exec")
+    }
+
+    /// Runs a command in `host`; panics with its output unless it succeeds.
+    fn ok(&self, host: &str, args: &[&str]) -> String {
+        let o = self.run(host, args);
+        assert!(
+            o.status.success(),
+            "in {host}: {args:?} failed ({}):\n{}{}",
+            o.status,
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    /// Starts a background process in `host`, stopped when the topology goes.
+    fn spawn(&mut self, host: &str, args: &[&str]) {
+        let c = Command::new("ip")
+            .args(["netns", "exec", &self.ns(host)])
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn");
+        self.children.push(c);
+    }
+
+    /// Starts switchd for node `n` with `state`; waits until it forwards.
+    fn switchd(&mut self, n: u8, state: &Path) -> usize {
+        let stats = self.dir.path().join(format!("n{n}.json"));
+        let log = self.dir.path().join(format!("n{n}.log"));
+        let _ = std::fs::remove_file(&stats);
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.ns(&format!("n{n}"))])
+            .arg(switchd_bin())
+            .args(["run", "--state"])
+            .arg(state)
+            .arg("--stats")
+            .arg(&stats)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log"))
+            .spawn()
+            .expect("start switchd");
+        self.daemons.push(Daemon {
+            node: n,
+            child,
+            stats: stats.clone(),
+            log: log.clone(),
+        });
+        let deadline = Instant::now() + Duration::from_secs(20);
+        // Ready once it logs that it forwards and has written its counters once.
+        let ready = || {
+            stats.exists()
+                && std::fs::read_to_string(&log)
+                    .unwrap_or_default()
+                    .contains(" forwarding: ")
+        };
+        while !ready() {
+            let d = self.daemons.last_mut().unwrap();
+            if let Ok(Some(st)) = d.child.try_wait() {
+                panic!(
+                    "switchd for node{n} exited ({st}): {}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "switchd for node{n} did not start"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.daemons.len() - 1
+    }
+
+    fn stats(&self, n: u8) -> serde_json::Value {
+        let d = self.daemons.iter().find(|d| d.node == n).expect("daemon");
+        // Written twice a second: wait for a fresh one.
+        std::thread::sleep(Duration::from_millis(1100));
+        let text = std::fs::read_to_string(&d.stats).expect("stats file");
+        serde_json::from_str(&text).expect("stats JSON")
+    }
+
+    fn xdp_attached(&self, host: &str) -> usize {
+        let out = self.ok(host, &["ip", "-d", "link", "show"]);
+        out.matches("prog/xdp").count()
+    }
+
+    fn ping(&self, from: &str, to: &str, extra: &[&str]) -> bool {
+        let mut args = vec!["ping", "-c", "2", "-i", "0.2", "-W", "2"];
+        args.extend_from_slice(extra);
+        args.push(to);
+        self.run(from, &args).status.success()
+    }
+
+    fn echo(&self, from: &str, proto: &str, host: &str, port: u16, size: usize) {
+        let script = root_dir().join("tests/tools/echo.py");
+        let out = self.run(
+            from,
+            &[
+                "python3",
+                script.to_str().unwrap(),
+                proto,
+                host,
+                &port.to_string(),
+                &size.to_string(),
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "{proto} echo {from} -> {host}:{port} ({size} bytes) failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn serve(&mut self, host: &str, proto: &str, port: u16) {
+        let script = root_dir().join("tests/tools/echo.py");
+        let cmd = format!("serve-{proto}");
+        self.spawn(
+            host,
+            &["python3", script.to_str().unwrap(), &cmd, &port.to_string()],
+        );
+    }
+
+    fn wait_listening(&self, host: &str, port: u16) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let out = self.ok(host, &["ss", "-lntu"]);
+            if out.contains(&format!(":{port} ")) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "nothing listens on {host}:{port}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Topo {
+    fn drop(&mut self) {
+        for d in &mut self.daemons {
+            let _ = d.child.kill();
+            let _ = d.child.wait();
+        }
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = Command::new(root_dir().join("scripts/topology"))
+            .args(["down", &self.p])
+            .status();
+    }
+}
+
+fn state(n: u8) -> PathBuf {
+    root_dir().join(format!("examples/demo/node{n}.toml"))
+}
+
+fn drops(s: &serde_json::Value) -> Vec<(String, u64)> {
+    let mut v = Vec::new();
+    for key in ["drops", "worker_drops"] {
+        for (k, n) in s[key].as_object().unwrap() {
+            if n.as_u64().unwrap() > 0 {
+                v.push((k.clone(), n.as_u64().unwrap()));
+            }
+        }
+    }
+    v
+}
+
+/// Every path of the two-node topology, both nodes forwarded by switchd.
+#[test]
+fn pods_nodes_and_services_through_two_switchds() {
+    if skip_unless_root("the switchd namespace tests") {
+        return;
+    }
+    let mut t = Topo::up(["switch", "switch"]);
+    t.switchd(1, &state(1));
+    t.switchd(2, &state(2));
+    for pod in ["b", "d"] {
+        t.serve(pod, "tcp", 8080);
+    }
+    t.serve("c", "udp", 5353);
+    t.serve("a", "udp", 5353);
+    t.wait_listening("b", 8080);
+    t.wait_listening("d", 8080);
+    t.wait_listening("c", 5353);
+
+    // ICMP: same node, across nodes, the gateway (answered by the switch), node <-> pod.
+    assert!(t.ping("a", "10.244.1.3", &[]), "pod-a -> pod-b (same node)");
+    assert!(
+        t.ping("a", "10.244.2.3", &[]),
+        "pod-a -> pod-d (across nodes)"
+    );
+    assert!(t.ping("a", "10.244.1.1", &[]), "pod-a -> its gateway");
+    assert!(t.ping("a", "198.18.0.1", &[]), "pod-a -> its node");
+    assert!(t.ping("n1", "10.244.1.2", &[]), "node1 -> pod-a");
+    // Pod MTU = uplink MTU - 50: a full-size packet with DF crosses the overlay.
+    assert!(
+        t.ping("a", "10.244.2.3", &["-M", "do", "-s", "1422"]),
+        "1450-byte DF ping across nodes"
+    );
+
+    // TCP, 60 KB compared byte for byte: same node, across nodes (both directions).
+    t.echo("a", "tcp", "10.244.1.3", 8080, 60_000);
+    t.echo("a", "tcp", "10.244.2.3", 8080, 60_000);
+    t.echo("c", "tcp", "10.244.1.3", 8080, 60_000);
+    // UDP across nodes and back.
+    t.echo("a", "udp", "10.244.2.2", 5353, 1200);
+    t.echo("c", "udp", "10.244.1.2", 5353, 1200);
+    // Services: ClusterIP (TCP to both backends over several connections, UDP to a remote
+    // backend), NodePort from outside the cluster on either node.
+    for _ in 0..4 {
+        t.echo("a", "tcp", "10.96.0.10", 80, 60_000);
+    }
+    t.echo("a", "udp", "10.96.0.53", 53, 512);
+    t.echo("ext", "tcp", "198.18.0.1", 30080, 60_000);
+    t.echo("ext", "tcp", "198.18.0.2", 30080, 60_000);
+    t.echo("ext", "udp", "198.18.0.1", 30053, 512);
+
+    let s = t.stats(1);
+    assert_eq!(s["ports"].as_array().unwrap().len(), 3);
+    for p in s["ports"].as_array().unwrap() {
+        assert_eq!(p["mode"], "copy", "veth runs in copy mode");
+        assert_eq!(p["bad_descriptors"], 0);
+    }
+    assert!(s["actions"]["encapsulated"].as_u64().unwrap() > 0);
+    assert!(s["actions"]["decapsulated"].as_u64().unwrap() > 0);
+    assert!(s["actions"]["delivered_local"].as_u64().unwrap() > 0);
+    assert!(s["actions"]["to_external"].as_u64().unwrap() > 0);
+    assert!(s["nat"]["dnat"].as_u64().unwrap() > 0);
+    assert!(s["nat"]["reverse_nat"].as_u64().unwrap() > 0);
+    assert!(s["checksums_completed"].as_u64().unwrap() > 0);
+    assert!(s["xdp"]["redirected"].as_u64().unwrap() > 0);
+    assert!(
+        s["xdp"]["passed"].as_u64().unwrap() > 0,
+        "pod -> node traffic went to the kernel"
+    );
+    assert_eq!(drops(&s), vec![], "node1 dropped nothing");
+    assert_eq!(drops(&t.stats(2)), vec![], "node2 dropped nothing");
+}
+
+/// node1 forwarded by switchd, node2 by the kernel as Flannel and kube-proxy set it up.
+#[test]
+fn interoperates_with_the_kernels_vxlan_as_the_other_node() {
+    if skip_unless_root("the switchd namespace tests") {
+        return;
+    }
+    let mut t = Topo::up(["switch", "kernel"]);
+    t.switchd(1, &state(1));
+    t.serve("c", "tcp", 8080);
+    t.serve("c", "udp", 5353);
+    t.serve("b", "tcp", 8080);
+    t.serve("d", "tcp", 8080);
+    t.wait_listening("c", 8080);
+    t.wait_listening("c", 5353);
+    t.wait_listening("b", 8080);
+    t.wait_listening("d", 8080);
+
+    assert!(t.ping("a", "10.244.2.2", &[]), "switch pod -> kernel pod");
+    assert!(t.ping("c", "10.244.1.2", &[]), "kernel pod -> switch pod");
+    assert!(
+        t.ping("a", "10.244.2.2", &["-M", "do", "-s", "1422"]),
+        "1450-byte DF ping into the kernel's vxlan"
+    );
+    t.echo("a", "tcp", "10.244.2.2", 8080, 60_000);
+    t.echo("c", "tcp", "10.244.1.3", 8080, 60_000);
+    // ClusterIP on the switch, backend behind the kernel's vxlan (and its answer back).
+    t.echo("a", "udp", "10.96.0.53", 53, 512);
+    // NodePort on the kernel node (backends on both nodes), and on the switch node with the
+    // backend behind the kernel's vxlan.
+    for _ in 0..4 {
+        t.echo("ext", "tcp", "198.18.0.2", 30080, 60_000);
+    }
+    t.echo("ext", "udp", "198.18.0.1", 30053, 512);
+
+    let s = t.stats(1);
+    assert!(s["actions"]["decapsulated"].as_u64().unwrap() > 0);
+    assert_eq!(drops(&s), vec![], "node1 dropped nothing");
+}
+
+/// Signals, faults and bad configuration: never an interface left redirecting into nothing.
+#[test]
+fn stops_cleanly_and_leaves_nothing_attached() {
+    if skip_unless_root("the switchd namespace tests") {
+        return;
+    }
+    let mut t = Topo::up(["switch", "switch"]);
+
+    // SIGTERM: exit 0 within a second, programs detached.
+    let i = t.switchd(1, &state(1));
+    assert_eq!(t.xdp_attached("n1"), 3);
+    let pid = t.daemons[i].child.id();
+    let start = Instant::now();
+    // The daemon is `ip netns exec`'s child image (exec'd): signal it directly.
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let st = t.daemons[i].child.wait().unwrap();
+    assert!(
+        start.elapsed() < Duration::from_secs(1),
+        "SIGTERM took {:?}",
+        start.elapsed()
+    );
+    assert!(st.success(), "exit status after SIGTERM: {st}");
+    assert_eq!(t.xdp_attached("n1"), 0, "detached after SIGTERM");
+    let log = std::fs::read_to_string(&t.daemons[i].log).unwrap();
+    assert!(log.contains("stopped"), "{log}");
+
+    // SIGKILL: the bpf_links die with the process.
+    let i = t.switchd(1, &state(1));
+    assert_eq!(t.xdp_attached("n1"), 3);
+    t.daemons[i].child.kill().unwrap();
+    t.daemons[i].child.wait().unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(t.xdp_attached("n1"), 0, "nothing attached after SIGKILL");
+
+    // A missing interface and a wrong uplink MAC: clear errors, exit 1, nothing attached.
+    let text = std::fs::read_to_string(state(1)).unwrap();
+    let cases = [
+        (
+            text.replace("veth-b", "veth-zz"),
+            "interface 'veth-zz' (port of pod default/pod-b) does not exist",
+        ),
+        (
+            text.replace("02:00:c6:12:00:01", "02:00:c6:12:00:09"),
+            "node.uplink_mac is 02:00:c6:12:00:09 but interface 'uplink' has 02:00:c6:12:00:01",
+        ),
+        (
+            text.replace(
+                "pod_cidr = \"10.244.1.0/24\"",
+                "pod_cidr = \"10.244.1.0/33\"",
+            ),
+            "10.244.1.0/33",
+        ),
+    ];
+    for (k, (bad, want)) in cases.iter().enumerate() {
+        let path = t.dir.path().join(format!("bad{k}.toml"));
+        std::fs::write(&path, bad).unwrap();
+        let out = t.run(
+            "n1",
+            &[
+                switchd_bin().to_str().unwrap(),
+                "run",
+                "--state",
+                path.to_str().unwrap(),
+            ],
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(err.contains(want), "error {err:?} should contain {want:?}");
+        assert_eq!(t.xdp_attached("n1"), 0, "nothing attached after {want}");
+    }
+}
+
+/// A pod added (and removed) at runtime by SIGHUP, while a TCP stream runs to another pod.
+#[test]
+fn pods_come_and_go_without_disturbing_others() {
+    if skip_unless_root("the switchd namespace tests") {
+        return;
+    }
+    let mut t = Topo::up(["switch", "switch"]);
+    let live = t.dir.path().join("live.toml");
+    std::fs::copy(state(1), &live).unwrap();
+    let i = t.switchd(1, &live);
+    let pid = t.daemons[i].child.id().to_string();
+    t.serve("b", "tcp", 8080);
+    t.wait_listening("b", 8080);
+
+    // A long stream pod-a -> pod-b (200 MB echoed) runs in the background.
+    let script = root_dir().join("tests/tools/echo.py");
+    let stream = Command::new("ip")
+        .args(["netns", "exec", &t.ns("a"), "python3"])
+        .arg(&script)
+        .args(["tcp", "10.244.1.3", "8080", "200000000"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+
+    // New pod-e on node1.
+    let e = t.ns("e");
+    let n1 = t.ns("n1");
+    let sh = |args: &[&str]| {
+        let o = Command::new(args[0]).args(&args[1..]).output().unwrap();
+        assert!(
+            o.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    };
+    // Removed on every path (the topology script does not know this namespace).
+    struct DelNs(String);
+    impl Drop for DelNs {
+        fn drop(&mut self) {
+            let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+        }
+    }
+    let _guard = DelNs(e.clone());
+    sh(&["ip", "netns", "add", &e]);
+    sh(&["ip", "-n", &e, "link", "set", "lo", "up"]);
+    sh(&[
+        "ip",
+        "link",
+        "add",
+        "eth0",
+        "netns",
+        &e,
+        "address",
+        "02:00:0a:f4:01:04",
+        "mtu",
+        "1450",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "veth-e",
+        "netns",
+        &n1,
+    ]);
+    sh(&[
+        "ip",
+        "-n",
+        &e,
+        "addr",
+        "add",
+        "10.244.1.4/24",
+        "dev",
+        "eth0",
+    ]);
+    sh(&["ip", "-n", &e, "link", "set", "eth0", "up"]);
+    sh(&[
+        "ip",
+        "-n",
+        &e,
+        "route",
+        "add",
+        "default",
+        "via",
+        "10.244.1.1",
+    ]);
+    sh(&[
+        "ip",
+        "-n",
+        &n1,
+        "link",
+        "set",
+        "veth-e",
+        "address",
+        "02:00:0a:f4:01:01",
+        "mtu",
+        "1450",
+        "up",
+    ]);
+    sh(&[
+        "ip",
+        "-n",
+        &n1,
+        "route",
+        "add",
+        "10.244.1.4/32",
+        "dev",
+        "veth-e",
+    ]);
+    let mut text = std::fs::read_to_string(&live).unwrap();
+    text.push_str(
+        "\n[[pods]]\nname = \"default/pod-e\"\nip = \"10.244.1.4\"\nmac = \"02:00:0a:f4:01:04\"\nport = \"veth-e\"\n",
+    );
+    std::fs::write(&live, &text).unwrap();
+    sh(&["kill", "-HUP", &pid]);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !t.ping("a", "10.244.1.4", &[]) {
+        assert!(Instant::now() < deadline, "pod-e unreachable after reload");
+    }
+    assert!(t.ping("e", "10.244.1.1", &[]), "pod-e reaches its gateway");
+    let out = stream.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "stream to pod-b disturbed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Remove it again: back to the kernel, the others untouched.
+    std::fs::write(&live, std::fs::read_to_string(state(1)).unwrap()).unwrap();
+    sh(&["kill", "-HUP", &pid]);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while t.xdp_attached("n1") != 3 {
+        assert!(Instant::now() < deadline, "veth-e still attached");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(t.ping("a", "10.244.1.3", &[]));
+    let s = t.stats(1);
+    assert_eq!(s["generation"], 3);
+    assert_eq!(s["ports"].as_array().unwrap().len(), 3);
+    let log = std::fs::read_to_string(&t.daemons[i].log).unwrap();
+    assert!(log.contains("ports added [veth-e]"), "{log}");
+    assert!(log.contains("removed [veth-e]"), "{log}");
+}
