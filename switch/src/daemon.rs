@@ -43,6 +43,8 @@ pub struct Config {
     pub conntrack_capacity: usize,
     /// How the worker waits when idle.
     pub poll: PollMode,
+    /// Pause after a round with only a few frames (`wakeup` mode).
+    pub batch_wait: Duration,
     /// UMEM frames (4 KiB each).
     pub frames: u32,
     /// Try zero-copy on the uplink (falls back to copy mode).
@@ -254,6 +256,7 @@ pub fn run(cfg: &Config) -> Result<(), DaemonError> {
         Arc::clone(&report),
         cfg.poll,
     );
+    worker.batch_wait = cfg.batch_wait;
     for p in socks {
         worker.add(p);
     }

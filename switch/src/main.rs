@@ -37,6 +37,10 @@ enum Cmd {
         /// to the kernel's receive work), `busy` spins (lowest latency on a dedicated core).
         #[arg(long, value_enum, default_value = "wakeup")]
         poll: switch::worker::PollMode,
+        /// In `wakeup` mode, microseconds to wait for a batch to build up after a round that
+        /// found only a few frames (0: go straight on). Trades latency for CPU per packet.
+        #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=1000))]
+        batch_wait_us: u64,
         /// UMEM frames of 4 KiB shared by all ports.
         #[arg(long, default_value_t = 16384, value_parser = clap::value_parser!(u32).range(1024..=1_048_576))]
         frames: u32,
@@ -81,6 +85,7 @@ fn main() -> ExitCode {
             core,
             conntrack_capacity,
             poll,
+            batch_wait_us,
             frames,
             zero_copy,
             stats,
@@ -90,6 +95,7 @@ fn main() -> ExitCode {
                 core,
                 conntrack_capacity: conntrack_capacity as usize,
                 poll,
+                batch_wait: std::time::Duration::from_micros(batch_wait_us),
                 frames,
                 zero_copy,
                 stats,
