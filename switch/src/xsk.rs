@@ -119,9 +119,10 @@ impl Umem {
     pub unsafe fn frame(&self, idx: u32) -> &mut [u8] {
         assert!(idx < self.frames, "frame index out of range");
         let off = idx as usize * FRAME_SIZE;
+        let p = self.map.ptr.as_ptr().wrapping_add(off);
         // SAFETY: `off + FRAME_SIZE <= len` (checked above), so the pointer stays inside the
         // mapping; exclusivity is the caller's contract.
-        unsafe { std::slice::from_raw_parts_mut(self.map.ptr.as_ptr().add(off), FRAME_SIZE) }
+        unsafe { std::slice::from_raw_parts_mut(p, FRAME_SIZE) }
     }
 
     fn reg(&self) -> libc::xdp_umem_reg {
@@ -225,9 +226,10 @@ impl<T: Copy> Ring<T> {
     /// `i` must be below what [`free`](Self::free) returned.
     pub fn write(&mut self, i: u32, v: T) {
         let slot = (self.cached_prod.wrapping_add(i) & self.mask) as usize;
+        let p = self.descs.as_ptr().wrapping_add(slot);
         // SAFETY: `slot < RING_SIZE`, inside the descriptor array; the slot is free (producer
         // side owns it until `submit`).
-        unsafe { self.descs.as_ptr().add(slot).write(v) }
+        unsafe { p.write(v) }
     }
 
     /// Publishes `n` written descriptors to the kernel.
@@ -259,9 +261,10 @@ impl<T: Copy> Ring<T> {
     /// returned.
     pub fn read(&self, i: u32) -> T {
         let slot = (self.cached_cons.wrapping_add(i) & self.mask) as usize;
+        let p = self.descs.as_ptr().wrapping_add(slot);
         // SAFETY: `slot < RING_SIZE`; the kernel published it (Acquire in `ready`) and does
         // not touch it until `release`.
-        unsafe { self.descs.as_ptr().add(slot).read() }
+        unsafe { p.read() }
     }
 
     /// Gives `n` read descriptors back to the kernel.
