@@ -131,6 +131,8 @@ pub struct Stats {
     pub xdp: XdpStats,
     /// Frames in the UMEM's free pool.
     pub free_frames: usize,
+    /// Ports closed because their interface disappeared (remove the pod from the state).
+    pub ports_gone: u64,
 }
 
 struct Running {
@@ -463,6 +465,7 @@ fn write_stats(path: &Path, run: &Running, report: &Mutex<Report>, ct: &Conntrac
         conntrack: ConntrackReport::of(ct),
         xdp: run.xdp.stats(),
         free_frames: r.free_frames,
+        ports_gone: r.ports_gone,
     };
     let tmp = path.with_extension("json.tmp");
     let json = serde_json::to_string_pretty(&stats).unwrap_or_default() + "\n";

@@ -113,6 +113,8 @@ pub struct Report {
     pub kernel_undeliverable: u64,
     /// Frames in the free pool.
     pub free_frames: usize,
+    /// Ports closed because their interface disappeared.
+    pub ports_gone: u64,
 }
 
 struct Slot {
@@ -132,6 +134,10 @@ pub struct Worker {
     active: Vec<u16>,
     /// Slots with transmit descriptors pending in this batch.
     touched: Vec<u16>,
+    /// Slots whose interface disappeared (their socket is unbound), to be closed.
+    gone: Vec<u16>,
+    /// Ports closed because their interface disappeared.
+    ports_gone: u64,
     /// Per frame: 0 = free pool or user space, `s + 1` = in the rings of slot `s`.
     owner: Vec<u16>,
     free: Vec<u32>,
@@ -176,6 +182,8 @@ impl Worker {
             slots: (0..MAX_PORTS).map(|_| None).collect(),
             active: Vec::with_capacity(MAX_PORTS),
             touched: Vec::with_capacity(MAX_PORTS),
+            gone: Vec::with_capacity(MAX_PORTS),
+            ports_gone: 0,
             pipeline,
             reader,
             snap,
@@ -226,6 +234,26 @@ impl Worker {
             }
         }
         self.remap();
+    }
+
+    /// Closes the sockets of ports whose interface disappeared; their frames return to the
+    /// pool and frames routed to them count as `tx_no_socket` until the state drops the pod.
+    fn close_gone(&mut self) {
+        let mut gone = std::mem::take(&mut self.gone);
+        gone.sort_unstable();
+        gone.dedup();
+        for &slot in &gone {
+            if let Some(s) = self.slots[slot as usize].as_ref() {
+                eprintln!(
+                    "switchd: port {} (ifindex {}) is gone: its interface was removed; socket closed",
+                    s.port.name, s.port.ifindex
+                );
+                self.ports_gone += 1;
+            }
+            self.remove(slot);
+        }
+        gone.clear();
+        self.gone = gone;
     }
 
     /// Rebuilds the port <-> slot maps for the current snapshot and the poll set.
@@ -285,7 +313,21 @@ impl Worker {
             for k in 0..self.active.len() {
                 work += self.rx_batch(self.active[k] as usize);
             }
+            if !self.gone.is_empty() {
+                self.close_gone();
+            }
             if now.duration_since(last_report) >= Duration::from_millis(500) {
+                // A port whose interface was deleted has an unbound socket: the probe below
+                // finds it even if nothing is sent to it.
+                for k in 0..self.active.len() {
+                    let i = self.active[k];
+                    if let Some(s) = self.slots[i as usize].as_ref() {
+                        if s.port.sock.kick_tx().is_err() {
+                            self.gone.push(i);
+                        }
+                    }
+                }
+                self.close_gone();
                 self.publish(false);
                 last_report = now;
             }
@@ -386,6 +428,7 @@ impl Worker {
             slot_to_port,
             storage,
             touched,
+            gone,
             tx_no_socket,
             kernel_undeliverable,
             ..
@@ -487,8 +530,10 @@ impl Worker {
                 s.port.sock.tx.submit(s.pending);
                 s.counters.tx += u64::from(s.pending);
                 s.pending = 0;
-                if s.port.sock.tx.needs_wakeup() || s.port.sock.mode == Mode::Copy {
-                    s.port.sock.kick_tx();
+                if (s.port.sock.tx.needs_wakeup() || s.port.sock.mode == Mode::Copy)
+                    && s.port.sock.kick_tx().is_err()
+                {
+                    gone.push(t);
                 }
             }
         }
@@ -516,6 +561,7 @@ impl Worker {
         r.tx_no_socket = self.tx_no_socket;
         r.kernel_undeliverable = self.kernel_undeliverable;
         r.free_frames = self.free.len();
+        r.ports_gone = self.ports_gone;
     }
 }
 

@@ -448,8 +448,9 @@ impl Socket {
     }
 
     /// Tells the kernel there is something to send (copy mode always needs this).
-    /// Transient errors (the kernel is busy, the link is down) are left for the next batch.
-    pub fn kick_tx(&self) {
+    /// Transient errors (the kernel is busy, the link is down) are left for the next batch;
+    /// `Err` means the socket is no longer bound: its interface is gone.
+    pub fn kick_tx(&self) -> Result<(), io::Error> {
         // SAFETY: a zero-length send on our own socket; no buffer is read.
         let r = unsafe {
             libc::sendto(
@@ -461,7 +462,13 @@ impl Socket {
                 0,
             )
         };
-        let _ = r;
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            if matches!(e.raw_os_error(), Some(libc::ENXIO) | Some(libc::ENODEV)) {
+                return Err(e);
+            }
+        }
+        Ok(())
     }
 
     /// Asks the kernel to look at the fill ring (drivers that set need_wakeup on it).

@@ -401,6 +401,25 @@ fn stops_cleanly_and_leaves_nothing_attached() {
     // SIGTERM: exit 0 within a second, programs detached.
     let i = t.switchd(1, &state(1));
     assert_eq!(t.xdp_attached("n1"), 3);
+
+    // A pod's interface deleted under the running daemon: its port is closed and its frames
+    // return to the pool; frames for it are counted; everything else goes on.
+    assert!(t.ping("a", "10.244.1.3", &[]));
+    let ns_b = t.ns("b");
+    assert!(Command::new("ip")
+        .args(["netns", "del", &ns_b])
+        .status()
+        .unwrap()
+        .success());
+    std::thread::sleep(Duration::from_millis(700));
+    assert!(!t.ping("a", "10.244.1.3", &[]), "pod-b is gone");
+    assert!(t.ping("a", "10.244.1.1", &[]), "the switch goes on");
+    let s = t.stats(1);
+    assert_eq!(s["ports_gone"], 1);
+    assert!(s["worker_drops"]["tx_no_socket"].as_u64().unwrap() >= 1);
+    assert_eq!(s["ports"].as_array().unwrap().len(), 2);
+    let log = std::fs::read_to_string(&t.daemons[i].log).unwrap();
+    assert!(log.contains("port veth-b (ifindex"), "{log}");
     let pid = t.daemons[i].child.id();
     let start = Instant::now();
     // The daemon is `ip netns exec`'s child image (exec'd): signal it directly.
@@ -420,23 +439,30 @@ fn stops_cleanly_and_leaves_nothing_attached() {
     let log = std::fs::read_to_string(&t.daemons[i].log).unwrap();
     assert!(log.contains("stopped"), "{log}");
 
-    // SIGKILL: the bpf_links die with the process.
-    let i = t.switchd(1, &state(1));
-    assert_eq!(t.xdp_attached("n1"), 3);
+    // SIGKILL: the bpf_links die with the process. (veth-b is gone: run without pod-b.)
+    let text = std::fs::read_to_string(state(1)).unwrap();
+    let without_b = text.replace(
+        "[[pods]]\nname = \"default/pod-b\"\nip = \"10.244.1.3\"\nmac = \"02:00:0a:f4:01:03\"\nport = \"veth-b\"\n",
+        "",
+    );
+    assert_ne!(without_b, text);
+    let path = t.dir.path().join("without-b.toml");
+    std::fs::write(&path, &without_b).unwrap();
+    let i = t.switchd(1, &path);
+    assert_eq!(t.xdp_attached("n1"), 2);
     t.daemons[i].child.kill().unwrap();
     t.daemons[i].child.wait().unwrap();
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(t.xdp_attached("n1"), 0, "nothing attached after SIGKILL");
 
     // A missing interface and a wrong uplink MAC: clear errors, exit 1, nothing attached.
-    let text = std::fs::read_to_string(state(1)).unwrap();
     let cases = [
         (
-            text.replace("veth-b", "veth-zz"),
-            "interface 'veth-zz' (port of pod default/pod-b) does not exist",
+            text.clone(),
+            "interface 'veth-b' (port of pod default/pod-b) does not exist",
         ),
         (
-            text.replace("02:00:c6:12:00:01", "02:00:c6:12:00:09"),
+            without_b.replace("02:00:c6:12:00:01", "02:00:c6:12:00:09"),
             "node.uplink_mac is 02:00:c6:12:00:09 but interface 'uplink' has 02:00:c6:12:00:01",
         ),
         (
