@@ -158,6 +158,8 @@ pub struct Snapshot {
     pub node: NodeConfig,
     ports: Vec<String>,
     port_pod: Vec<Option<u32>>,
+    /// Index in `pods` of the host port's entry, if there is a host port.
+    host: Option<u32>,
     pods: Vec<Pod>,
     pod_by_ip: HashMap<u32, u32>,
     /// Direct index over the pod CIDR: slot `ip - network` holds pod index + 1 (0 = none).
@@ -315,6 +317,53 @@ impl Snapshot {
             });
         }
 
+        // The host port: the node's kernel as one more "pod" whose address is the node's IP.
+        let host = match (&n.host_port, n.host_mac) {
+            (None, None) => None,
+            (Some(_), None) => return Err(err("node.host_mac", "is required with host_port")),
+            (None, Some(_)) => return Err(err("node.host_port", "is required with host_mac")),
+            (Some(name), Some(mac)) => {
+                check_port_name("node.host_port", name)?;
+                if let Some(j) = ports.iter().position(|x| x == name) {
+                    let other = if j == 0 {
+                        "the uplink".to_string()
+                    } else {
+                        format!("pods[{}]", j - 1)
+                    };
+                    return Err(err(
+                        "node.host_port",
+                        format!("'{name}' is already used by {other}"),
+                    ));
+                }
+                check_unicast("node.host_mac", mac)?;
+                if mac == n.gateway_mac {
+                    return Err(err("node.host_mac", "is the gateway's MAC"));
+                }
+                if let Some(j) = macs.get(&mac) {
+                    return Err(err(
+                        "node.host_mac",
+                        format!("{mac} is also the MAC of pods[{j}]"),
+                    ));
+                }
+                let port = PortId(
+                    u16::try_from(ports.len())
+                        .map_err(|_| err("node.host_port", "too many ports"))?,
+                );
+                ports.push(name.clone());
+                port_pod.push(Some(pods.len() as u32));
+                // Its address is the pod CIDR's network address (as Flannel gives flannel.1),
+                // so other nodes accept what the node sends into the overlay.
+                pod_by_ip.insert(u32::from(n.pod_cidr.network()), pods.len() as u32);
+                pods.push(super::snapshot::Pod {
+                    name: HOST_POD.to_string(),
+                    ip: n.pod_cidr.network(),
+                    mac,
+                    port,
+                });
+                Some(pods.len() as u32 - 1)
+            }
+        };
+
         let mut remotes = Vec::with_capacity(state.nodes.len());
         let mut routes = PrefixTable::default();
         let mut vtep_by_ip =
@@ -420,6 +469,7 @@ impl Snapshot {
             },
             ports,
             port_pod,
+            host,
             pods,
             pod_by_ip,
             pod_slots,
@@ -449,9 +499,16 @@ impl Snapshot {
         self.ports.get(usize::from(p.0)).map(String::as_str)
     }
 
-    /// All pods.
+    /// All pods, the host port's entry (named [`HOST_POD`]) last if there is one.
     pub fn pods(&self) -> &[Pod] {
         &self.pods
+    }
+
+    /// The host port's entry: the node's kernel, at the pod CIDR's network address (its
+    /// source into the overlay) and at the node's IP.
+    #[inline]
+    pub fn host(&self) -> Option<&Pod> {
+        self.pods.get(self.host? as usize)
     }
 
     /// All remote nodes.
@@ -495,6 +552,9 @@ impl Snapshot {
         self.remotes.get(i as usize)
     }
 }
+
+/// Name of the [`Pod`] entry that stands for the node's kernel behind the host port.
+pub const HOST_POD: &str = "(host)";
 
 /// The published snapshot: one writer (the controller), any number of readers (workers).
 #[derive(Debug)]

@@ -226,6 +226,14 @@ pub struct NodeSpec {
     /// MTU of the uplink; encapsulated packets larger than this are refused.
     #[serde(default = "default_mtu")]
     pub uplink_mtu: u16,
+    /// The host port: the switch's side of a veth pair whose other side is the node's own
+    /// interface into the cluster (routes to the cluster's pod and Service CIDRs with the pod
+    /// CIDR's network address as source, as Flannel does). Optional.
+    #[serde(default)]
+    pub host_port: Option<String>,
+    /// MAC of the node's side of the host port's veth pair (required with `host_port`).
+    #[serde(default)]
+    pub host_mac: Option<MacAddr>,
 }
 
 fn default_uplink() -> String {

@@ -5,7 +5,8 @@
 // One object is loaded per switchd and attached (bpf_link) to the uplink and every pod port.
 // `ports` says what an interface is (uplink or pod) and which XSKMAP slot serves it:
 // - pod port: everything goes to the switch except ARP replies (the kernel's own neighbour
-//   resolution towards its pods) and IPv4 addressed to the node's IP (pod -> node traffic);
+//   resolution towards its pods) and, unless the node has a host port (then the switch
+//   delivers it there, reverse NAT included), IPv4 addressed to the node's IP;
 // - uplink: only VXLAN addressed to the node and Service frontends (NodePort, LoadBalancer and
 //   external IPs, listed in `frontends`) go to the switch; the rest is the node's.
 // A port whose socket is not in the XSKMAP yet passes to the kernel (nothing is lost while a
@@ -25,10 +26,12 @@ struct port_cfg {
 	__u32 role;
 };
 
+#define NODE_HAS_HOST_PORT 1
+
 struct node_cfg {
-	__u32 ip;       /* network byte order */
+	__u32 ip;         /* network byte order */
 	__u16 vxlan_port; /* network byte order */
-	__u16 pad;
+	__u16 flags;      /* NODE_HAS_HOST_PORT: pod -> node traffic goes through the switch */
 };
 
 struct frontend_key {
@@ -126,7 +129,8 @@ int nodeswitch_xdp(struct xdp_md *ctx)
 		}
 		if (eth->h_proto == bpf_htons(ETH_P_IP)) {
 			struct iphdr *ip = (void *)(eth + 1);
-			if ((void *)(ip + 1) <= end && ip->daddr == n->ip)
+			if ((void *)(ip + 1) <= end && ip->daddr == n->ip &&
+			    !(n->flags & NODE_HAS_HOST_PORT))
 				return count(STAT_PASSED, XDP_PASS);
 		}
 		return to_switch(cfg);

@@ -156,6 +156,8 @@ fn check_interfaces(snap: &Snapshot) -> Result<Vec<(String, u32, Role)>, DaemonE
     for (i, name) in snap.ports().iter().enumerate() {
         let what = if i == 0 {
             "the uplink".to_string()
+        } else if snap.host().is_some_and(|h| h.port.0 as usize == i) {
+            "the host port".to_string()
         } else {
             snap.pods()
                 .iter()

@@ -128,6 +128,8 @@ impl Xdp {
         let mut n = [0u8; 8];
         n[..4].copy_from_slice(&snap.node.ip.octets());
         n[4..6].copy_from_slice(&snap.node.vxlan_port.to_be_bytes());
+        let flags: u16 = if snap.host().is_some() { 1 } else { 0 };
+        n[6..8].copy_from_slice(&flags.to_ne_bytes());
         self.map("node")
             .update(&0u32.to_ne_bytes(), &n, MapFlags::ANY)
             .map_err(err("set node"))?;

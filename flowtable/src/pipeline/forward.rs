@@ -24,6 +24,14 @@ impl Pipeline {
             return self.answer_gateway(snap, pkt);
         }
         if dst == node.ip {
+            // To the node itself: through the host port when there is one (e.g. a remote
+            // pod's packet to this node), else the kernel's (never reached from pods: the XDP
+            // program passes those to the kernel directly).
+            if let Some(host) = snap.host() {
+                if pkt.port != host.port {
+                    return self.deliver(snap, pkt, host, hop);
+                }
+            }
             return Outcome::Kernel;
         }
         if node.pod_cidr.contains(dst) {
