@@ -118,9 +118,9 @@ def measure(p, dst, dport, rx_pod, seconds, conf_dir):
 
 def topology(mode, poll, cores, extra, conf_dir):
     p = "e%x" % (os.getpid() % 0xfffff)
-    sh(TOPO, "up", p, mode, mode)
     procs = []
     try:
+        sh(TOPO, "up", p, mode, mode)
         for pod in "bcd":
             # Receivers drop the test flow before any socket lookup (equal work in both runs).
             ns(p, pod, "iptables", "-t", "raw", "-A", "PREROUTING", "-p", "udp", "-j", "DROP")
@@ -174,7 +174,11 @@ def main():
             finally:
                 for pr in procs:
                     pr.terminate()
-                    pr.wait()
+                    try:
+                        pr.wait(timeout=5)
+                    except subprocess.TimeoutExpired:
+                        pr.kill()
+                        pr.wait()
                 sh(TOPO, "down", p, check=False)
 
     print()

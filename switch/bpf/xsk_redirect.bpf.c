@@ -9,8 +9,8 @@
 //   delivers it there, reverse NAT included), IPv4 addressed to the node's IP;
 // - uplink: only VXLAN addressed to the node and Service frontends (NodePort, LoadBalancer and
 //   external IPs, listed in `frontends`) go to the switch; the rest is the node's.
-// A port whose socket is not in the XSKMAP yet passes to the kernel (nothing is lost while a
-// port comes up). Every decision is counted per CPU in `stats`.
+// A port whose socket is not in the XSKMAP passes to the kernel. Every decision is counted
+// per CPU in `stats`.
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
 #include <linux/ip.h>
@@ -46,7 +46,8 @@ enum stat {
 	STAT_PASSED = 1,
 	STAT_NO_SOCKET = 2,
 	STAT_UNKNOWN_PORT = 3,
-	STAT_MAX = 4,
+	STAT_OTHER_QUEUE = 4,
+	STAT_MAX = 5,
 };
 
 struct {
@@ -111,6 +112,11 @@ int nodeswitch_xdp(struct xdp_md *ctx)
 	struct port_cfg *cfg = bpf_map_lookup_elem(&ports, &ifindex);
 	if (!cfg)
 		return count(STAT_UNKNOWN_PORT, XDP_PASS);
+	/* The switch binds one socket per port, on queue 0: a frame on any other receive queue
+	 * could not be delivered to it, so it stays with the kernel (multi-queue uplinks: use
+	 * one combined channel, ethtool -L IF combined 1). */
+	if (ctx->rx_queue_index != 0)
+		return count(STAT_OTHER_QUEUE, XDP_PASS);
 	struct node_cfg *n = bpf_map_lookup_elem(&node, &zero);
 	if (!n)
 		return count(STAT_PASSED, XDP_PASS);

@@ -19,7 +19,7 @@
 use crate::replay::{self, ConntrackReport, NatReport};
 use crate::worker::{Command, PollMode, Port, Report, Worker, MAX_PORTS};
 use crate::xdp::{Role, Xdp, XdpError, XdpStats};
-use crate::xsk::{self, Socket, Umem, XskError};
+use crate::xsk::{self, Mode, Socket, Umem, XskError};
 use flowtable::conntrack::{Conntrack, Timeouts};
 use flowtable::counters::{Action, DropReason};
 use flowtable::pipeline::Pipeline;
@@ -92,6 +92,21 @@ pub enum DaemonError {
     /// Too many ports.
     #[error("{0} ports: at most {MAX_PORTS} are supported")]
     TooManyPorts(usize),
+    /// A zero-copy uplink's UMEM cannot be shared with a port that has no zero-copy.
+    #[error(
+        "AF_XDP socket on '{name}': {source}: the uplink runs zero-copy and its UMEM is shared \
+         with every port, but this one has no zero-copy (veth never has); run without --zero-copy"
+    )]
+    ZeroCopyShared {
+        /// Interface.
+        name: String,
+        /// What failed.
+        #[source]
+        source: XskError,
+    },
+    /// The worker stopped by itself.
+    #[error("stopped, interfaces detached: {0}")]
+    Worker(String),
     /// Signal handlers could not be installed.
     #[error("signal handlers: {0}")]
     Signals(std::io::Error),
@@ -198,6 +213,15 @@ fn log(msg: impl std::fmt::Display) {
 
 /// Runs the daemon until SIGTERM or SIGINT.
 pub fn run(cfg: &Config) -> Result<(), DaemonError> {
+    // First of all: a SIGHUP or SIGTERM during startup must not kill the process by default.
+    let term = Arc::new(AtomicBool::new(false));
+    let hup = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(sig, Arc::clone(&term)).map_err(DaemonError::Signals)?;
+    }
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&hup))
+        .map_err(DaemonError::Signals)?;
+
     let snap = replay::load_state(&cfg.state)?;
     let ifaces = check_interfaces(&snap)?;
 
@@ -214,9 +238,21 @@ pub fn run(cfg: &Config) -> Result<(), DaemonError> {
             None => Socket::bind_owner(&umem, *ifindex, cfg.zero_copy),
             Some(fd) => Socket::bind_shared(fd, *ifindex),
         }
-        .map_err(|source| DaemonError::Socket {
-            name: name.clone(),
-            source,
+        .map_err(|source| {
+            let zc = socks
+                .first()
+                .is_some_and(|p: &Port| p.sock.mode == Mode::ZeroCopy);
+            if zc {
+                DaemonError::ZeroCopyShared {
+                    name: name.clone(),
+                    source,
+                }
+            } else {
+                DaemonError::Socket {
+                    name: name.clone(),
+                    source,
+                }
+            }
         })?;
         socks.push(Port {
             name: name.clone(),
@@ -224,25 +260,6 @@ pub fn run(cfg: &Config) -> Result<(), DaemonError> {
             slot: slot as u16,
             sock,
         });
-    }
-    let mut links = HashMap::new();
-    let mut ports = HashMap::new();
-    for (p, (_, _, role)) in socks.iter().zip(&ifaces) {
-        xdp.set_socket(u32::from(p.slot), p.sock.fd())?;
-        xdp.set_port(p.ifindex, u32::from(p.slot), *role)?;
-        links.insert(p.name.clone(), xdp.attach(p.ifindex)?);
-        ports.insert(p.name.clone(), (p.slot, p.ifindex));
-        log(format!(
-            "port {} (ifindex {}) {} mode, {}",
-            p.name,
-            p.ifindex,
-            p.sock.mode.name(),
-            if *role == Role::Uplink {
-                "uplink"
-            } else {
-                "pod"
-            }
-        ));
     }
     let owner_fd = socks[0].sock.fd();
 
@@ -261,17 +278,35 @@ pub fn run(cfg: &Config) -> Result<(), DaemonError> {
         cfg.poll,
     );
     worker.batch_wait = cfg.batch_wait;
-    for p in socks {
+    let mut bound = Vec::new();
+    for (p, (_, _, role)) in socks.into_iter().zip(&ifaces) {
+        bound.push((
+            p.name.clone(),
+            p.slot,
+            p.ifindex,
+            p.sock.fd(),
+            p.sock.mode,
+            *role,
+        ));
+        // Fills the port's fill ring: it can receive from the moment it is attached.
         worker.add(p);
     }
-
-    let term = Arc::new(AtomicBool::new(false));
-    let hup = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
-        signal_hook::flag::register(sig, Arc::clone(&term)).map_err(DaemonError::Signals)?;
+    let mut links = HashMap::new();
+    let mut ports = HashMap::new();
+    for (name, slot, ifindex, fd, mode, role) in &bound {
+        xdp.set_socket(u32::from(*slot), *fd)?;
+        xdp.set_port(*ifindex, u32::from(*slot), *role)?;
+        links.insert(name.clone(), xdp.attach(*ifindex)?);
+        ports.insert(name.clone(), (*slot, *ifindex));
+        log(format!(
+            "port {name} (ifindex {ifindex}) {} mode, {}",
+            mode.name(),
+            match role {
+                Role::Uplink => "uplink",
+                Role::Pod => "pod",
+            }
+        ));
     }
-    signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&hup))
-        .map_err(DaemonError::Signals)?;
 
     let core = cfg.core;
     let handle = std::thread::Builder::new()
@@ -284,7 +319,7 @@ pub fn run(cfg: &Config) -> Result<(), DaemonError> {
                     ));
                 }
             }
-            worker.run();
+            worker.run()
         })
         .map_err(DaemonError::Thread)?;
     log(format!(
@@ -307,8 +342,13 @@ pub fn run(cfg: &Config) -> Result<(), DaemonError> {
     };
     let start = Instant::now();
     let mut last_stats = Instant::now();
+    let mut failure = None;
     while !term.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(20));
+        if handle.is_finished() {
+            failure = Some("the worker stopped".to_string());
+            break;
+        }
         if hup.swap(false, Ordering::Relaxed) {
             match reload(&mut run, &cfg.state) {
                 Ok(msg) => log(msg),
@@ -326,9 +366,17 @@ pub fn run(cfg: &Config) -> Result<(), DaemonError> {
     // Interfaces first: from here on the kernel gets every frame.
     run.links.clear();
     stop.store(true, Ordering::Relaxed);
-    let _ = handle.join();
+    let worker_result = handle.join();
     if let Some(path) = &cfg.stats {
         write_stats(path, &run, &report, &ct, start);
+    }
+    if let Some(f) = failure {
+        let why = match worker_result {
+            Ok(Err(e)) => e,
+            Ok(Ok(())) => f,
+            Err(_) => "the worker panicked".to_string(),
+        };
+        return Err(DaemonError::Worker(why));
     }
     log("stopped");
     Ok(())
@@ -390,7 +438,43 @@ fn reload(run: &mut Running, path: &Path) -> Result<String, DaemonError> {
             sock,
         });
     }
-    run.xdp.configure(&next)?;
+    // Everything that can fail comes first; on failure it is undone and nothing has changed.
+    if let Err(e) = run.xdp.configure(&next) {
+        let _ = run.xdp.configure(&cur);
+        return Err(e.into());
+    }
+    let mut done: Vec<(String, u16, u32)> = Vec::new();
+    let mut failed = None;
+    for p in new_ports {
+        let (name, slot, ifindex, fd) = (p.name.clone(), p.slot, p.ifindex, p.sock.fd());
+        // The worker fills the port's fill ring before the program can send it anything.
+        let _ = run.cmds.send(Command::Add(Box::new(p)));
+        done.push((name.clone(), slot, ifindex));
+        let step = run
+            .xdp
+            .set_socket(u32::from(slot), fd)
+            .and_then(|()| run.xdp.set_port(ifindex, u32::from(slot), Role::Pod))
+            .and_then(|()| run.xdp.attach(ifindex));
+        match step {
+            Ok(link) => {
+                run.links.insert(name.clone(), link);
+            }
+            Err(e) => {
+                failed = Some(e);
+                break;
+            }
+        }
+    }
+    if let Some(e) = failed {
+        for (name, slot, ifindex) in done {
+            run.links.remove(&name);
+            run.xdp.remove_port(ifindex);
+            run.xdp.remove_socket(u32::from(slot));
+            let _ = run.cmds.send(Command::Remove(slot));
+        }
+        let _ = run.xdp.configure(&cur);
+        return Err(e.into());
+    }
     // Removed ports: back to the kernel, then the worker closes the socket.
     for (name, slot, ifindex) in &removed {
         run.links.remove(name);
@@ -400,12 +484,7 @@ fn reload(run: &mut Running, path: &Path) -> Result<String, DaemonError> {
         let _ = run.cmds.send(Command::Remove(*slot));
     }
     let mut names = Vec::new();
-    for p in new_ports {
-        let (name, slot, ifindex, fd) = (p.name.clone(), p.slot, p.ifindex, p.sock.fd());
-        let _ = run.cmds.send(Command::Add(Box::new(p)));
-        run.xdp.set_socket(u32::from(slot), fd)?;
-        run.xdp.set_port(ifindex, u32::from(slot), Role::Pod)?;
-        run.links.insert(name.clone(), run.xdp.attach(ifindex)?);
+    for (name, slot, ifindex) in done {
         run.ports.insert(name.clone(), (slot, ifindex));
         names.push(name);
     }

@@ -138,6 +138,8 @@ pub struct Worker {
     gone: Vec<u16>,
     /// Ports closed because their interface disappeared.
     ports_gone: u64,
+    /// The uplink's interface disappeared: the worker stops with an error.
+    uplink_gone: bool,
     /// Per frame: 0 = free pool or user space, `s + 1` = in the rings of slot `s`.
     owner: Vec<u16>,
     free: Vec<u32>,
@@ -146,6 +148,8 @@ pub struct Worker {
     snap: Arc<Snapshot>,
     /// Frames each port's fill ring is kept at.
     fill_target: u32,
+    /// Most frames one port's transmit ring may hold.
+    tx_cap: u32,
     port_to_slot: Vec<u16>,
     slot_to_port: Vec<Option<PortId>>,
     cmds: Receiver<Command>,
@@ -184,10 +188,12 @@ impl Worker {
             touched: Vec::with_capacity(MAX_PORTS),
             gone: Vec::with_capacity(MAX_PORTS),
             ports_gone: 0,
+            uplink_gone: false,
             pipeline,
             reader,
             snap,
             fill_target: FILL_TARGET,
+            tx_cap: xsk::RING_SIZE,
             port_to_slot: Vec::with_capacity(MAX_PORTS),
             slot_to_port: vec![None; MAX_PORTS],
             cmds,
@@ -202,9 +208,13 @@ impl Worker {
         }
     }
 
-    /// Adds a port before the worker runs (the control thread's initial ports).
+    /// Adds a port (the control thread's initial ports, or a new pod's) and fills its fill
+    /// ring, so that it can receive as soon as the XDP program sends it frames.
     pub fn add(&mut self, port: Port) {
         let i = port.slot as usize;
+        if self.slots[i].is_some() {
+            self.remove(port.slot);
+        }
         let counters = PortCounters {
             name: port.name.clone(),
             ifindex: port.ifindex,
@@ -218,6 +228,7 @@ impl Worker {
             counters,
         });
         self.remap();
+        self.refill();
     }
 
     fn remove(&mut self, slot: u16) {
@@ -236,14 +247,42 @@ impl Worker {
         self.remap();
     }
 
+    /// Kicks every port whose transmit ring still holds frames: in copy mode the kernel sends
+    /// at most 32 per wakeup, so a batch larger than that, or a port whose peer pushed back,
+    /// would otherwise wait for the next frame to that port.
+    fn kick_backlog(&mut self) {
+        for k in 0..self.active.len() {
+            let i = self.active[k];
+            let Some(s) = self.slots[i as usize].as_mut() else {
+                continue;
+            };
+            if s.port.sock.tx.used() > 0 && s.port.sock.tx.in_flight() > 0 {
+                let _ = s.port.sock.kick_tx();
+            }
+        }
+    }
+
     /// Closes the sockets of ports whose interface disappeared; their frames return to the
     /// pool and frames routed to them count as `tx_no_socket` until the state drops the pod.
+    /// The uplink (slot 0, the UMEM's owner) is never closed here: its loss is fatal and
+    /// reported by [`run`](Self::run). An unbound socket whose interface still exists (a
+    /// driver's transient error) is left alone.
     fn close_gone(&mut self) {
         let mut gone = std::mem::take(&mut self.gone);
         gone.sort_unstable();
         gone.dedup();
         for &slot in &gone {
-            if let Some(s) = self.slots[slot as usize].as_ref() {
+            let Some(s) = self.slots[slot as usize].as_ref() else {
+                continue;
+            };
+            if xsk::ifindex_exists(s.port.ifindex) {
+                continue;
+            }
+            if slot == 0 {
+                self.uplink_gone = true;
+                continue;
+            }
+            {
                 eprintln!(
                     "switchd: port {} (ifindex {}) is gone: its interface was removed; socket closed",
                     s.port.name, s.port.ifindex
@@ -281,15 +320,26 @@ impl Worker {
         }
         let share = self.umem.frames() / 2 / (self.active.len().max(1) as u32);
         self.fill_target = share.clamp(16, FILL_TARGET);
+        let share = self.umem.frames() / 4 / (self.active.len().max(1) as u32);
+        self.tx_cap = share.clamp(64, xsk::RING_SIZE);
     }
 
     /// Runs until `stop` is set; publishes a last report before returning.
-    pub fn run(mut self) {
+    /// Returns an error if it had to stop by itself (the uplink's interface disappeared).
+    pub fn run(mut self) -> Result<(), String> {
         let start = Instant::now();
         let mut last_report = start;
         let mut last_gc = start;
         let mut idle_rounds = 0u32;
         while !self.stop.load(Ordering::Relaxed) {
+            if self.uplink_gone {
+                self.publish(true);
+                let name = self.slots[0]
+                    .as_ref()
+                    .map(|s| s.port.name.clone())
+                    .unwrap_or_default();
+                return Err(format!("the uplink '{name}' disappeared"));
+            }
             while let Ok(cmd) = self.cmds.try_recv() {
                 match cmd {
                     Command::Add(p) => self.add(*p),
@@ -313,6 +363,7 @@ impl Worker {
             for k in 0..self.active.len() {
                 work += self.rx_batch(self.active[k] as usize);
             }
+            self.kick_backlog();
             if !self.gone.is_empty() {
                 self.close_gone();
             }
@@ -363,6 +414,7 @@ impl Worker {
             }
         }
         self.publish(true);
+        Ok(())
     }
 
     /// Takes sent frames back from every completion ring.
@@ -429,6 +481,7 @@ impl Worker {
             storage,
             touched,
             gone,
+            tx_cap,
             tx_no_socket,
             kernel_undeliverable,
             ..
@@ -449,12 +502,17 @@ impl Worker {
             let d = rx.read(k);
             let idx = (d.addr / FRAME_SIZE as u64) as usize;
             let off = (d.addr % FRAME_SIZE as u64) as usize;
-            let ok = owner.get(idx) == Some(&tag) && off + d.len as usize <= FRAME_SIZE;
-            if !ok {
+            if owner.get(idx) != Some(&tag) {
+                // Not a frame this socket was given: never touch it.
                 slot.counters.bad_descriptors += 1;
                 continue;
             }
             owner[idx] = 0;
+            if d.len == 0 || off + d.len as usize > FRAME_SIZE {
+                slot.counters.bad_descriptors += 1;
+                free.push(idx as u32);
+                continue;
+            }
             frames[m] = idx as u32;
             descs[m] = (off, d.len as usize);
             m += 1;
@@ -469,6 +527,7 @@ impl Worker {
         };
 
         let mut pkts = recycle(std::mem::take(storage));
+        let mut kept = 0;
         for k in 0..m {
             // SAFETY: frame `frames[k]` came out of this socket's rx ring with the owner tag
             // of this slot, which was cleared above: it is in no ring, the kernel no longer
@@ -476,12 +535,23 @@ impl Worker {
             #[allow(unsafe_code)]
             let buf = unsafe { umem.frame(frames[k]) };
             let (off, len) = descs[k];
-            // In bounds: checked against FRAME_SIZE above.
-            if let Some(p) = Packet::new(buf, off, len, port) {
-                pkts.push(p);
+            // In bounds (checked against FRAME_SIZE above), so `None` cannot happen; if it
+            // did, the frame goes back to the pool and `frames` stays in step with `pkts`.
+            match Packet::new(buf, off, len, port) {
+                Some(p) => {
+                    pkts.push(p);
+                    frames[kept] = frames[k];
+                    kept += 1;
+                }
+                None => {
+                    slot.counters.bad_descriptors += 1;
+                    free.push(frames[k]);
+                }
             }
         }
+        let m = kept;
         let mut verdicts = [Verdict::default(); BATCH_SIZE];
+        let mut slot_bad = 0u64;
         pipeline.process(snap, &mut pkts, &mut verdicts[..m]);
         for k in 0..m {
             let idx = frames[k];
@@ -494,12 +564,23 @@ impl Worker {
                         continue;
                     };
                     let tx = &mut dst.port.sock.tx;
-                    if tx.free(dst.pending + 1) <= dst.pending {
+                    let pkt = &pkts[k];
+                    if pkt.is_empty() || pkt.offset() + pkt.len() > FRAME_SIZE {
+                        slot_bad += 1;
+                        free.push(idx);
+                        continue;
+                    }
+                    // A port that does not drain (its peer is down, or slower than its
+                    // senders) may hold at most `tx_cap` frames, so it cannot starve the
+                    // others of frames.
+                    if tx.free(dst.pending + 1) <= dst.pending
+                        || (tx.used() + dst.pending >= *tx_cap
+                            && tx.in_flight() + dst.pending >= *tx_cap)
+                    {
                         dst.counters.tx_ring_full += 1;
                         free.push(idx);
                         continue;
                     }
-                    let pkt = &pkts[k];
                     tx.write(
                         dst.pending,
                         libc::xdp_desc {
@@ -522,6 +603,9 @@ impl Worker {
             }
         }
         *storage = recycle(pkts);
+        if let Some(s) = slots[si].as_mut() {
+            s.counters.bad_descriptors += slot_bad;
+        }
         for t in touched.drain(..) {
             let Some(s) = slots[t as usize].as_mut() else {
                 continue;

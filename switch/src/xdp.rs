@@ -36,6 +36,8 @@ pub struct XdpStats {
     pub no_socket: u64,
     /// Frames seen on an interface that is not (or no longer) a port.
     pub unknown_port: u64,
+    /// Frames passed to the kernel because they arrived on a receive queue other than 0.
+    pub other_queue: u64,
 }
 
 /// Errors loading or programming the XDP program.
@@ -143,15 +145,21 @@ impl Xdp {
             let proto = key as u8;
             want.insert([ip[0], ip[1], ip[2], ip[3], port[0], port[1], proto, 0]);
         }
-        let map = self.map("frontends");
-        for k in self.frontends.difference(&want) {
-            let _ = map.delete(k);
+        // The set follows the map entry by entry, so a failure part way (a full map) leaves
+        // it true and the next configure finishes the job.
+        let stale: Vec<[u8; 8]> = self.frontends.difference(&want).copied().collect();
+        for k in stale {
+            if self.map("frontends").delete(&k).is_ok() {
+                self.frontends.remove(&k);
+            }
         }
-        for k in want.difference(&self.frontends) {
-            map.update(k, &[1u8], MapFlags::ANY)
+        let new: Vec<[u8; 8]> = want.difference(&self.frontends).copied().collect();
+        for k in new {
+            self.map("frontends")
+                .update(&k, &[1u8], MapFlags::ANY)
                 .map_err(err("add a Service frontend"))?;
+            self.frontends.insert(k);
         }
-        self.frontends = want;
         Ok(())
     }
 
@@ -175,6 +183,7 @@ impl Xdp {
             passed: get(1),
             no_socket: get(2),
             unknown_port: get(3),
+            other_queue: get(4),
         }
     }
 }

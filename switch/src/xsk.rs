@@ -238,6 +238,12 @@ impl<T: Copy> Ring<T> {
         self.prod().store(self.cached_prod, Ordering::Release);
     }
 
+    /// Descriptors submitted and not consumed by the kernel, as last seen (no shared-memory
+    /// read; see [`in_flight`](Self::in_flight) for a fresh count).
+    pub fn used(&self) -> u32 {
+        self.cached_prod.wrapping_sub(self.cached_cons)
+    }
+
     /// Descriptors written by user space that the kernel has not consumed yet (the whole ring
     /// content as the producer sees it, for reclaiming frames when a socket closes).
     pub fn in_flight(&mut self) -> u32 {
@@ -578,6 +584,14 @@ pub fn pause(d: std::time::Duration) {
     }
     SLACK.with(|_| ());
     std::thread::sleep(d);
+}
+
+/// True if an interface with index `ifindex` exists (in this network namespace).
+pub fn ifindex_exists(ifindex: u32) -> bool {
+    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: `buf` has the IF_NAMESIZE bytes if_indextoname may write.
+    let r = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr()) };
+    !r.is_null()
 }
 
 /// The interface index of `name`, or `None` if there is no such interface.

@@ -60,8 +60,13 @@ fn unique_prefix() -> String {
     format!("q{s}{}", (b'a' + n as u8) as char)
 }
 
+/// The namespace tests push real traffic through debug builds on a small machine: one at a
+/// time, so that a test's TCP stream is never starved by another test's load.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// A topology; removed on drop, daemons and helper processes first.
 struct Topo {
+    _serial: std::sync::MutexGuard<'static, ()>,
     p: String,
     children: Vec<Child>,
     daemons: Vec<Daemon>,
@@ -77,12 +82,14 @@ struct Daemon {
 
 impl Topo {
     fn up(modes: [&str; 2]) -> Topo {
+        let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
         let p = unique_prefix();
         let out = Command::new(root_dir().join("scripts/topology"))
             .args(["up", &p, modes[0], modes[1]])
             .output()
             .expect("run scripts/topology");
         let t = Topo {
+            _serial: serial,
             p,
             children: Vec::new(),
             daemons: Vec::new(),
@@ -306,6 +313,15 @@ fn pods_nodes_and_services_through_two_switchds() {
     assert!(t.ping("a", "10.244.1.1", &[]), "pod-a -> its gateway");
     assert!(t.ping("a", "198.18.0.1", &[]), "pod-a -> its node");
     assert!(t.ping("n1", "10.244.1.2", &[]), "node1 -> pod-a");
+    // Through the host port: node -> another node's pod, a remote pod -> this node.
+    assert!(
+        t.ping("n1", "10.244.2.3", &[]),
+        "node1 -> pod-d (host port, VXLAN)"
+    );
+    assert!(
+        t.ping("d", "198.18.0.2", &[]),
+        "pod-d -> its node (host port)"
+    );
     // Pod MTU = uplink MTU - 50: a full-size packet with DF crosses the overlay.
     assert!(
         t.ping("a", "10.244.2.3", &["-M", "do", "-s", "1422"]),
@@ -328,9 +344,15 @@ fn pods_nodes_and_services_through_two_switchds() {
     t.echo("ext", "tcp", "198.18.0.1", 30080, 60_000);
     t.echo("ext", "tcp", "198.18.0.2", 30080, 60_000);
     t.echo("ext", "udp", "198.18.0.1", 30053, 512);
+    // The node's own clients: a remote pod, and a ClusterIP (both backends).
+    t.echo("n1", "tcp", "10.244.2.3", 8080, 60_000);
+    for _ in 0..4 {
+        t.echo("n1", "tcp", "10.96.0.10", 80, 60_000);
+    }
 
     let s = t.stats(1);
-    assert_eq!(s["ports"].as_array().unwrap().len(), 3);
+    // uplink, veth-a, veth-b and the host port nsw0.
+    assert_eq!(s["ports"].as_array().unwrap().len(), 4);
     for p in s["ports"].as_array().unwrap() {
         assert_eq!(p["mode"], "copy", "veth runs in copy mode");
         assert_eq!(p["bad_descriptors"], 0);
@@ -345,7 +367,7 @@ fn pods_nodes_and_services_through_two_switchds() {
     assert!(s["xdp"]["redirected"].as_u64().unwrap() > 0);
     assert!(
         s["xdp"]["passed"].as_u64().unwrap() > 0,
-        "pod -> node traffic went to the kernel"
+        "ARP replies (node -> pod neighbour resolution) went to the kernel"
     );
     assert_eq!(drops(&s), vec![], "node1 dropped nothing");
     assert_eq!(drops(&t.stats(2)), vec![], "node2 dropped nothing");
@@ -384,6 +406,11 @@ fn interoperates_with_the_kernels_vxlan_as_the_other_node() {
         t.echo("ext", "tcp", "198.18.0.2", 30080, 60_000);
     }
     t.echo("ext", "udp", "198.18.0.1", 30053, 512);
+    // The node's own clients: a remote pod, and a ClusterIP (both backends).
+    t.echo("n1", "tcp", "10.244.2.3", 8080, 60_000);
+    for _ in 0..4 {
+        t.echo("n1", "tcp", "10.96.0.10", 80, 60_000);
+    }
 
     let s = t.stats(1);
     assert!(s["actions"]["decapsulated"].as_u64().unwrap() > 0);
@@ -400,7 +427,7 @@ fn stops_cleanly_and_leaves_nothing_attached() {
 
     // SIGTERM: exit 0 within a second, programs detached.
     let i = t.switchd(1, &state(1));
-    assert_eq!(t.xdp_attached("n1"), 3);
+    assert_eq!(t.xdp_attached("n1"), 4);
 
     // A pod's interface deleted under the running daemon: its port is closed and its frames
     // return to the pool; frames for it are counted; everything else goes on.
@@ -411,13 +438,18 @@ fn stops_cleanly_and_leaves_nothing_attached() {
         .status()
         .unwrap()
         .success());
-    std::thread::sleep(Duration::from_millis(700));
     assert!(!t.ping("a", "10.244.1.3", &[]), "pod-b is gone");
     assert!(t.ping("a", "10.244.1.1", &[]), "the switch goes on");
-    let s = t.stats(1);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let s = loop {
+        let s = t.stats(1);
+        if s["ports_gone"] == 1 || Instant::now() > deadline {
+            break s;
+        }
+    };
     assert_eq!(s["ports_gone"], 1);
     assert!(s["worker_drops"]["tx_no_socket"].as_u64().unwrap() >= 1);
-    assert_eq!(s["ports"].as_array().unwrap().len(), 2);
+    assert_eq!(s["ports"].as_array().unwrap().len(), 3);
     let log = std::fs::read_to_string(&t.daemons[i].log).unwrap();
     assert!(log.contains("port veth-b (ifindex"), "{log}");
     let pid = t.daemons[i].child.id();
@@ -449,7 +481,7 @@ fn stops_cleanly_and_leaves_nothing_attached() {
     let path = t.dir.path().join("without-b.toml");
     std::fs::write(&path, &without_b).unwrap();
     let i = t.switchd(1, &path);
-    assert_eq!(t.xdp_attached("n1"), 2);
+    assert_eq!(t.xdp_attached("n1"), 3);
     t.daemons[i].child.kill().unwrap();
     t.daemons[i].child.wait().unwrap();
     std::thread::sleep(Duration::from_millis(200));
@@ -616,23 +648,24 @@ fn pods_come_and_go_without_disturbing_others() {
     let out = stream.wait_with_output().unwrap();
     assert!(
         out.status.success(),
-        "stream to pod-b disturbed: {}{}",
+        "stream to pod-b disturbed: {}{}\nswitchd: {}",
         String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+        String::from_utf8_lossy(&out.stderr),
+        t.stats(1)
     );
 
     // Remove it again: back to the kernel, the others untouched.
     std::fs::write(&live, std::fs::read_to_string(state(1)).unwrap()).unwrap();
     sh(&["kill", "-HUP", &pid]);
     let deadline = Instant::now() + Duration::from_secs(5);
-    while t.xdp_attached("n1") != 3 {
+    while t.xdp_attached("n1") != 4 {
         assert!(Instant::now() < deadline, "veth-e still attached");
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(t.ping("a", "10.244.1.3", &[]));
     let s = t.stats(1);
     assert_eq!(s["generation"], 3);
-    assert_eq!(s["ports"].as_array().unwrap().len(), 3);
+    assert_eq!(s["ports"].as_array().unwrap().len(), 4);
     let log = std::fs::read_to_string(&t.daemons[i].log).unwrap();
     assert!(log.contains("ports added [veth-e]"), "{log}");
     assert!(log.contains("removed [veth-e]"), "{log}");

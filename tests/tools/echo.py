@@ -7,7 +7,7 @@
   echo.py udp HOST PORT SIZE      one datagram of SIZE random bytes, compare the echo
 
 A client prints one JSON line {"ok": bool, "bytes": n, "seconds": t, "peer": ...} and exits
-0 only if the echo came back complete and identical (timeout: 10 s).
+0 only if the echo came back complete and identical (TCP: no progress for 30 s is a failure).
 """
 import json
 import os
@@ -54,7 +54,7 @@ def tcp(host, port, size):
     payload = os.urandom(size)
     t0 = time.time()
     try:
-        c = socket.create_connection((host, port), timeout=10)
+        c = socket.create_connection((host, port), timeout=30)
         peer = "%s:%d" % c.getpeername()
         got = bytearray()
 
@@ -69,7 +69,7 @@ def tcp(host, port, size):
         r.start()
         c.sendall(payload)
         c.shutdown(socket.SHUT_WR)
-        r.join(10)
+        r.join(60)
         c.close()
     except OSError as e:
         report(False, 0, t0, None, str(e))
