@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 pub const MAX_PORTS: usize = 1024;
 /// Most frames one port keeps in its fill ring. With many ports each gets a fair share of
 /// half the UMEM instead (at least 16), so that no port is left without frames.
-pub const FILL_TARGET: u32 = 1024;
+pub const FILL_TARGET: u32 = xsk::RING_SIZE - BATCH_SIZE as u32;
 const NO_SLOT: u16 = u16::MAX;
 /// How long a `wakeup` worker waits by default for a batch to build up when a round found
 /// only a few frames: none (measured with bench/e2e: waiting 10-30 µs lowers CPU per packet
@@ -361,7 +361,14 @@ impl Worker {
             self.refill();
             let mut work = 0;
             for k in 0..self.active.len() {
-                work += self.rx_batch(self.active[k] as usize);
+                let i = self.active[k] as usize;
+                let n = self.rx_batch(i);
+                if n > 0 {
+                    // Give the kernel back as many frames as it just filled, at once: a round
+                    // can take long (transmit wakeups run the receivers' stacks on this core).
+                    self.refill_slot(i);
+                }
+                work += n;
             }
             self.kick_backlog();
             if !self.gone.is_empty() {
@@ -442,27 +449,33 @@ impl Worker {
 
     /// Tops every fill ring up to its target from the free pool.
     fn refill(&mut self) {
-        for &i in &self.active {
-            let Some(slot) = self.slots[i as usize].as_mut() else {
-                continue;
-            };
-            let want = self.fill_target.saturating_sub(slot.filled);
-            if want < self.fill_target / 4 && slot.filled > 0 {
-                continue;
-            }
-            let fill = &mut slot.port.sock.fill;
-            let n = fill.free(want).min(self.free.len() as u32);
-            for k in 0..n {
-                let idx = self.free.pop().unwrap_or_default();
-                self.owner[idx as usize] = i + 1;
-                fill.write(k, idx as u64 * FRAME_SIZE as u64);
-            }
-            if n > 0 {
-                fill.submit(n);
-                slot.filled += n;
-                if fill.needs_wakeup() {
-                    slot.port.sock.kick_rx();
-                }
+        for k in 0..self.active.len() {
+            let i = self.active[k] as usize;
+            self.refill_slot(i);
+        }
+    }
+
+    /// Tops slot `i`'s fill ring up to its target from the free pool.
+    fn refill_slot(&mut self, i: usize) {
+        let Some(slot) = self.slots[i].as_mut() else {
+            return;
+        };
+        let want = self.fill_target.saturating_sub(slot.filled);
+        if want < BATCH_SIZE as u32 / 2 && slot.filled > 0 {
+            return;
+        }
+        let fill = &mut slot.port.sock.fill;
+        let n = fill.free(want).min(self.free.len() as u32);
+        for k in 0..n {
+            let idx = self.free.pop().unwrap_or_default();
+            self.owner[idx as usize] = i as u16 + 1;
+            fill.write(k, idx as u64 * FRAME_SIZE as u64);
+        }
+        if n > 0 {
+            fill.submit(n);
+            slot.filled += n;
+            if fill.needs_wakeup() {
+                slot.port.sock.kick_rx();
             }
         }
     }
