@@ -17,7 +17,7 @@
 //! snapshot cell (arc-swap) and the report mutex the worker only `try_lock`s.
 
 use crate::replay::{self, ConntrackReport, NatReport};
-use crate::worker::{Command, PollMode, Port, Report, Worker, MAX_PORTS};
+use crate::worker::{Command, Fabric, PollMode, Port, Report, Worker, MAX_PORTS};
 use crate::xdp::{Role, Xdp, XdpError, XdpStats};
 use crate::xsk::{self, Mode, Socket, Umem, XskError};
 use flowtable::conntrack::{Conntrack, Timeouts};
@@ -37,8 +37,8 @@ use std::time::{Duration, Instant};
 pub struct Config {
     /// The state file.
     pub state: PathBuf,
-    /// Core to pin the worker to (`None`: not pinned).
-    pub core: Option<usize>,
+    /// One worker per core listed, pinned to it (empty: one worker, not pinned).
+    pub cores: Vec<usize>,
     /// Conntrack capacity.
     pub conntrack_capacity: usize,
     /// How the worker waits when idle.
@@ -148,6 +148,10 @@ pub struct Stats {
     pub free_frames: usize,
     /// Ports closed because their interface disappeared (remove the pod from the state).
     pub ports_gone: u64,
+    /// Worker threads.
+    pub workers: usize,
+    /// Frames handed from one worker to another (received and sent by different workers).
+    pub handed_off: u64,
 }
 
 struct Running {
@@ -157,7 +161,14 @@ struct Running {
     ports: HashMap<String, (u16, u32)>,
     owner_fd: std::os::fd::RawFd,
     cell: Arc<SnapshotCell>,
-    cmds: Sender<Command>,
+    /// One command channel per worker.
+    cmds: Vec<Sender<Command>>,
+    fabric: Arc<Fabric>,
+}
+
+/// The worker that serves slot `slot`: the uplink (slot 0) on worker 0, pods spread evenly.
+fn worker_for(slot: u16, workers: usize) -> usize {
+    usize::from(slot) % workers.max(1)
 }
 
 fn read_mac(name: &str) -> Option<String> {
@@ -265,21 +276,34 @@ pub fn run(cfg: &Config) -> Result<(), DaemonError> {
 
     let ct = Arc::new(Conntrack::new(cfg.conntrack_capacity, Timeouts::default()));
     let cell = Arc::new(SnapshotCell::new(snap));
-    let (tx, rx) = channel();
     let stop = Arc::new(AtomicBool::new(false));
-    let report = Arc::new(Mutex::new(Report::default()));
-    let mut worker = Worker::new(
-        umem,
-        Pipeline::with_conntrack(Arc::clone(&ct)),
-        cell.reader(),
-        rx,
-        Arc::clone(&stop),
-        Arc::clone(&report),
-        cfg.poll,
-    );
-    worker.batch_wait = cfg.batch_wait;
+    let n_workers = cfg.cores.len().max(1);
+    let fabric = Fabric::new(umem, n_workers).map_err(DaemonError::Thread)?;
+    let mut workers = Vec::new();
+    let mut cmds = Vec::new();
+    let mut reports = Vec::new();
+    for id in 0..n_workers {
+        let (tx, rx) = channel();
+        let report = Arc::new(Mutex::new(Report::default()));
+        let mut w = Worker::new(
+            Arc::clone(&fabric),
+            id as u16,
+            Pipeline::with_conntrack(Arc::clone(&ct)),
+            cell.reader(),
+            rx,
+            Arc::clone(&stop),
+            Arc::clone(&report),
+            cfg.poll,
+        );
+        w.batch_wait = cfg.batch_wait;
+        workers.push(w);
+        cmds.push(tx);
+        reports.push(report);
+    }
     let mut bound = Vec::new();
+    let mut pending: HashMap<String, Port> = HashMap::new();
     for (p, (_, _, role)) in socks.into_iter().zip(&ifaces) {
+        let w = worker_for(p.slot, n_workers);
         bound.push((
             p.name.clone(),
             p.slot,
@@ -287,19 +311,26 @@ pub fn run(cfg: &Config) -> Result<(), DaemonError> {
             p.sock.fd(),
             p.sock.mode,
             *role,
+            w,
         ));
-        // Fills the port's fill ring: it can receive from the moment it is attached.
-        worker.add(p);
+        fabric.set_port(&p.name, p.slot, w as u16);
+        pending.insert(p.name.clone(), p);
     }
+    // Ports are added once every worker knows every port's slot.
     let mut links = HashMap::new();
     let mut ports = HashMap::new();
-    for (name, slot, ifindex, fd, mode, role) in &bound {
+    let mut pending_ports = pending;
+    for (name, slot, ifindex, fd, mode, role, w) in &bound {
+        if let Some(p) = pending_ports.remove(name) {
+            // Fills the port's fill ring: it can receive from the moment it is attached.
+            workers[*w].add(p);
+        }
         xdp.set_socket(u32::from(*slot), *fd)?;
         xdp.set_port(*ifindex, u32::from(*slot), *role)?;
         links.insert(name.clone(), xdp.attach(*ifindex)?);
         ports.insert(name.clone(), (*slot, *ifindex));
         log(format!(
-            "port {name} (ifindex {ifindex}) {} mode, {}",
+            "port {name} (ifindex {ifindex}) {} mode, {}, worker {w}",
             mode.name(),
             match role {
                 Role::Uplink => "uplink",
@@ -308,26 +339,34 @@ pub fn run(cfg: &Config) -> Result<(), DaemonError> {
         ));
     }
 
-    let core = cfg.core;
-    let handle = std::thread::Builder::new()
-        .name("switchd-worker".into())
-        .spawn(move || {
-            if let Some(id) = core {
-                if !core_affinity::set_for_current(core_affinity::CoreId { id }) {
-                    log(format!(
-                        "could not pin the worker to core {id}; running unpinned"
-                    ));
+    let mut handles = Vec::new();
+    for (id, worker) in workers.into_iter().enumerate() {
+        let core = cfg.cores.get(id).copied();
+        let h = std::thread::Builder::new()
+            .name(format!("switchd-worker{id}"))
+            .spawn(move || {
+                if let Some(c) = core {
+                    if !core_affinity::set_for_current(core_affinity::CoreId { id: c }) {
+                        log(format!(
+                            "could not pin worker {id} to core {c}; running unpinned"
+                        ));
+                    }
                 }
-            }
-            worker.run()
-        })
-        .map_err(DaemonError::Thread)?;
+                worker.run()
+            })
+            .map_err(DaemonError::Thread)?;
+        handles.push(h);
+    }
     log(format!(
-        "node {} forwarding: {} ports, worker on {}, {:?} polling, conntrack {} entries",
+        "node {} forwarding: {} ports, {} worker(s) on {}, {:?} polling, conntrack {} entries",
         cell.load().node.name,
         ports.len(),
-        core.map(|c| format!("core {c}"))
-            .unwrap_or_else(|| "any core".into()),
+        n_workers,
+        if cfg.cores.is_empty() {
+            "any core".to_string()
+        } else {
+            format!("cores {:?}", cfg.cores)
+        },
         cfg.poll,
         cfg.conntrack_capacity
     ));
@@ -338,15 +377,16 @@ pub fn run(cfg: &Config) -> Result<(), DaemonError> {
         ports,
         owner_fd,
         cell,
-        cmds: tx,
+        cmds,
+        fabric,
     };
     let start = Instant::now();
     let mut last_stats = Instant::now();
     let mut failure = None;
     while !term.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(20));
-        if handle.is_finished() {
-            failure = Some("the worker stopped".to_string());
+        if handles.iter().any(|h| h.is_finished()) {
+            failure = Some("a worker stopped".to_string());
             break;
         }
         if hup.swap(false, Ordering::Relaxed) {
@@ -357,7 +397,7 @@ pub fn run(cfg: &Config) -> Result<(), DaemonError> {
         }
         if last_stats.elapsed() >= Duration::from_millis(500) {
             if let Some(path) = &cfg.stats {
-                write_stats(path, &run, &report, &ct, start);
+                write_stats(path, &run, &reports, &ct, start);
             }
             last_stats = Instant::now();
         }
@@ -366,17 +406,19 @@ pub fn run(cfg: &Config) -> Result<(), DaemonError> {
     // Interfaces first: from here on the kernel gets every frame.
     run.links.clear();
     stop.store(true, Ordering::Relaxed);
-    let worker_result = handle.join();
+    let mut why = None;
+    for h in handles {
+        match h.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => why = Some(e),
+            Err(_) => why = Some("a worker panicked".to_string()),
+        }
+    }
     if let Some(path) = &cfg.stats {
-        write_stats(path, &run, &report, &ct, start);
+        write_stats(path, &run, &reports, &ct, start);
     }
     if let Some(f) = failure {
-        let why = match worker_result {
-            Ok(Err(e)) => e,
-            Ok(Ok(())) => f,
-            Err(_) => "the worker panicked".to_string(),
-        };
-        return Err(DaemonError::Worker(why));
+        return Err(DaemonError::Worker(why.unwrap_or(f)));
     }
     log("stopped");
     Ok(())
@@ -448,7 +490,9 @@ fn reload(run: &mut Running, path: &Path) -> Result<String, DaemonError> {
     for p in new_ports {
         let (name, slot, ifindex, fd) = (p.name.clone(), p.slot, p.ifindex, p.sock.fd());
         // The worker fills the port's fill ring before the program can send it anything.
-        let _ = run.cmds.send(Command::Add(Box::new(p)));
+        let w = worker_for(slot, run.cmds.len());
+        run.fabric.set_port(&name, slot, w as u16);
+        let _ = run.cmds[w].send(Command::Add(Box::new(p)));
         done.push((name.clone(), slot, ifindex));
         let step = run
             .xdp
@@ -470,7 +514,8 @@ fn reload(run: &mut Running, path: &Path) -> Result<String, DaemonError> {
             run.links.remove(&name);
             run.xdp.remove_port(ifindex);
             run.xdp.remove_socket(u32::from(slot));
-            let _ = run.cmds.send(Command::Remove(slot));
+            run.fabric.remove_port(&name);
+            let _ = run.cmds[worker_for(slot, run.cmds.len())].send(Command::Remove(slot));
         }
         let _ = run.xdp.configure(&cur);
         return Err(e.into());
@@ -481,7 +526,8 @@ fn reload(run: &mut Running, path: &Path) -> Result<String, DaemonError> {
         run.xdp.remove_port(*ifindex);
         run.xdp.remove_socket(u32::from(*slot));
         run.ports.remove(name);
-        let _ = run.cmds.send(Command::Remove(*slot));
+        run.fabric.remove_port(name);
+        let _ = run.cmds[worker_for(*slot, run.cmds.len())].send(Command::Remove(*slot));
     }
     let mut names = Vec::new();
     for (name, slot, ifindex) in done {
@@ -501,11 +547,31 @@ fn reload(run: &mut Running, path: &Path) -> Result<String, DaemonError> {
     ))
 }
 
-fn write_stats(path: &Path, run: &Running, report: &Mutex<Report>, ct: &Conntrack, start: Instant) {
-    let r = match report.lock() {
-        Ok(r) => r.clone(),
-        Err(_) => return,
-    };
+fn write_stats(
+    path: &Path,
+    run: &Running,
+    reports: &[Arc<Mutex<Report>>],
+    ct: &Conntrack,
+    start: Instant,
+) {
+    // The workers' reports, merged.
+    let mut r = Report::default();
+    for (i, rep) in reports.iter().enumerate() {
+        let Ok(w) = rep.lock() else { return };
+        r.generation = if i == 0 {
+            w.generation
+        } else {
+            r.generation.min(w.generation)
+        };
+        r.counters.merge(&w.counters);
+        r.ports.extend(w.ports.iter().cloned());
+        r.tx_no_socket += w.tx_no_socket;
+        r.kernel_undeliverable += w.kernel_undeliverable;
+        r.free_frames += w.free_frames;
+        r.ports_gone += w.ports_gone;
+        r.handoff_full += w.handoff_full;
+        r.handed_off += w.handed_off;
+    }
     let c = &r.counters;
     let snap = run.cell.load();
     let mut ports = r.ports.clone();
@@ -535,6 +601,7 @@ fn write_stats(path: &Path, run: &Running, report: &Mutex<Report>, ct: &Conntrac
                 "rx_not_a_port",
                 r.ports.iter().map(|p| p.rx_not_a_port).sum::<u64>(),
             ),
+            ("handoff_full", r.handoff_full),
         ]),
         checksums_completed: c.checksums_completed,
         ports,
@@ -547,6 +614,8 @@ fn write_stats(path: &Path, run: &Running, report: &Mutex<Report>, ct: &Conntrac
         xdp: run.xdp.stats(),
         free_frames: r.free_frames,
         ports_gone: r.ports_gone,
+        workers: reports.len(),
+        handed_off: r.handed_off,
     };
     let tmp = path.with_extension("json.tmp");
     let json = serde_json::to_string_pretty(&stats).unwrap_or_default() + "\n";

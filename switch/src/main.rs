@@ -27,9 +27,10 @@ enum Cmd {
         /// The state file (TOML; see docs/state-file.md): node, uplink, pods, nodes, Services.
         #[arg(long)]
         state: PathBuf,
-        /// Pin the worker thread to this CPU core.
-        #[arg(long)]
-        core: Option<usize>,
+        /// One worker thread per core listed (comma-separated), each pinned to its core and
+        /// serving its share of the ports; default: one worker, not pinned.
+        #[arg(long, alias = "core", value_delimiter = ',', value_name = "CORES")]
+        cores: Vec<usize>,
         /// Conntrack capacity (connections; memory is fixed at about 64 bytes each).
         #[arg(long, default_value_t = 262_144, value_parser = clap::value_parser!(u64).range(1..=16_777_214))]
         conntrack_capacity: u64,
@@ -82,7 +83,7 @@ fn main() -> ExitCode {
     let result = match cli.cmd {
         Cmd::Run {
             state,
-            core,
+            cores,
             conntrack_capacity,
             poll,
             batch_wait_us,
@@ -92,7 +93,7 @@ fn main() -> ExitCode {
         } => {
             let cfg = switch::daemon::Config {
                 state,
-                core,
+                cores,
                 conntrack_capacity: conntrack_capacity as usize,
                 poll,
                 batch_wait: std::time::Duration::from_micros(batch_wait_us),

@@ -16,16 +16,24 @@
 //! once its socket is closed; a descriptor the kernel hands back that does not match the
 //! bookkeeping is counted and ignored, never trusted.
 //!
+//! Several workers (`--cores`) share one UMEM through a [`Fabric`]: each owns a slice of the
+//! frames (its *home* frames, the only ones it puts in its fill rings) and a set of ports.
+//! A frame received by one worker for a port of another is handed over by index through the
+//! other's inbox (no copy); once sent, the frame goes back to its home worker through that
+//! worker's return queue.
+//!
 //! Thread-safety: everything here belongs to the worker thread. It shares the snapshot (read
 //! through a `SnapshotReader`), the conntrack table (lock-free) and, twice a second, a report
 //! under a mutex that the control thread only reads (`try_lock`: the worker never waits).
 
 use crate::xsk::{self, KernelStats, Mode, Socket, Umem, FRAME_SIZE};
+use crossbeam_queue::ArrayQueue;
 use flowtable::counters::Counters;
 use flowtable::packet::{Packet, PortId};
 use flowtable::pipeline::{Pipeline, Verdict, BATCH_SIZE};
 use flowtable::snapshot::{Snapshot, SnapshotReader};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -40,6 +48,96 @@ const NO_SLOT: u16 = u16::MAX;
 /// only a few frames: none (measured with bench/e2e: waiting 10-30 µs lowers CPU per packet
 /// on the local path but costs throughput when two nodes' workers share a core).
 pub const DEFAULT_BATCH_WAIT: Duration = Duration::ZERO;
+
+/// A frame handed from one worker to another, to be sent on one of the latter's ports.
+#[derive(Debug, Clone, Copy)]
+struct Handoff {
+    frame: u32,
+    off: u16,
+    len: u16,
+    slot: u16,
+}
+
+/// What the workers share: the UMEM, which worker serves which port, and the lock-free queues
+/// frames cross by. The port table is read only when a worker remaps (never per packet).
+#[derive(Debug)]
+pub struct Fabric {
+    umem: Umem,
+    per_worker: u32,
+    ports: Mutex<HashMap<String, (u16, u16)>>,
+    ports_version: AtomicU64,
+    inbox: Vec<ArrayQueue<Handoff>>,
+    returns: Vec<ArrayQueue<u32>>,
+    /// Per worker: set while it sleeps in poll; then a handoff must wake it.
+    sleeping: Vec<AtomicBool>,
+    wake: Vec<xsk::EventFd>,
+}
+
+impl Fabric {
+    /// A fabric over `umem` for `workers` workers (at least one), frames split evenly.
+    pub fn new(umem: Umem, workers: usize) -> std::io::Result<Arc<Fabric>> {
+        let workers = workers.max(1);
+        let frames = umem.frames();
+        let wake = (0..workers)
+            .map(|_| xsk::EventFd::new())
+            .collect::<std::io::Result<Vec<_>>>()?;
+        Ok(Arc::new(Fabric {
+            sleeping: (0..workers).map(|_| AtomicBool::new(false)).collect(),
+            wake,
+            per_worker: frames / workers as u32,
+            ports: Mutex::new(HashMap::new()),
+            ports_version: AtomicU64::new(0),
+            inbox: (0..workers).map(|_| ArrayQueue::new(4096)).collect(),
+            // A worker's returns can never exceed the frames there are: never full.
+            returns: (0..workers)
+                .map(|_| ArrayQueue::new(frames as usize))
+                .collect(),
+            umem,
+        }))
+    }
+
+    /// Wakes worker `w` if it sleeps.
+    fn wake(&self, w: usize) {
+        if self.sleeping[w].load(Ordering::SeqCst) {
+            self.wake[w].signal();
+        }
+    }
+
+    /// Number of workers.
+    pub fn workers(&self) -> usize {
+        self.inbox.len()
+    }
+
+    /// Records that port `name` is served by `worker` in `slot`.
+    pub fn set_port(&self, name: &str, slot: u16, worker: u16) {
+        if let Ok(mut p) = self.ports.lock() {
+            p.insert(name.to_string(), (slot, worker));
+        }
+        self.ports_version.fetch_add(1, Ordering::Release);
+    }
+
+    /// Forgets port `name`.
+    pub fn remove_port(&self, name: &str) {
+        if let Ok(mut p) = self.ports.lock() {
+            p.remove(name);
+        }
+        self.ports_version.fetch_add(1, Ordering::Release);
+    }
+
+    fn home(&self, frame: u32) -> usize {
+        ((frame / self.per_worker.max(1)) as usize).min(self.inbox.len() - 1)
+    }
+
+    fn home_frames(&self, worker: usize) -> std::ops::Range<u32> {
+        let lo = worker as u32 * self.per_worker;
+        let hi = if worker + 1 == self.inbox.len() {
+            self.umem.frames()
+        } else {
+            lo + self.per_worker
+        };
+        lo..hi
+    }
+}
 
 /// How the worker waits when there is nothing to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -115,6 +213,10 @@ pub struct Report {
     pub free_frames: usize,
     /// Ports closed because their interface disappeared.
     pub ports_gone: u64,
+    /// Frames for another worker's port dropped because its inbox was full.
+    pub handoff_full: u64,
+    /// Frames handed to other workers.
+    pub handed_off: u64,
 }
 
 struct Slot {
@@ -128,7 +230,13 @@ struct Slot {
 
 /// The worker: construct with [`Worker::new`], then [`Worker::run`] on its own thread.
 pub struct Worker {
-    umem: Umem,
+    fabric: Arc<Fabric>,
+    id: u16,
+    seen_ports: u64,
+    /// Per slot (all workers'): the worker serving it, or NO_WORKER.
+    slot_worker: Vec<u16>,
+    handoff_full: u64,
+    handed_off: u64,
     slots: Vec<Option<Slot>>,
     /// Slots in use, in order.
     active: Vec<u16>,
@@ -165,10 +273,11 @@ pub struct Worker {
 }
 
 impl Worker {
-    /// A worker over `umem` (every frame free), serving no port yet.
+    /// Worker `id` of `fabric` (its home frames free), serving no port yet.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
-        umem: Umem,
+        fabric: Arc<Fabric>,
+        id: u16,
         pipeline: Pipeline,
         reader: SnapshotReader,
         cmds: Receiver<Command>,
@@ -176,13 +285,22 @@ impl Worker {
         report: Arc<Mutex<Report>>,
         poll: PollMode,
     ) -> Worker {
-        let frames = umem.frames();
+        let frames = fabric.umem.frames();
         let mut reader = reader;
         let snap = Arc::clone(reader.load());
         Worker {
             owner: vec![0; frames as usize],
-            free: (0..frames).rev().collect(),
-            umem,
+            free: {
+                let mut f = Vec::with_capacity(frames as usize);
+                f.extend(fabric.home_frames(usize::from(id)).rev());
+                f
+            },
+            id,
+            seen_ports: u64::MAX,
+            slot_worker: vec![NO_SLOT; MAX_PORTS],
+            handoff_full: 0,
+            handed_off: 0,
+            fabric,
             slots: (0..MAX_PORTS).map(|_| None).collect(),
             active: Vec::with_capacity(MAX_PORTS),
             touched: Vec::with_capacity(MAX_PORTS),
@@ -238,13 +356,24 @@ impl Worker {
         // Closing the socket stops the kernel from touching its rings and frames.
         drop(s);
         let tag = slot + 1;
-        for (i, o) in self.owner.iter_mut().enumerate() {
-            if *o == tag {
-                *o = 0;
-                self.free.push(i as u32);
+        for i in 0..self.owner.len() {
+            if self.owner[i] == tag {
+                self.owner[i] = 0;
+                self.give_back(i as u32);
             }
         }
         self.remap();
+    }
+
+    /// A frame this worker is done with goes to its home worker's pool.
+    fn give_back(&mut self, frame: u32) {
+        let home = self.fabric.home(frame);
+        if home == usize::from(self.id) {
+            self.free.push(frame);
+        } else {
+            // Capacity is the number of frames: cannot be full.
+            let _ = self.fabric.returns[home].push(frame);
+        }
     }
 
     /// Kicks every port whose transmit ring still holds frames: in copy mode the kernel sends
@@ -297,11 +426,25 @@ impl Worker {
 
     /// Rebuilds the port <-> slot maps for the current snapshot and the poll set.
     fn remap(&mut self) {
+        self.seen_ports = self.fabric.ports_version.load(Ordering::Acquire);
         let ports = self.snap.ports();
         self.port_to_slot.clear();
         self.port_to_slot.resize(ports.len(), NO_SLOT);
         for s in self.slot_to_port.iter_mut() {
             *s = None;
+        }
+        for w in self.slot_worker.iter_mut() {
+            *w = NO_SLOT;
+        }
+        if let Ok(table) = self.fabric.ports.lock() {
+            for (i, name) in ports.iter().enumerate() {
+                if let Some(&(slot, worker)) = table.get(name) {
+                    if usize::from(slot) < MAX_PORTS {
+                        self.port_to_slot[i] = slot;
+                        self.slot_worker[usize::from(slot)] = worker;
+                    }
+                }
+            }
         }
         self.pollfds.clear();
         self.active.clear();
@@ -318,9 +461,15 @@ impl Worker {
                 revents: 0,
             });
         }
-        let share = self.umem.frames() / 2 / (self.active.len().max(1) as u32);
+        self.pollfds.push(libc::pollfd {
+            fd: self.fabric.wake[usize::from(self.id)].fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        });
+        let home = self.fabric.home_frames(usize::from(self.id)).len() as u32;
+        let share = home / 2 / (self.active.len().max(1) as u32);
         self.fill_target = share.clamp(16, FILL_TARGET);
-        let share = self.umem.frames() / 4 / (self.active.len().max(1) as u32);
+        let share = home / 4 / (self.active.len().max(1) as u32);
         self.tx_cap = share.clamp(64, xsk::RING_SIZE);
     }
 
@@ -349,6 +498,11 @@ impl Worker {
             if self.reader.load().generation != self.snap.generation {
                 self.snap = Arc::clone(self.reader.load());
                 self.remap();
+            } else if self.fabric.ports_version.load(Ordering::Acquire) != self.seen_ports {
+                self.remap();
+            }
+            while let Some(f) = self.fabric.returns[usize::from(self.id)].pop() {
+                self.free.push(f);
             }
             let now = Instant::now();
             if now.duration_since(last_gc) >= Duration::from_millis(100) {
@@ -370,6 +524,7 @@ impl Worker {
                 }
                 work += n;
             }
+            work += self.drain_inbox();
             self.kick_backlog();
             if !self.gone.is_empty() {
                 self.close_gone();
@@ -416,7 +571,15 @@ impl Worker {
                     for p in self.pollfds.iter_mut() {
                         p.revents = 0;
                     }
-                    xsk::poll_readable(&mut self.pollfds, 10);
+                    let me = usize::from(self.id);
+                    // Announce the sleep, then look once more: a handoff pushed before the
+                    // flag was visible is seen here, one pushed after it signals the eventfd.
+                    self.fabric.sleeping[me].store(true, Ordering::SeqCst);
+                    if self.fabric.inbox[me].is_empty() {
+                        xsk::poll_readable(&mut self.pollfds, 10);
+                    }
+                    self.fabric.sleeping[me].store(false, Ordering::SeqCst);
+                    self.fabric.wake[me].drain();
                 }
             }
         }
@@ -438,7 +601,12 @@ impl Worker {
                 match self.owner.get_mut(idx) {
                     Some(o) if *o == i + 1 => {
                         *o = 0;
-                        self.free.push(idx as u32);
+                        let home = self.fabric.home(idx as u32);
+                        if home == usize::from(self.id) {
+                            self.free.push(idx as u32);
+                        } else {
+                            let _ = self.fabric.returns[home].push(idx as u32);
+                        }
                     }
                     _ => slot.counters.bad_descriptors += 1,
                 }
@@ -480,10 +648,72 @@ impl Worker {
         }
     }
 
+    /// Queues the frames other workers handed over on this worker's transmit rings; returns
+    /// how many it took.
+    fn drain_inbox(&mut self) -> usize {
+        let me = usize::from(self.id);
+        let mut n = 0;
+        while n < 4 * BATCH_SIZE {
+            let Some(h) = self.fabric.inbox[me].pop() else {
+                break;
+            };
+            n += 1;
+            let ok = usize::from(h.off) + usize::from(h.len) <= FRAME_SIZE && h.len > 0;
+            let tx_cap = self.tx_cap;
+            let Some(dst) = self
+                .slots
+                .get_mut(usize::from(h.slot))
+                .and_then(Option::as_mut)
+                .filter(|_| ok)
+            else {
+                self.tx_no_socket += 1;
+                self.give_back(h.frame);
+                continue;
+            };
+            let tx = &mut dst.port.sock.tx;
+            if tx.free(dst.pending + 1) <= dst.pending
+                || (tx.used() + dst.pending >= tx_cap && tx.in_flight() + dst.pending >= tx_cap)
+            {
+                dst.counters.tx_ring_full += 1;
+                self.give_back(h.frame);
+                continue;
+            }
+            tx.write(
+                dst.pending,
+                libc::xdp_desc {
+                    addr: u64::from(h.frame) * FRAME_SIZE as u64 + u64::from(h.off),
+                    len: u32::from(h.len),
+                    options: 0,
+                },
+            );
+            if dst.pending == 0 {
+                self.touched.push(h.slot);
+            }
+            dst.pending += 1;
+            self.owner[h.frame as usize] = h.slot + 1;
+        }
+        for k in 0..self.touched.len() {
+            let t = self.touched[k];
+            let Some(s) = self.slots[usize::from(t)].as_mut() else {
+                continue;
+            };
+            s.port.sock.tx.submit(s.pending);
+            s.counters.tx += u64::from(s.pending);
+            s.pending = 0;
+            if (s.port.sock.tx.needs_wakeup() || s.port.sock.mode == Mode::Copy)
+                && s.port.sock.kick_tx().is_err()
+            {
+                self.gone.push(t);
+            }
+        }
+        self.touched.clear();
+        n
+    }
+
     /// Receives and decides up to one batch on slot `si`; returns the frames received.
     fn rx_batch(&mut self, si: usize) -> usize {
         let Worker {
-            umem,
+            fabric,
             slots,
             owner,
             free,
@@ -491,14 +721,18 @@ impl Worker {
             snap,
             port_to_slot,
             slot_to_port,
+            slot_worker,
             storage,
             touched,
             gone,
             tx_cap,
             tx_no_socket,
             kernel_undeliverable,
+            handoff_full,
+            handed_off,
             ..
         } = self;
+        let umem = &fabric.umem;
         let Some(slot) = slots[si].as_mut() else {
             return 0;
         };
@@ -565,6 +799,7 @@ impl Worker {
         let m = kept;
         let mut verdicts = [Verdict::default(); BATCH_SIZE];
         let mut slot_bad = 0u64;
+        let mut wake_mask = 0u64;
         pipeline.process(snap, &mut pkts, &mut verdicts[..m]);
         for k in 0..m {
             let idx = frames[k];
@@ -572,8 +807,29 @@ impl Worker {
                 Verdict::Transmit(p) => {
                     let to = port_to_slot.get(p.0 as usize).copied().unwrap_or(NO_SLOT);
                     let Some(dst) = slots.get_mut(to as usize).and_then(Option::as_mut) else {
-                        *tx_no_socket += 1;
-                        free.push(idx);
+                        // Another worker's port: hand the frame over by index.
+                        let w = slot_worker.get(to as usize).copied().unwrap_or(NO_SLOT);
+                        let pkt = &pkts[k];
+                        let h = Handoff {
+                            frame: idx,
+                            off: pkt.offset() as u16,
+                            len: pkt.len() as u16,
+                            slot: to,
+                        };
+                        match fabric.inbox.get(usize::from(w)).map(|q| q.push(h)) {
+                            Some(Ok(())) => {
+                                *handed_off += 1;
+                                wake_mask |= 1u64 << (w % 64);
+                            }
+                            Some(Err(_)) => {
+                                *handoff_full += 1;
+                                free.push(idx);
+                            }
+                            None => {
+                                *tx_no_socket += 1;
+                                free.push(idx);
+                            }
+                        }
                         continue;
                     };
                     let tx = &mut dst.port.sock.tx;
@@ -619,6 +875,11 @@ impl Worker {
         if let Some(s) = slots[si].as_mut() {
             s.counters.bad_descriptors += slot_bad;
         }
+        while wake_mask != 0 {
+            let w = wake_mask.trailing_zeros() as usize;
+            wake_mask &= wake_mask - 1;
+            fabric.wake(w);
+        }
         for t in touched.drain(..) {
             let Some(s) = slots[t as usize].as_mut() else {
                 continue;
@@ -659,6 +920,8 @@ impl Worker {
         r.kernel_undeliverable = self.kernel_undeliverable;
         r.free_frames = self.free.len();
         r.ports_gone = self.ports_gone;
+        r.handoff_full = self.handoff_full;
+        r.handed_off = self.handed_off;
     }
 }
 

@@ -90,6 +90,10 @@ impl Drop for Mapping {
 // SAFETY: the mapping is plain memory; its owner decides who touches it.
 unsafe impl Send for Mapping {}
 
+// SAFETY: shared access goes only through `Umem::frame`, whose contract makes the caller the
+// frame's only user (the workers' ownership protocol); the rings are never shared.
+unsafe impl Sync for Mapping {}
+
 /// The frames every socket of a worker shares.
 #[derive(Debug)]
 pub struct Umem {
@@ -570,6 +574,44 @@ pub fn poll_readable(fds: &mut [libc::pollfd], timeout_ms: i32) {
     // SAFETY: `fds` is a live, correctly sized array of pollfd.
     let r = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
     let _ = r;
+}
+
+/// An eventfd: one thread wakes another that sleeps in `poll(2)`.
+#[derive(Debug)]
+pub struct EventFd(OwnedFd);
+
+impl EventFd {
+    /// A new non-blocking eventfd.
+    pub fn new() -> io::Result<EventFd> {
+        // SAFETY: plain eventfd(2) call; the fd is owned right below.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` is a fresh descriptor nobody else owns.
+        Ok(EventFd(unsafe { OwnedFd::from_raw_fd(fd) }))
+    }
+
+    /// The descriptor, for poll.
+    pub fn fd(&self) -> RawFd {
+        self.0.as_raw_fd()
+    }
+
+    /// Wakes the poller (a full counter only means it is already awake).
+    pub fn signal(&self) {
+        let one: u64 = 1;
+        // SAFETY: writes the 8 bytes of `one`, which lives for the call.
+        let r = unsafe { libc::write(self.fd(), (&one as *const u64).cast(), 8) };
+        let _ = r;
+    }
+
+    /// Clears pending wakeups.
+    pub fn drain(&self) {
+        let mut v: u64 = 0;
+        // SAFETY: reads at most 8 bytes into `v`, which lives for the call.
+        let r = unsafe { libc::read(self.fd(), (&mut v as *mut u64).cast(), 8) };
+        let _ = r;
+    }
 }
 
 /// Sleeps about `d` (a few microseconds late at most: the thread's timer slack is set to 1 µs

@@ -143,6 +143,11 @@ impl Topo {
 
     /// Starts switchd for node `n` with `state`; waits until it forwards.
     fn switchd(&mut self, n: u8, state: &Path) -> usize {
+        self.switchd_with(n, state, &[])
+    }
+
+    /// Starts switchd for node `n` with `state` and extra arguments.
+    fn switchd_with(&mut self, n: u8, state: &Path, extra: &[&str]) -> usize {
         let stats = self.dir.path().join(format!("n{n}.json"));
         let log = self.dir.path().join(format!("n{n}.log"));
         let _ = std::fs::remove_file(&stats);
@@ -153,6 +158,7 @@ impl Topo {
             .arg(state)
             .arg("--stats")
             .arg(&stats)
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("log"))
             .spawn()
@@ -669,4 +675,41 @@ fn pods_come_and_go_without_disturbing_others() {
     let log = std::fs::read_to_string(&t.daemons[i].log).unwrap();
     assert!(log.contains("ports added [veth-e]"), "{log}");
     assert!(log.contains("removed [veth-e]"), "{log}");
+}
+
+/// Two workers on node1 (`--cores 0,1`): ports are split between them and frames cross from
+/// one to the other by handoff; every path still works and nothing is lost.
+#[test]
+fn two_workers_share_the_ports() {
+    if skip_unless_root("the switchd namespace tests") {
+        return;
+    }
+    let mut t = Topo::up(["switch", "switch"]);
+    t.switchd_with(1, &state(1), &["--cores", "0,1"]);
+    t.switchd(2, &state(2));
+    t.serve("b", "tcp", 8080);
+    t.serve("d", "tcp", 8080);
+    t.serve("c", "udp", 5353);
+    t.wait_listening("b", 8080);
+    t.wait_listening("d", 8080);
+    t.wait_listening("c", 5353);
+    assert!(t.ping("a", "10.244.1.3", &[]));
+    assert!(t.ping("a", "10.244.2.3", &[]));
+    assert!(t.ping("n1", "10.244.2.3", &[]));
+    t.echo("a", "tcp", "10.244.1.3", 8080, 60_000);
+    t.echo("a", "tcp", "10.244.2.3", 8080, 60_000);
+    for _ in 0..4 {
+        t.echo("a", "tcp", "10.96.0.10", 80, 60_000);
+    }
+    t.echo("a", "udp", "10.96.0.53", 53, 512);
+    t.echo("ext", "tcp", "198.18.0.1", 30080, 60_000);
+    let s = t.stats(1);
+    assert_eq!(s["workers"], 2);
+    assert!(
+        s["handed_off"].as_u64().unwrap() > 0,
+        "frames crossed workers"
+    );
+    assert_eq!(drops(&s), vec![], "node1 dropped nothing");
+    let log = std::fs::read_to_string(&t.daemons[0].log).unwrap();
+    assert!(log.contains("worker 1"), "{log}");
 }
