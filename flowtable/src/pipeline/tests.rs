@@ -652,3 +652,104 @@ fn no_icmp_error_about_broadcasts() {
         Verdict::Drop(DropReason::TtlExceeded)
     );
 }
+
+const HOST_MAC: [u8; 6] = [2, 0, 0xc6, 0x12, 1, 1];
+const HOST_IP: [u8; 4] = [10, 244, 1, 0];
+
+/// node1 with a host port "nsw0" (port 3) for the node's kernel.
+fn snap_with_host() -> Snapshot {
+    let mut st = StateFile::parse(STATE).unwrap();
+    st.node.host_port = Some("nsw0".into());
+    st.node.host_mac = Some(MacAddr(HOST_MAC));
+    Snapshot::build(&st, 1).unwrap()
+}
+
+#[test]
+fn host_port_carries_the_nodes_own_traffic() {
+    let s = snap_with_host();
+    let host = s.port_id("nsw0").unwrap();
+    assert_eq!(s.host().unwrap().ip, Ipv4Addr::from(HOST_IP));
+    // The node -> a remote pod: encapsulated like a pod's packet, source the host address.
+    let f = udp_frame(HOST_MAC, GW_MAC, HOST_IP, REMOTE_POD, 64, b"kubelet probe");
+    let (v, out, c) = run(&s, &f, host);
+    assert_eq!(v, Verdict::Transmit(PortId::UPLINK));
+    assert_eq!(c.actions(Action::Encapsulated), 1);
+    assert_eq!(&out[50 + 14 + 12..50 + 14 + 16], &HOST_IP);
+    // A remote pod's answer to the host address, and a packet for the node's IP: both to the
+    // host port, MACs rewritten, TTL - 1.
+    for dst in [HOST_IP, NODE1] {
+        let inner = udp_frame(VTEP2, VTEP1, REMOTE_POD, dst, 63, b"answer");
+        let (v, out, c) = run(&s, &vxlan_from_node2(&inner, 1, NODE2), PortId::UPLINK);
+        assert_eq!(v, Verdict::Transmit(host), "to {dst:?}");
+        assert_eq!(c.actions(Action::DeliveredLocal), 1);
+        assert_eq!(&out[..6], &HOST_MAC);
+        assert_eq!(&out[6..12], &GW_MAC);
+        assert_eq!(out[14 + 8], 62);
+    }
+    // A local pod -> the node's IP also goes through the switch to the host port.
+    let f = udp_frame(MAC_A, GW_MAC, POD_A, NODE1, 64, b"to my node");
+    assert_eq!(run(&s, &f, PORT_A).0, Verdict::Transmit(host));
+    // The host port's ARP for a pod is answered by the switch (proxy ARP).
+    let (v, _, _) = run(&s, &arp_request(HOST_MAC, HOST_IP, REMOTE_POD), host);
+    assert_eq!(v, Verdict::Transmit(host));
+}
+
+#[test]
+fn host_port_is_anti_spoofed_and_not_a_pod_address() {
+    let s = snap_with_host();
+    let host = s.port_id("nsw0").unwrap();
+    // The host port may only send as the host address with the host MAC.
+    for f in [
+        udp_frame(HOST_MAC, GW_MAC, NODE1, REMOTE_POD, 64, b"x"),
+        udp_frame(HOST_MAC, GW_MAC, POD_A, REMOTE_POD, 64, b"x"),
+        udp_frame(MAC_A, GW_MAC, HOST_IP, REMOTE_POD, 64, b"x"),
+    ] {
+        assert_eq!(
+            run(&s, &f, host).0,
+            Verdict::Drop(DropReason::SpoofedSource)
+        );
+    }
+    // A pod cannot claim the host address either.
+    let f = udp_frame(MAC_A, GW_MAC, HOST_IP, POD_B, 64, b"x");
+    assert_eq!(
+        run(&s, &f, PORT_A).0,
+        Verdict::Drop(DropReason::SpoofedSource)
+    );
+    // Without a host port, the node's IP stays the kernel's.
+    let f = udp_frame(MAC_A, GW_MAC, POD_A, NODE1, 64, b"x");
+    assert_eq!(run(&snap(), &f, PORT_A).0, Verdict::Kernel);
+}
+
+#[test]
+fn host_port_configuration_is_validated() {
+    let cases: [(Option<&str>, Option<[u8; 6]>, &str); 5] = [
+        (
+            Some("nsw0"),
+            None,
+            "node.host_mac: is required with host_port",
+        ),
+        (
+            None,
+            Some(HOST_MAC),
+            "node.host_port: is required with host_mac",
+        ),
+        (
+            Some("veth-a"),
+            Some(HOST_MAC),
+            "node.host_port: 'veth-a' is already used by pods[0]",
+        ),
+        (
+            Some("nsw0"),
+            Some(GW_MAC),
+            "node.host_mac: is the gateway's MAC",
+        ),
+        (Some("nsw0"), Some(MAC_B), "is also the MAC of pods[1]"),
+    ];
+    for (port, mac, want) in cases {
+        let mut st = StateFile::parse(STATE).unwrap();
+        st.node.host_port = port.map(String::from);
+        st.node.host_mac = mac.map(MacAddr);
+        let e = Snapshot::build(&st, 1).unwrap_err().to_string();
+        assert!(e.contains(want), "{e:?} should contain {want:?}");
+    }
+}
