@@ -228,6 +228,62 @@ struct Slot {
     counters: PortCounters,
 }
 
+impl Slot {
+    /// Writes a transmit descriptor for `len` bytes at `off` in `frame` (submitted with the
+    /// others of the batch by [`submit_touched`]). False if the ring is full or the port
+    /// already holds `cap` frames (a port that does not drain, because its peer is down or
+    /// slower than its senders, cannot starve the others of frames); the frame is then the
+    /// caller's to free.
+    fn enqueue(
+        &mut self,
+        slot: u16,
+        frame: u32,
+        off: usize,
+        len: usize,
+        cap: u32,
+        touched: &mut Vec<u16>,
+    ) -> bool {
+        let tx = &mut self.port.sock.tx;
+        if tx.free(self.pending + 1) <= self.pending
+            || (tx.used() + self.pending >= cap && tx.in_flight() + self.pending >= cap)
+        {
+            self.counters.tx_ring_full += 1;
+            return false;
+        }
+        tx.write(
+            self.pending,
+            libc::xdp_desc {
+                addr: u64::from(frame) * FRAME_SIZE as u64 + off as u64,
+                len: len as u32,
+                options: 0,
+            },
+        );
+        if self.pending == 0 {
+            touched.push(slot);
+        }
+        self.pending += 1;
+        true
+    }
+}
+
+/// Publishes the descriptors written to each touched port and wakes the kernel (one syscall
+/// per port per batch); a port whose socket turned out unbound goes to `gone`.
+fn submit_touched(slots: &mut [Option<Slot>], touched: &mut Vec<u16>, gone: &mut Vec<u16>) {
+    for t in touched.drain(..) {
+        let Some(s) = slots.get_mut(usize::from(t)).and_then(Option::as_mut) else {
+            continue;
+        };
+        s.port.sock.tx.submit(s.pending);
+        s.counters.tx += u64::from(s.pending);
+        s.pending = 0;
+        if (s.port.sock.tx.needs_wakeup() || s.port.sock.mode == Mode::Copy)
+            && s.port.sock.kick_tx().is_err()
+        {
+            gone.push(t);
+        }
+    }
+}
+
 /// The worker: construct with [`Worker::new`], then [`Worker::run`] on its own thread.
 pub struct Worker {
     fabric: Arc<Fabric>,
@@ -670,43 +726,14 @@ impl Worker {
                 self.give_back(h.frame);
                 continue;
             };
-            let tx = &mut dst.port.sock.tx;
-            if tx.free(dst.pending + 1) <= dst.pending
-                || (tx.used() + dst.pending >= tx_cap && tx.in_flight() + dst.pending >= tx_cap)
-            {
-                dst.counters.tx_ring_full += 1;
+            let (off, len) = (usize::from(h.off), usize::from(h.len));
+            if dst.enqueue(h.slot, h.frame, off, len, tx_cap, &mut self.touched) {
+                self.owner[h.frame as usize] = h.slot + 1;
+            } else {
                 self.give_back(h.frame);
-                continue;
-            }
-            tx.write(
-                dst.pending,
-                libc::xdp_desc {
-                    addr: u64::from(h.frame) * FRAME_SIZE as u64 + u64::from(h.off),
-                    len: u32::from(h.len),
-                    options: 0,
-                },
-            );
-            if dst.pending == 0 {
-                self.touched.push(h.slot);
-            }
-            dst.pending += 1;
-            self.owner[h.frame as usize] = h.slot + 1;
-        }
-        for k in 0..self.touched.len() {
-            let t = self.touched[k];
-            let Some(s) = self.slots[usize::from(t)].as_mut() else {
-                continue;
-            };
-            s.port.sock.tx.submit(s.pending);
-            s.counters.tx += u64::from(s.pending);
-            s.pending = 0;
-            if (s.port.sock.tx.needs_wakeup() || s.port.sock.mode == Mode::Copy)
-                && s.port.sock.kick_tx().is_err()
-            {
-                self.gone.push(t);
             }
         }
-        self.touched.clear();
+        submit_touched(&mut self.slots, &mut self.touched, &mut self.gone);
         n
     }
 
@@ -832,36 +859,16 @@ impl Worker {
                         }
                         continue;
                     };
-                    let tx = &mut dst.port.sock.tx;
                     let pkt = &pkts[k];
                     if pkt.is_empty() || pkt.offset() + pkt.len() > FRAME_SIZE {
                         slot_bad += 1;
                         free.push(idx);
                         continue;
                     }
-                    // A port that does not drain (its peer is down, or slower than its
-                    // senders) may hold at most `tx_cap` frames, so it cannot starve the
-                    // others of frames.
-                    if tx.free(dst.pending + 1) <= dst.pending
-                        || (tx.used() + dst.pending >= *tx_cap
-                            && tx.in_flight() + dst.pending >= *tx_cap)
-                    {
-                        dst.counters.tx_ring_full += 1;
+                    if !dst.enqueue(to, idx, pkt.offset(), pkt.len(), *tx_cap, touched) {
                         free.push(idx);
                         continue;
                     }
-                    tx.write(
-                        dst.pending,
-                        libc::xdp_desc {
-                            addr: idx as u64 * FRAME_SIZE as u64 + pkt.offset() as u64,
-                            len: pkt.len() as u32,
-                            options: 0,
-                        },
-                    );
-                    if dst.pending == 0 {
-                        touched.push(to);
-                    }
-                    dst.pending += 1;
                     owner[idx as usize] = to + 1;
                 }
                 Verdict::Kernel => {
@@ -880,21 +887,7 @@ impl Worker {
             wake_mask &= wake_mask - 1;
             fabric.wake(w);
         }
-        for t in touched.drain(..) {
-            let Some(s) = slots[t as usize].as_mut() else {
-                continue;
-            };
-            {
-                s.port.sock.tx.submit(s.pending);
-                s.counters.tx += u64::from(s.pending);
-                s.pending = 0;
-                if (s.port.sock.tx.needs_wakeup() || s.port.sock.mode == Mode::Copy)
-                    && s.port.sock.kick_tx().is_err()
-                {
-                    gone.push(t);
-                }
-            }
-        }
+        submit_touched(slots, touched, gone);
         n as usize
     }
 

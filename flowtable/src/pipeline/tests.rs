@@ -722,7 +722,8 @@ fn host_port_is_anti_spoofed_and_not_a_pod_address() {
 
 #[test]
 fn host_port_configuration_is_validated() {
-    let cases: [(Option<&str>, Option<[u8; 6]>, &str); 5] = [
+    type Case = (Option<&'static str>, Option<[u8; 6]>, &'static str);
+    let cases: [Case; 5] = [
         (
             Some("nsw0"),
             None,
