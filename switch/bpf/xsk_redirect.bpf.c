@@ -113,10 +113,11 @@ int nodeswitch_xdp(struct xdp_md *ctx)
 	if (!cfg)
 		return count(STAT_UNKNOWN_PORT, XDP_PASS);
 	/* The switch binds one socket per port, on queue 0: a frame on any other receive queue
-	 * could not be delivered to it, so it stays with the kernel (multi-queue uplinks: use
-	 * one combined channel, ethtool -L IF combined 1). */
+	 * could not be delivered to it. On the uplink it stays with the kernel (multi-queue
+	 * uplinks: use one combined channel, ethtool -L IF combined 1); from a pod it is dropped,
+	 * never handed to the kernel past anti-spoofing and Service NAT. */
 	if (ctx->rx_queue_index != 0)
-		return count(STAT_OTHER_QUEUE, XDP_PASS);
+		return count(STAT_OTHER_QUEUE, cfg->role == ROLE_POD ? XDP_DROP : XDP_PASS);
 	struct node_cfg *n = bpf_map_lookup_elem(&node, &zero);
 	if (!n)
 		return count(STAT_PASSED, XDP_PASS);

@@ -166,6 +166,23 @@ struct Running {
     fabric: Arc<Fabric>,
 }
 
+/// Points the XDP program's pod -> node traffic at the host port while the current state has
+/// one and its interface is attached and present; at the kernel otherwise.
+fn update_host_ready(run: &mut Running) {
+    let snap = run.cell.load();
+    let ready = snap.host().is_some_and(|h| {
+        let name = snap.port_name(h.port).unwrap_or_default();
+        run.links.contains_key(name)
+            && run
+                .ports
+                .get(name)
+                .is_some_and(|(_, ifindex)| xsk::ifindex_exists(*ifindex))
+    });
+    if let Err(e) = run.xdp.set_host_ready(ready) {
+        log(format!("host port: {e}"));
+    }
+}
+
 /// The worker that serves slot `slot`: the uplink (slot 0) on worker 0, pods spread evenly.
 fn worker_for(slot: u16, workers: usize) -> usize {
     usize::from(slot) % workers.max(1)
@@ -269,6 +286,7 @@ pub fn run(cfg: &Config) -> Result<(), DaemonError> {
             name: name.clone(),
             ifindex: *ifindex,
             slot: slot as u16,
+            epoch: 0,
             sock,
         });
     }
@@ -278,6 +296,11 @@ pub fn run(cfg: &Config) -> Result<(), DaemonError> {
     let cell = Arc::new(SnapshotCell::new(snap));
     let stop = Arc::new(AtomicBool::new(false));
     let n_workers = cfg.cores.len().max(1);
+    if n_workers > 64 {
+        return Err(DaemonError::Worker(format!(
+            "{n_workers} cores given: at most 64 workers are supported"
+        )));
+    }
     let fabric = Fabric::new(umem, n_workers).map_err(DaemonError::Thread)?;
     let mut workers = Vec::new();
     let mut cmds = Vec::new();
@@ -313,18 +336,25 @@ pub fn run(cfg: &Config) -> Result<(), DaemonError> {
             *role,
             w,
         ));
-        fabric.set_port(&p.name, p.slot, w as u16);
+        let mut p = p;
+        p.epoch = fabric.set_port(&p.name, p.slot, w as u16);
         pending.insert(p.name.clone(), p);
     }
     // Ports are added once every worker knows every port's slot.
     let mut links = HashMap::new();
     let mut ports = HashMap::new();
     let mut pending_ports = pending;
-    for (name, slot, ifindex, fd, mode, role, w) in &bound {
+    for (name, _, _, _, _, _, w) in &bound {
         if let Some(p) = pending_ports.remove(name) {
-            // Fills the port's fill ring: it can receive from the moment it is attached.
             workers[*w].add(p);
         }
+    }
+    // Every fill ring filled (shares computed over all ports): a port can receive from the
+    // moment it is attached.
+    for w in workers.iter_mut() {
+        w.prefill();
+    }
+    for (name, slot, ifindex, fd, mode, role, w) in &bound {
         xdp.set_socket(u32::from(*slot), *fd)?;
         xdp.set_port(*ifindex, u32::from(*slot), *role)?;
         links.insert(name.clone(), xdp.attach(*ifindex)?);
@@ -380,6 +410,7 @@ pub fn run(cfg: &Config) -> Result<(), DaemonError> {
         cmds,
         fabric,
     };
+    update_host_ready(&mut run);
     let start = Instant::now();
     let mut last_stats = Instant::now();
     let mut failure = None;
@@ -396,6 +427,7 @@ pub fn run(cfg: &Config) -> Result<(), DaemonError> {
             }
         }
         if last_stats.elapsed() >= Duration::from_millis(500) {
+            update_host_ready(&mut run);
             if let Some(path) = &cfg.stats {
                 write_stats(path, &run, &reports, &ct, start);
             }
@@ -477,6 +509,7 @@ fn reload(run: &mut Running, path: &Path) -> Result<String, DaemonError> {
             name: name.clone(),
             ifindex: *ifindex,
             slot,
+            epoch: 0,
             sock,
         });
     }
@@ -486,13 +519,16 @@ fn reload(run: &mut Running, path: &Path) -> Result<String, DaemonError> {
         return Err(e.into());
     }
     let mut done: Vec<(String, u16, u32)> = Vec::new();
+    let mut new_links = Vec::new();
     let mut failed = None;
-    for p in new_ports {
+    for mut p in new_ports {
         let (name, slot, ifindex, fd) = (p.name.clone(), p.slot, p.ifindex, p.sock.fd());
-        // The worker fills the port's fill ring before the program can send it anything.
         let w = worker_for(slot, run.cmds.len());
-        run.fabric.set_port(&name, slot, w as u16);
-        let _ = run.cmds[w].send(Command::Add(Box::new(p)));
+        p.epoch = run.fabric.set_port(&name, slot, w as u16);
+        // The worker fills the port's fill ring before the program can send it anything.
+        let (ack, acked) = std::sync::mpsc::sync_channel(1);
+        let _ = run.cmds[w].send(Command::Add(Box::new(p), Some(ack)));
+        let _ = acked.recv_timeout(Duration::from_millis(500));
         done.push((name.clone(), slot, ifindex));
         let step = run
             .xdp
@@ -500,9 +536,7 @@ fn reload(run: &mut Running, path: &Path) -> Result<String, DaemonError> {
             .and_then(|()| run.xdp.set_port(ifindex, u32::from(slot), Role::Pod))
             .and_then(|()| run.xdp.attach(ifindex));
         match step {
-            Ok(link) => {
-                run.links.insert(name.clone(), link);
-            }
+            Ok(link) => new_links.push((name.clone(), link)),
             Err(e) => {
                 failed = Some(e);
                 break;
@@ -510,24 +544,35 @@ fn reload(run: &mut Running, path: &Path) -> Result<String, DaemonError> {
         }
     }
     if let Some(e) = failed {
+        drop(new_links);
         for (name, slot, ifindex) in done {
-            run.links.remove(&name);
             run.xdp.remove_port(ifindex);
             run.xdp.remove_socket(u32::from(slot));
-            run.fabric.remove_port(&name);
+            run.fabric.remove_port_if(&name, slot);
+            // A re-created interface's old port is still live: point the table back at it.
+            if let Some((_, old_slot, _)) = removed.iter().find(|r| r.0 == name) {
+                let w = worker_for(*old_slot, run.cmds.len());
+                run.fabric.set_port(&name, *old_slot, w as u16);
+            }
             let _ = run.cmds[worker_for(slot, run.cmds.len())].send(Command::Remove(slot));
         }
         let _ = run.xdp.configure(&cur);
         return Err(e.into());
     }
-    // Removed ports: back to the kernel, then the worker closes the socket.
+    // Removed ports: back to the kernel, then the worker closes the socket. (A re-created
+    // interface keeps its name: only the old slot and ifindex go.)
     for (name, slot, ifindex) in &removed {
-        run.links.remove(name);
         run.xdp.remove_port(*ifindex);
         run.xdp.remove_socket(u32::from(*slot));
-        run.ports.remove(name);
-        run.fabric.remove_port(name);
+        if !done.iter().any(|d| &d.0 == name) {
+            run.links.remove(name);
+            run.ports.remove(name);
+        }
+        run.fabric.remove_port_if(name, *slot);
         let _ = run.cmds[worker_for(*slot, run.cmds.len())].send(Command::Remove(*slot));
+    }
+    for (name, link) in new_links {
+        run.links.insert(name, link);
     }
     let mut names = Vec::new();
     for (name, slot, ifindex) in done {
@@ -535,6 +580,7 @@ fn reload(run: &mut Running, path: &Path) -> Result<String, DaemonError> {
         names.push(name);
     }
     let generation = run.cell.publish(next);
+    update_host_ready(run);
     Ok(format!(
         "reloaded {}: generation {generation}, ports added [{}], removed [{}]",
         path.display(),

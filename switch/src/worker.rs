@@ -56,6 +56,7 @@ struct Handoff {
     off: u16,
     len: u16,
     slot: u16,
+    epoch: u64,
 }
 
 /// What the workers share: the UMEM, which worker serves which port, and the lock-free queues
@@ -64,8 +65,9 @@ struct Handoff {
 pub struct Fabric {
     umem: Umem,
     per_worker: u32,
-    ports: Mutex<HashMap<String, (u16, u16)>>,
+    ports: Mutex<HashMap<String, (u16, u16, u64)>>,
     ports_version: AtomicU64,
+    next_epoch: AtomicU64,
     inbox: Vec<ArrayQueue<Handoff>>,
     returns: Vec<ArrayQueue<u32>>,
     /// Per worker: set while it sleeps in poll; then a handoff must wake it.
@@ -87,6 +89,7 @@ impl Fabric {
             per_worker: frames / workers as u32,
             ports: Mutex::new(HashMap::new()),
             ports_version: AtomicU64::new(0),
+            next_epoch: AtomicU64::new(1),
             inbox: (0..workers).map(|_| ArrayQueue::new(4096)).collect(),
             // A worker's returns can never exceed the frames there are: never full.
             returns: (0..workers)
@@ -108,18 +111,22 @@ impl Fabric {
         self.inbox.len()
     }
 
-    /// Records that port `name` is served by `worker` in `slot`.
-    pub fn set_port(&self, name: &str, slot: u16, worker: u16) {
+    /// Records that port `name` is served by `worker` in `slot`; returns the port's epoch.
+    pub fn set_port(&self, name: &str, slot: u16, worker: u16) -> u64 {
+        let epoch = self.next_epoch.fetch_add(1, Ordering::Relaxed);
         if let Ok(mut p) = self.ports.lock() {
-            p.insert(name.to_string(), (slot, worker));
+            p.insert(name.to_string(), (slot, worker, epoch));
         }
         self.ports_version.fetch_add(1, Ordering::Release);
+        epoch
     }
 
-    /// Forgets port `name`.
-    pub fn remove_port(&self, name: &str) {
+    /// Forgets port `name` if it is still the one in `slot`.
+    pub fn remove_port_if(&self, name: &str, slot: u16) {
         if let Ok(mut p) = self.ports.lock() {
-            p.remove(name);
+            if p.get(name).is_some_and(|e| e.0 == slot) {
+                p.remove(name);
+            }
         }
         self.ports_version.fetch_add(1, Ordering::Release);
     }
@@ -159,6 +166,9 @@ pub struct Port {
     pub ifindex: u32,
     /// XSKMAP slot; also the port's index in the worker.
     pub slot: u16,
+    /// Which incarnation of the slot this is (from [`Fabric::set_port`]): a frame handed over
+    /// for an earlier port in the same slot is not sent to this one.
+    pub epoch: u64,
     /// The bound socket.
     pub sock: Socket,
 }
@@ -166,8 +176,8 @@ pub struct Port {
 /// What the control thread tells a worker.
 #[derive(Debug)]
 pub enum Command {
-    /// Serve a new port.
-    Add(Box<Port>),
+    /// Serve a new port; acknowledge once its fill ring is filled.
+    Add(Box<Port>, Option<std::sync::mpsc::SyncSender<()>>),
     /// Stop serving the port in this slot and close its socket.
     Remove(u16),
 }
@@ -289,8 +299,12 @@ pub struct Worker {
     fabric: Arc<Fabric>,
     id: u16,
     seen_ports: u64,
-    /// Per slot (all workers'): the worker serving it, or NO_WORKER.
+    /// Per slot (all workers'): the worker serving it, or NO_SLOT.
     slot_worker: Vec<u16>,
+    /// Per slot: the epoch of the port in it, as last remapped.
+    slot_epoch: Vec<u64>,
+    /// Handoffs of the current batch, pushed once the batch's packets are gone.
+    outbox: Vec<(u16, Handoff)>,
     handoff_full: u64,
     handed_off: u64,
     slots: Vec<Option<Slot>>,
@@ -354,6 +368,8 @@ impl Worker {
             id,
             seen_ports: u64::MAX,
             slot_worker: vec![NO_SLOT; MAX_PORTS],
+            slot_epoch: vec![0; MAX_PORTS],
+            outbox: Vec::with_capacity(BATCH_SIZE),
             handoff_full: 0,
             handed_off: 0,
             fabric,
@@ -402,6 +418,10 @@ impl Worker {
             counters,
         });
         self.remap();
+    }
+
+    /// Fills every port's fill ring (after the initial ports are added).
+    pub fn prefill(&mut self) {
         self.refill();
     }
 
@@ -429,6 +449,7 @@ impl Worker {
         } else {
             // Capacity is the number of frames: cannot be full.
             let _ = self.fabric.returns[home].push(frame);
+            self.fabric.wake(home);
         }
     }
 
@@ -494,10 +515,11 @@ impl Worker {
         }
         if let Ok(table) = self.fabric.ports.lock() {
             for (i, name) in ports.iter().enumerate() {
-                if let Some(&(slot, worker)) = table.get(name) {
+                if let Some(&(slot, worker, epoch)) = table.get(name) {
                     if usize::from(slot) < MAX_PORTS {
                         self.port_to_slot[i] = slot;
                         self.slot_worker[usize::from(slot)] = worker;
+                        self.slot_epoch[usize::from(slot)] = epoch;
                     }
                 }
             }
@@ -547,7 +569,13 @@ impl Worker {
             }
             while let Ok(cmd) = self.cmds.try_recv() {
                 match cmd {
-                    Command::Add(p) => self.add(*p),
+                    Command::Add(p, ack) => {
+                        self.add(*p);
+                        self.refill();
+                        if let Some(ack) = ack {
+                            let _ = ack.try_send(());
+                        }
+                    }
                     Command::Remove(s) => self.remove(s),
                 }
             }
@@ -631,7 +659,7 @@ impl Worker {
                     // Announce the sleep, then look once more: a handoff pushed before the
                     // flag was visible is seen here, one pushed after it signals the eventfd.
                     self.fabric.sleeping[me].store(true, Ordering::SeqCst);
-                    if self.fabric.inbox[me].is_empty() {
+                    if self.fabric.inbox[me].is_empty() && self.fabric.returns[me].is_empty() {
                         xsk::poll_readable(&mut self.pollfds, 10);
                     }
                     self.fabric.sleeping[me].store(false, Ordering::SeqCst);
@@ -662,6 +690,7 @@ impl Worker {
                             self.free.push(idx as u32);
                         } else {
                             let _ = self.fabric.returns[home].push(idx as u32);
+                            self.fabric.wake(home);
                         }
                     }
                     _ => slot.counters.bad_descriptors += 1,
@@ -685,7 +714,7 @@ impl Worker {
             return;
         };
         let want = self.fill_target.saturating_sub(slot.filled);
-        if want < BATCH_SIZE as u32 / 2 && slot.filled > 0 {
+        if want < (BATCH_SIZE as u32 / 2).min(self.fill_target / 2) && slot.filled > 0 {
             return;
         }
         let fill = &mut slot.port.sock.fill;
@@ -715,12 +744,13 @@ impl Worker {
             };
             n += 1;
             let ok = usize::from(h.off) + usize::from(h.len) <= FRAME_SIZE && h.len > 0;
+            let epoch_ok = |d: &Slot| d.port.epoch == h.epoch;
             let tx_cap = self.tx_cap;
             let Some(dst) = self
                 .slots
                 .get_mut(usize::from(h.slot))
                 .and_then(Option::as_mut)
-                .filter(|_| ok)
+                .filter(|d| ok && epoch_ok(d))
             else {
                 self.tx_no_socket += 1;
                 self.give_back(h.frame);
@@ -749,6 +779,8 @@ impl Worker {
             port_to_slot,
             slot_to_port,
             slot_worker,
+            slot_epoch,
+            outbox,
             storage,
             touched,
             gone,
@@ -835,28 +867,24 @@ impl Worker {
                     let to = port_to_slot.get(p.0 as usize).copied().unwrap_or(NO_SLOT);
                     let Some(dst) = slots.get_mut(to as usize).and_then(Option::as_mut) else {
                         // Another worker's port: hand the frame over by index.
+                        // (Pushed after the batch, once no slice of the frame is left here.)
                         let w = slot_worker.get(to as usize).copied().unwrap_or(NO_SLOT);
                         let pkt = &pkts[k];
-                        let h = Handoff {
-                            frame: idx,
-                            off: pkt.offset() as u16,
-                            len: pkt.len() as u16,
-                            slot: to,
-                        };
-                        match fabric.inbox.get(usize::from(w)).map(|q| q.push(h)) {
-                            Some(Ok(())) => {
-                                *handed_off += 1;
-                                wake_mask |= 1u64 << (w % 64);
-                            }
-                            Some(Err(_)) => {
-                                *handoff_full += 1;
-                                free.push(idx);
-                            }
-                            None => {
-                                *tx_no_socket += 1;
-                                free.push(idx);
-                            }
+                        if usize::from(w) >= fabric.inbox.len() {
+                            *tx_no_socket += 1;
+                            free.push(idx);
+                            continue;
                         }
+                        outbox.push((
+                            w,
+                            Handoff {
+                                frame: idx,
+                                off: pkt.offset() as u16,
+                                len: pkt.len() as u16,
+                                slot: to,
+                                epoch: slot_epoch.get(to as usize).copied().unwrap_or(0),
+                            },
+                        ));
                         continue;
                     };
                     let pkt = &pkts[k];
@@ -881,6 +909,18 @@ impl Worker {
         *storage = recycle(pkts);
         if let Some(s) = slots[si].as_mut() {
             s.counters.bad_descriptors += slot_bad;
+        }
+        for (w, h) in outbox.drain(..) {
+            match fabric.inbox[usize::from(w)].push(h) {
+                Ok(()) => {
+                    *handed_off += 1;
+                    wake_mask |= 1u64 << (w % 64);
+                }
+                Err(h) => {
+                    *handoff_full += 1;
+                    free.push(h.frame);
+                }
+            }
         }
         while wake_mask != 0 {
             let w = wake_mask.trailing_zeros() as usize;

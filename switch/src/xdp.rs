@@ -36,7 +36,8 @@ pub struct XdpStats {
     pub no_socket: u64,
     /// Frames seen on an interface that is not (or no longer) a port.
     pub unknown_port: u64,
-    /// Frames passed to the kernel because they arrived on a receive queue other than 0.
+    /// Frames on a receive queue other than 0: passed to the kernel on the uplink, dropped on
+    /// pod ports.
     pub other_queue: u64,
 }
 
@@ -59,6 +60,7 @@ fn err(what: impl Into<String>) -> impl FnOnce(libbpf_rs::Error) -> XdpError {
 pub struct Xdp {
     obj: Object,
     frontends: HashSet<[u8; 8]>,
+    node: [u8; 8],
 }
 
 impl Xdp {
@@ -71,6 +73,7 @@ impl Xdp {
         Ok(Xdp {
             obj,
             frontends: HashSet::new(),
+            node: [0; 8],
         })
     }
 
@@ -127,14 +130,16 @@ impl Xdp {
     /// Programs the node's IP, VXLAN port and the Service frontends the uplink serves
     /// (NodePorts on the node's IP, LoadBalancer and external IPs) from `snap`.
     pub fn configure(&mut self, snap: &Snapshot) -> Result<(), XdpError> {
-        let mut n = [0u8; 8];
+        let mut n = self.node;
         n[..4].copy_from_slice(&snap.node.ip.octets());
         n[4..6].copy_from_slice(&snap.node.vxlan_port.to_be_bytes());
-        let flags: u16 = if snap.host().is_some() { 1 } else { 0 };
-        n[6..8].copy_from_slice(&flags.to_ne_bytes());
+        if snap.host().is_none() {
+            n[6..8].copy_from_slice(&0u16.to_ne_bytes());
+        }
         self.map("node")
             .update(&0u32.to_ne_bytes(), &n, MapFlags::ANY)
             .map_err(err("set node"))?;
+        self.node = n;
         let mut want = HashSet::new();
         for (&key, fe) in snap.services.frontends.iter() {
             if fe.kind == FrontendKind::ClusterIp {
@@ -159,6 +164,20 @@ impl Xdp {
                 .update(&k, &[1u8], MapFlags::ANY)
                 .map_err(err("add a Service frontend"))?;
             self.frontends.insert(k);
+        }
+        Ok(())
+    }
+
+    /// Whether pod -> node traffic goes through the switch to the host port (set once the
+    /// host port is attached; cleared when it goes) or is passed to the kernel.
+    pub fn set_host_ready(&mut self, ready: bool) -> Result<(), XdpError> {
+        let mut n = self.node;
+        n[6..8].copy_from_slice(&u16::from(ready).to_ne_bytes());
+        if n != self.node {
+            self.map("node")
+                .update(&0u32.to_ne_bytes(), &n, MapFlags::ANY)
+                .map_err(err("set node"))?;
+            self.node = n;
         }
         Ok(())
     }

@@ -24,11 +24,11 @@ impl Pipeline {
             return self.answer_gateway(snap, pkt);
         }
         if dst == node.ip {
-            // To the node itself: through the host port when there is one (e.g. a remote
-            // pod's packet to this node), else the kernel's (never reached from pods: the XDP
-            // program passes those to the kernel directly).
+            // A local pod to its node: through the host port when there is one (the XDP
+            // program passes such packets to the kernel itself when there is none). Others
+            // reach the node at the host port's address; the node's own IP is the kernel's.
             if let Some(host) = snap.host() {
-                if pkt.port != host.port {
+                if hop == Hop::FromPod && pkt.port != host.port {
                     return self.deliver(snap, pkt, host, hop);
                 }
             }
