@@ -11,6 +11,8 @@
 
 #![allow(missing_docs)]
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -712,4 +714,113 @@ fn two_workers_share_the_ports() {
     assert_eq!(drops(&s), vec![], "node1 dropped nothing");
     let log = std::fs::read_to_string(&t.daemons[0].log).unwrap();
     assert!(log.contains("worker 1"), "{log}");
+}
+
+/// What switchd puts on the wire, dissected by Wireshark (tshark): VXLAN with VNI 1 on port
+/// 8472, inner TCP and ICMP from the pods with valid checksums. Then hostile frames from a
+/// pod: every one counted as a drop, and the switch goes on forwarding.
+#[test]
+fn wireshark_reads_the_overlay_and_hostile_frames_are_counted() {
+    if skip_unless_root("the switchd namespace tests") {
+        return;
+    }
+    let mut t = Topo::up(["switch", "switch"]);
+    t.switchd(1, &state(1));
+    t.switchd(2, &state(2));
+    t.serve("d", "tcp", 8080);
+    t.wait_listening("d", 8080);
+    // Capture where node1's uplink meets the underlay bridge.
+    let pcap = t.dir.path().join("underlay.pcap");
+    let mut dump = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &t.ns("ul"),
+            "tcpdump",
+            "-i",
+            "n1",
+            "-U",
+            "-n",
+            "-w",
+        ])
+        .arg(&pcap)
+        .args(["udp", "port", "8472"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("tcpdump");
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(t.ping("a", "10.244.2.3", &[]));
+    t.echo("a", "tcp", "10.244.2.3", 8080, 60_000);
+    std::thread::sleep(Duration::from_millis(1000));
+    let _ = Command::new("kill")
+        .args(["-INT", &dump.id().to_string()])
+        .status();
+    let _ = dump.wait();
+    if let Some(tshark) = common::tshark() {
+        let text = common::tshark_verbose(&tshark, &pcap);
+        for want in [
+            "Virtual eXtensible Local Area Network",
+            "VXLAN Network Identifier (VNI): 1",
+            "Src: 10.244.1.2, Dst: 10.244.2.3",
+            "Src: 10.244.2.3, Dst: 10.244.1.2",
+            "Transmission Control Protocol",
+            "Internet Control Message Protocol",
+            "Dst Port: 8472",
+        ] {
+            assert!(text.contains(want), "tshark output lacks {want:?}");
+        }
+    }
+
+    // 3000 hostile frames from pod-a: random bytes, truncated and corrupted IPv4, bad lengths.
+    let before = t.stats(1)["received"].as_u64().unwrap();
+    let fuzz = r#"
+import os, random, socket
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+s.bind(("eth0", 0))
+random.seed(7)
+sent = 0
+for i in range(3000):
+    n = random.randint(14, 1400)
+    f = bytearray(os.urandom(n))
+    f[0:6] = bytes.fromhex("02000af40101")
+    f[6:12] = bytes.fromhex("02000af40102")
+    if random.random() < 0.8:
+        f[12:14] = b"\x08\x00"
+        if n > 14:
+            f[14] = random.choice([0x45, 0x46, 0x4f, 0x40, 0x65])
+    try:
+        s.send(bytes(f))
+        sent += 1
+    except OSError:
+        pass
+print(sent)
+"#;
+    let out = t.ok("a", &["python3", "-c", fuzz]);
+    let sent: u64 = out.trim().parse().unwrap();
+    assert!(sent > 2900, "sent {sent}");
+    assert!(
+        t.daemons[0].child.try_wait().unwrap().is_none(),
+        "switchd survived"
+    );
+    assert!(t.ping("a", "10.244.2.3", &[]), "still forwarding");
+    let s = t.stats(1);
+    let received = s["received"].as_u64().unwrap() - before;
+    assert!(
+        received >= sent,
+        "every frame reached the pipeline ({received} of {sent})"
+    );
+    let dropped: u64 = s["drops"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_u64().unwrap())
+        .sum();
+    assert!(
+        dropped > 2000,
+        "malformed frames are counted drops ({dropped})"
+    );
+    for p in s["ports"].as_array().unwrap() {
+        assert_eq!(p["bad_descriptors"], 0);
+    }
 }
