@@ -2,8 +2,9 @@
 //!
 //! Design: the control thread (the process's main thread) validates the state file, checks every
 //! interface, loads the XDP program, binds one AF_XDP socket per port (the uplink's owns the
-//! UMEM, the pods' share it), puts them in the XSKMAP, attaches the program with bpf_links and
-//! only then starts the worker, pinned to its core. Any failure before that returns an error
+//! UMEM, the pods' share it), gives each port to a worker (which fills its fill ring), puts
+//! the sockets in the XSKMAP, attaches the program with bpf_links and only then starts the
+//! workers, each pinned to its core. Any failure before that returns an error
 //! naming what failed, and dropping what was built detaches everything: nothing is left
 //! attached. SIGTERM/SIGINT stop the daemon (links dropped first, so interfaces go back to the
 //! kernel at once; exit 0). SIGHUP re-reads the state file: a valid one becomes the next
@@ -13,8 +14,9 @@
 //! Counters go to a JSON file (`--stats`) twice a second and at exit.
 //!
 //! Thread-safety: the control thread owns the XDP program, the links and the snapshot cell;
-//! the worker owns sockets and frames (`worker`). They talk by a channel of commands, the
-//! snapshot cell (arc-swap) and the report mutex the worker only `try_lock`s.
+//! the workers own sockets and frames (`worker`). They talk by a channel of commands per
+//! worker, the shared port table of the `Fabric`, the snapshot cell (arc-swap) and one report
+//! mutex per worker that the worker only `try_lock`s.
 
 use crate::replay::{self, ConntrackReport, NatReport};
 use crate::worker::{Command, Fabric, PollMode, Port, Report, Worker, MAX_PORTS};

@@ -1,5 +1,5 @@
-//! The forwarding worker: one pinned thread that owns the UMEM, every port's socket and rings,
-//! and a pipeline.
+//! The forwarding workers: pinned threads, each owning its ports' sockets and rings, a share
+//! of the UMEM's frames, its counters and a pipeline.
 //!
 //! Design: a loop of rounds. Each round takes the control thread's commands (a port added or
 //! removed), reads the current snapshot generation (remapping ports when it changed), takes
@@ -398,8 +398,8 @@ impl Worker {
         }
     }
 
-    /// Adds a port (the control thread's initial ports, or a new pod's) and fills its fill
-    /// ring, so that it can receive as soon as the XDP program sends it frames.
+    /// Adds a port (the control thread's initial ports, or a new pod's); its fill ring is
+    /// filled by [`prefill`](Self::prefill) at startup, or right after a runtime `Add`.
     pub fn add(&mut self, port: Port) {
         let i = port.slot as usize;
         if self.slots[i].is_some() {
