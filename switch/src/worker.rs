@@ -547,7 +547,17 @@ impl Worker {
         let home = self.fabric.home_frames(usize::from(self.id)).len() as u32;
         let share = home / 2 / (self.active.len().max(1) as u32);
         self.fill_target = share.clamp(16, FILL_TARGET);
-        let share = home / 4 / (self.active.len().max(1) as u32);
+        // Handed-over frames belong to other workers: a port's transmit share is taken over
+        // every worker's ports, so that no worker's ports can hold another's frames hostage.
+        let all_ports = self
+            .fabric
+            .ports
+            .lock()
+            .map(|t| t.len())
+            .unwrap_or(0)
+            .max(self.active.len())
+            .max(1) as u32;
+        let share = home / 4 / all_ports;
         self.tx_cap = share.clamp(64, xsk::RING_SIZE);
     }
 
