@@ -456,16 +456,28 @@ impl Worker {
     /// Kicks every port whose transmit ring still holds frames: in copy mode the kernel sends
     /// at most 32 per wakeup, so a batch larger than that, or a port whose peer pushed back,
     /// would otherwise wait for the next frame to that port.
-    fn kick_backlog(&mut self) {
+    /// Returns how many ports made progress, so that the worker does not go to sleep while a
+    /// backlog still drains (a port that makes none, e.g. its link is down, does not keep it
+    /// awake).
+    fn kick_backlog(&mut self) -> usize {
+        let mut progress = 0;
         for k in 0..self.active.len() {
             let i = self.active[k];
             let Some(s) = self.slots[i as usize].as_mut() else {
                 continue;
             };
-            if s.port.sock.tx.used() > 0 && s.port.sock.tx.in_flight() > 0 {
+            if s.port.sock.tx.used() == 0 {
+                continue;
+            }
+            let before = s.port.sock.tx.in_flight();
+            if before > 0 {
                 let _ = s.port.sock.kick_tx();
+                if s.port.sock.tx.in_flight() < before {
+                    progress += 1;
+                }
             }
         }
+        progress
     }
 
     /// Closes the sockets of ports whose interface disappeared; their frames return to the
@@ -619,7 +631,7 @@ impl Worker {
                 work += n;
             }
             work += self.drain_inbox();
-            self.kick_backlog();
+            work += self.kick_backlog();
             if !self.gone.is_empty() {
                 self.close_gone();
             }
