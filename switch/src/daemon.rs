@@ -23,7 +23,6 @@ use crate::worker::{Command, Fabric, PollMode, Port, Report, Worker, MAX_PORTS};
 use crate::xdp::{Role, Xdp, XdpError, XdpStats};
 use crate::xsk::{self, Mode, Socket, Umem, XskError};
 use flowtable::conntrack::{Conntrack, Timeouts};
-use flowtable::counters::{Action, DropReason};
 use flowtable::pipeline::Pipeline;
 use flowtable::snapshot::{Snapshot, SnapshotCell};
 use serde::Serialize;
@@ -630,14 +629,8 @@ fn write_stats(
         published_generation: snap.generation,
         uptime_secs: start.elapsed().as_secs_f64(),
         received: c.received,
-        actions: Action::ALL
-            .iter()
-            .map(|a| (a.name(), c.actions(*a)))
-            .collect(),
-        drops: DropReason::ALL
-            .iter()
-            .map(|d| (d.name(), c.drops(*d)))
-            .collect(),
+        actions: replay::action_counts(c),
+        drops: replay::drop_counts(c),
         worker_drops: BTreeMap::from([
             ("tx_no_socket", r.tx_no_socket),
             ("kernel_undeliverable", r.kernel_undeliverable),
@@ -653,11 +646,7 @@ fn write_stats(
         ]),
         checksums_completed: c.checksums_completed,
         ports,
-        nat: NatReport {
-            dnat: c.dnat,
-            reverse_nat: c.reverse_nat,
-            new_flows: c.new_flows,
-        },
+        nat: NatReport::of(c),
         conntrack: ConntrackReport::of(ct),
         xdp: run.xdp.stats(),
         free_frames: r.free_frames,

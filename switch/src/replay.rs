@@ -9,6 +9,7 @@
 
 use crate::pcapio::{self, PcapError, Writer};
 use flowtable::conntrack::{Conntrack, Timeouts};
+use flowtable::counters::Counters;
 use flowtable::packet::DEFAULT_HEADROOM;
 use flowtable::{
     Action, DropReason, Packet, Pipeline, PortId, Snapshot, StateFile, Verdict, BATCH_SIZE,
@@ -178,6 +179,33 @@ pub struct Report {
     pub conntrack: ConntrackReport,
 }
 
+/// Every action's count by name, zeros included (replay's and the daemon's counters files).
+pub fn action_counts(c: &Counters) -> BTreeMap<&'static str, u64> {
+    Action::ALL
+        .iter()
+        .map(|a| (a.name(), c.actions(*a)))
+        .collect()
+}
+
+/// Every drop reason's count by name, zeros included.
+pub fn drop_counts(c: &Counters) -> BTreeMap<&'static str, u64> {
+    DropReason::ALL
+        .iter()
+        .map(|d| (d.name(), c.drops(*d)))
+        .collect()
+}
+
+impl NatReport {
+    /// The Service NAT counters of `c`.
+    pub fn of(c: &Counters) -> NatReport {
+        NatReport {
+            dnat: c.dnat,
+            reverse_nat: c.reverse_nat,
+            new_flows: c.new_flows,
+        }
+    }
+}
+
 impl ConntrackReport {
     /// The table's size and counters now.
     pub fn of(ct: &Conntrack) -> ConntrackReport {
@@ -306,21 +334,11 @@ pub fn run_with(
         generation: snap.generation,
         input: stats,
         received: c.received,
-        actions: Action::ALL
-            .iter()
-            .map(|a| (a.name(), c.actions(*a)))
-            .collect(),
-        drops: DropReason::ALL
-            .iter()
-            .map(|r| (r.name(), c.drops(*r)))
-            .collect(),
+        actions: action_counts(c),
+        drops: drop_counts(c),
         dropped: c.total_drops(),
         output,
-        nat: NatReport {
-            dnat: c.dnat,
-            reverse_nat: c.reverse_nat,
-            new_flows: c.new_flows,
-        },
+        nat: NatReport::of(c),
         conntrack: ConntrackReport::of(&ct),
     };
     let json = serde_json::to_string_pretty(&report).unwrap_or_default();

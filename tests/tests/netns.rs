@@ -237,6 +237,7 @@ impl Topo {
         );
     }
 
+    /// Starts an echo server in `host` and waits until it listens.
     fn serve(&mut self, host: &str, proto: &str, port: u16) {
         let script = root_dir().join("tests/tools/echo.py");
         let cmd = format!("serve-{proto}");
@@ -244,6 +245,7 @@ impl Topo {
             host,
             &["python3", script.to_str().unwrap(), &cmd, &port.to_string()],
         );
+        self.wait_listening(host, port);
     }
 
     fn wait_listening(&self, host: &str, port: u16) {
@@ -308,9 +310,6 @@ fn pods_nodes_and_services_through_two_switchds() {
     }
     t.serve("c", "udp", 5353);
     t.serve("a", "udp", 5353);
-    t.wait_listening("b", 8080);
-    t.wait_listening("d", 8080);
-    t.wait_listening("c", 5353);
 
     // ICMP: same node, across nodes, the gateway (answered by the switch), node <-> pod.
     assert!(t.ping("a", "10.244.1.3", &[]), "pod-a -> pod-b (same node)");
@@ -393,10 +392,6 @@ fn interoperates_with_the_kernels_vxlan_as_the_other_node() {
     t.serve("c", "udp", 5353);
     t.serve("b", "tcp", 8080);
     t.serve("d", "tcp", 8080);
-    t.wait_listening("c", 8080);
-    t.wait_listening("c", 5353);
-    t.wait_listening("b", 8080);
-    t.wait_listening("d", 8080);
 
     assert!(t.ping("a", "10.244.2.2", &[]), "switch pod -> kernel pod");
     assert!(t.ping("c", "10.244.1.2", &[]), "kernel pod -> switch pod");
@@ -414,7 +409,8 @@ fn interoperates_with_the_kernels_vxlan_as_the_other_node() {
         t.echo("ext", "tcp", "198.18.0.2", 30080, 60_000);
     }
     t.echo("ext", "udp", "198.18.0.1", 30053, 512);
-    // The node's own clients: a remote pod, and a ClusterIP (both backends).
+    // The switch node's own clients through its host port: a pod behind the kernel's vxlan,
+    // and a ClusterIP whose backends are on both nodes.
     t.echo("n1", "tcp", "10.244.2.3", 8080, 60_000);
     for _ in 0..4 {
         t.echo("n1", "tcp", "10.96.0.10", 80, 60_000);
@@ -544,7 +540,6 @@ fn pods_come_and_go_without_disturbing_others() {
     let i = t.switchd(1, &live);
     let pid = t.daemons[i].child.id().to_string();
     t.serve("b", "tcp", 8080);
-    t.wait_listening("b", 8080);
 
     // A long stream pod-a -> pod-b (200 MB echoed) runs in the background.
     let script = root_dir().join("tests/tools/echo.py");
@@ -692,9 +687,6 @@ fn two_workers_share_the_ports() {
     t.serve("b", "tcp", 8080);
     t.serve("d", "tcp", 8080);
     t.serve("c", "udp", 5353);
-    t.wait_listening("b", 8080);
-    t.wait_listening("d", 8080);
-    t.wait_listening("c", 5353);
     assert!(t.ping("a", "10.244.1.3", &[]));
     assert!(t.ping("a", "10.244.2.3", &[]));
     assert!(t.ping("n1", "10.244.2.3", &[]));
@@ -728,7 +720,6 @@ fn wireshark_reads_the_overlay_and_hostile_frames_are_counted() {
     t.switchd(1, &state(1));
     t.switchd(2, &state(2));
     t.serve("d", "tcp", 8080);
-    t.wait_listening("d", 8080);
     // Capture where node1's uplink meets the underlay bridge.
     let pcap = t.dir.path().join("underlay.pcap");
     let mut dump = Command::new("ip")
