@@ -170,8 +170,9 @@ pub struct Snapshot {
     /// supernet of at most 65536 of them (the usual cluster layout): see [`DirectRoutes`].
     direct_routes: Option<DirectRoutes>,
     vtep_by_ip: HashMap<u32, u32>,
-    /// Services, their ports, frontends and backends.
-    pub services: crate::services::ServiceTables,
+    /// Services, their ports, frontends and backends (shared between generations that did
+    /// not change them).
+    pub services: Arc<crate::services::ServiceTables>,
 }
 
 fn check_unicast(field: &str, m: MacAddr) -> Result<(), StateError> {
@@ -194,6 +195,33 @@ fn check_port_name(field: &str, n: &str) -> Result<(), StateError> {
 impl Snapshot {
     /// Validates `state` and builds generation `generation` of the tables from it.
     pub fn build(state: &StateFile, generation: u64) -> Result<Snapshot, StateError> {
+        Self::build_inner(state, generation, || {
+            crate::services::build(state).map(Arc::new)
+        })
+    }
+
+    /// Validates everything in `state` but its Services (which are ignored) and builds a
+    /// snapshot with `services` as its Service tables, built and validated beforehand against
+    /// the same nodes and settings (see [`crate::services::ServiceTables::update`]).
+    pub fn build_with(
+        state: &StateFile,
+        services: Arc<crate::services::ServiceTables>,
+        generation: u64,
+    ) -> Result<Snapshot, StateError> {
+        if !services.context_matches(state) {
+            return Err(err(
+                "services",
+                "were validated against other nodes or Service settings",
+            ));
+        }
+        Self::build_inner(state, generation, || Ok(services))
+    }
+
+    fn build_inner(
+        state: &StateFile,
+        generation: u64,
+        services: impl FnOnce() -> Result<Arc<crate::services::ServiceTables>, StateError>,
+    ) -> Result<Snapshot, StateError> {
         let n = &state.node;
         if n.name.is_empty() {
             return Err(err("node.name", "must not be empty"));
@@ -450,7 +478,7 @@ impl Snapshot {
             }
         }
 
-        let services = crate::services::build(state)?;
+        let services = services()?;
         let direct_routes = DirectRoutes::build(&remotes);
 
         Ok(Snapshot {

@@ -171,7 +171,7 @@ fn main() -> ExitCode {
                     s.port_name(p.port).unwrap_or("?")
                 );
             }
-            for sv in &s.services.services {
+            for sv in s.services.iter() {
                 for &pi in &sv.ports {
                     if let Some(p) = s.services.ports.get(pi as usize) {
                         let np = p
