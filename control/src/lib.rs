@@ -1,7 +1,24 @@
-//! nodeswitch's control plane: the gRPC API, its server and `switchctl`.
+//! nodeswitch's control plane: the gRPC API (`proto/nodeswitch.proto`), its server (run inside
+//! switchd) and the client that `switchctl` uses.
 //!
-//! Not built yet (see the control-plane issue). It will validate requests into the same
-//! [`flowtable::StateFile`] model the state file uses and publish snapshots through
-//! [`flowtable::SnapshotCell`]; the data path never waits on it.
+//! Design: requests are converted ([`convert`]) into the state file's types, planned by the
+//! [`engine`] into the next immutable snapshot (validated whole, Service tables rebuilt only
+//! where they changed), published by the [`server::Dataplane`] and confirmed once every worker
+//! runs it. Reads ([`query`]) describe one snapshot. The data path never waits on any of it.
+//! Thread-safety: see each module; the server is shared by `Arc`.
 
-pub use flowtable::StateFile;
+pub mod client;
+pub mod convert;
+pub mod engine;
+pub mod error;
+pub mod local;
+pub mod query;
+pub mod server;
+
+pub use error::ApiError;
+
+/// The generated gRPC types and services (package `nodeswitch.v1`).
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
+pub mod pb {
+    tonic::include_proto!("nodeswitch.v1");
+}

@@ -95,7 +95,7 @@ impl<T: Default> Slots<T> {
     }
 
     fn push_default(&mut self) -> u32 {
-        if self.len % CHUNK == 0 {
+        if self.len.is_multiple_of(CHUNK) {
             self.chunks.push(Arc::new(Vec::with_capacity(CHUNK)));
         }
         if let Some(c) = self.chunks.last_mut() {

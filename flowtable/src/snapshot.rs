@@ -15,7 +15,9 @@ use crate::state::StateFile;
 use crate::wire::MacAddr;
 use arc_swap::{ArcSwap, Cache};
 use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// This node, as the pipeline needs it.
 #[derive(Debug, Clone)]
@@ -585,16 +587,25 @@ impl Snapshot {
 pub const HOST_POD: &str = "(host)";
 
 /// The published snapshot: one writer (the controller), any number of readers (workers).
+///
+/// Each reader reports the generation it runs (an atomic it stores when it picks up a new
+/// snapshot), so the writer can wait until a change is "programmed": run by every reader.
 #[derive(Debug)]
 pub struct SnapshotCell {
     current: Arc<ArcSwap<Snapshot>>,
+    readers: std::sync::Mutex<Vec<std::sync::Weak<AtomicU64>>>,
 }
+
+/// Readers that had not reached a generation in time: (reader index, generation it runs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lagging(pub Vec<(usize, u64)>);
 
 impl SnapshotCell {
     /// A cell holding `first` (its generation is kept).
     pub fn new(first: Snapshot) -> Self {
         SnapshotCell {
             current: Arc::new(ArcSwap::from_pointee(first)),
+            readers: std::sync::Mutex::new(Vec::new()),
         }
     }
 
@@ -614,11 +625,74 @@ impl SnapshotCell {
         self.current.load_full()
     }
 
-    /// A per-worker reader that caches the current snapshot.
+    /// A per-worker reader that caches the current snapshot and reports the generation it
+    /// runs (see [`wait_programmed`](Self::wait_programmed)).
     pub fn reader(&self) -> SnapshotReader {
+        let running = Arc::new(AtomicU64::new(self.current.load().generation));
+        if let Ok(mut r) = self.readers.lock() {
+            r.retain(|w| w.strong_count() > 0);
+            r.push(Arc::downgrade(&running));
+        }
         SnapshotReader {
             cache: Cache::new(Arc::clone(&self.current)),
+            running,
         }
+    }
+
+    /// The generation each live reader runs, in the order they were made.
+    pub fn running(&self) -> Vec<u64> {
+        self.readers
+            .lock()
+            .map(|r| {
+                r.iter()
+                    .filter_map(|w| w.upgrade())
+                    .map(|a| a.load(Ordering::Acquire))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Waits until every live reader runs `generation` or a later one, calling `wake` (which
+    /// should wake idle readers so that they look) while it waits. Spins briefly, then sleeps
+    /// in steps of 20 µs. Errors with the readers still behind after `timeout`.
+    pub fn wait_programmed(
+        &self,
+        generation: u64,
+        timeout: Duration,
+        wake: &dyn Fn(),
+    ) -> Result<(), Lagging> {
+        let readers: Vec<Arc<AtomicU64>> = self
+            .readers
+            .lock()
+            .map(|r| r.iter().filter_map(|w| w.upgrade()).collect())
+            .unwrap_or_default();
+        let start = Instant::now();
+        let mut woken = false;
+        for round in 0u32.. {
+            let behind: Vec<(usize, u64)> = readers
+                .iter()
+                .enumerate()
+                .map(|(i, a)| (i, a.load(Ordering::Acquire)))
+                .filter(|(_, g)| *g < generation)
+                .filter(|(i, _)| Arc::strong_count(&readers[*i]) > 1)
+                .collect();
+            if behind.is_empty() {
+                return Ok(());
+            }
+            if start.elapsed() >= timeout {
+                return Err(Lagging(behind));
+            }
+            if !woken || round % 64 == 0 {
+                wake();
+                woken = true;
+            }
+            if round < 64 {
+                std::thread::yield_now();
+            } else {
+                std::thread::sleep(Duration::from_micros(20));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -626,12 +700,19 @@ impl SnapshotCell {
 #[derive(Debug)]
 pub struct SnapshotReader {
     cache: Cache<Arc<ArcSwap<Snapshot>>, Arc<Snapshot>>,
+    running: Arc<AtomicU64>,
 }
 
 impl SnapshotReader {
-    /// The newest snapshot; cheap when it has not changed since the last call.
+    /// The newest snapshot; cheap when it has not changed since the last call. The caller
+    /// decides its next frames with it, so its generation counts as running from here on.
+    #[inline]
     pub fn load(&mut self) -> &Arc<Snapshot> {
-        self.cache.load()
+        let s = self.cache.load();
+        if self.running.load(Ordering::Relaxed) != s.generation {
+            self.running.store(s.generation, Ordering::Release);
+        }
+        s
     }
 }
 

@@ -1,0 +1,8 @@
+//! Compiles `proto/nodeswitch.proto` with protox (pure Rust: no system `protoc` needed).
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    println!("cargo:rerun-if-changed=proto/nodeswitch.proto");
+    let fds = protox::compile(["proto/nodeswitch.proto"], ["proto"])?;
+    tonic_prost_build::configure().compile_fds(fds)?;
+    Ok(())
+}

@@ -1,0 +1,160 @@
+//! The Unix-socket transport: serving the API on a socket file readable by root only, and
+//! connecting to it.
+//!
+//! Design: the server runs on its own thread with a small tokio runtime, so the daemon's
+//! threads stay as they are; [`spawn_unix`] binds before it returns (an error is the caller's
+//! at once, and a client may connect as soon as it returns) and the returned handle stops the
+//! server when dropped. A socket file left by a killed daemon is replaced; one that another
+//! live server answers on is not. Thread-safety: the handle may be moved to any thread.
+
+use crate::pb::switch_client::SwitchClient;
+use crate::server::{Control, Dataplane};
+use hyper_util::rt::TokioIo;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tonic::transport::{Channel, Endpoint, Uri};
+
+/// Where switchd listens and switchctl connects by default.
+pub const DEFAULT_SOCKET: &str = "/run/nodeswitch/switchd.sock";
+
+/// Why the server could not start, or a client could not connect.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    /// The socket could not be set up.
+    #[error("control socket {path}: {source}")]
+    Socket {
+        /// The socket file.
+        path: PathBuf,
+        /// What failed.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Another server already answers on the socket.
+    #[error("control socket {0}: another switchd is listening on it")]
+    InUse(PathBuf),
+    /// The connection failed.
+    #[error("cannot connect to {path}: {reason}")]
+    Connect {
+        /// The socket file.
+        path: PathBuf,
+        /// What failed.
+        reason: String,
+    },
+}
+
+/// A running server; dropping it stops the server and removes the socket file.
+pub struct ServerHandle {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    path: PathBuf,
+}
+
+impl ServerHandle {
+    /// The socket file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for ServerHandle {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+fn socket_err(path: &Path) -> impl FnOnce(std::io::Error) -> TransportError + '_ {
+    move |source| TransportError::Socket {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Serves `ctl` on the Unix socket `path` (mode 0600: root only) from a new thread.
+pub fn spawn_unix<D: Dataplane>(
+    ctl: Arc<Control<D>>,
+    path: &Path,
+) -> Result<ServerHandle, TransportError> {
+    if let Some(dir) = path.parent() {
+        if !dir.as_os_str().is_empty() && !dir.exists() {
+            std::fs::create_dir_all(dir).map_err(socket_err(path))?;
+        }
+    }
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(TransportError::InUse(path.to_path_buf()));
+        }
+        std::fs::remove_file(path).map_err(socket_err(path))?;
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .max_blocking_threads(4)
+        .thread_name("switchd-control")
+        .enable_all()
+        .build()
+        .map_err(socket_err(path))?;
+    let listener = {
+        let _guard = rt.enter();
+        // Created with the umask's mode, then narrowed before anyone can be served.
+        let l = tokio::net::UnixListener::bind(path).map_err(socket_err(path))?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .map_err(socket_err(path))?;
+        l
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let service = ctl.service();
+    let thread = std::thread::Builder::new()
+        .name("switchd-grpc".into())
+        .spawn(move || {
+            rt.block_on(async move {
+                let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+                let _ = tonic::transport::Server::builder()
+                    .add_service(service)
+                    .serve_with_incoming_shutdown(incoming, async {
+                        let _ = stopped.await;
+                    })
+                    .await;
+            });
+        })
+        .map_err(socket_err(path))?;
+    Ok(ServerHandle {
+        stop: Some(stop),
+        thread: Some(thread),
+        path: path.to_path_buf(),
+    })
+}
+
+/// Connects to the server on the Unix socket `path`.
+pub async fn connect(path: &Path) -> Result<SwitchClient<Channel>, TransportError> {
+    let p = path.to_path_buf();
+    let channel = Endpoint::try_from("http://switchd.invalid")
+        .map_err(|e| TransportError::Connect {
+            path: p.clone(),
+            reason: e.to_string(),
+        })?
+        .connect_with_connector(tower::service_fn(move |_: Uri| {
+            let p = p.clone();
+            async move {
+                Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(p).await?))
+            }
+        }))
+        .await
+        .map_err(|e| {
+            let reason = std::error::Error::source(&e)
+                .map(|s| s.to_string())
+                .unwrap_or_else(|| e.to_string());
+            TransportError::Connect {
+                path: path.to_path_buf(),
+                reason,
+            }
+        })?;
+    Ok(SwitchClient::new(channel)
+        .max_decoding_message_size(256 << 20)
+        .max_encoding_message_size(256 << 20))
+}

@@ -1,0 +1,446 @@
+//! Conversions between the gRPC messages and the state file's types.
+//!
+//! Design: every text field is parsed here, once, and a bad one becomes an
+//! [`ApiError::Invalid`] that names the field by its path in the request
+//! (`changes[2].upsert_pod.ip`) and says what is wrong; meaning (overlaps, duplicates, unknown
+//! nodes) is checked later by the snapshot builder. Empty strings and zero numbers stand for the
+//! state file's defaults, so a message converted back and forth is the same object.
+//! Pure functions; any thread may call them.
+
+use crate::error::ApiError;
+use crate::pb;
+use flowtable::cidr::Ipv4Cidr;
+use flowtable::state::{
+    EndpointSpec, NodeSpec, PodSpec, Protocol, RemoteNodeSpec, ServiceConfigSpec, ServicePortSpec,
+    ServiceSpec, SessionAffinity, StateFile, TrafficPolicy, VxlanSpec,
+};
+use flowtable::wire::MacAddr;
+use std::net::Ipv4Addr;
+
+fn invalid(field: &str, reason: impl Into<String>) -> ApiError {
+    ApiError::Invalid {
+        field: field.to_string(),
+        reason: reason.into(),
+    }
+}
+
+/// A required IPv4 address.
+pub fn ip(field: &str, s: &str) -> Result<Ipv4Addr, ApiError> {
+    if s.is_empty() {
+        return Err(invalid(field, "is required"));
+    }
+    s.parse()
+        .map_err(|_| invalid(field, format!("'{s}' is not an IPv4 address")))
+}
+
+fn opt_ip(field: &str, s: &str) -> Result<Option<Ipv4Addr>, ApiError> {
+    if s.is_empty() {
+        Ok(None)
+    } else {
+        ip(field, s).map(Some)
+    }
+}
+
+fn cidr(field: &str, s: &str) -> Result<Ipv4Cidr, ApiError> {
+    if s.is_empty() {
+        return Err(invalid(field, "is required"));
+    }
+    s.parse().map_err(|e| invalid(field, format!("{e}")))
+}
+
+fn mac(field: &str, s: &str) -> Result<MacAddr, ApiError> {
+    if s.is_empty() {
+        return Err(invalid(field, "is required"));
+    }
+    s.parse().map_err(|e| invalid(field, format!("{e}")))
+}
+
+fn opt_mac(field: &str, s: &str) -> Result<Option<MacAddr>, ApiError> {
+    if s.is_empty() {
+        Ok(None)
+    } else {
+        mac(field, s).map(Some)
+    }
+}
+
+fn port(field: &str, n: u32) -> Result<u16, ApiError> {
+    match u16::try_from(n) {
+        Ok(p) if p > 0 => Ok(p),
+        _ => Err(invalid(field, format!("{n} is outside 1..=65535"))),
+    }
+}
+
+fn opt_port(field: &str, n: u32) -> Result<Option<u16>, ApiError> {
+    if n == 0 {
+        Ok(None)
+    } else {
+        port(field, n).map(Some)
+    }
+}
+
+fn name(field: &str, s: &str) -> Result<String, ApiError> {
+    if s.is_empty() {
+        return Err(invalid(field, "is required"));
+    }
+    if s.len() > 253 || s.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(invalid(
+            field,
+            format!(
+                "'{s}' is not a usable name (1-253 characters, no spaces or control characters)"
+            ),
+        ));
+    }
+    Ok(s.to_string())
+}
+
+/// A protocol name: TCP (also the default, ""), UDP or SCTP.
+pub fn protocol(field: &str, s: &str) -> Result<Protocol, ApiError> {
+    match s.to_ascii_uppercase().as_str() {
+        "" | "TCP" => Ok(Protocol::Tcp),
+        "UDP" => Ok(Protocol::Udp),
+        "SCTP" => Ok(Protocol::Sctp),
+        _ => Err(invalid(
+            field,
+            format!("unknown protocol '{s}' (TCP, UDP or SCTP)"),
+        )),
+    }
+}
+
+fn protocol_name(p: Protocol) -> &'static str {
+    match p {
+        Protocol::Tcp => "TCP",
+        Protocol::Udp => "UDP",
+        Protocol::Sctp => "SCTP",
+    }
+}
+
+fn policy(field: &str, s: &str) -> Result<TrafficPolicy, ApiError> {
+    match s {
+        "" | "Cluster" => Ok(TrafficPolicy::Cluster),
+        "Local" => Ok(TrafficPolicy::Local),
+        _ => Err(invalid(
+            field,
+            format!("unknown traffic policy '{s}' (Cluster or Local)"),
+        )),
+    }
+}
+
+fn policy_name(p: TrafficPolicy) -> &'static str {
+    match p {
+        TrafficPolicy::Cluster => "Cluster",
+        TrafficPolicy::Local => "Local",
+    }
+}
+
+/// Another node from its message.
+pub fn node(f: &str, n: &pb::Node) -> Result<RemoteNodeSpec, ApiError> {
+    Ok(RemoteNodeSpec {
+        name: name(&format!("{f}.name"), &n.name)?,
+        ip: ip(&format!("{f}.ip"), &n.ip)?,
+        pod_cidr: cidr(&format!("{f}.pod_cidr"), &n.pod_cidr)?,
+        vtep_mac: mac(&format!("{f}.vtep_mac"), &n.vtep_mac)?,
+        mac: mac(&format!("{f}.mac"), &n.mac)?,
+    })
+}
+
+/// Another node as a message.
+pub fn node_pb(n: &RemoteNodeSpec) -> pb::Node {
+    pb::Node {
+        name: n.name.clone(),
+        ip: n.ip.to_string(),
+        pod_cidr: n.pod_cidr.to_string(),
+        vtep_mac: n.vtep_mac.to_string(),
+        mac: n.mac.to_string(),
+    }
+}
+
+/// A pod from its message.
+pub fn pod(f: &str, p: &pb::Pod) -> Result<PodSpec, ApiError> {
+    Ok(PodSpec {
+        name: name(&format!("{f}.name"), &p.name)?,
+        ip: ip(&format!("{f}.ip"), &p.ip)?,
+        mac: mac(&format!("{f}.mac"), &p.mac)?,
+        port: name(&format!("{f}.port"), &p.port)?,
+    })
+}
+
+/// A pod as a message.
+pub fn pod_pb(p: &PodSpec) -> pb::Pod {
+    pb::Pod {
+        name: p.name.clone(),
+        ip: p.ip.to_string(),
+        mac: p.mac.to_string(),
+        port: p.port.clone(),
+    }
+}
+
+/// An endpoint from its message.
+pub fn endpoint(f: &str, e: &pb::Endpoint) -> Result<EndpointSpec, ApiError> {
+    Ok(EndpointSpec {
+        ip: ip(&format!("{f}.ip"), &e.ip)?,
+        node: name(&format!("{f}.node"), &e.node)?,
+        ready: e.ready.unwrap_or(true),
+        serving: e.serving,
+        terminating: e.terminating.unwrap_or(false),
+    })
+}
+
+/// An endpoint as a message.
+pub fn endpoint_pb(e: &EndpointSpec) -> pb::Endpoint {
+    pb::Endpoint {
+        ip: e.ip.to_string(),
+        node: e.node.clone(),
+        ready: Some(e.ready),
+        serving: e.serving,
+        terminating: Some(e.terminating),
+    }
+}
+
+/// Endpoints from their messages.
+pub fn endpoints(f: &str, es: &[pb::Endpoint]) -> Result<Vec<EndpointSpec>, ApiError> {
+    es.iter()
+        .enumerate()
+        .map(|(i, e)| endpoint(&format!("{f}[{i}]"), e))
+        .collect()
+}
+
+/// A Service from its message.
+pub fn service(f: &str, s: &pb::Service) -> Result<ServiceSpec, ApiError> {
+    let ips = |k: &str, v: &[String]| -> Result<Vec<Ipv4Addr>, ApiError> {
+        v.iter()
+            .enumerate()
+            .map(|(i, x)| ip(&format!("{f}.{k}[{i}]"), x))
+            .collect()
+    };
+    let ports = s
+        .ports
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let f = format!("{f}.ports[{i}]");
+            Ok(ServicePortSpec {
+                name: p.name.clone(),
+                protocol: protocol(&format!("{f}.protocol"), &p.protocol)?,
+                port: port(&format!("{f}.port"), p.port)?,
+                target_port: opt_port(&format!("{f}.target_port"), p.target_port)?,
+                node_port: opt_port(&format!("{f}.node_port"), p.node_port)?,
+            })
+        })
+        .collect::<Result<Vec<_>, ApiError>>()?;
+    Ok(ServiceSpec {
+        name: name(&format!("{f}.name"), &s.name)?,
+        cluster_ip: ip(&format!("{f}.cluster_ip"), &s.cluster_ip)?,
+        ports,
+        load_balancer_ips: ips("load_balancer_ips", &s.load_balancer_ips)?,
+        external_ips: ips("external_ips", &s.external_ips)?,
+        session_affinity: match s.session_affinity.as_str() {
+            "" | "None" => SessionAffinity::None,
+            "ClientIP" => SessionAffinity::ClientIp,
+            other => {
+                return Err(invalid(
+                    &format!("{f}.session_affinity"),
+                    format!("unknown session affinity '{other}' (None or ClientIP)"),
+                ))
+            }
+        },
+        affinity_timeout_seconds: if s.affinity_timeout_seconds == 0 {
+            10800
+        } else {
+            s.affinity_timeout_seconds
+        },
+        external_traffic_policy: policy(
+            &format!("{f}.external_traffic_policy"),
+            &s.external_traffic_policy,
+        )?,
+        internal_traffic_policy: policy(
+            &format!("{f}.internal_traffic_policy"),
+            &s.internal_traffic_policy,
+        )?,
+        endpoints: endpoints(&format!("{f}.endpoints"), &s.endpoints)?,
+    })
+}
+
+/// A Service as a message.
+pub fn service_pb(s: &ServiceSpec) -> pb::Service {
+    pb::Service {
+        name: s.name.clone(),
+        cluster_ip: s.cluster_ip.to_string(),
+        ports: s
+            .ports
+            .iter()
+            .map(|p| pb::ServicePort {
+                name: p.name.clone(),
+                protocol: protocol_name(p.protocol).into(),
+                port: p.port.into(),
+                target_port: p.target_port.map(u32::from).unwrap_or(0),
+                node_port: p.node_port.map(u32::from).unwrap_or(0),
+            })
+            .collect(),
+        load_balancer_ips: s.load_balancer_ips.iter().map(|i| i.to_string()).collect(),
+        external_ips: s.external_ips.iter().map(|i| i.to_string()).collect(),
+        session_affinity: match s.session_affinity {
+            SessionAffinity::None => "None".into(),
+            SessionAffinity::ClientIp => "ClientIP".into(),
+        },
+        affinity_timeout_seconds: s.affinity_timeout_seconds,
+        external_traffic_policy: policy_name(s.external_traffic_policy).into(),
+        internal_traffic_policy: policy_name(s.internal_traffic_policy).into(),
+        endpoints: s.endpoints.iter().map(endpoint_pb).collect(),
+    }
+}
+
+/// The whole state from its message.
+pub fn state(s: &pb::State) -> Result<StateFile, ApiError> {
+    let n = s
+        .node
+        .as_ref()
+        .ok_or_else(|| invalid("state.node", "is required"))?;
+    let f = |k: &str| format!("state.node.{k}");
+    let defaults = VxlanSpec::default();
+    let vxlan = s.vxlan.clone().unwrap_or_default();
+    let cfg = s.service_config.clone().unwrap_or_default();
+    let dcfg = ServiceConfigSpec::default();
+    Ok(StateFile {
+        node: NodeSpec {
+            name: name(&f("name"), &n.name)?,
+            ip: ip(&f("ip"), &n.ip)?,
+            pod_cidr: cidr(&f("pod_cidr"), &n.pod_cidr)?,
+            gateway_ip: opt_ip(&f("gateway_ip"), &n.gateway_ip)?,
+            gateway_mac: mac(&f("gateway_mac"), &n.gateway_mac)?,
+            uplink: if n.uplink.is_empty() {
+                "uplink".into()
+            } else {
+                n.uplink.clone()
+            },
+            uplink_mac: mac(&f("uplink_mac"), &n.uplink_mac)?,
+            vtep_mac: opt_mac(&f("vtep_mac"), &n.vtep_mac)?,
+            uplink_mtu: match n.uplink_mtu {
+                0 => 1500,
+                m => u16::try_from(m)
+                    .map_err(|_| invalid(&f("uplink_mtu"), format!("{m} is outside 576..=9216")))?,
+            },
+            host_port: (!n.host_port.is_empty()).then(|| n.host_port.clone()),
+            host_mac: opt_mac(&f("host_mac"), &n.host_mac)?,
+        },
+        vxlan: VxlanSpec {
+            vni: if vxlan.vni == 0 {
+                defaults.vni
+            } else {
+                vxlan.vni
+            },
+            port: match vxlan.port {
+                0 => defaults.port,
+                p => port("state.vxlan.port", p)?,
+            },
+        },
+        pods: s
+            .pods
+            .iter()
+            .enumerate()
+            .map(|(i, p)| pod(&format!("state.pods[{i}]"), p))
+            .collect::<Result<_, _>>()?,
+        nodes: s
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| node(&format!("state.nodes[{i}]"), n))
+            .collect::<Result<_, _>>()?,
+        service_config: ServiceConfigSpec {
+            service_cidr: if cfg.service_cidr.is_empty() {
+                dcfg.service_cidr
+            } else {
+                cidr("state.service_config.service_cidr", &cfg.service_cidr)?
+            },
+            maglev_table_size: if cfg.maglev_table_size == 0 {
+                dcfg.maglev_table_size
+            } else {
+                cfg.maglev_table_size
+            },
+            hairpin_ip: opt_ip("state.service_config.hairpin_ip", &cfg.hairpin_ip)?
+                .unwrap_or(dcfg.hairpin_ip),
+        },
+        services: s
+            .services
+            .iter()
+            .enumerate()
+            .map(|(i, x)| service(&format!("state.services[{i}]"), x))
+            .collect::<Result<_, _>>()?,
+    })
+}
+
+/// The whole state as a message.
+pub fn state_pb(s: &StateFile, generation: u64) -> pb::State {
+    let n = &s.node;
+    pb::State {
+        node: Some(pb::ThisNode {
+            name: n.name.clone(),
+            ip: n.ip.to_string(),
+            pod_cidr: n.pod_cidr.to_string(),
+            gateway_ip: n.gateway_ip.map(|g| g.to_string()).unwrap_or_default(),
+            gateway_mac: n.gateway_mac.to_string(),
+            uplink: n.uplink.clone(),
+            uplink_mac: n.uplink_mac.to_string(),
+            vtep_mac: n.vtep_mac.map(|m| m.to_string()).unwrap_or_default(),
+            uplink_mtu: n.uplink_mtu.into(),
+            host_port: n.host_port.clone().unwrap_or_default(),
+            host_mac: n.host_mac.map(|m| m.to_string()).unwrap_or_default(),
+        }),
+        vxlan: Some(pb::Vxlan {
+            vni: s.vxlan.vni,
+            port: s.vxlan.port.into(),
+        }),
+        pods: s.pods.iter().map(pod_pb).collect(),
+        nodes: s.nodes.iter().map(node_pb).collect(),
+        service_config: Some(pb::ServiceConfig {
+            service_cidr: s.service_config.service_cidr.to_string(),
+            maglev_table_size: s.service_config.maglev_table_size,
+            hairpin_ip: s.service_config.hairpin_ip.to_string(),
+        }),
+        services: s.services.iter().map(service_pb).collect(),
+        generation,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const STATE: &str = include_str!("../../examples/node1.toml");
+
+    #[test]
+    fn state_round_trips() {
+        let s = StateFile::parse(STATE).unwrap();
+        assert_eq!(state(&state_pb(&s, 3)).unwrap(), s);
+    }
+
+    #[test]
+    fn bad_fields_are_named() {
+        let s = StateFile::parse(STATE).unwrap();
+        let mut m = state_pb(&s, 1);
+        m.pods[0].ip = "10.244.1.300".into();
+        let e = state(&m).unwrap_err().to_string();
+        assert_eq!(e, "state.pods[0].ip: '10.244.1.300' is not an IPv4 address");
+        let mut m = state_pb(&s, 1);
+        m.services[0].ports[0].protocol = "ICMP".into();
+        let e = state(&m).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "state.services[0].ports[0].protocol: unknown protocol 'ICMP' (TCP, UDP or SCTP)"
+        );
+        let mut m = state_pb(&s, 1);
+        m.services[0].ports[0].port = 70000;
+        let e = state(&m).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "state.services[0].ports[0].port: 70000 is outside 1..=65535"
+        );
+        let mut m = state_pb(&s, 1);
+        m.nodes[0].pod_cidr = "10.244.2.0/33".into();
+        let e = state(&m).unwrap_err().to_string();
+        assert!(e.starts_with("state.nodes[0].pod_cidr: "), "{e}");
+        let mut m = state_pb(&s, 1);
+        m.pods[0].mac = "02:00".into();
+        let e = state(&m).unwrap_err().to_string();
+        assert!(e.starts_with("state.pods[0].mac: "), "{e}");
+    }
+}

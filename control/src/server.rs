@@ -1,0 +1,458 @@
+//! The gRPC server: request handling over an [`Engine`] and a [`Dataplane`].
+//!
+//! Design: a write (Apply, Replace, the one-object shorthands) is converted and validated, then
+//! planned, published and committed under one mutex, on a blocking thread (planning builds
+//! tables; the async runtime is never blocked). The mutex serialises writers only: the data
+//! path never waits for it, and with no controller connected the switch forwards with the last
+//! state. A write returns once the dataplane reports every worker running the new generation.
+//! Reads are answered from the live snapshot and the engine's state.
+//!
+//! Thread-safety: [`Control`] is shared (`Arc`) by every connection and by the daemon (for
+//! SIGHUP reloads); its engine sits behind a `Mutex` held from planning to commit.
+
+use crate::engine::{Engine, Op, Plan};
+use crate::error::ApiError;
+use crate::pb::switch_server::{Switch, SwitchServer};
+use crate::{convert, pb, query};
+use flowtable::conntrack::Conntrack;
+use flowtable::snapshot::Snapshot;
+use flowtable::state::StateFile;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+/// The API version string reported by `Version`.
+pub const API: &str = "nodeswitch.v1";
+
+/// What the server needs from the switch it controls.
+pub trait Dataplane: Send + Sync + 'static {
+    /// Makes `next` the live snapshot (first checking and preparing what only the dataplane
+    /// can, such as the interfaces of new pods) and returns its generation number.
+    fn publish(&self, next: Snapshot) -> Result<u64, ApiError>;
+    /// Waits until every worker runs `generation` or a later one.
+    fn wait_programmed(&self, generation: u64, timeout: Duration) -> Result<(), ApiError>;
+    /// The live snapshot.
+    fn current(&self) -> Arc<Snapshot>;
+    /// The conntrack table, if there is one.
+    fn conntrack(&self) -> Option<Arc<Conntrack>>;
+    /// The counters now.
+    fn stats(&self) -> pb::Stats;
+}
+
+/// How long a write waits for every worker to run its generation.
+pub const PROGRAM_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The control plane of one switch: its desired state and its dataplane.
+pub struct Control<D: Dataplane> {
+    engine: Mutex<Engine>,
+    plane: D,
+}
+
+impl<D: Dataplane> Control<D> {
+    /// Control over `plane`, whose live state is `engine`'s.
+    pub fn new(engine: Engine, plane: D) -> Arc<Self> {
+        Arc::new(Control {
+            engine: Mutex::new(engine),
+            plane,
+        })
+    }
+
+    /// The dataplane.
+    pub fn plane(&self) -> &D {
+        &self.plane
+    }
+
+    fn engine(&self) -> Result<std::sync::MutexGuard<'_, Engine>, ApiError> {
+        self.engine
+            .lock()
+            .map_err(|_| ApiError::Unavailable("the control plane failed; restart switchd".into()))
+    }
+
+    fn run(
+        &self,
+        dry_run: bool,
+        plan: impl FnOnce(&Engine) -> Result<Option<Plan>, ApiError>,
+    ) -> Result<pb::ApplyReply, ApiError> {
+        let mut engine = self.engine()?;
+        let Some(mut plan) = plan(&engine)? else {
+            return Ok(pb::ApplyReply {
+                generation: self.plane.current().generation,
+                changed: false,
+                dry_run,
+                ..Default::default()
+            });
+        };
+        let mut reply = pb::ApplyReply {
+            changed: true,
+            changes: plan.changes.clone(),
+            unchanged: plan.unchanged,
+            build_micros: plan.build.as_micros() as u64,
+            dry_run,
+            ..Default::default()
+        };
+        if dry_run {
+            reply.generation = self.plane.current().generation;
+            return Ok(reply);
+        }
+        let Some(snapshot) = plan.snapshot.take() else {
+            return Err(ApiError::Unavailable("a plan without a snapshot".into()));
+        };
+        let generation = self.plane.publish(snapshot)?;
+        engine.commit(plan);
+        drop(engine);
+        let t = Instant::now();
+        self.plane.wait_programmed(generation, PROGRAM_TIMEOUT)?;
+        reply.programmed_micros = t.elapsed().as_micros() as u64;
+        reply.generation = generation;
+        Ok(reply)
+    }
+
+    /// Applies a batch of changes atomically (blocking).
+    pub fn apply(&self, ops: &[(String, Op)], dry_run: bool) -> Result<pb::ApplyReply, ApiError> {
+        self.run(dry_run, |e| e.plan(ops))
+    }
+
+    /// Replaces the desired state (blocking); changes only what differs.
+    pub fn replace(&self, state: &StateFile, dry_run: bool) -> Result<pb::ApplyReply, ApiError> {
+        self.run(dry_run, |e| e.plan_replace(state))
+    }
+
+    /// The desired state.
+    pub fn state(&self) -> Result<StateFile, ApiError> {
+        Ok(self.engine()?.state())
+    }
+
+    /// A tonic service for this control plane.
+    pub fn service(self: &Arc<Self>) -> SwitchServer<Api<D>> {
+        SwitchServer::new(Api(Arc::clone(self)))
+            .max_decoding_message_size(256 << 20)
+            .max_encoding_message_size(256 << 20)
+    }
+}
+
+/// Converts one change message into an [`Op`]; `f` is its path in the request.
+pub fn op(f: &str, c: &pb::Change) -> Result<Op, ApiError> {
+    use pb::change::Change as C;
+    let name = |k: &str, n: &str| -> Result<String, ApiError> {
+        if n.is_empty() {
+            Err(ApiError::Invalid {
+                field: format!("{f}.{k}"),
+                reason: "is required".into(),
+            })
+        } else {
+            Ok(n.to_string())
+        }
+    };
+    match c.change.as_ref() {
+        None => Err(ApiError::Invalid {
+            field: f.into(),
+            reason: "is empty (set one of upsert_node, delete_node, upsert_pod, delete_pod, upsert_service, delete_service, set_endpoints)".into(),
+        }),
+        Some(C::UpsertNode(n)) => Ok(Op::UpsertNode(convert::node(&format!("{f}.upsert_node"), n)?)),
+        Some(C::DeleteNode(n)) => Ok(Op::DeleteNode(name("delete_node", n)?)),
+        Some(C::UpsertPod(p)) => Ok(Op::UpsertPod(convert::pod(&format!("{f}.upsert_pod"), p)?)),
+        Some(C::DeletePod(n)) => Ok(Op::DeletePod(name("delete_pod", n)?)),
+        Some(C::UpsertService(s)) => Ok(Op::UpsertService(convert::service(
+            &format!("{f}.upsert_service"),
+            s,
+        )?)),
+        Some(C::DeleteService(n)) => Ok(Op::DeleteService(name("delete_service", n)?)),
+        Some(C::SetEndpoints(s)) => Ok(Op::SetEndpoints(
+            name("set_endpoints.service", &s.service)?,
+            convert::endpoints(&format!("{f}.set_endpoints.endpoints"), &s.endpoints)?,
+        )),
+    }
+}
+
+/// The tonic service (see [`Control::service`]).
+pub struct Api<D: Dataplane>(Arc<Control<D>>);
+
+impl<D: Dataplane> Api<D> {
+    async fn write(
+        &self,
+        ops: Vec<(String, Op)>,
+        dry_run: bool,
+    ) -> Result<Response<pb::ApplyReply>, Status> {
+        let ctl = Arc::clone(&self.0);
+        tokio::task::spawn_blocking(move || ctl.apply(&ops, dry_run))
+            .await
+            .map_err(|e| Status::internal(format!("apply failed: {e}")))?
+            .map(Response::new)
+            .map_err(Status::from)
+    }
+
+    fn one(&self, op: Op) -> Vec<(String, Op)> {
+        vec![("request".into(), op)]
+    }
+}
+
+fn not_found(kind: &str, name: &str) -> Status {
+    Status::not_found(format!("there is no {kind} '{name}'"))
+}
+
+#[tonic::async_trait]
+impl<D: Dataplane> Switch for Api<D> {
+    async fn apply(
+        &self,
+        req: Request<pb::ApplyRequest>,
+    ) -> Result<Response<pb::ApplyReply>, Status> {
+        let req = req.into_inner();
+        let ops = req
+            .changes
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let f = format!("changes[{i}]");
+                op(&f, c).map(|o| (f, o))
+            })
+            .collect::<Result<Vec<_>, ApiError>>()?;
+        self.write(ops, req.dry_run).await
+    }
+
+    async fn replace(
+        &self,
+        req: Request<pb::ReplaceRequest>,
+    ) -> Result<Response<pb::ApplyReply>, Status> {
+        let req = req.into_inner();
+        let state = req
+            .state
+            .as_ref()
+            .ok_or_else(|| Status::invalid_argument("state: is required"))?;
+        let state = convert::state(state)?;
+        let ctl = Arc::clone(&self.0);
+        tokio::task::spawn_blocking(move || ctl.replace(&state, req.dry_run))
+            .await
+            .map_err(|e| Status::internal(format!("replace failed: {e}")))?
+            .map(Response::new)
+            .map_err(Status::from)
+    }
+
+    async fn upsert_node(
+        &self,
+        req: Request<pb::Node>,
+    ) -> Result<Response<pb::ApplyReply>, Status> {
+        let n = convert::node("node", req.get_ref())?;
+        self.write(self.one(Op::UpsertNode(n)), false).await
+    }
+
+    async fn delete_node(
+        &self,
+        req: Request<pb::Name>,
+    ) -> Result<Response<pb::ApplyReply>, Status> {
+        self.write(self.one(Op::DeleteNode(req.into_inner().name)), false)
+            .await
+    }
+
+    async fn upsert_pod(&self, req: Request<pb::Pod>) -> Result<Response<pb::ApplyReply>, Status> {
+        let p = convert::pod("pod", req.get_ref())?;
+        self.write(self.one(Op::UpsertPod(p)), false).await
+    }
+
+    async fn delete_pod(&self, req: Request<pb::Name>) -> Result<Response<pb::ApplyReply>, Status> {
+        self.write(self.one(Op::DeletePod(req.into_inner().name)), false)
+            .await
+    }
+
+    async fn upsert_service(
+        &self,
+        req: Request<pb::Service>,
+    ) -> Result<Response<pb::ApplyReply>, Status> {
+        let s = convert::service("service", req.get_ref())?;
+        self.write(self.one(Op::UpsertService(s)), false).await
+    }
+
+    async fn delete_service(
+        &self,
+        req: Request<pb::Name>,
+    ) -> Result<Response<pb::ApplyReply>, Status> {
+        self.write(self.one(Op::DeleteService(req.into_inner().name)), false)
+            .await
+    }
+
+    async fn set_endpoints(
+        &self,
+        req: Request<pb::SetEndpoints>,
+    ) -> Result<Response<pb::ApplyReply>, Status> {
+        let r = req.into_inner();
+        let eps = convert::endpoints("endpoints", &r.endpoints)?;
+        self.write(self.one(Op::SetEndpoints(r.service, eps)), false)
+            .await
+    }
+
+    async fn get_state(
+        &self,
+        _: Request<pb::GetStateRequest>,
+    ) -> Result<Response<pb::State>, Status> {
+        let state = self.0.state()?;
+        let generation = self.0.plane.current().generation;
+        Ok(Response::new(convert::state_pb(&state, generation)))
+    }
+
+    async fn list_nodes(
+        &self,
+        req: Request<pb::ListRequest>,
+    ) -> Result<Response<pb::NodeList>, Status> {
+        let name = req.into_inner().name;
+        let e = self.0.engine()?;
+        let nodes: Vec<pb::Node> = e
+            .base()
+            .nodes
+            .iter()
+            .filter(|n| name.is_empty() || n.name == name)
+            .map(convert::node_pb)
+            .collect();
+        if !name.is_empty() && nodes.is_empty() {
+            return Err(not_found("node", &name));
+        }
+        Ok(Response::new(pb::NodeList {
+            nodes,
+            generation: self.0.plane.current().generation,
+        }))
+    }
+
+    async fn list_pods(
+        &self,
+        req: Request<pb::ListRequest>,
+    ) -> Result<Response<pb::PodList>, Status> {
+        let name = req.into_inner().name;
+        let e = self.0.engine()?;
+        let pods: Vec<pb::Pod> = e
+            .base()
+            .pods
+            .iter()
+            .filter(|p| name.is_empty() || p.name == name)
+            .map(convert::pod_pb)
+            .collect();
+        if !name.is_empty() && pods.is_empty() {
+            return Err(not_found("pod", &name));
+        }
+        Ok(Response::new(pb::PodList {
+            pods,
+            generation: self.0.plane.current().generation,
+        }))
+    }
+
+    async fn list_services(
+        &self,
+        req: Request<pb::ListRequest>,
+    ) -> Result<Response<pb::ServiceList>, Status> {
+        let name = req.into_inner().name;
+        let e = self.0.engine()?;
+        let snap = self.0.plane.current();
+        let services: Vec<pb::ServiceInfo> = e
+            .services()
+            .values()
+            .filter(|s| name.is_empty() || s.name == name)
+            .map(|s| query::service_info(s, &snap))
+            .collect();
+        if !name.is_empty() && services.is_empty() {
+            return Err(not_found("Service", &name));
+        }
+        Ok(Response::new(pb::ServiceList {
+            services,
+            generation: snap.generation,
+        }))
+    }
+
+    async fn list_endpoints(
+        &self,
+        req: Request<pb::ListRequest>,
+    ) -> Result<Response<pb::EndpointList>, Status> {
+        let name = req.into_inner().name;
+        let e = self.0.engine()?;
+        let snap = self.0.plane.current();
+        if !name.is_empty() && !e.services().contains_key(&name) {
+            return Err(not_found("Service", &name));
+        }
+        let endpoints = e
+            .services()
+            .values()
+            .filter(|s| name.is_empty() || s.name == name)
+            .flat_map(|s| query::endpoint_infos(s, &snap))
+            .collect();
+        Ok(Response::new(pb::EndpointList {
+            endpoints,
+            generation: snap.generation,
+        }))
+    }
+
+    async fn list_conntrack(
+        &self,
+        req: Request<pb::ConntrackRequest>,
+    ) -> Result<Response<pb::ConntrackList>, Status> {
+        let Some(ct) = self.0.plane.conntrack() else {
+            return Err(Status::unavailable("this switch has no conntrack table"));
+        };
+        let req = req.into_inner();
+        let list = tokio::task::spawn_blocking(move || query::conntrack(&ct, &req))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))??;
+        Ok(Response::new(list))
+    }
+
+    async fn explain(
+        &self,
+        req: Request<pb::ExplainRequest>,
+    ) -> Result<Response<pb::ExplainReply>, Status> {
+        let snap = self.0.plane.current();
+        let ct = self.0.plane.conntrack();
+        Ok(Response::new(query::explain(
+            &snap,
+            ct.as_ref(),
+            req.get_ref(),
+        )?))
+    }
+
+    async fn get_stats(&self, _: Request<pb::StatsRequest>) -> Result<Response<pb::Stats>, Status> {
+        Ok(Response::new(self.0.plane.stats()))
+    }
+
+    type WatchStatsStream = Pin<Box<dyn Stream<Item = Result<pb::Stats, Status>> + Send + 'static>>;
+
+    async fn watch_stats(
+        &self,
+        req: Request<pb::WatchStatsRequest>,
+    ) -> Result<Response<Self::WatchStatsStream>, Status> {
+        let req = req.into_inner();
+        let every = Duration::from_millis(if req.interval_ms == 0 {
+            1000
+        } else {
+            u64::from(req.interval_ms.max(10))
+        });
+        let count = req.count;
+        let ctl = Arc::clone(&self.0);
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            let mut sent = 0u32;
+            loop {
+                tick.tick().await;
+                if tx.send(Ok(ctl.plane.stats())).await.is_err() {
+                    return; // the client went away
+                }
+                sent += 1;
+                if count != 0 && sent >= count {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
+    async fn version(
+        &self,
+        _: Request<pb::VersionRequest>,
+    ) -> Result<Response<pb::VersionReply>, Status> {
+        let snap = self.0.plane.current();
+        Ok(Response::new(pb::VersionReply {
+            version: env!("CARGO_PKG_VERSION").into(),
+            api: API.into(),
+            node: snap.node.name.clone(),
+            generation: snap.generation,
+        }))
+    }
+}
