@@ -184,7 +184,7 @@ impl<D: Dataplane> Api<D> {
     }
 
     fn one(&self, op: Op) -> Vec<(String, Op)> {
-        vec![("request".into(), op)]
+        vec![("name".into(), op)]
     }
 }
 

@@ -7,18 +7,25 @@
 //! workers, each pinned to its core. Any failure before that returns an error
 //! naming what failed, and dropping what was built detaches everything: nothing is left
 //! attached. SIGTERM/SIGINT stop the daemon (links dropped first, so interfaces go back to the
-//! kernel at once; exit 0). SIGHUP re-reads the state file: a valid one becomes the next
-//! snapshot generation, new pods' ports are bound (EBUSY retried) and handed to the worker,
-//! removed pods' ports are detached and closed; the other ports are not touched. An invalid
-//! one is refused with the reason and the daemon goes on with the state it has.
-//! Counters go to a JSON file (`--stats`) twice a second and at exit.
+//! kernel at once; exit 0). The control API (gRPC on a Unix socket, `--control-socket`) and
+//! SIGHUP (which re-reads the state file and replaces the desired state with it) both go
+//! through one [`control::engine::Engine`]: a valid change becomes the next snapshot
+//! generation, handed to this thread, which binds new pods' ports (EBUSY retried) and gives
+//! them to a worker, detaches and closes removed pods' ports and publishes; the other ports are
+//! not touched. A change that cannot be applied is refused with the reason and the daemon goes
+//! on with the state it has. Counters go to a JSON file (`--stats`) twice a second and at exit,
+//! and to the API's `GetStats`/`WatchStats`.
 //!
-//! Thread-safety: the control thread owns the XDP program, the links and the snapshot cell;
+//! Thread-safety: the control thread owns the XDP program, the links and the snapshot cell
+//! (the gRPC server's threads plan changes and wait for them, but only this thread applies);
 //! the workers own sockets and frames (`worker`). They talk by a channel of commands per
 //! worker, the shared port table of the `Fabric`, the snapshot cell (arc-swap) and one report
 //! mutex per worker that the worker only `try_lock`s.
 
+use crate::plane::{numbers, Commit, DaemonPlane, Shared};
 use crate::replay::{self, ConntrackReport, NatReport};
+use control::server::Control;
+use control::ApiError;
 use crate::worker::{Command, Fabric, PollMode, Port, Report, Worker, MAX_PORTS};
 use crate::xdp::{Role, Xdp, XdpError, XdpStats};
 use crate::xsk::{self, Mode, Socket, Umem, XskError};
@@ -52,6 +59,8 @@ pub struct Config {
     pub zero_copy: bool,
     /// Where to write counters (JSON), if anywhere.
     pub stats: Option<PathBuf>,
+    /// The control API's Unix socket, if any.
+    pub control_socket: Option<PathBuf>,
 }
 
 /// Why the daemon could not start.
@@ -114,6 +123,41 @@ pub enum DaemonError {
     /// The worker thread could not be started.
     #[error("worker thread: {0}")]
     Thread(std::io::Error),
+    /// The control API could not be served.
+    #[error(transparent)]
+    Control(#[from] control::client::TransportError),
+}
+
+impl DaemonError {
+    /// The same refusal as the control API reports it.
+    fn api(&self) -> ApiError {
+        let msg = self.to_string();
+        match self {
+            DaemonError::NoInterface { name, what } if what.starts_with("a new uplink") => {
+                ApiError::Precondition(format!(
+                    "node.uplink: changing the uplink to '{name}' needs a restart of switchd"
+                ))
+            }
+            DaemonError::NoInterface { name, what } => ApiError::Invalid {
+                field: match what.strip_prefix("port of pod ") {
+                    Some(pod) => format!("pods[{pod}].port"),
+                    None if what == "the host port" => "node.host_port".into(),
+                    None if what == "the uplink" => "node.uplink".into(),
+                    None => what.clone(),
+                },
+                reason: format!("interface '{name}' does not exist"),
+            },
+            DaemonError::UplinkMac { state, real, .. } => ApiError::Invalid {
+                field: "node.uplink_mac".into(),
+                reason: format!("is {state} but the interface has {real}"),
+            },
+            DaemonError::TooManyPorts(_) => ApiError::Invalid {
+                field: "pods".into(),
+                reason: msg,
+            },
+            _ => ApiError::Precondition(msg),
+        }
+    }
 }
 
 /// Counters file written by the daemon.
@@ -251,7 +295,17 @@ pub fn run(cfg: &Config) -> Result<(), DaemonError> {
     signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&hup))
         .map_err(DaemonError::Signals)?;
 
-    let snap = replay::load_state(&cfg.state)?;
+    let state = replay::read_state(&cfg.state)?;
+    let (engine, snap) =
+        control::engine::Engine::new(state).map_err(|e| match e {
+            ApiError::Invalid { field, reason } => {
+                DaemonError::State(replay::ReplayError::StateInvalid {
+                    path: cfg.state.clone(),
+                    source: flowtable::snapshot::StateError { field, reason },
+                })
+            }
+            other => DaemonError::Worker(other.to_string()),
+        })?;
     let ifaces = check_interfaces(&snap)?;
 
     let mut xdp = Xdp::load()?;
@@ -402,6 +456,23 @@ pub fn run(cfg: &Config) -> Result<(), DaemonError> {
         cfg.conntrack_capacity
     ));
 
+    let start = Instant::now();
+    let (commit_tx, commits) = channel::<Commit>();
+    let shared = Arc::new(Mutex::new(Shared {
+        xdp: numbers(&xdp.stats()),
+    }));
+    let ctl = Control::new(
+        engine,
+        DaemonPlane {
+            commits: Mutex::new(commit_tx),
+            cell: Arc::clone(&cell),
+            ct: Arc::clone(&ct),
+            fabric: Arc::clone(&fabric),
+            reports: reports.clone(),
+            shared: Arc::clone(&shared),
+            start,
+        },
+    );
     let mut run = Running {
         xdp,
         links,
@@ -412,23 +483,71 @@ pub fn run(cfg: &Config) -> Result<(), DaemonError> {
         fabric,
     };
     update_host_ready(&mut run);
-    let start = Instant::now();
+    let server = match &cfg.control_socket {
+        Some(path) => {
+            let h = control::client::spawn_unix(Arc::clone(&ctl), path)?;
+            log(format!("control API on {} (root only)", path.display()));
+            Some(h)
+        }
+        None => None,
+    };
     let mut last_stats = Instant::now();
     let mut failure = None;
     while !term.load(Ordering::Relaxed) {
-        std::thread::sleep(Duration::from_millis(20));
+        match commits.recv_timeout(Duration::from_millis(20)) {
+            Ok(c) => {
+                let r = apply_snapshot(&mut run, c.next);
+                match &r {
+                    Ok((_, msg)) => log(msg),
+                    Err(e) => log(format!("change refused, keeping the current state: {e}")),
+                }
+                let _ = c.reply.send(r.map(|(g, _)| g).map_err(|e| e.api()));
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+        }
         if handles.iter().any(|h| h.is_finished()) {
             failure = Some("a worker stopped".to_string());
             break;
         }
         if hup.swap(false, Ordering::Relaxed) {
-            match reload(&mut run, &cfg.state) {
-                Ok(msg) => log(msg),
-                Err(e) => log(format!("reload refused, keeping the current state: {e}")),
-            }
+            // Through the control plane like any other change (the desired state becomes the
+            // file's), on a thread of its own: this thread applies what it plans.
+            let ctl = Arc::clone(&ctl);
+            let path = cfg.state.clone();
+            let _ = std::thread::Builder::new()
+                .name("switchd-reload".into())
+                .spawn(move || {
+                    let r = replay::read_state(&path)
+                        .map_err(|e| e.to_string())
+                        .and_then(|s| ctl.replace(&s, false).map_err(|e| e.to_string()));
+                    match r {
+                        Ok(a) if !a.changed => log(format!(
+                            "reloaded {}: no changes, generation {}",
+                            path.display(),
+                            a.generation
+                        )),
+                        Ok(a) => log(format!(
+                            "reloaded {}: generation {} programmed, {}",
+                            path.display(),
+                            a.generation,
+                            a.changes
+                                .iter()
+                                .map(|c| format!("{} {} {}", c.kind, c.name, c.action))
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        )),
+                        Err(e) => log(format!("reload refused, keeping the current state: {e}")),
+                    }
+                });
         }
         if last_stats.elapsed() >= Duration::from_millis(500) {
             update_host_ready(&mut run);
+            if let Ok(mut s) = shared.lock() {
+                s.xdp = numbers(&run.xdp.stats());
+            }
             if let Some(path) = &cfg.stats {
                 write_stats(path, &run, &reports, &ct, start);
             }
@@ -438,6 +557,9 @@ pub fn run(cfg: &Config) -> Result<(), DaemonError> {
     log("stopping: detaching the XDP program");
     // Interfaces first: from here on the kernel gets every frame.
     run.links.clear();
+    // Changes still queued are refused (their callers see UNAVAILABLE).
+    drop(commits);
+    drop(server);
     stop.store(true, Ordering::Relaxed);
     let mut why = None;
     for h in handles {
@@ -457,9 +579,9 @@ pub fn run(cfg: &Config) -> Result<(), DaemonError> {
     Ok(())
 }
 
-/// Applies a changed state file; returns what changed.
-fn reload(run: &mut Running, path: &Path) -> Result<String, DaemonError> {
-    let next = replay::load_state(path)?;
+/// Makes `next` live: binds and attaches new pods' ports, detaches and closes removed ones,
+/// publishes; returns the generation and what changed. On error nothing has changed.
+fn apply_snapshot(run: &mut Running, next: Snapshot) -> Result<(u64, String), DaemonError> {
     let ifaces = check_interfaces(&next)?;
     let cur = run.cell.load();
     if next.ports()[0] != cur.ports()[0] {
@@ -581,17 +703,17 @@ fn reload(run: &mut Running, path: &Path) -> Result<String, DaemonError> {
         names.push(name);
     }
     let generation = run.cell.publish(next);
+    run.fabric.wake_all();
     update_host_ready(run);
-    Ok(format!(
-        "reloaded {}: generation {generation}, ports added [{}], removed [{}]",
-        path.display(),
+    Ok((generation, format!(
+        "generation {generation} published, ports added [{}], removed [{}]",
         names.join(", "),
         removed
             .iter()
             .map(|r| r.0.as_str())
             .collect::<Vec<_>>()
             .join(", ")
-    ))
+    )))
 }
 
 fn write_stats(

@@ -22,7 +22,8 @@ enum Cmd {
     /// Forward on real interfaces: AF_XDP sockets on the uplink and every pod's port.
     ///
     /// Needs root (or CAP_NET_ADMIN, CAP_BPF and CAP_NET_RAW). SIGTERM or SIGINT: detach and
-    /// exit 0. SIGHUP: re-read the state file (pods added or removed without a restart).
+    /// exit 0. SIGHUP: re-read the state file and make it the desired state (pods added or
+    /// removed without a restart). `switchctl` drives it through the control socket.
     Run {
         /// The state file (TOML; see docs/state-file.md): node, uplink, pods, nodes, Services.
         #[arg(long)]
@@ -51,6 +52,13 @@ enum Cmd {
         /// Write counters (JSON) to this file twice a second and at exit.
         #[arg(long, value_name = "FILE")]
         stats: Option<PathBuf>,
+        /// The control API's Unix socket (mode 0600: root only); two switchds on one host
+        /// need two sockets.
+        #[arg(long, value_name = "PATH", default_value = control::client::DEFAULT_SOCKET)]
+        control_socket: PathBuf,
+        /// Serve no control API (SIGHUP reloads of the state file still work).
+        #[arg(long, conflicts_with = "control_socket")]
+        no_control: bool,
     },
     /// Replay pcap/pcapng captures through the real pipeline and write what it sends.
     ///
@@ -90,6 +98,8 @@ fn main() -> ExitCode {
             frames,
             zero_copy,
             stats,
+            control_socket,
+            no_control,
         } => {
             let cfg = switch::daemon::Config {
                 state,
@@ -100,6 +110,7 @@ fn main() -> ExitCode {
                 frames,
                 zero_copy,
                 stats,
+                control_socket: (!no_control).then_some(control_socket),
             };
             return match switch::daemon::run(&cfg) {
                 Ok(()) => ExitCode::SUCCESS,

@@ -223,17 +223,22 @@ impl ConntrackReport {
 
 /// Reads, parses and validates a state file into a generation-1 snapshot.
 pub fn load_state(path: &Path) -> Result<Snapshot, ReplayError> {
+    let state = read_state(path)?;
+    Snapshot::build(&state, 1).map_err(|source| ReplayError::StateInvalid {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Reads and parses a state file (its meaning is checked when a snapshot is built from it).
+pub fn read_state(path: &Path) -> Result<StateFile, ReplayError> {
     let text = std::fs::read_to_string(path).map_err(|source| ReplayError::StateIo {
         path: path.to_path_buf(),
         source,
     })?;
-    let state = StateFile::parse(&text).map_err(|e| ReplayError::StateParse {
+    StateFile::parse(&text).map_err(|e| ReplayError::StateParse {
         path: path.to_path_buf(),
         reason: e.to_string(),
-    })?;
-    Snapshot::build(&state, 1).map_err(|source| ReplayError::StateInvalid {
-        path: path.to_path_buf(),
-        source,
     })
 }
 

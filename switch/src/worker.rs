@@ -100,6 +100,13 @@ impl Fabric {
     }
 
     /// Wakes worker `w` if it sleeps.
+    /// Wakes every sleeping worker (so that it looks at a new snapshot at once).
+    pub fn wake_all(&self) {
+        for w in 0..self.sleeping.len() {
+            self.wake(w);
+        }
+    }
+
     fn wake(&self, w: usize) {
         if self.sleeping[w].load(Ordering::SeqCst) {
             self.wake[w].signal();

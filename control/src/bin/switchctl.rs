@@ -1,0 +1,670 @@
+//! `switchctl`: drives a running switchd over its control socket.
+//!
+//! Tables for people by default, `-o json` for scripts. Exit codes: 0 done, 1 refused
+//! (invalid request or failed precondition), 2 usage error, 3 switchd unreachable, 4 not
+//! found, 5 applied but not programmed in time, 6 the state file could not be read or parsed.
+
+use clap::{Parser, Subcommand, ValueEnum};
+use control::client::{connect, DEFAULT_SOCKET};
+use control::pb;
+use control::pb::switch_client::SwitchClient;
+use flowtable::state::StateFile;
+use serde::Serialize;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use tonic::transport::Channel;
+
+#[derive(Parser)]
+#[command(name = "switchctl", version, about = "Drive a running switchd (nodeswitch).")]
+struct Cli {
+    /// switchd's control socket.
+    #[arg(long, short = 's', env = "SWITCHCTL_SOCKET", default_value = DEFAULT_SOCKET, global = true)]
+    socket: PathBuf,
+    /// Output format.
+    #[arg(long, short = 'o', value_enum, default_value_t = Format::Table, global = true)]
+    output: Format,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Format {
+    /// Human-readable tables.
+    Table,
+    /// JSON, one document.
+    Json,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Kind {
+    /// Other nodes of the cluster.
+    #[value(alias = "node")]
+    Nodes,
+    /// Pods on this node.
+    #[value(alias = "pod")]
+    Pods,
+    /// Services, with each port's Maglev backend distribution.
+    #[value(alias = "service", alias = "svc")]
+    Services,
+    /// Endpoints of Services.
+    #[value(alias = "endpoint", alias = "ep")]
+    Endpoints,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Make switchd's state the one in FILE (the state file's schema); prints what changed.
+    Apply {
+        /// The state file (TOML), or - for standard input.
+        #[arg(short = 'f', long = "filename")]
+        file: PathBuf,
+        /// Validate and show what would change, change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// List objects of a kind.
+    List {
+        /// What to list.
+        kind: Kind,
+    },
+    /// Show one object (for endpoints: a Service's).
+    Get {
+        /// What to show.
+        kind: Kind,
+        /// Its name.
+        name: String,
+    },
+    /// Delete one object (nodes, pods, services).
+    Delete {
+        /// What to delete.
+        kind: Kind,
+        /// Its name.
+        name: String,
+    },
+    /// The connection tracking table.
+    Ct {
+        #[command(subcommand)]
+        cmd: CtCmd,
+    },
+    /// Counters: drops by reason, per port, per worker.
+    Stats {
+        /// Print again every interval until interrupted.
+        #[arg(long, short = 'w')]
+        watch: bool,
+        /// Interval for --watch, in milliseconds.
+        #[arg(long, default_value_t = 1000)]
+        interval_ms: u32,
+    },
+    /// The decision chain a packet would take: explain tcp 10.244.1.2:40000 10.96.0.10:80
+    Explain {
+        /// tcp, udp or icmp.
+        protocol: String,
+        /// Source address:port (for icmp, the port is the echo identifier).
+        src: String,
+        /// Destination address:port (icmp: the address alone).
+        dst: String,
+        /// The port it arrives on (default: the pod with the source address, else the uplink).
+        #[arg(long)]
+        from: Option<String>,
+    },
+    /// The versions of switchctl and switchd.
+    Version,
+}
+
+#[derive(Subcommand)]
+enum CtCmd {
+    /// List entries.
+    List {
+        /// Either address of the flow, original or translated.
+        #[arg(long)]
+        address: Option<String>,
+        /// TCP, UDP, ICMP, SCTP, affinity.
+        #[arg(long)]
+        protocol: Option<String>,
+        /// Either port of the flow.
+        #[arg(long)]
+        port: Option<u32>,
+        /// new, established, closing.
+        #[arg(long)]
+        state: Option<String>,
+        /// At most this many entries.
+        #[arg(long, default_value_t = 1000)]
+        limit: u32,
+    },
+}
+
+/// A failure and its exit code.
+struct Failure {
+    code: u8,
+    msg: String,
+}
+
+impl From<tonic::Status> for Failure {
+    fn from(s: tonic::Status) -> Failure {
+        use tonic::Code;
+        let code = match s.code() {
+            Code::InvalidArgument | Code::FailedPrecondition | Code::AlreadyExists => 1,
+            Code::NotFound => 4,
+            Code::DeadlineExceeded => 5,
+            Code::Unavailable => 3,
+            _ => 1,
+        };
+        Failure {
+            code,
+            msg: format!("{}: {}", code_name(s.code()), s.message()),
+        }
+    }
+}
+
+fn code_name(c: tonic::Code) -> &'static str {
+    use tonic::Code;
+    match c {
+        Code::InvalidArgument => "invalid argument",
+        Code::NotFound => "not found",
+        Code::FailedPrecondition => "failed precondition",
+        Code::DeadlineExceeded => "not programmed in time",
+        Code::Unavailable => "unavailable",
+        _ => "error",
+    }
+}
+
+fn usage(msg: impl Into<String>) -> Failure {
+    Failure {
+        code: 2,
+        msg: msg.into(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("switchctl: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match rt.block_on(run(&cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            eprintln!("switchctl: {}", f.msg);
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+async fn client(cli: &Cli) -> Result<SwitchClient<Channel>, Failure> {
+    connect(&cli.socket).await.map_err(|e| Failure {
+        code: 3,
+        msg: format!("{e} (is switchd running? --socket or SWITCHCTL_SOCKET names its socket)"),
+    })
+}
+
+fn json<T: Serialize>(v: &T) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}
+
+/// Prints rows as columns padded to the widest cell.
+fn table(header: &[&str], rows: &[Vec<String>]) {
+    let mut w: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            if let Some(x) = w.get_mut(i) {
+                *x = (*x).max(c.chars().count());
+            }
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let n = cells.len();
+        let s: Vec<String> = cells
+            .into_iter()
+            .enumerate()
+            .map(|(i, c)| {
+                if i + 1 == n {
+                    c
+                } else {
+                    format!("{c:<width$}", width = w[i])
+                }
+            })
+            .collect();
+        println!("{}", s.join("  ").trim_end());
+    };
+    line(header.iter().map(|h| h.to_string()).collect());
+    for r in rows {
+        line(r.clone());
+    }
+}
+
+fn endpoint_flags(e: &pb::Endpoint) -> String {
+    let ready = e.ready.unwrap_or(true);
+    let mut f = vec![if ready { "ready" } else { "not-ready" }];
+    if e.serving.unwrap_or(ready) {
+        f.push("serving");
+    }
+    if e.terminating.unwrap_or(false) {
+        f.push("terminating");
+    }
+    f.join(",")
+}
+
+async fn run(cli: &Cli) -> Result<(), Failure> {
+    match &cli.cmd {
+        Cmd::Apply { file, dry_run } => apply(cli, file, *dry_run).await,
+        Cmd::List { kind } => list(cli, *kind, "").await,
+        Cmd::Get { kind, name } => list(cli, *kind, name).await,
+        Cmd::Delete { kind, name } => delete(cli, *kind, name).await,
+        Cmd::Ct {
+            cmd:
+                CtCmd::List {
+                    address,
+                    protocol,
+                    port,
+                    state,
+                    limit,
+                },
+        } => {
+            let mut c = client(cli).await?;
+            let r = c
+                .list_conntrack(pb::ConntrackRequest {
+                    address: address.clone().unwrap_or_default(),
+                    protocol: protocol.clone().unwrap_or_default(),
+                    port: port.unwrap_or(0),
+                    state: state.clone().unwrap_or_default(),
+                    limit: *limit,
+                })
+                .await?
+                .into_inner();
+            if cli.output == Format::Json {
+                json(&r);
+                return Ok(());
+            }
+            let rows: Vec<Vec<String>> = r
+                .entries
+                .iter()
+                .map(|e| {
+                    vec![
+                        e.protocol.clone(),
+                        format!("{}:{}", e.src, e.sport),
+                        format!("{}:{}", e.dst, e.dport),
+                        format!("{}:{}", e.translated_src, e.translated_sport),
+                        format!("{}:{}", e.translated_dst, e.translated_dport),
+                        e.state.clone(),
+                        if e.replied { "yes".into() } else { "no".into() },
+                    ]
+                })
+                .collect();
+            table(
+                &["PROTO", "SOURCE", "DESTINATION", "TRANSLATED SOURCE", "TRANSLATED DESTINATION", "STATE", "REPLIED"],
+                &rows,
+            );
+            println!(
+                "{} shown, {} matched, {} tracked, capacity {}",
+                r.entries.len(),
+                r.matched,
+                r.total,
+                r.capacity
+            );
+            Ok(())
+        }
+        Cmd::Stats { watch, interval_ms } => {
+            let mut c = client(cli).await?;
+            if !watch {
+                let s = c.get_stats(pb::StatsRequest {}).await?.into_inner();
+                print_stats(cli, &s);
+                return Ok(());
+            }
+            let mut stream = c
+                .watch_stats(pb::WatchStatsRequest {
+                    interval_ms: *interval_ms,
+                    count: 0,
+                })
+                .await?
+                .into_inner();
+            while let Some(s) = stream.message().await? {
+                print_stats(cli, &s);
+                if cli.output == Format::Table {
+                    println!();
+                }
+            }
+            Ok(())
+        }
+        Cmd::Explain {
+            protocol,
+            src,
+            dst,
+            from,
+        } => {
+            let split = |what: &str, s: &str| -> Result<(String, u32), Failure> {
+                match s.rsplit_once(':') {
+                    Some((a, p)) => p
+                        .parse()
+                        .map(|p| (a.to_string(), p))
+                        .map_err(|_| usage(format!("{what}: '{p}' is not a port number"))),
+                    None if protocol.eq_ignore_ascii_case("icmp") => Ok((s.to_string(), 0)),
+                    None => Err(usage(format!("{what}: '{s}' should be address:port"))),
+                }
+            };
+            let (s, sp) = split("source", src)?;
+            let (d, dp) = split("destination", dst)?;
+            let mut c = client(cli).await?;
+            let r = c
+                .explain(pb::ExplainRequest {
+                    src: s,
+                    sport: sp,
+                    dst: d,
+                    dport: dp,
+                    protocol: protocol.clone(),
+                    from: from.clone().unwrap_or_default(),
+                })
+                .await?
+                .into_inner();
+            if cli.output == Format::Json {
+                json(&r);
+                return Ok(());
+            }
+            let rows: Vec<Vec<String>> = r
+                .steps
+                .iter()
+                .map(|s| vec![s.table.clone(), s.result.clone()])
+                .collect();
+            table(&["STEP", "RESULT"], &rows);
+            println!("verdict: {} (generation {})", r.verdict, r.generation);
+            Ok(())
+        }
+        Cmd::Version => {
+            let mut c = client(cli).await?;
+            let v = c.version(pb::VersionRequest {}).await?.into_inner();
+            if cli.output == Format::Json {
+                json(&serde_json::json!({
+                    "switchctl": env!("CARGO_PKG_VERSION"),
+                    "switchd": v,
+                }));
+                return Ok(());
+            }
+            println!("switchctl {}", env!("CARGO_PKG_VERSION"));
+            println!(
+                "switchd   {} (API {}, node {}, generation {})",
+                v.version, v.api, v.node, v.generation
+            );
+            Ok(())
+        }
+    }
+}
+
+async fn apply(cli: &Cli, file: &PathBuf, dry_run: bool) -> Result<(), Failure> {
+    let text = if file.as_os_str() == "-" {
+        std::io::read_to_string(std::io::stdin())
+    } else {
+        std::fs::read_to_string(file)
+    }
+    .map_err(|e| Failure {
+        code: 6,
+        msg: format!("{}: {e}", file.display()),
+    })?;
+    let state = StateFile::parse(&text).map_err(|e| Failure {
+        code: 6,
+        msg: format!("{}: {e}", file.display()),
+    })?;
+    let mut c = client(cli).await?;
+    let r = c
+        .replace(pb::ReplaceRequest {
+            state: Some(control::convert::state_pb(&state, 0)),
+            dry_run,
+        })
+        .await?
+        .into_inner();
+    if cli.output == Format::Json {
+        json(&r);
+        return Ok(());
+    }
+    for ch in &r.changes {
+        let name = if ch.name.is_empty() {
+            ch.kind.clone()
+        } else {
+            format!("{}/{}", ch.kind, ch.name)
+        };
+        println!("{name} {}{}", ch.action, if dry_run { " (dry run)" } else { "" });
+    }
+    if !r.changed {
+        println!("no changes; generation {} stays", r.generation);
+    } else if dry_run {
+        println!(
+            "{} unchanged; dry run, nothing applied (validated in {} us)",
+            r.unchanged, r.build_micros
+        );
+    } else {
+        println!(
+            "{} unchanged; generation {} programmed (built in {} us, running on every worker {} us later)",
+            r.unchanged, r.generation, r.build_micros, r.programmed_micros
+        );
+    }
+    Ok(())
+}
+
+async fn delete(cli: &Cli, kind: Kind, name: &str) -> Result<(), Failure> {
+    let mut c = client(cli).await?;
+    let req = pb::Name {
+        name: name.to_string(),
+    };
+    let r = match kind {
+        Kind::Nodes => c.delete_node(req).await?,
+        Kind::Pods => c.delete_pod(req).await?,
+        Kind::Services => c.delete_service(req).await?,
+        Kind::Endpoints => {
+            return Err(usage(
+                "endpoints belong to a Service: apply a state without them, or delete the Service",
+            ))
+        }
+    }
+    .into_inner();
+    if cli.output == Format::Json {
+        json(&r);
+    } else {
+        for ch in &r.changes {
+            println!("{}/{} {}", ch.kind, ch.name, ch.action);
+        }
+        println!("generation {} programmed", r.generation);
+    }
+    Ok(())
+}
+
+async fn list(cli: &Cli, kind: Kind, name: &str) -> Result<(), Failure> {
+    let mut c = client(cli).await?;
+    let req = pb::ListRequest {
+        name: name.to_string(),
+    };
+    let js = cli.output == Format::Json;
+    match kind {
+        Kind::Nodes => {
+            let r = c.list_nodes(req).await?.into_inner();
+            if js {
+                json(&r);
+                return Ok(());
+            }
+            let rows: Vec<Vec<String>> = r
+                .nodes
+                .iter()
+                .map(|n| vec![n.name.clone(), n.ip.clone(), n.pod_cidr.clone(), n.vtep_mac.clone(), n.mac.clone()])
+                .collect();
+            table(&["NAME", "IP", "POD CIDR", "VTEP MAC", "NEXT-HOP MAC"], &rows);
+        }
+        Kind::Pods => {
+            let r = c.list_pods(req).await?.into_inner();
+            if js {
+                json(&r);
+                return Ok(());
+            }
+            let rows: Vec<Vec<String>> = r
+                .pods
+                .iter()
+                .map(|p| vec![p.name.clone(), p.ip.clone(), p.mac.clone(), p.port.clone()])
+                .collect();
+            table(&["NAME", "IP", "MAC", "PORT"], &rows);
+        }
+        Kind::Services => {
+            let r = c.list_services(req).await?.into_inner();
+            if js {
+                json(&r);
+                return Ok(());
+            }
+            let mut rows = Vec::new();
+            for si in &r.services {
+                let Some(s) = &si.service else { continue };
+                let ports: Vec<String> = s
+                    .ports
+                    .iter()
+                    .map(|p| {
+                        let np = if p.node_port != 0 { format!(":{}", p.node_port) } else { String::new() };
+                        format!("{}{np}/{}", p.port, p.protocol)
+                    })
+                    .collect();
+                let ext: Vec<String> = s.load_balancer_ips.iter().chain(&s.external_ips).cloned().collect();
+                rows.push(vec![
+                    s.name.clone(),
+                    s.cluster_ip.clone(),
+                    if ext.is_empty() { "-".into() } else { ext.join(",") },
+                    ports.join(","),
+                    s.endpoints.len().to_string(),
+                    format!("{}/{}", s.external_traffic_policy, s.internal_traffic_policy),
+                    s.session_affinity.clone(),
+                ]);
+            }
+            table(
+                &["NAME", "CLUSTER-IP", "EXTERNAL", "PORTS", "ENDPOINTS", "POLICY (EXT/INT)", "AFFINITY"],
+                &rows,
+            );
+            if !name.is_empty() {
+                for si in &r.services {
+                    for p in &si.ports {
+                        println!();
+                        println!(
+                            "port {} {}/{} -> {}: Maglev table of {} entries",
+                            if p.name.is_empty() { "-" } else { &p.name },
+                            p.port,
+                            p.protocol,
+                            p.target_port,
+                            p.table_size
+                        );
+                        let rows: Vec<Vec<String>> = p
+                            .cluster
+                            .iter()
+                            .map(|b| vec![format!("{}:{}", b.ip, b.port), b.node.clone(), b.entries.to_string(), format!("{:.1}%", b.percent)])
+                            .collect();
+                        table(&["BACKEND", "NODE", "ENTRIES", "SHARE"], &rows);
+                        if !p.local.is_empty() {
+                            println!("local endpoints (Local policy):");
+                            let rows: Vec<Vec<String>> = p
+                                .local
+                                .iter()
+                                .map(|b| vec![format!("{}:{}", b.ip, b.port), b.node.clone(), b.entries.to_string(), format!("{:.1}%", b.percent)])
+                                .collect();
+                            table(&["BACKEND", "NODE", "ENTRIES", "SHARE"], &rows);
+                        }
+                    }
+                }
+            }
+        }
+        Kind::Endpoints => {
+            let r = c.list_endpoints(req).await?.into_inner();
+            if js {
+                json(&r);
+                return Ok(());
+            }
+            let rows: Vec<Vec<String>> = r
+                .endpoints
+                .iter()
+                .filter_map(|e| {
+                    let ep = e.endpoint.as_ref()?;
+                    Some(vec![
+                        e.service.clone(),
+                        ep.ip.clone(),
+                        ep.node.clone(),
+                        endpoint_flags(ep),
+                        if e.usable { "yes".into() } else { "no".into() },
+                    ])
+                })
+                .collect();
+            table(&["SERVICE", "IP", "NODE", "CONDITIONS", "IN TABLES"], &rows);
+        }
+    }
+    Ok(())
+}
+
+fn print_stats(cli: &Cli, s: &pb::Stats) {
+    if cli.output == Format::Json {
+        println!("{}", serde_json::to_string(s).unwrap_or_default());
+        return;
+    }
+    println!(
+        "node {}  generation {} (published {})  up {:.1} s  received {}  conntrack {}/{}",
+        s.node,
+        s.generation,
+        s.published_generation,
+        s.uptime_secs,
+        s.received,
+        s.conntrack_entries,
+        s.conntrack_capacity
+    );
+    let mut actions: Vec<(&String, &u64)> = s.actions.iter().filter(|(_, v)| **v > 0).collect();
+    actions.sort();
+    let mut drops: Vec<(String, u64)> = s
+        .drops
+        .iter()
+        .map(|(k, v)| (k.clone(), *v))
+        .chain(s.worker_drops.iter().map(|(k, v)| (format!("{k} (worker)"), *v)))
+        .filter(|(_, v)| *v > 0)
+        .collect();
+    drops.sort();
+    println!();
+    let rows: Vec<Vec<String>> = actions.iter().map(|(k, v)| vec![k.to_string(), v.to_string()]).collect();
+    table(&["ACTION", "FRAMES"], &rows);
+    println!();
+    if drops.is_empty() {
+        println!("no drops");
+    } else {
+        let rows: Vec<Vec<String>> = drops.iter().map(|(k, v)| vec![k.clone(), v.to_string()]).collect();
+        table(&["DROP REASON", "FRAMES"], &rows);
+    }
+    if !s.ports.is_empty() {
+        println!();
+        let rows: Vec<Vec<String>> = s
+            .ports
+            .iter()
+            .map(|p| {
+                vec![
+                    p.name.clone(),
+                    p.worker.to_string(),
+                    p.mode.clone(),
+                    p.rx.to_string(),
+                    p.tx.to_string(),
+                    p.tx_ring_full.to_string(),
+                    p.rx_not_a_port.to_string(),
+                    p.bad_descriptors.to_string(),
+                    p.kernel_rx_dropped.to_string(),
+                ]
+            })
+            .collect();
+        table(
+            &["PORT", "WORKER", "MODE", "RX", "TX", "TX RING FULL", "RX NOT A PORT", "BAD DESC", "KERNEL RX DROPPED"],
+            &rows,
+        );
+    }
+    if !s.workers.is_empty() {
+        println!();
+        let rows: Vec<Vec<String>> = s
+            .workers
+            .iter()
+            .map(|w| {
+                vec![
+                    w.id.to_string(),
+                    w.generation.to_string(),
+                    w.received.to_string(),
+                    w.dropped.to_string(),
+                    w.handed_off.to_string(),
+                    w.free_frames.to_string(),
+                ]
+            })
+            .collect();
+        table(&["WORKER", "GENERATION", "RECEIVED", "DROPPED", "HANDED OFF", "FREE FRAMES"], &rows);
+    }
+}
