@@ -4,7 +4,7 @@
 //! Design: the server runs on its own thread with a small tokio runtime, so the daemon's
 //! threads stay as they are; [`spawn_unix`] binds before it returns (an error is the caller's
 //! at once, and a client may connect as soon as it returns) and the returned handle stops the
-//! server when dropped. A socket file left by a killed daemon is replaced; one that another
+//! server when dropped, closing its connections (a call in flight fails with UNAVAILABLE). A socket file left by a killed daemon is replaced; one that another
 //! live server answers on is not. Thread-safety: the handle may be moved to any thread.
 
 use crate::pb::switch_client::SwitchClient;
@@ -114,13 +114,17 @@ pub fn spawn_unix<D: Dataplane>(
         .spawn(move || {
             rt.block_on(async move {
                 let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
-                let _ = tonic::transport::Server::builder()
+                let serve = tonic::transport::Server::builder()
                     .add_service(service)
-                    .serve_with_incoming_shutdown(incoming, async {
-                        let _ = stopped.await;
-                    })
-                    .await;
+                    .serve_with_incoming(incoming);
+                // Stopping closes every connection at once (a graceful shutdown would wait
+                // for clients that never hang up, such as an open WatchStats).
+                tokio::select! {
+                    _ = serve => {}
+                    _ = stopped => {}
+                }
             });
+            rt.shutdown_timeout(std::time::Duration::from_millis(200));
         })
         .map_err(socket_err(path))?;
     Ok(ServerHandle {

@@ -24,11 +24,11 @@
 
 use crate::plane::{numbers, Commit, DaemonPlane, Shared};
 use crate::replay::{self, ConntrackReport, NatReport};
-use control::server::Control;
-use control::ApiError;
 use crate::worker::{Command, Fabric, PollMode, Port, Report, Worker, MAX_PORTS};
 use crate::xdp::{Role, Xdp, XdpError, XdpStats};
 use crate::xsk::{self, Mode, Socket, Umem, XskError};
+use control::server::Control;
+use control::ApiError;
 use flowtable::conntrack::{Conntrack, Timeouts};
 use flowtable::pipeline::Pipeline;
 use flowtable::snapshot::{Snapshot, SnapshotCell};
@@ -296,16 +296,15 @@ pub fn run(cfg: &Config) -> Result<(), DaemonError> {
         .map_err(DaemonError::Signals)?;
 
     let state = replay::read_state(&cfg.state)?;
-    let (engine, snap) =
-        control::engine::Engine::new(state).map_err(|e| match e {
-            ApiError::Invalid { field, reason } => {
-                DaemonError::State(replay::ReplayError::StateInvalid {
-                    path: cfg.state.clone(),
-                    source: flowtable::snapshot::StateError { field, reason },
-                })
-            }
-            other => DaemonError::Worker(other.to_string()),
-        })?;
+    let (engine, snap) = control::engine::Engine::new(state).map_err(|e| match e {
+        ApiError::Invalid { field, reason } => {
+            DaemonError::State(replay::ReplayError::StateInvalid {
+                path: cfg.state.clone(),
+                source: flowtable::snapshot::StateError { field, reason },
+            })
+        }
+        other => DaemonError::Worker(other.to_string()),
+    })?;
     let ifaces = check_interfaces(&snap)?;
 
     let mut xdp = Xdp::load()?;
@@ -705,15 +704,18 @@ fn apply_snapshot(run: &mut Running, next: Snapshot) -> Result<(u64, String), Da
     let generation = run.cell.publish(next);
     run.fabric.wake_all();
     update_host_ready(run);
-    Ok((generation, format!(
-        "generation {generation} published, ports added [{}], removed [{}]",
-        names.join(", "),
-        removed
-            .iter()
-            .map(|r| r.0.as_str())
-            .collect::<Vec<_>>()
-            .join(", ")
-    )))
+    Ok((
+        generation,
+        format!(
+            "generation {generation} published, ports added [{}], removed [{}]",
+            names.join(", "),
+            removed
+                .iter()
+                .map(|r| r.0.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    ))
 }
 
 fn write_stats(

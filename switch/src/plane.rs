@@ -103,11 +103,10 @@ impl Dataplane for DaemonPlane {
         self.cell
             .wait_programmed(generation, timeout, &|| self.fabric.wake_all())
             .map_err(|l| {
-                let behind: Vec<String> = l
-                    .0
-                    .iter()
-                    .map(|(w, g)| format!("worker {w} runs {g}"))
-                    .collect();
+                let behind: Vec<String> =
+                    l.0.iter()
+                        .map(|(w, g)| format!("worker {w} runs {g}"))
+                        .collect();
                 ApiError::NotProgrammed(format!(
                     "generation {generation} is published but not programmed after {timeout:?}: {}",
                     behind.join(", ")
@@ -170,7 +169,11 @@ impl Dataplane for DaemonPlane {
             });
         }
         ports.sort_by(|a, b| a.name.cmp(&b.name));
-        let xdp = self.shared.lock().map(|s| s.xdp.clone()).unwrap_or_default();
+        let xdp = self
+            .shared
+            .lock()
+            .map(|s| s.xdp.clone())
+            .unwrap_or_default();
         pb::Stats {
             node: snap.node.name.clone(),
             generation: running.iter().copied().min().unwrap_or(snap.generation),

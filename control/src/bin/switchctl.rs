@@ -15,7 +15,11 @@ use std::process::ExitCode;
 use tonic::transport::Channel;
 
 #[derive(Parser)]
-#[command(name = "switchctl", version, about = "Drive a running switchd (nodeswitch).")]
+#[command(
+    name = "switchctl",
+    version,
+    about = "Drive a running switchd (nodeswitch)."
+)]
 struct Cli {
     /// switchd's control socket.
     #[arg(long, short = 's', env = "SWITCHCTL_SOCKET", default_value = DEFAULT_SOCKET, global = true)]
@@ -177,7 +181,10 @@ fn usage(msg: impl Into<String>) -> Failure {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("switchctl: {e}");
@@ -294,7 +301,15 @@ async fn run(cli: &Cli) -> Result<(), Failure> {
                 })
                 .collect();
             table(
-                &["PROTO", "SOURCE", "DESTINATION", "TRANSLATED SOURCE", "TRANSLATED DESTINATION", "STATE", "REPLIED"],
+                &[
+                    "PROTO",
+                    "SOURCE",
+                    "DESTINATION",
+                    "TRANSLATED SOURCE",
+                    "TRANSLATED DESTINATION",
+                    "STATE",
+                    "REPLIED",
+                ],
                 &rows,
             );
             println!(
@@ -423,7 +438,11 @@ async fn apply(cli: &Cli, file: &PathBuf, dry_run: bool) -> Result<(), Failure> 
         } else {
             format!("{}/{}", ch.kind, ch.name)
         };
-        println!("{name} {}{}", ch.action, if dry_run { " (dry run)" } else { "" });
+        println!(
+            "{name} {}{}",
+            ch.action,
+            if dry_run { " (dry run)" } else { "" }
+        );
     }
     if !r.changed {
         println!("no changes; generation {} stays", r.generation);
@@ -446,17 +465,16 @@ async fn delete(cli: &Cli, kind: Kind, name: &str) -> Result<(), Failure> {
     let req = pb::Name {
         name: name.to_string(),
     };
-    let r = match kind {
-        Kind::Nodes => c.delete_node(req).await?,
-        Kind::Pods => c.delete_pod(req).await?,
-        Kind::Services => c.delete_service(req).await?,
-        Kind::Endpoints => {
-            return Err(usage(
+    let r =
+        match kind {
+            Kind::Nodes => c.delete_node(req).await?,
+            Kind::Pods => c.delete_pod(req).await?,
+            Kind::Services => c.delete_service(req).await?,
+            Kind::Endpoints => return Err(usage(
                 "endpoints belong to a Service: apply a state without them, or delete the Service",
-            ))
+            )),
         }
-    }
-    .into_inner();
+        .into_inner();
     if cli.output == Format::Json {
         json(&r);
     } else {
@@ -484,9 +502,20 @@ async fn list(cli: &Cli, kind: Kind, name: &str) -> Result<(), Failure> {
             let rows: Vec<Vec<String>> = r
                 .nodes
                 .iter()
-                .map(|n| vec![n.name.clone(), n.ip.clone(), n.pod_cidr.clone(), n.vtep_mac.clone(), n.mac.clone()])
+                .map(|n| {
+                    vec![
+                        n.name.clone(),
+                        n.ip.clone(),
+                        n.pod_cidr.clone(),
+                        n.vtep_mac.clone(),
+                        n.mac.clone(),
+                    ]
+                })
                 .collect();
-            table(&["NAME", "IP", "POD CIDR", "VTEP MAC", "NEXT-HOP MAC"], &rows);
+            table(
+                &["NAME", "IP", "POD CIDR", "VTEP MAC", "NEXT-HOP MAC"],
+                &rows,
+            );
         }
         Kind::Pods => {
             let r = c.list_pods(req).await?.into_inner();
@@ -514,23 +543,47 @@ async fn list(cli: &Cli, kind: Kind, name: &str) -> Result<(), Failure> {
                     .ports
                     .iter()
                     .map(|p| {
-                        let np = if p.node_port != 0 { format!(":{}", p.node_port) } else { String::new() };
+                        let np = if p.node_port != 0 {
+                            format!(":{}", p.node_port)
+                        } else {
+                            String::new()
+                        };
                         format!("{}{np}/{}", p.port, p.protocol)
                     })
                     .collect();
-                let ext: Vec<String> = s.load_balancer_ips.iter().chain(&s.external_ips).cloned().collect();
+                let ext: Vec<String> = s
+                    .load_balancer_ips
+                    .iter()
+                    .chain(&s.external_ips)
+                    .cloned()
+                    .collect();
                 rows.push(vec![
                     s.name.clone(),
                     s.cluster_ip.clone(),
-                    if ext.is_empty() { "-".into() } else { ext.join(",") },
+                    if ext.is_empty() {
+                        "-".into()
+                    } else {
+                        ext.join(",")
+                    },
                     ports.join(","),
                     s.endpoints.len().to_string(),
-                    format!("{}/{}", s.external_traffic_policy, s.internal_traffic_policy),
+                    format!(
+                        "{}/{}",
+                        s.external_traffic_policy, s.internal_traffic_policy
+                    ),
                     s.session_affinity.clone(),
                 ]);
             }
             table(
-                &["NAME", "CLUSTER-IP", "EXTERNAL", "PORTS", "ENDPOINTS", "POLICY (EXT/INT)", "AFFINITY"],
+                &[
+                    "NAME",
+                    "CLUSTER-IP",
+                    "EXTERNAL",
+                    "PORTS",
+                    "ENDPOINTS",
+                    "POLICY (EXT/INT)",
+                    "AFFINITY",
+                ],
                 &rows,
             );
             if !name.is_empty() {
@@ -548,7 +601,14 @@ async fn list(cli: &Cli, kind: Kind, name: &str) -> Result<(), Failure> {
                         let rows: Vec<Vec<String>> = p
                             .cluster
                             .iter()
-                            .map(|b| vec![format!("{}:{}", b.ip, b.port), b.node.clone(), b.entries.to_string(), format!("{:.1}%", b.percent)])
+                            .map(|b| {
+                                vec![
+                                    format!("{}:{}", b.ip, b.port),
+                                    b.node.clone(),
+                                    b.entries.to_string(),
+                                    format!("{:.1}%", b.percent),
+                                ]
+                            })
                             .collect();
                         table(&["BACKEND", "NODE", "ENTRIES", "SHARE"], &rows);
                         if !p.local.is_empty() {
@@ -556,7 +616,14 @@ async fn list(cli: &Cli, kind: Kind, name: &str) -> Result<(), Failure> {
                             let rows: Vec<Vec<String>> = p
                                 .local
                                 .iter()
-                                .map(|b| vec![format!("{}:{}", b.ip, b.port), b.node.clone(), b.entries.to_string(), format!("{:.1}%", b.percent)])
+                                .map(|b| {
+                                    vec![
+                                        format!("{}:{}", b.ip, b.port),
+                                        b.node.clone(),
+                                        b.entries.to_string(),
+                                        format!("{:.1}%", b.percent),
+                                    ]
+                                })
                                 .collect();
                             table(&["BACKEND", "NODE", "ENTRIES", "SHARE"], &rows);
                         }
@@ -611,18 +678,28 @@ fn print_stats(cli: &Cli, s: &pb::Stats) {
         .drops
         .iter()
         .map(|(k, v)| (k.clone(), *v))
-        .chain(s.worker_drops.iter().map(|(k, v)| (format!("{k} (worker)"), *v)))
+        .chain(
+            s.worker_drops
+                .iter()
+                .map(|(k, v)| (format!("{k} (worker)"), *v)),
+        )
         .filter(|(_, v)| *v > 0)
         .collect();
     drops.sort();
     println!();
-    let rows: Vec<Vec<String>> = actions.iter().map(|(k, v)| vec![k.to_string(), v.to_string()]).collect();
+    let rows: Vec<Vec<String>> = actions
+        .iter()
+        .map(|(k, v)| vec![k.to_string(), v.to_string()])
+        .collect();
     table(&["ACTION", "FRAMES"], &rows);
     println!();
     if drops.is_empty() {
         println!("no drops");
     } else {
-        let rows: Vec<Vec<String>> = drops.iter().map(|(k, v)| vec![k.clone(), v.to_string()]).collect();
+        let rows: Vec<Vec<String>> = drops
+            .iter()
+            .map(|(k, v)| vec![k.clone(), v.to_string()])
+            .collect();
         table(&["DROP REASON", "FRAMES"], &rows);
     }
     if !s.ports.is_empty() {
@@ -645,7 +722,17 @@ fn print_stats(cli: &Cli, s: &pb::Stats) {
             })
             .collect();
         table(
-            &["PORT", "WORKER", "MODE", "RX", "TX", "TX RING FULL", "RX NOT A PORT", "BAD DESC", "KERNEL RX DROPPED"],
+            &[
+                "PORT",
+                "WORKER",
+                "MODE",
+                "RX",
+                "TX",
+                "TX RING FULL",
+                "RX NOT A PORT",
+                "BAD DESC",
+                "KERNEL RX DROPPED",
+            ],
             &rows,
         );
     }
@@ -665,6 +752,16 @@ fn print_stats(cli: &Cli, s: &pb::Stats) {
                 ]
             })
             .collect();
-        table(&["WORKER", "GENERATION", "RECEIVED", "DROPPED", "HANDED OFF", "FREE FRAMES"], &rows);
+        table(
+            &[
+                "WORKER",
+                "GENERATION",
+                "RECEIVED",
+                "DROPPED",
+                "HANDED OFF",
+                "FREE FRAMES",
+            ],
+            &rows,
+        );
     }
 }
