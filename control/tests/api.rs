@@ -264,7 +264,10 @@ fn every_object_round_trips() {
             e.message()
         );
     });
-    assert_eq!(f.ctl.state().unwrap(), sorted(StateFile::parse(STATE).unwrap()));
+    assert_eq!(
+        f.ctl.state().unwrap(),
+        sorted(StateFile::parse(STATE).unwrap())
+    );
 }
 
 /// Every validation error: the code, and a message with the field and the reason.
@@ -378,7 +381,10 @@ fn invalid_changes_are_refused_with_field_and_reason() {
         );
     });
     assert_eq!(f.generation(), g0, "nothing refused was published");
-    assert_eq!(f.ctl.state().unwrap(), sorted(StateFile::parse(STATE).unwrap()));
+    assert_eq!(
+        f.ctl.state().unwrap(),
+        sorted(StateFile::parse(STATE).unwrap())
+    );
 }
 
 #[test]

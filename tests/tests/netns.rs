@@ -62,6 +62,25 @@ fn unique_prefix() -> String {
     format!("q{s}{}", (b'a' + n as u8) as char)
 }
 
+/// Runs a command on the host; panics with its error output unless it succeeds.
+fn sh(args: &[&str]) {
+    let o = Command::new(args[0]).args(&args[1..]).output().unwrap();
+    assert!(
+        o.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// Deletes a namespace the topology script does not know, on every path.
+struct DelNs(String);
+
+impl Drop for DelNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
 /// The namespace tests push real traffic through debug builds on a small machine: one at a
 /// time, so that a test's TCP stream is never starved by another test's load.
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -160,6 +179,8 @@ impl Topo {
             .arg(state)
             .arg("--stats")
             .arg(&stats)
+            .arg("--control-socket")
+            .arg(self.dir.path().join(format!("n{n}.sock")))
             .args(extra)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("log"))
@@ -194,6 +215,97 @@ impl Topo {
             std::thread::sleep(Duration::from_millis(50));
         }
         self.daemons.len() - 1
+    }
+
+    /// A new pod-e (10.244.1.4, port veth-e) wired to node1 but in no state yet; its
+    /// namespace goes when the guard is dropped.
+    fn add_pod_e(&self) -> DelNs {
+        let e = self.ns("e");
+        let n1 = self.ns("n1");
+        // Removed on every path (the topology script does not know this namespace).
+        let guard = DelNs(e.clone());
+        sh(&["ip", "netns", "add", &e]);
+        sh(&["ip", "-n", &e, "link", "set", "lo", "up"]);
+        sh(&[
+            "ip",
+            "link",
+            "add",
+            "eth0",
+            "netns",
+            &e,
+            "address",
+            "02:00:0a:f4:01:04",
+            "mtu",
+            "1450",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "veth-e",
+            "netns",
+            &n1,
+        ]);
+        sh(&[
+            "ip",
+            "-n",
+            &e,
+            "addr",
+            "add",
+            "10.244.1.4/24",
+            "dev",
+            "eth0",
+        ]);
+        sh(&["ip", "-n", &e, "link", "set", "eth0", "up"]);
+        sh(&[
+            "ip",
+            "-n",
+            &e,
+            "route",
+            "add",
+            "default",
+            "via",
+            "10.244.1.1",
+        ]);
+        sh(&[
+            "ip",
+            "-n",
+            &n1,
+            "link",
+            "set",
+            "veth-e",
+            "address",
+            "02:00:0a:f4:01:01",
+            "mtu",
+            "1450",
+            "up",
+        ]);
+        sh(&[
+            "ip",
+            "-n",
+            &n1,
+            "route",
+            "add",
+            "10.244.1.4/32",
+            "dev",
+            "veth-e",
+        ]);
+        guard
+    }
+
+    /// Runs switchctl against node `n`'s daemon: (exit code, stdout, stderr).
+    fn ctl(&self, n: u8, args: &[&str]) -> (i32, String, String) {
+        let bin = switchd_bin().with_file_name("switchctl");
+        let o = Command::new(bin)
+            .arg("--socket")
+            .arg(self.dir.path().join(format!("n{n}.sock")))
+            .args(args)
+            .output()
+            .expect("switchctl");
+        (
+            o.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
     }
 
     fn stats(&self, n: u8) -> serde_json::Value {
@@ -517,6 +629,7 @@ fn stops_cleanly_and_leaves_nothing_attached() {
             &[
                 switchd_bin().to_str().unwrap(),
                 "run",
+                "--no-control",
                 "--state",
                 path.to_str().unwrap(),
             ],
@@ -554,89 +667,7 @@ fn pods_come_and_go_without_disturbing_others() {
     std::thread::sleep(Duration::from_millis(300));
 
     // New pod-e on node1.
-    let e = t.ns("e");
-    let n1 = t.ns("n1");
-    let sh = |args: &[&str]| {
-        let o = Command::new(args[0]).args(&args[1..]).output().unwrap();
-        assert!(
-            o.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-    };
-    // Removed on every path (the topology script does not know this namespace).
-    struct DelNs(String);
-    impl Drop for DelNs {
-        fn drop(&mut self) {
-            let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-        }
-    }
-    let _guard = DelNs(e.clone());
-    sh(&["ip", "netns", "add", &e]);
-    sh(&["ip", "-n", &e, "link", "set", "lo", "up"]);
-    sh(&[
-        "ip",
-        "link",
-        "add",
-        "eth0",
-        "netns",
-        &e,
-        "address",
-        "02:00:0a:f4:01:04",
-        "mtu",
-        "1450",
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "veth-e",
-        "netns",
-        &n1,
-    ]);
-    sh(&[
-        "ip",
-        "-n",
-        &e,
-        "addr",
-        "add",
-        "10.244.1.4/24",
-        "dev",
-        "eth0",
-    ]);
-    sh(&["ip", "-n", &e, "link", "set", "eth0", "up"]);
-    sh(&[
-        "ip",
-        "-n",
-        &e,
-        "route",
-        "add",
-        "default",
-        "via",
-        "10.244.1.1",
-    ]);
-    sh(&[
-        "ip",
-        "-n",
-        &n1,
-        "link",
-        "set",
-        "veth-e",
-        "address",
-        "02:00:0a:f4:01:01",
-        "mtu",
-        "1450",
-        "up",
-    ]);
-    sh(&[
-        "ip",
-        "-n",
-        &n1,
-        "route",
-        "add",
-        "10.244.1.4/32",
-        "dev",
-        "veth-e",
-    ]);
+    let _guard = t.add_pod_e();
     let mut text = std::fs::read_to_string(&live).unwrap();
     text.push_str(
         "\n[[pods]]\nname = \"default/pod-e\"\nip = \"10.244.1.4\"\nmac = \"02:00:0a:f4:01:04\"\nport = \"veth-e\"\n",
@@ -814,4 +845,178 @@ print(sent)
     for p in s["ports"].as_array().unwrap() {
         assert_eq!(p["bad_descriptors"], 0);
     }
+}
+
+/// switchctl drives a running switchd: every query, a pod added and deleted, a Service's
+/// endpoints changed while traffic runs, refusals with exit codes a script can rely on.
+#[test]
+fn switchctl_drives_a_running_switchd() {
+    if skip_unless_root("the switchd namespace tests") {
+        return;
+    }
+    let mut t = Topo::up(["switch", "switch"]);
+    t.switchd(1, &state(1));
+    t.switchd(2, &state(2));
+    for pod in ["b", "d"] {
+        t.serve(pod, "tcp", 8080);
+    }
+    let json = |out: &str| -> serde_json::Value { serde_json::from_str(out).expect("JSON") };
+
+    let (rc, out, err) = t.ctl(1, &["version"]);
+    assert_eq!(rc, 0, "{err}");
+    assert!(out.contains("node node1, generation 1"), "{out}");
+    let (rc, out, _) = t.ctl(1, &["-o", "json", "list", "pods"]);
+    assert_eq!(rc, 0);
+    let pods = json(&out);
+    assert_eq!(pods["pods"].as_array().unwrap().len(), 2);
+    let (rc, out, _) = t.ctl(1, &["list", "nodes"]);
+    assert!(
+        rc == 0 && out.contains("node2") && out.contains("10.244.2.0/24"),
+        "{out}"
+    );
+    let (rc, out, _) = t.ctl(1, &["get", "services", "default/web"]);
+    assert!(
+        rc == 0 && out.contains("Maglev table of 251 entries"),
+        "{out}"
+    );
+    assert!(
+        out.contains("10.244.1.3:8080") && out.contains("10.244.2.3:8080"),
+        "{out}"
+    );
+
+    // A pod added with apply: reachable as soon as apply returns (programmed).
+    let _guard = t.add_pod_e();
+    let live = t.dir.path().join("live.toml");
+    let base = std::fs::read_to_string(state(1)).unwrap();
+    let pod_e = "\n[[pods]]\nname = \"default/pod-e\"\nip = \"10.244.1.4\"\nmac = \"02:00:0a:f4:01:04\"\nport = \"veth-e\"\n";
+    std::fs::write(&live, format!("{base}{pod_e}")).unwrap();
+    let (rc, out, err) = t.ctl(1, &["apply", "-f", live.to_str().unwrap()]);
+    assert_eq!(rc, 0, "{err}");
+    assert!(out.contains("pod/default/pod-e created"), "{out}");
+    assert!(out.contains("generation 2 programmed"), "{out}");
+    assert!(
+        t.ping("a", "10.244.1.4", &[]),
+        "pod-a -> pod-e right after apply"
+    );
+    assert_eq!(t.xdp_attached("n1"), 5);
+    // The same file again changes nothing.
+    let (rc, out, _) = t.ctl(1, &["apply", "-f", live.to_str().unwrap()]);
+    assert!(
+        rc == 0 && out.contains("no changes; generation 2 stays"),
+        "{out}"
+    );
+
+    // The web Service down to its remote endpoint: explain says where a new flow goes, and
+    // traffic goes there.
+    let remote_only =
+        format!("{base}{pod_e}").replace("  { ip = \"10.244.1.3\", node = \"node1\" },\n", "");
+    assert_ne!(
+        remote_only,
+        format!("{base}{pod_e}"),
+        "the demo state changed shape"
+    );
+    std::fs::write(&live, &remote_only).unwrap();
+    let (rc, out, err) = t.ctl(1, &["apply", "-f", live.to_str().unwrap()]);
+    assert_eq!(rc, 0, "{err}");
+    assert!(out.contains("service/default/web configured"), "{out}");
+    let (rc, out, _) = t.ctl(1, &["explain", "tcp", "10.244.1.2:40000", "10.96.0.10:80"]);
+    assert_eq!(rc, 0);
+    assert!(out.contains("ClusterIP of Service default/web"), "{out}");
+    assert!(out.contains("-> 10.244.2.3:8080"), "{out}");
+    assert!(
+        out.contains(
+            "verdict: transmit on uplink, VXLAN-encapsulated to 198.18.0.2 (generation 3)"
+        ),
+        "{out}"
+    );
+    for _ in 0..3 {
+        t.echo("a", "tcp", "10.96.0.10", 80, 20_000);
+    }
+    let (rc, out, _) = t.ctl(
+        1,
+        &[
+            "-o",
+            "json",
+            "ct",
+            "list",
+            "--address",
+            "10.96.0.10",
+            "--protocol",
+            "tcp",
+        ],
+    );
+    assert_eq!(rc, 0);
+    let ct = json(&out);
+    let entries = ct["entries"].as_array().unwrap();
+    assert!(entries.len() >= 3, "{ct}");
+    for e in entries {
+        assert_eq!(e["translated_dst"], "10.244.2.3", "{e}");
+    }
+
+    // Refusals: an interface that does not exist, an address in use; nothing changes.
+    let bad = format!("{remote_only}\n[[pods]]\nname = \"default/pod-z\"\nip = \"10.244.1.9\"\nmac = \"02:00:0a:f4:01:09\"\nport = \"veth-zz\"\n");
+    std::fs::write(&live, bad).unwrap();
+    let (rc, _, err) = t.ctl(1, &["apply", "-f", live.to_str().unwrap()]);
+    assert_eq!(rc, 1, "{err}");
+    assert!(
+        err.contains(
+            "invalid argument: pods[default/pod-z].port: interface 'veth-zz' does not exist"
+        ),
+        "{err}"
+    );
+    let dup = remote_only.replace("ip = \"10.244.1.4\"", "ip = \"10.244.1.3\"");
+    std::fs::write(&live, dup).unwrap();
+    let (rc, _, err) = t.ctl(1, &["apply", "-f", live.to_str().unwrap()]);
+    assert_eq!(rc, 1, "{err}");
+    assert!(
+        err.contains(
+            "pods[default/pod-e].ip: 10.244.1.3 is also the address of pods[default/pod-b]"
+        ),
+        "{err}"
+    );
+    std::fs::write(&live, "not = [toml").unwrap();
+    let (rc, _, _) = t.ctl(1, &["apply", "-f", live.to_str().unwrap()]);
+    assert_eq!(rc, 6, "an unreadable state file");
+    let (rc, _, err) = t.ctl(1, &["get", "pods", "default/nope"]);
+    assert_eq!(rc, 4, "{err}");
+    let (rc, _, _) = t.ctl(3, &["version"]);
+    assert_eq!(rc, 3, "no switchd on that socket");
+    let (rc, out, _) = t.ctl(1, &["version"]);
+    assert!(
+        rc == 0 && out.contains("generation 3"),
+        "refusals published nothing: {out}"
+    );
+
+    // Counters: per port, per worker, drops by reason (workers report twice a second).
+    std::thread::sleep(Duration::from_millis(600));
+    let (rc, out, _) = t.ctl(1, &["-o", "json", "stats"]);
+    assert_eq!(rc, 0);
+    let st = json(&out);
+    assert_eq!(st["ports"].as_array().unwrap().len(), 5, "{st}");
+    assert_eq!(st["workers"][0]["generation"], 3);
+    assert!(st["actions"]["encapsulated"].as_u64().unwrap() > 0, "{st}");
+    // pod-e's new eth0 sends IPv6 router solicitations: counted as ipv6_unsupported.
+    let dropped: u64 = st["drops"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(k, _)| *k != "ipv6_unsupported")
+        .map(|(_, v)| v.as_u64().unwrap())
+        .sum();
+    assert_eq!(dropped, 0, "{st}");
+    let (rc, out, _) = t.ctl(1, &["stats"]);
+    assert!(
+        rc == 0 && out.contains("ipv6_unsupported") && out.contains("veth-e"),
+        "{out}"
+    );
+
+    // Deleting the pod gives its interface back to the kernel.
+    let (rc, out, err) = t.ctl(1, &["delete", "pod", "default/pod-e"]);
+    assert_eq!(rc, 0, "{err}");
+    assert!(out.contains("pod/default/pod-e deleted"), "{out}");
+    assert_eq!(t.xdp_attached("n1"), 4);
+    assert!(
+        t.ping("a", "10.244.1.3", &[]),
+        "the other pods are untouched"
+    );
 }
