@@ -168,8 +168,13 @@ impl Engine {
     }
 
     /// Plans a batch of changes, applied in order (`ops[i].0` names the change in errors).
-    /// `None` if it changes nothing.
-    pub fn plan(&self, ops: &[(String, Op)]) -> Result<Option<Plan>, ApiError> {
+    /// `None` if it changes nothing. `current` is the live snapshot, built from this engine's
+    /// state: a change to Services only copies the rest of it instead of rebuilding it.
+    pub fn plan(
+        &self,
+        ops: &[(String, Op)],
+        current: Option<&Snapshot>,
+    ) -> Result<Option<Plan>, ApiError> {
         let start = Instant::now();
         let mut base: Option<StateFile> = None;
         let mut pending: BTreeMap<String, Option<ServiceSpec>> = BTreeMap::new();
@@ -266,12 +271,16 @@ impl Engine {
         if base.as_ref() == Some(&self.base) {
             base = None;
         }
-        self.finish(base, pending, unchanged, start)
+        self.finish(base, pending, unchanged, start, current)
     }
 
     /// Plans replacing the whole desired state with `state` (a resync): only what differs
     /// changes; pods and nodes keep their order. `None` if nothing differs.
-    pub fn plan_replace(&self, state: &StateFile) -> Result<Option<Plan>, ApiError> {
+    pub fn plan_replace(
+        &self,
+        state: &StateFile,
+        current: Option<&Snapshot>,
+    ) -> Result<Option<Plan>, ApiError> {
         let start = Instant::now();
         if let Some((j, i)) = duplicate(state.pods.iter().map(|p| p.name.as_str())) {
             return Err(ApiError::Invalid {
@@ -350,7 +359,7 @@ impl Engine {
             .filter(|n| self.base.nodes.contains(n))
             .count() as u32;
         let base = (next != self.base).then_some(next);
-        self.finish(base, pending, unchanged, start)
+        self.finish(base, pending, unchanged, start, current)
     }
 
     fn finish(
@@ -359,6 +368,7 @@ impl Engine {
         pending: BTreeMap<String, Option<ServiceSpec>>,
         unchanged: u32,
         start: Instant,
+        current: Option<&Snapshot>,
     ) -> Result<Option<Plan>, ApiError> {
         if base.is_none() && pending.is_empty() {
             return Ok(None);
@@ -385,8 +395,13 @@ impl Engine {
             let upserted: Vec<&ServiceSpec> = pending.values().flatten().collect();
             Arc::new(self.tables.update(&removed, &upserted)?)
         };
-        let snapshot = Snapshot::build_with(next_base, Arc::clone(&tables), 0)
-            .map_err(|e| state_error(e, next_base))?;
+        let snapshot = match (&base, current) {
+            (None, Some(cur)) if Arc::ptr_eq(&cur.services, &self.tables) => {
+                cur.with_services(Arc::clone(&tables))
+            }
+            _ => Snapshot::build_with(next_base, Arc::clone(&tables), 0)
+                .map_err(|e| state_error(e, next_base))?,
+        };
         let mut changes = Vec::new();
         if let Some(b) = &base {
             if b.node != self.base.node {
@@ -479,7 +494,7 @@ mod tests {
         p.mac = "02:00:00:00:09:09".parse().unwrap();
         p.port = "veth-new".into();
         let err = e
-            .plan(&[("changes[0]".into(), Op::UpsertPod(p))])
+            .plan(&[("changes[0]".into(), Op::UpsertPod(p))], None)
             .unwrap_err()
             .to_string();
         let first = &e.base().pods[1].name;
@@ -496,11 +511,11 @@ mod tests {
     fn replace_with_the_same_state_plans_nothing() {
         let e = engine();
         let mut s = e.state();
-        assert!(e.plan_replace(&s).unwrap().is_none());
+        assert!(e.plan_replace(&s, None).unwrap().is_none());
         s.pods.reverse();
         s.services.reverse();
         assert!(
-            e.plan_replace(&s).unwrap().is_none(),
+            e.plan_replace(&s, None).unwrap().is_none(),
             "order is not a change"
         );
     }

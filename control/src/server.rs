@@ -73,10 +73,11 @@ impl<D: Dataplane> Control<D> {
     fn run(
         &self,
         dry_run: bool,
-        plan: impl FnOnce(&Engine) -> Result<Option<Plan>, ApiError>,
+        plan: impl FnOnce(&Engine, &Snapshot) -> Result<Option<Plan>, ApiError>,
     ) -> Result<pb::ApplyReply, ApiError> {
         let mut engine = self.engine()?;
-        let Some(mut plan) = plan(&engine)? else {
+        let current = self.plane.current();
+        let Some(mut plan) = plan(&engine, &current)? else {
             return Ok(pb::ApplyReply {
                 generation: self.plane.current().generation,
                 changed: false,
@@ -111,12 +112,12 @@ impl<D: Dataplane> Control<D> {
 
     /// Applies a batch of changes atomically (blocking).
     pub fn apply(&self, ops: &[(String, Op)], dry_run: bool) -> Result<pb::ApplyReply, ApiError> {
-        self.run(dry_run, |e| e.plan(ops))
+        self.run(dry_run, |e, cur| e.plan(ops, Some(cur)))
     }
 
     /// Replaces the desired state (blocking); changes only what differs.
     pub fn replace(&self, state: &StateFile, dry_run: bool) -> Result<pb::ApplyReply, ApiError> {
-        self.run(dry_run, |e| e.plan_replace(state))
+        self.run(dry_run, |e, cur| e.plan_replace(state, Some(cur)))
     }
 
     /// The desired state.

@@ -287,6 +287,8 @@ struct Context {
     node_ip: Ipv4Addr,
     /// Pod CIDRs by node name, this node's first.
     pod_cidrs: Vec<(Ipv4Cidr, String)>,
+    /// The same, indexed by node name.
+    cidr_of: std::collections::BTreeMap<String, Ipv4Cidr>,
     node_ips: Vec<Ipv4Addr>,
     vxlan_port: u16,
     service_cidr: Ipv4Cidr,
@@ -297,12 +299,15 @@ struct Context {
 impl Context {
     fn of(state: &StateFile) -> Context {
         let node = &state.node;
+        let pod_cidrs: Vec<(Ipv4Cidr, String)> =
+            std::iter::once((node.pod_cidr, node.name.clone()))
+                .chain(state.nodes.iter().map(|n| (n.pod_cidr, n.name.clone())))
+                .collect();
         Context {
+            cidr_of: pod_cidrs.iter().map(|(c, n)| (n.clone(), *c)).collect(),
+            pod_cidrs,
             node_name: node.name.clone(),
             node_ip: node.ip,
-            pod_cidrs: std::iter::once((node.pod_cidr, node.name.clone()))
-                .chain(state.nodes.iter().map(|n| (n.pod_cidr, n.name.clone())))
-                .collect(),
             node_ips: state.nodes.iter().map(|n| n.ip).collect(),
             vxlan_port: state.vxlan.port,
             service_cidr: state.service_config.service_cidr,
@@ -319,25 +324,25 @@ pub struct ServiceTables {
     pub services: Slots<Service>,
     /// Service ports, by slot (a free slot is in no frontend).
     pub ports: Slots<ServicePort>,
-    /// Frontend key -> frontend.
-    pub frontends: FastMap<u64, Frontend>,
+    /// Frontend key -> frontend (shared until a change adds or removes a frontend).
+    pub frontends: Arc<FastMap<u64, Frontend>>,
     /// Every endpoint IP of every Service (with how many Service ports use it): a reply from
     /// one of these may need reverse NAT.
-    pub backend_ips: FastMap<u32, u32>,
+    pub backend_ips: Arc<FastMap<u32, u32>>,
     /// Every frontend address (ClusterIPs, node IP with NodePorts, LoadBalancer/external IPs),
     /// with how many frontends use it.
-    pub frontend_ips: FastMap<u32, u32>,
+    pub frontend_ips: Arc<FastMap<u32, u32>>,
     /// A 65536-bit filter over frontend, endpoint and hairpin addresses: a packet whose source
     /// and destination both miss it needs no NAT, and skips every NAT lookup. Removals leave
     /// their bits set (a false positive costs a lookup, never a wrong decision) until the
     /// filter is rebuilt.
-    pub addr_filter: Vec<u64>,
+    pub addr_filter: Arc<Vec<u64>>,
     /// The Service CIDR.
     pub service_cidr: Option<Ipv4Cidr>,
     /// The hairpin source address.
     pub hairpin_ip: Option<Ipv4Addr>,
     /// Service name hash ([`name_key`]) -> slot.
-    names: FastMap<u64, u32>,
+    names: Arc<FastMap<u64, u32>>,
     free_services: Vec<u32>,
     free_ports: Vec<u32>,
     ctx: Option<Arc<Context>>,
@@ -466,7 +471,7 @@ fn check_service(ctx: &Context, s: &ServiceSpec) -> Result<(), StateError> {
     }
     let mut seen: FastMap<u32, usize> = FastMap::default();
     for (ei, e) in s.endpoints.iter().enumerate() {
-        let Some((cidr, _)) = ctx.pod_cidrs.iter().find(|(_, n)| *n == e.node) else {
+        let Some(cidr) = ctx.cidr_of.get(&e.node) else {
             return Err(err(
                 f(&format!("endpoints[{ei}].node")),
                 format!("'{}' is not this node nor a known node", e.node),
@@ -636,17 +641,29 @@ impl ServiceTables {
             check_service(&ctx, s)?;
         }
         let mut t = self.clone();
+        let built = build_all(&ctx, upserted);
+        // A Service whose frontends stay the same (an endpoint change, the common case) is
+        // replaced in its slots: the frontend tables stay shared.
+        let mut rest = Vec::new();
+        for (s, b) in upserted.iter().zip(built) {
+            match t.service_slot(&s.name) {
+                Some(slot) => match t.replace_in_place(slot, s, b) {
+                    Ok(()) => {}
+                    Err(b) => rest.push((*s, b)),
+                },
+                None => rest.push((*s, b)),
+            }
+        }
         for name in removed
             .iter()
             .copied()
-            .chain(upserted.iter().map(|s| s.name.as_str()))
+            .chain(rest.iter().map(|(s, _)| s.name.as_str()))
         {
             if let Some(slot) = t.service_slot(name) {
                 t.remove_slot(slot);
             }
         }
-        let built = build_all(&ctx, upserted);
-        for (s, b) in upserted.iter().zip(built) {
+        for (s, b) in rest {
             t.insert(s, b)?;
         }
         if t.stale > 1024 && t.stale > t.backend_ips.len() + t.frontend_ips.len() {
@@ -671,20 +688,79 @@ impl ServiceTables {
         self.services.iter().filter(|s| !s.name.is_empty())
     }
 
+    /// Puts `s` in the slots of the Service it replaces if its ports have the same frontends;
+    /// gives `built` back otherwise.
+    fn replace_in_place(&mut self, slot: u32, s: &ServiceSpec, built: Built) -> Result<(), Built> {
+        let Some(old) = self.services.get(slot as usize) else {
+            return Err(built);
+        };
+        let same = old.ports.len() == built.ports.len()
+            && old.ports.iter().zip(&built.ports).all(|(&pi, sp)| {
+                self.ports.get(pi as usize).is_some_and(|o| {
+                    o.frontend_keys == sp.frontend_keys && o.protocol == sp.protocol
+                })
+            });
+        if !same {
+            return Err(built);
+        }
+        let idxs = old.ports.clone();
+        for (&pi, mut sp) in idxs.iter().zip(built.ports) {
+            sp.service = slot;
+            let ips = |b: &[Backend]| {
+                let mut v: Vec<u32> = b.iter().map(|b| u32::from(b.ip)).collect();
+                v.sort_unstable();
+                v
+            };
+            let old_sp = self.ports.set(pi as usize, Arc::new(sp));
+            let new_ips = ips(&self.ports[pi as usize].backends);
+            let old_ips = ips(&old_sp.backends);
+            if new_ips != old_ips {
+                for ip in &old_ips {
+                    dec(Arc::make_mut(&mut self.backend_ips), *ip, &mut self.stale);
+                }
+                for ip in &new_ips {
+                    *Arc::make_mut(&mut self.backend_ips).entry(*ip).or_default() += 1;
+                    self.set_bit(*ip);
+                }
+            }
+        }
+        self.services.set(
+            slot as usize,
+            Arc::new(Service {
+                name: s.name.clone(),
+                cluster_ip: s.cluster_ip,
+                affinity_timeout: (s.session_affinity == SessionAffinity::ClientIp)
+                    .then_some(s.affinity_timeout_seconds),
+                external_local: s.external_traffic_policy == TrafficPolicy::Local,
+                internal_local: s.internal_traffic_policy == TrafficPolicy::Local,
+                ports: idxs,
+            }),
+        );
+        Ok(())
+    }
+
     fn remove_slot(&mut self, slot: u32) {
         let svc = self.services.set(slot as usize, Arc::default());
         for &pi in &svc.ports {
             let sp = self.ports.set(pi as usize, Arc::default());
             for key in &sp.frontend_keys {
-                self.frontends.remove(key);
-                dec(&mut self.frontend_ips, (key >> 24) as u32, &mut self.stale);
+                Arc::make_mut(&mut self.frontends).remove(key);
+                dec(
+                    Arc::make_mut(&mut self.frontend_ips),
+                    (key >> 24) as u32,
+                    &mut self.stale,
+                );
             }
             for b in &sp.backends {
-                dec(&mut self.backend_ips, u32::from(b.ip), &mut self.stale);
+                dec(
+                    Arc::make_mut(&mut self.backend_ips),
+                    u32::from(b.ip),
+                    &mut self.stale,
+                );
             }
             self.free_ports.push(pi);
         }
-        self.names.remove(&name_key(&svc.name));
+        Arc::make_mut(&mut self.names).remove(&name_key(&svc.name));
         self.free_services.push(slot);
     }
 
@@ -718,7 +794,7 @@ impl ServiceTables {
             internal_local: s.internal_traffic_policy == TrafficPolicy::Local,
             ports: Vec::with_capacity(built.ports.len()),
         };
-        self.names.insert(name_key(&s.name), slot);
+        Arc::make_mut(&mut self.names).insert(name_key(&s.name), slot);
         for (pi, mut sp) in built.ports.into_iter().enumerate() {
             let idx = match self.free_ports.pop() {
                 Some(x) => x,
@@ -756,12 +832,16 @@ impl ServiceTables {
                         ),
                     ));
                 }
-                self.frontends.insert(key, Frontend { port: idx, kind });
-                *self.frontend_ips.entry((key >> 24) as u32).or_default() += 1;
+                Arc::make_mut(&mut self.frontends).insert(key, Frontend { port: idx, kind });
+                *Arc::make_mut(&mut self.frontend_ips)
+                    .entry((key >> 24) as u32)
+                    .or_default() += 1;
                 self.set_bit((key >> 24) as u32);
             }
             for b in &sp.backends {
-                *self.backend_ips.entry(u32::from(b.ip)).or_default() += 1;
+                *Arc::make_mut(&mut self.backend_ips)
+                    .entry(u32::from(b.ip))
+                    .or_default() += 1;
                 self.set_bit(u32::from(b.ip));
             }
             self.ports.set(idx as usize, Arc::new(sp));
@@ -775,15 +855,20 @@ impl ServiceTables {
     }
 
     fn set_bit(&mut self, ip: u32) {
-        if self.addr_filter.is_empty() {
-            self.addr_filter = vec![0u64; 1024];
-        }
         let b = filter_bit(ip);
-        self.addr_filter[b / 64] |= 1 << (b % 64);
+        let bit = 1u64 << (b % 64);
+        if self.addr_filter.get(b / 64).is_some_and(|w| w & bit != 0) {
+            return; // already set: the shared filter stays shared
+        }
+        let f = Arc::make_mut(&mut self.addr_filter);
+        if f.is_empty() {
+            *f = vec![0u64; 1024];
+        }
+        f[b / 64] |= bit;
     }
 
     fn rebuild_filter(&mut self) {
-        self.addr_filter.clear();
+        self.addr_filter = Arc::default();
         self.stale = 0;
         let ips: Vec<u32> = self
             .frontend_ips

@@ -219,6 +219,16 @@ impl Snapshot {
         Self::build_inner(state, generation, || Ok(services))
     }
 
+    /// This snapshot with other Service tables (built by
+    /// [`crate::services::ServiceTables::update`] from these ones, so validated against the
+    /// same nodes and settings): the rest is copied, not rebuilt.
+    pub fn with_services(&self, services: Arc<crate::services::ServiceTables>) -> Snapshot {
+        Snapshot {
+            services,
+            ..self.clone()
+        }
+    }
+
     fn build_inner(
         state: &StateFile,
         generation: u64,

@@ -13,6 +13,7 @@ use flowtable::snapshot::Snapshot;
 use libbpf_rs::{Link, MapCore, MapFlags, Object, ObjectBuilder};
 use std::collections::HashSet;
 use std::os::fd::RawFd;
+use std::sync::Arc;
 
 static OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/xsk_redirect.bpf.o"));
 
@@ -60,6 +61,8 @@ fn err(what: impl Into<String>) -> impl FnOnce(libbpf_rs::Error) -> XdpError {
 pub struct Xdp {
     obj: Object,
     frontends: HashSet<[u8; 8]>,
+    /// The frontend table the map was last made equal to (none while it is being changed).
+    programmed: Option<Arc<flowtable::hash::FastMap<u64, flowtable::services::Frontend>>>,
     node: [u8; 8],
 }
 
@@ -73,6 +76,7 @@ impl Xdp {
         Ok(Xdp {
             obj,
             frontends: HashSet::new(),
+            programmed: None,
             node: [0; 8],
         })
     }
@@ -140,6 +144,14 @@ impl Xdp {
             .update(&0u32.to_ne_bytes(), &n, MapFlags::ANY)
             .map_err(err("set node"))?;
         self.node = n;
+        if self
+            .programmed
+            .as_ref()
+            .is_some_and(|f| Arc::ptr_eq(f, &snap.services.frontends))
+        {
+            return Ok(()); // the same frontends as last time (an endpoint change)
+        }
+        self.programmed = None;
         let mut want = HashSet::new();
         for (&key, fe) in snap.services.frontends.iter() {
             if fe.kind == FrontendKind::ClusterIp {
@@ -165,6 +177,7 @@ impl Xdp {
                 .map_err(err("add a Service frontend"))?;
             self.frontends.insert(k);
         }
+        self.programmed = Some(Arc::clone(&snap.services.frontends));
         Ok(())
     }
 
