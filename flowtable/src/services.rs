@@ -951,3 +951,141 @@ impl ServiceTables {
         !self.backend_ips.is_empty() && self.backend_ips.contains_key(&u32::from(ip))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::{EndpointSpec, ServiceSpec};
+
+    const STATE: &str = include_str!("../../examples/node1.toml");
+
+    /// What a Service's tables decide, independent of slot numbers.
+    fn decisions(t: &ServiceTables) -> Vec<String> {
+        let mut out: Vec<String> = t
+            .frontends
+            .iter()
+            .map(|(k, f)| {
+                let sp = &t.ports[f.port as usize];
+                let svc = &t.services[sp.service as usize];
+                let picks: Vec<String> = (0..64u64)
+                    .map(|h| {
+                        let i = sp
+                            .cluster
+                            .pick(h * 7919)
+                            .map(|i| sp.backends[i as usize].ip);
+                        format!("{i:?}")
+                    })
+                    .collect();
+                format!(
+                    "{k:x} {:?} {} {} {}",
+                    f.kind,
+                    svc.name,
+                    sp.target_port,
+                    picks.join(",")
+                )
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    fn full(state: &StateFile) -> ServiceTables {
+        build(state).unwrap()
+    }
+
+    #[test]
+    fn incremental_updates_decide_as_a_full_build() {
+        let mut state = StateFile::parse(STATE).unwrap();
+        let mut t = full(&state);
+        let edits: Vec<Box<dyn Fn(&mut StateFile) -> String>> = vec![
+            Box::new(|s| {
+                s.services[0].endpoints[0].ready = false;
+                s.services[0].name.clone()
+            }),
+            Box::new(|s| {
+                s.services[0].endpoints.push(EndpointSpec {
+                    ip: Ipv4Addr::new(10, 244, 2, 50),
+                    node: "node2".into(),
+                    ready: true,
+                    serving: None,
+                    terminating: false,
+                });
+                s.services[0].name.clone()
+            }),
+            Box::new(|s| {
+                s.services[1].cluster_ip = Ipv4Addr::new(10, 96, 9, 9);
+                s.services[1].name.clone()
+            }),
+            Box::new(|s| {
+                let mut n = s.services[2].clone();
+                n.name = "default/added".into();
+                n.cluster_ip = Ipv4Addr::new(10, 96, 9, 10);
+                s.services.push(n);
+                "default/added".into()
+            }),
+            Box::new(|s| {
+                s.services[0].ports[0].node_port = None;
+                s.services[0].name.clone()
+            }),
+        ];
+        for edit in &edits {
+            let name = edit(&mut state);
+            let spec: &ServiceSpec = state.services.iter().find(|s| s.name == name).unwrap();
+            let next = t.update(&[], &[spec]).unwrap();
+            assert_eq!(
+                decisions(&next),
+                decisions(&full(&state)),
+                "after changing {name}"
+            );
+            t = next;
+        }
+        // A removal frees its slots, and they are reused.
+        let gone = state.services.remove(1).name;
+        let next = t.update(&[&gone], &[]).unwrap();
+        assert_eq!(decisions(&next), decisions(&full(&state)));
+        assert!(next.service(&gone).is_none());
+        assert!(next.iter().all(|s| s.name != gone));
+    }
+
+    #[test]
+    fn an_endpoint_change_shares_the_frontend_tables() {
+        let mut state = StateFile::parse(STATE).unwrap();
+        let t = full(&state);
+        state.services[0].endpoints[1].ready = false;
+        let next = t.update(&[], &[&state.services[0]]).unwrap();
+        assert!(Arc::ptr_eq(&t.frontends, &next.frontends));
+        assert!(Arc::ptr_eq(&t.backend_ips, &next.backend_ips));
+        assert!(Arc::ptr_eq(&t.names, &next.names));
+        // The old tables are untouched: the workers still reading them see no change.
+        assert_eq!(
+            decisions(&t),
+            decisions(&full(&StateFile::parse(STATE).unwrap()))
+        );
+    }
+
+    #[test]
+    fn a_failed_update_leaves_nothing_behind() {
+        let state = StateFile::parse(STATE).unwrap();
+        let t = full(&state);
+        let mut clash = state.services[1].clone();
+        clash.name = "default/clash".into();
+        let e = t.update(&[], &[&clash]).unwrap_err();
+        assert!(e.reason.contains("already served by Service"), "{e}");
+        assert_eq!(decisions(&t), decisions(&full(&state)));
+        // Two frontends swapped between Services in one update are no clash.
+        let mut a = state.services[0].clone();
+        let mut b = state.services[1].clone();
+        std::mem::swap(&mut a.cluster_ip, &mut b.cluster_ip);
+        t.update(&[], &[&a, &b]).unwrap();
+    }
+
+    #[test]
+    fn table_sizes_follow_the_ladder() {
+        assert_eq!(table_size(1, 16381), 251);
+        assert_eq!(table_size(8, 16381), 509);
+        assert_eq!(table_size(10, 16381), 509);
+        assert_eq!(table_size(100, 16381), 4093);
+        assert_eq!(table_size(10_000, 16381), 16381);
+        assert_eq!(table_size(10, 7), 7);
+    }
+}
