@@ -115,6 +115,9 @@ pub fn spawn_unix<D: Dataplane>(
             rt.block_on(async move {
                 let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
                 let serve = tonic::transport::Server::builder()
+                    // A whole cluster's state is megabytes: no waiting for window updates.
+                    .initial_stream_window_size(Some(16 << 20))
+                    .initial_connection_window_size(Some(16 << 20))
                     .add_service(service)
                     .serve_with_incoming(incoming);
                 // Stopping closes every connection at once (a graceful shutdown would wait
@@ -142,6 +145,8 @@ pub async fn connect(path: &Path) -> Result<SwitchClient<Channel>, TransportErro
             path: p.clone(),
             reason: e.to_string(),
         })?
+        .initial_stream_window_size(Some(16 << 20))
+        .initial_connection_window_size(Some(16 << 20))
         .connect_with_connector(tower::service_fn(move |_: Uri| {
             let p = p.clone();
             async move {

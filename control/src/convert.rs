@@ -24,13 +24,21 @@ fn invalid(field: &str, reason: impl Into<String>) -> ApiError {
     }
 }
 
+/// A field's path, made only when an error needs it (a big request has hundreds of
+/// thousands of fields).
+type At<'a> = &'a dyn Fn() -> String;
+
 /// A required IPv4 address.
 pub fn ip(field: &str, s: &str) -> Result<Ipv4Addr, ApiError> {
+    ip_at(&|| field.to_string(), s)
+}
+
+fn ip_at(field: At, s: &str) -> Result<Ipv4Addr, ApiError> {
     if s.is_empty() {
-        return Err(invalid(field, "is required"));
+        return Err(invalid(&field(), "is required"));
     }
     s.parse()
-        .map_err(|_| invalid(field, format!("'{s}' is not an IPv4 address")))
+        .map_err(|_| invalid(&field(), format!("'{s}' is not an IPv4 address")))
 }
 
 fn opt_ip(field: &str, s: &str) -> Result<Option<Ipv4Addr>, ApiError> {
@@ -78,19 +86,23 @@ fn opt_port(field: &str, n: u32) -> Result<Option<u16>, ApiError> {
     }
 }
 
-fn name(field: &str, s: &str) -> Result<String, ApiError> {
+fn name_at(field: At, s: &str) -> Result<String, ApiError> {
     if s.is_empty() {
-        return Err(invalid(field, "is required"));
+        return Err(invalid(&field(), "is required"));
     }
     if s.len() > 253 || s.chars().any(|c| c.is_control() || c.is_whitespace()) {
         return Err(invalid(
-            field,
+            &field(),
             format!(
                 "'{s}' is not a usable name (1-253 characters, no spaces or control characters)"
             ),
         ));
     }
     Ok(s.to_string())
+}
+
+fn name(field: &str, s: &str) -> Result<String, ApiError> {
+    name_at(&|| field.to_string(), s)
 }
 
 /// A protocol name: TCP (also the default, ""), UDP or SCTP.
@@ -176,9 +188,13 @@ pub fn pod_pb(p: &PodSpec) -> pb::Pod {
 
 /// An endpoint from its message.
 pub fn endpoint(f: &str, e: &pb::Endpoint) -> Result<EndpointSpec, ApiError> {
+    endpoint_at(&|| f.to_string(), e)
+}
+
+fn endpoint_at(f: At, e: &pb::Endpoint) -> Result<EndpointSpec, ApiError> {
     Ok(EndpointSpec {
-        ip: ip(&format!("{f}.ip"), &e.ip)?,
-        node: name(&format!("{f}.node"), &e.node)?,
+        ip: ip_at(&|| format!("{}.ip", f()), &e.ip)?,
+        node: name_at(&|| format!("{}.node", f()), &e.node)?,
         ready: e.ready.unwrap_or(true),
         serving: e.serving,
         terminating: e.terminating.unwrap_or(false),
@@ -200,7 +216,7 @@ pub fn endpoint_pb(e: &EndpointSpec) -> pb::Endpoint {
 pub fn endpoints(f: &str, es: &[pb::Endpoint]) -> Result<Vec<EndpointSpec>, ApiError> {
     es.iter()
         .enumerate()
-        .map(|(i, e)| endpoint(&format!("{f}[{i}]"), e))
+        .map(|(i, e)| endpoint_at(&|| format!("{f}[{i}]"), e))
         .collect()
 }
 
@@ -209,7 +225,7 @@ pub fn service(f: &str, s: &pb::Service) -> Result<ServiceSpec, ApiError> {
     let ips = |k: &str, v: &[String]| -> Result<Vec<Ipv4Addr>, ApiError> {
         v.iter()
             .enumerate()
-            .map(|(i, x)| ip(&format!("{f}.{k}[{i}]"), x))
+            .map(|(i, x)| ip_at(&|| format!("{f}.{k}[{i}]"), x))
             .collect()
     };
     let ports = s
@@ -228,8 +244,8 @@ pub fn service(f: &str, s: &pb::Service) -> Result<ServiceSpec, ApiError> {
         })
         .collect::<Result<Vec<_>, ApiError>>()?;
     Ok(ServiceSpec {
-        name: name(&format!("{f}.name"), &s.name)?,
-        cluster_ip: ip(&format!("{f}.cluster_ip"), &s.cluster_ip)?,
+        name: name_at(&|| format!("{f}.name"), &s.name)?,
+        cluster_ip: ip_at(&|| format!("{f}.cluster_ip"), &s.cluster_ip)?,
         ports,
         load_balancer_ips: ips("load_balancer_ips", &s.load_balancer_ips)?,
         external_ips: ips("external_ips", &s.external_ips)?,

@@ -116,7 +116,7 @@ impl<D: Dataplane> Control<D> {
     }
 
     /// Replaces the desired state (blocking); changes only what differs.
-    pub fn replace(&self, state: &StateFile, dry_run: bool) -> Result<pb::ApplyReply, ApiError> {
+    pub fn replace(&self, state: StateFile, dry_run: bool) -> Result<pb::ApplyReply, ApiError> {
         self.run(dry_run, |e, cur| e.plan_replace(state, Some(cur)))
     }
 
@@ -223,7 +223,7 @@ impl<D: Dataplane> Switch for Api<D> {
             .ok_or_else(|| Status::invalid_argument("state: is required"))?;
         let state = convert::state(state)?;
         let ctl = Arc::clone(&self.0);
-        tokio::task::spawn_blocking(move || ctl.replace(&state, req.dry_run))
+        tokio::task::spawn_blocking(move || ctl.replace(state, req.dry_run))
             .await
             .map_err(|e| Status::internal(format!("replace failed: {e}")))?
             .map(Response::new)

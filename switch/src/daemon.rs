@@ -521,7 +521,7 @@ pub fn run(cfg: &Config) -> Result<(), DaemonError> {
                 .spawn(move || {
                     let r = replay::read_state(&path)
                         .map_err(|e| e.to_string())
-                        .and_then(|s| ctl.replace(&s, false).map_err(|e| e.to_string()));
+                        .and_then(|s| ctl.replace(s, false).map_err(|e| e.to_string()));
                     match r {
                         Ok(a) if !a.changed => log(format!(
                             "reloaded {}: no changes, generation {}",
