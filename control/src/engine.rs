@@ -61,8 +61,9 @@ pub struct Plan {
 #[derive(Debug)]
 pub struct Engine {
     /// Everything but the Services (its `services` is empty).
-    base: StateFile,
-    services: BTreeMap<String, ServiceSpec>,
+    base: Arc<StateFile>,
+    /// Shared with readers ([`Engine::view`]); copied on commit only while one holds it.
+    services: Arc<BTreeMap<String, ServiceSpec>>,
     tables: Arc<ServiceTables>,
 }
 
@@ -76,7 +77,7 @@ fn change(kind: &str, name: &str, action: &str) -> pb::ObjectChange {
 
 /// Rewrites `pods[3]` and `nodes[0]` in a snapshot error into `pods[web-1]`, `nodes[node2]`:
 /// a caller knows its objects by name, not by where they sit in the switch's list.
-fn by_name(text: &str, base: &StateFile) -> String {
+pub fn by_name(text: &str, base: &StateFile) -> String {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(i) = rest.find('[') {
@@ -139,10 +140,10 @@ impl Engine {
         let tables = Arc::new(ServiceTables::build_from(&base, &refs)?);
         let snapshot = Snapshot::build_with(&base, Arc::clone(&tables), 1)
             .map_err(|e| state_error(e, &base))?;
-        let services = services.into_iter().map(|s| (s.name.clone(), s)).collect();
+        let services = Arc::new(services.into_iter().map(|s| (s.name.clone(), s)).collect());
         Ok((
             Engine {
-                base,
+                base: Arc::new(base),
                 services,
                 tables,
             },
@@ -152,7 +153,7 @@ impl Engine {
 
     /// The whole desired state.
     pub fn state(&self) -> StateFile {
-        let mut s = self.base.clone();
+        let mut s = (*self.base).clone();
         s.services = self.services.values().cloned().collect();
         s
     }
@@ -165,6 +166,12 @@ impl Engine {
     /// The Services, by name.
     pub fn services(&self) -> &BTreeMap<String, ServiceSpec> {
         &self.services
+    }
+
+    /// The desired state as shared references, for readers that must not hold up writers:
+    /// take it under the lock, read it after.
+    pub fn view(&self) -> (Arc<StateFile>, Arc<BTreeMap<String, ServiceSpec>>) {
+        (Arc::clone(&self.base), Arc::clone(&self.services))
     }
 
     /// Plans a batch of changes, applied in order (`ops[i].0` names the change in errors).
@@ -186,10 +193,10 @@ impl Engine {
                     match cur.pods.iter().position(|x| x.name == p.name) {
                         Some(i) if cur.pods[i] == *p => unchanged += 1,
                         Some(i) => {
-                            base.get_or_insert_with(|| self.base.clone()).pods[i] = p.clone()
+                            base.get_or_insert_with(|| (*self.base).clone()).pods[i] = p.clone()
                         }
                         None => base
-                            .get_or_insert_with(|| self.base.clone())
+                            .get_or_insert_with(|| (*self.base).clone())
                             .pods
                             .push(p.clone()),
                     }
@@ -199,17 +206,19 @@ impl Engine {
                     let Some(i) = cur.pods.iter().position(|x| x.name == *n) else {
                         return Err(ApiError::NotFound(format!("{f}: there is no pod '{n}'")));
                     };
-                    base.get_or_insert_with(|| self.base.clone()).pods.remove(i);
+                    base.get_or_insert_with(|| (*self.base).clone())
+                        .pods
+                        .remove(i);
                 }
                 Op::UpsertNode(r) => {
                     let cur = base.as_ref().unwrap_or(&self.base);
                     match cur.nodes.iter().position(|x| x.name == r.name) {
                         Some(i) if cur.nodes[i] == *r => unchanged += 1,
                         Some(i) => {
-                            base.get_or_insert_with(|| self.base.clone()).nodes[i] = r.clone()
+                            base.get_or_insert_with(|| (*self.base).clone()).nodes[i] = r.clone()
                         }
                         None => base
-                            .get_or_insert_with(|| self.base.clone())
+                            .get_or_insert_with(|| (*self.base).clone())
                             .nodes
                             .push(r.clone()),
                     }
@@ -219,7 +228,7 @@ impl Engine {
                     let Some(i) = cur.nodes.iter().position(|x| x.name == *n) else {
                         return Err(ApiError::NotFound(format!("{f}: there is no node '{n}'")));
                     };
-                    base.get_or_insert_with(|| self.base.clone())
+                    base.get_or_insert_with(|| (*self.base).clone())
                         .nodes
                         .remove(i);
                 }
@@ -268,7 +277,7 @@ impl Engine {
         }
         // An object changed and changed back in one batch is no change.
         pending.retain(|n, s| s.as_ref() != self.services.get(n));
-        if base.as_ref() == Some(&self.base) {
+        if base.as_ref() == Some(&*self.base) {
             base = None;
         }
         self.finish(base, pending, unchanged, start, current)
@@ -309,7 +318,7 @@ impl Engine {
                 ),
             });
         }
-        let mut next = self.base.clone();
+        let mut next = (*self.base).clone();
         next.node = state.node.clone();
         next.vxlan = state.vxlan;
         next.service_config = state.service_config.clone();
@@ -358,7 +367,7 @@ impl Engine {
             .iter()
             .filter(|n| self.base.nodes.contains(n))
             .count() as u32;
-        let base = (next != self.base).then_some(next);
+        let base = (next != *self.base).then_some(next);
         self.finish(base, pending, unchanged, start, current)
     }
 
@@ -460,15 +469,18 @@ impl Engine {
     /// Makes a planned change the desired state (after its snapshot was published).
     pub fn commit(&mut self, plan: Plan) {
         if let Some(b) = plan.base {
-            self.base = b;
+            self.base = Arc::new(b);
         }
-        for (n, s) in plan.services {
-            match s {
-                Some(s) => {
-                    self.services.insert(n, s);
-                }
-                None => {
-                    self.services.remove(&n);
+        if !plan.services.is_empty() {
+            let services = Arc::make_mut(&mut self.services);
+            for (n, s) in plan.services {
+                match s {
+                    Some(s) => {
+                        services.insert(n, s);
+                    }
+                    None => {
+                        services.remove(&n);
+                    }
                 }
             }
         }

@@ -1,11 +1,12 @@
 //! The gRPC server: request handling over an [`Engine`] and a [`Dataplane`].
 //!
 //! Design: a write (Apply, Replace, the one-object shorthands) is converted and validated, then
-//! planned, published and committed under one mutex, on a blocking thread (planning builds
-//! tables; the async runtime is never blocked). The mutex serialises writers only: the data
-//! path never waits for it, and with no controller connected the switch forwards with the last
-//! state. A write returns once the dataplane reports every worker running the new generation.
-//! Reads are answered from the live snapshot and the engine's state.
+//! planned, published and committed under one mutex, on a blocking thread (the async thread
+//! only moves messages). The data path never waits for that mutex, and with no controller
+//! connected the switch forwards with the last state. A write returns once the dataplane
+//! reports every worker running the new generation. A read takes the mutex only to take
+//! shared references to the desired state and the live snapshot (so it waits for a write in
+//! progress, and a write never waits for a read's work), then answers on a blocking thread.
 //!
 //! Thread-safety: [`Control`] is shared (`Arc`) by every connection and by the daemon (for
 //! SIGHUP reloads); its engine sits behind a `Mutex` held from planning to commit.
@@ -22,6 +23,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
+
+type ServiceMap = std::collections::BTreeMap<String, flowtable::state::ServiceSpec>;
 
 /// The API version string reported by `Version`.
 pub const API: &str = "nodeswitch.v1";
@@ -184,6 +187,28 @@ impl<D: Dataplane> Api<D> {
             .map_err(Status::from)
     }
 
+    /// Answers a read on a blocking thread from one consistent view: the desired state and
+    /// the live snapshot, taken together under the engine's lock (held only to take them).
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(Arc<StateFile>, Arc<ServiceMap>, Arc<Snapshot>) -> Result<T, Status>
+            + Send
+            + 'static,
+    ) -> Result<Response<T>, Status> {
+        let ctl = Arc::clone(&self.0);
+        tokio::task::spawn_blocking(move || {
+            let (base, services, snap) = {
+                let e = ctl.engine()?;
+                let (b, s) = e.view();
+                (b, s, ctl.plane.current())
+            };
+            f(base, services, snap)
+        })
+        .await
+        .map_err(|e| Status::internal(format!("read failed: {e}")))?
+        .map(Response::new)
+    }
+
     fn one(&self, op: Op) -> Vec<(String, Op)> {
         vec![("name".into(), op)]
     }
@@ -286,9 +311,12 @@ impl<D: Dataplane> Switch for Api<D> {
         &self,
         _: Request<pb::GetStateRequest>,
     ) -> Result<Response<pb::State>, Status> {
-        let state = self.0.state()?;
-        let generation = self.0.plane.current().generation;
-        Ok(Response::new(convert::state_pb(&state, generation)))
+        self.read(|base, services, snap| {
+            let mut state = (*base).clone();
+            state.services = services.values().cloned().collect();
+            Ok(convert::state_pb(&state, snap.generation))
+        })
+        .await
     }
 
     async fn list_nodes(
@@ -296,21 +324,22 @@ impl<D: Dataplane> Switch for Api<D> {
         req: Request<pb::ListRequest>,
     ) -> Result<Response<pb::NodeList>, Status> {
         let name = req.into_inner().name;
-        let e = self.0.engine()?;
-        let nodes: Vec<pb::Node> = e
-            .base()
-            .nodes
-            .iter()
-            .filter(|n| name.is_empty() || n.name == name)
-            .map(convert::node_pb)
-            .collect();
-        if !name.is_empty() && nodes.is_empty() {
-            return Err(not_found("node", &name));
-        }
-        Ok(Response::new(pb::NodeList {
-            nodes,
-            generation: self.0.plane.current().generation,
-        }))
+        self.read(move |base, _, snap| {
+            let nodes: Vec<pb::Node> = base
+                .nodes
+                .iter()
+                .filter(|n| name.is_empty() || n.name == name)
+                .map(convert::node_pb)
+                .collect();
+            if !name.is_empty() && nodes.is_empty() {
+                return Err(not_found("node", &name));
+            }
+            Ok(pb::NodeList {
+                nodes,
+                generation: snap.generation,
+            })
+        })
+        .await
     }
 
     async fn list_pods(
@@ -318,21 +347,22 @@ impl<D: Dataplane> Switch for Api<D> {
         req: Request<pb::ListRequest>,
     ) -> Result<Response<pb::PodList>, Status> {
         let name = req.into_inner().name;
-        let e = self.0.engine()?;
-        let pods: Vec<pb::Pod> = e
-            .base()
-            .pods
-            .iter()
-            .filter(|p| name.is_empty() || p.name == name)
-            .map(convert::pod_pb)
-            .collect();
-        if !name.is_empty() && pods.is_empty() {
-            return Err(not_found("pod", &name));
-        }
-        Ok(Response::new(pb::PodList {
-            pods,
-            generation: self.0.plane.current().generation,
-        }))
+        self.read(move |base, _, snap| {
+            let pods: Vec<pb::Pod> = base
+                .pods
+                .iter()
+                .filter(|p| name.is_empty() || p.name == name)
+                .map(convert::pod_pb)
+                .collect();
+            if !name.is_empty() && pods.is_empty() {
+                return Err(not_found("pod", &name));
+            }
+            Ok(pb::PodList {
+                pods,
+                generation: snap.generation,
+            })
+        })
+        .await
     }
 
     async fn list_services(
@@ -340,21 +370,28 @@ impl<D: Dataplane> Switch for Api<D> {
         req: Request<pb::ListRequest>,
     ) -> Result<Response<pb::ServiceList>, Status> {
         let name = req.into_inner().name;
-        let e = self.0.engine()?;
-        let snap = self.0.plane.current();
-        let services: Vec<pb::ServiceInfo> = e
-            .services()
-            .values()
-            .filter(|s| name.is_empty() || s.name == name)
-            .map(|s| query::service_info(s, &snap))
-            .collect();
-        if !name.is_empty() && services.is_empty() {
-            return Err(not_found("Service", &name));
-        }
-        Ok(Response::new(pb::ServiceList {
-            services,
-            generation: snap.generation,
-        }))
+        self.read(move |_, services, snap| {
+            let list: Vec<pb::ServiceInfo> = if name.is_empty() {
+                services
+                    .values()
+                    .map(|s| query::service_info(s, &snap))
+                    .collect()
+            } else {
+                services
+                    .get(&name)
+                    .map(|s| query::service_info(s, &snap))
+                    .into_iter()
+                    .collect()
+            };
+            if !name.is_empty() && list.is_empty() {
+                return Err(not_found("Service", &name));
+            }
+            Ok(pb::ServiceList {
+                services: list,
+                generation: snap.generation,
+            })
+        })
+        .await
     }
 
     async fn list_endpoints(
@@ -362,21 +399,21 @@ impl<D: Dataplane> Switch for Api<D> {
         req: Request<pb::ListRequest>,
     ) -> Result<Response<pb::EndpointList>, Status> {
         let name = req.into_inner().name;
-        let e = self.0.engine()?;
-        let snap = self.0.plane.current();
-        if !name.is_empty() && !e.services().contains_key(&name) {
-            return Err(not_found("Service", &name));
-        }
-        let endpoints = e
-            .services()
-            .values()
-            .filter(|s| name.is_empty() || s.name == name)
-            .flat_map(|s| query::endpoint_infos(s, &snap))
-            .collect();
-        Ok(Response::new(pb::EndpointList {
-            endpoints,
-            generation: snap.generation,
-        }))
+        self.read(move |_, services, snap| {
+            if !name.is_empty() && !services.contains_key(&name) {
+                return Err(not_found("Service", &name));
+            }
+            let endpoints = services
+                .values()
+                .filter(|s| name.is_empty() || s.name == name)
+                .flat_map(|s| query::endpoint_infos(s, &snap))
+                .collect();
+            Ok(pb::EndpointList {
+                endpoints,
+                generation: snap.generation,
+            })
+        })
+        .await
     }
 
     async fn list_conntrack(

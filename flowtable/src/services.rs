@@ -637,8 +637,11 @@ impl ServiceTables {
                 "tables without settings cannot be updated".into(),
             ));
         };
-        for s in upserted {
+        for (i, s) in upserted.iter().enumerate() {
             check_service(&ctx, s)?;
+            if upserted[..i].iter().any(|o| o.name == s.name) {
+                return Err(err(path(s, "name"), format!("'{}' is given twice", s.name)));
+            }
         }
         let mut t = self.clone();
         let built = build_all(&ctx, upserted);
@@ -646,7 +649,10 @@ impl ServiceTables {
         // replaced in its slots: the frontend tables stay shared.
         let mut rest = Vec::new();
         for (s, b) in upserted.iter().zip(built) {
-            match t.service_slot(&s.name) {
+            match t
+                .service_slot(&s.name)
+                .filter(|_| !removed.contains(&s.name.as_str()))
+            {
                 Some(slot) => match t.replace_in_place(slot, s, b) {
                     Ok(()) => {}
                     Err(b) => rest.push((*s, b)),
@@ -1077,6 +1083,18 @@ mod tests {
         let mut b = state.services[1].clone();
         std::mem::swap(&mut a.cluster_ip, &mut b.cluster_ip);
         t.update(&[], &[&a, &b]).unwrap();
+    }
+
+    #[test]
+    fn removed_and_upserted_together_means_upserted() {
+        let mut state = StateFile::parse(STATE).unwrap();
+        let t = full(&state);
+        state.services[0].endpoints[0].ready = false;
+        let web = state.services[0].clone();
+        let next = t.update(&[&web.name], &[&web]).unwrap();
+        assert_eq!(decisions(&next), decisions(&full(&state)));
+        let e = next.update(&[], &[&web, &web]).unwrap_err();
+        assert!(e.reason.contains("given twice"), "{e}");
     }
 
     #[test]

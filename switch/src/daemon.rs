@@ -490,6 +490,23 @@ pub fn run(cfg: &Config) -> Result<(), DaemonError> {
         }
         None => None,
     };
+    // SIGHUP: through the control plane like any other change (the desired state becomes the
+    // file's), on one thread of its own (this thread applies what it plans), one reload at a
+    // time in the order the signals came, signals that arrive meanwhile folded into one.
+    let (reload_tx, reloads) = channel::<()>();
+    {
+        let ctl = Arc::clone(&ctl);
+        let path = cfg.state.clone();
+        std::thread::Builder::new()
+            .name("switchd-reload".into())
+            .spawn(move || {
+                while reloads.recv().is_ok() {
+                    while reloads.try_recv().is_ok() {}
+                    reload(&ctl, &path);
+                }
+            })
+            .map_err(DaemonError::Thread)?;
+    }
     let mut last_stats = Instant::now();
     let mut failure = None;
     while !term.load(Ordering::Relaxed) {
@@ -512,35 +529,7 @@ pub fn run(cfg: &Config) -> Result<(), DaemonError> {
             break;
         }
         if hup.swap(false, Ordering::Relaxed) {
-            // Through the control plane like any other change (the desired state becomes the
-            // file's), on a thread of its own: this thread applies what it plans.
-            let ctl = Arc::clone(&ctl);
-            let path = cfg.state.clone();
-            let _ = std::thread::Builder::new()
-                .name("switchd-reload".into())
-                .spawn(move || {
-                    let r = replay::read_state(&path)
-                        .map_err(|e| e.to_string())
-                        .and_then(|s| ctl.replace(s, false).map_err(|e| e.to_string()));
-                    match r {
-                        Ok(a) if !a.changed => log(format!(
-                            "reloaded {}: no changes, generation {}",
-                            path.display(),
-                            a.generation
-                        )),
-                        Ok(a) => log(format!(
-                            "reloaded {}: generation {} programmed, {}",
-                            path.display(),
-                            a.generation,
-                            a.changes
-                                .iter()
-                                .map(|c| format!("{} {} {}", c.kind, c.name, c.action))
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        )),
-                        Err(e) => log(format!("reload refused, keeping the current state: {e}")),
-                    }
-                });
+            let _ = reload_tx.send(());
         }
         if last_stats.elapsed() >= Duration::from_millis(500) {
             update_host_ready(&mut run);
@@ -557,6 +546,7 @@ pub fn run(cfg: &Config) -> Result<(), DaemonError> {
     // Interfaces first: from here on the kernel gets every frame.
     run.links.clear();
     // Changes still queued are refused (their callers see UNAVAILABLE).
+    drop(reload_tx);
     drop(commits);
     drop(server);
     stop.store(true, Ordering::Relaxed);
@@ -576,6 +566,31 @@ pub fn run(cfg: &Config) -> Result<(), DaemonError> {
     }
     log("stopped");
     Ok(())
+}
+
+/// Re-reads the state file and makes it the desired state; logs what happened.
+fn reload(ctl: &Control<DaemonPlane>, path: &Path) {
+    let r = replay::read_state(path)
+        .map_err(|e| e.to_string())
+        .and_then(|s| ctl.replace(s, false).map_err(|e| e.to_string()));
+    match r {
+        Ok(a) if !a.changed => log(format!(
+            "reloaded {}: no changes, generation {}",
+            path.display(),
+            a.generation
+        )),
+        Ok(a) => log(format!(
+            "reloaded {}: generation {} programmed, {}",
+            path.display(),
+            a.generation,
+            a.changes
+                .iter()
+                .map(|c| format!("{} {} {}", c.kind, c.name, c.action))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
+        Err(e) => log(format!("reload refused, keeping the current state: {e}")),
+    }
 }
 
 /// Makes `next` live: binds and attaches new pods' ports, detaches and closes removed ones,

@@ -99,7 +99,6 @@ impl Fabric {
         }))
     }
 
-    /// Wakes worker `w` if it sleeps.
     /// Wakes every sleeping worker (so that it looks at a new snapshot at once).
     pub fn wake_all(&self) {
         for w in 0..self.sleeping.len() {
@@ -107,6 +106,7 @@ impl Fabric {
         }
     }
 
+    /// Wakes worker `w` if it sleeps.
     fn wake(&self, w: usize) {
         if self.sleeping[w].load(Ordering::SeqCst) {
             self.wake[w].signal();

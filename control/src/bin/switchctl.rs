@@ -420,6 +420,18 @@ async fn apply(cli: &Cli, file: &PathBuf, dry_run: bool) -> Result<(), Failure> 
         code: 6,
         msg: format!("{}: {e}", file.display()),
     })?;
+    // The file is checked as switchd checks a state file (SIGHUP) before it is sent: the API
+    // reads a zero as "the default", a file may not say 0 where 0 is not allowed.
+    if let Err(e) = flowtable::snapshot::Snapshot::build(&state, 1) {
+        return Err(Failure {
+            code: 1,
+            msg: format!(
+                "invalid argument: {}: {}",
+                file.display(),
+                control::engine::by_name(&e.to_string(), &state)
+            ),
+        });
+    }
     let mut c = client(cli).await?;
     let r = c
         .replace(pb::ReplaceRequest {
