@@ -309,19 +309,26 @@ async fn main() {
     let mut lat = Vec::with_capacity(a.changes);
     let mut server = Vec::with_capacity(a.changes);
     let mut rng = 0x9e37_79b9_7f4a_7c15u64;
-    for k in 0..a.changes {
+    // Each change flips one endpoint's readiness from what it is now: every call is a change.
+    let mut ready: std::collections::HashMap<(usize, usize), bool> = Default::default();
+    for _ in 0..a.changes {
         rng ^= rng << 13;
         rng ^= rng >> 7;
         rng ^= rng << 17;
-        let s = &big.services[(rng % big.services.len() as u64) as usize];
+        let i = (rng % big.services.len() as u64) as usize;
+        let s = &big.services[i];
         let mut eps: Vec<pb::Endpoint> = s
             .endpoints
             .iter()
             .map(control::convert::endpoint_pb)
             .collect();
+        for (j, e) in eps.iter_mut().enumerate() {
+            e.ready = Some(*ready.get(&(i, j)).unwrap_or(&true));
+        }
         let j = (rng >> 32) as usize % eps.len();
-        // Alternately not ready and ready again, so that every change is a change.
-        eps[j].ready = Some(k % 2 == 1 || (rng >> 20) % 2 == 0);
+        let now = ready.entry((i, j)).or_insert(true);
+        *now = !*now;
+        eps[j].ready = Some(*now);
         let t = Instant::now();
         let r = c
             .set_endpoints(pb::SetEndpoints {
@@ -332,9 +339,8 @@ async fn main() {
             .expect("set endpoints")
             .into_inner();
         lat.push(t.elapsed().as_secs_f64() * 1e6);
-        if r.changed {
-            server.push(r.programmed_micros as f64 + r.build_micros as f64);
-        }
+        assert!(r.changed, "every call changes an endpoint");
+        server.push(r.programmed_micros as f64 + r.build_micros as f64);
     }
     let (p50, p99, max) = (
         percentile(&mut lat, 0.5),

@@ -313,7 +313,7 @@ pub fn state(s: &pb::State) -> Result<StateFile, ApiError> {
         .ok_or_else(|| invalid("state.node", "is required"))?;
     let f = |k: &str| format!("state.node.{k}");
     let defaults = VxlanSpec::default();
-    let vxlan = s.vxlan.clone().unwrap_or_default();
+    let vxlan = s.vxlan.unwrap_or_default();
     let cfg = s.service_config.clone().unwrap_or_default();
     let dcfg = ServiceConfigSpec::default();
     Ok(StateFile {

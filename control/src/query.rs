@@ -324,7 +324,7 @@ pub fn explain(
     let key = flowtable::conntrack::FlowKey {
         src,
         dst,
-        sport: if proto == 1 { sport } else { sport },
+        sport,
         dport: if proto == 1 { 0 } else { dport },
         proto,
     };

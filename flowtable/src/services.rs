@@ -1003,7 +1003,8 @@ mod tests {
     fn incremental_updates_decide_as_a_full_build() {
         let mut state = StateFile::parse(STATE).unwrap();
         let mut t = full(&state);
-        let edits: Vec<Box<dyn Fn(&mut StateFile) -> String>> = vec![
+        type Edit = Box<dyn Fn(&mut StateFile) -> String>;
+        let edits: Vec<Edit> = vec![
             Box::new(|s| {
                 s.services[0].endpoints[0].ready = false;
                 s.services[0].name.clone()
