@@ -1,5 +1,6 @@
-//! The Unix-socket transport: serving the API on a socket file readable by root only, and
-//! connecting to it.
+//! The transports: the API on a Unix socket readable by root only (the default), or on TCP
+//! with TLS and client certificates (both sides' certificates checked against a CA), and
+//! connecting to either.
 //!
 //! Design: the server runs on its own thread with a small tokio runtime, so the daemon's
 //! threads stay as they are; [`spawn_unix`] binds before it returns (an error is the caller's
@@ -13,7 +14,9 @@ use hyper_util::rt::TokioIo;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::transport::{
+    Certificate, Channel, ClientTlsConfig, Endpoint, Identity, ServerTlsConfig, Uri,
+};
 
 /// Where switchd listens and switchctl connects by default.
 pub const DEFAULT_SOCKET: &str = "/run/nodeswitch/switchd.sock";
@@ -36,11 +39,37 @@ pub enum TransportError {
     /// The connection failed.
     #[error("cannot connect to {path}: {reason}")]
     Connect {
-        /// The socket file.
+        /// The socket file or address.
         path: PathBuf,
         /// What failed.
         reason: String,
     },
+    /// A TLS file could not be read, or TLS could not be set up.
+    #[error("TLS: {0}")]
+    Tls(String),
+}
+
+/// The files of one side of a TLS connection with client certificates.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// This side's certificate (PEM).
+    pub cert: PathBuf,
+    /// This side's private key (PEM).
+    pub key: PathBuf,
+    /// The CA that must have signed the other side's certificate (PEM).
+    pub ca: PathBuf,
+}
+
+impl TlsFiles {
+    fn read(&self) -> Result<(Identity, Certificate), TransportError> {
+        let read = |p: &PathBuf| {
+            std::fs::read(p).map_err(|e| TransportError::Tls(format!("{}: {e}", p.display())))
+        };
+        Ok((
+            Identity::from_pem(read(&self.cert)?, read(&self.key)?),
+            Certificate::from_pem(read(&self.ca)?),
+        ))
+    }
 }
 
 /// A running server; dropping it stops the server and removes the socket file.
@@ -48,12 +77,19 @@ pub struct ServerHandle {
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
     path: PathBuf,
+    /// The TCP address, for a TCP server.
+    addr: Option<std::net::SocketAddr>,
 }
 
 impl ServerHandle {
-    /// The socket file.
+    /// The socket file (empty for a TCP server).
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The address a TCP server listens on.
+    pub fn addr(&self) -> Option<std::net::SocketAddr> {
+        self.addr
     }
 }
 
@@ -65,7 +101,9 @@ impl Drop for ServerHandle {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
-        let _ = std::fs::remove_file(&self.path);
+        if self.addr.is_none() {
+            let _ = std::fs::remove_file(&self.path);
+        }
     }
 }
 
@@ -134,7 +172,100 @@ pub fn spawn_unix<D: Dataplane>(
         stop: Some(stop),
         thread: Some(thread),
         path: path.to_path_buf(),
+        addr: None,
     })
+}
+
+/// Serves `ctl` on TCP at `addr` with TLS, requiring a client certificate signed by
+/// `tls.ca`, from a new thread. There is no TCP without TLS.
+pub fn spawn_tcp<D: Dataplane>(
+    ctl: Arc<Control<D>>,
+    addr: std::net::SocketAddr,
+    tls: &TlsFiles,
+) -> Result<ServerHandle, TransportError> {
+    let (identity, ca) = tls.read()?;
+    let where_ = PathBuf::from(addr.to_string());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .max_blocking_threads(4)
+        .thread_name("switchd-control")
+        .enable_all()
+        .build()
+        .map_err(socket_err(&where_))?;
+    let listener = {
+        let _guard = rt.enter();
+        let l = std::net::TcpListener::bind(addr).map_err(socket_err(&where_))?;
+        l.set_nonblocking(true).map_err(socket_err(&where_))?;
+        tokio::net::TcpListener::from_std(l).map_err(socket_err(&where_))?
+    };
+    let bound = listener.local_addr().map_err(socket_err(&where_))?;
+    let builder = tonic::transport::Server::builder()
+        .tls_config(ServerTlsConfig::new().identity(identity).client_ca_root(ca))
+        .map_err(|e| TransportError::Tls(e.to_string()))?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let service = ctl.service();
+    let thread = std::thread::Builder::new()
+        .name("switchd-grpc-tcp".into())
+        .spawn(move || {
+            rt.block_on(async move {
+                let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+                let serve = builder
+                    .initial_stream_window_size(Some(16 << 20))
+                    .initial_connection_window_size(Some(16 << 20))
+                    .add_service(service)
+                    .serve_with_incoming(incoming);
+                tokio::select! {
+                    _ = serve => {}
+                    _ = stopped => {}
+                }
+            });
+            rt.shutdown_timeout(std::time::Duration::from_millis(200));
+        })
+        .map_err(socket_err(&where_))?;
+    Ok(ServerHandle {
+        stop: Some(stop),
+        thread: Some(thread),
+        path: PathBuf::new(),
+        addr: Some(bound),
+    })
+}
+
+/// Connects over TCP with TLS to `addr` (`host:port`), presenting `tls.cert` and checking
+/// the server's certificate against `tls.ca` for `server_name` (default: the host).
+pub async fn connect_tcp(
+    addr: &str,
+    tls: &TlsFiles,
+    server_name: Option<&str>,
+) -> Result<SwitchClient<Channel>, TransportError> {
+    let (identity, ca) = tls.read()?;
+    let fail = |reason: String| TransportError::Connect {
+        path: PathBuf::from(addr),
+        reason,
+    };
+    let mut cfg = ClientTlsConfig::new().ca_certificate(ca).identity(identity);
+    if let Some(n) = server_name {
+        cfg = cfg.domain_name(n);
+    }
+    let channel = Endpoint::from_shared(format!("https://{addr}"))
+        .map_err(|e| fail(e.to_string()))?
+        .tls_config(cfg)
+        .map_err(|e| TransportError::Tls(e.to_string()))?
+        .initial_stream_window_size(Some(16 << 20))
+        .initial_connection_window_size(Some(16 << 20))
+        .connect()
+        .await
+        .map_err(|e| {
+            let mut reason = e.to_string();
+            let mut src = std::error::Error::source(&e);
+            while let Some(s) = src {
+                reason = format!("{reason}: {s}");
+                src = s.source();
+            }
+            fail(reason)
+        })?;
+    Ok(SwitchClient::new(channel)
+        .max_decoding_message_size(256 << 20)
+        .max_encoding_message_size(256 << 20))
 }
 
 /// Connects to the server on the Unix socket `path`.

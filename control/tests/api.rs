@@ -745,3 +745,164 @@ fn concurrent_changes_never_tear_a_batch() {
     }
     assert!(frames.load(Ordering::Relaxed) > 0);
 }
+
+/// Makes a CA, a server certificate for 127.0.0.1, a client certificate from the CA and one
+/// from another CA, with the openssl command.
+fn certificates(dir: &std::path::Path) {
+    let run = |args: &[&str]| {
+        let o = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl (scripts/install-deps installs it)");
+        assert!(
+            o.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    };
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=IP:127.0.0.1,DNS:switchd\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
+    for ca in ["ca", "rogue-ca"] {
+        run(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            &format!("{ca}.key"),
+            "-out",
+            &format!("{ca}.pem"),
+            "-days",
+            "2",
+            "-subj",
+            &format!("/CN={ca}"),
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign",
+        ]);
+    }
+    for (name, ca, ext) in [
+        ("server", "ca", "server.ext"),
+        ("client", "ca", "client.ext"),
+        ("rogue", "rogue-ca", "client.ext"),
+    ] {
+        run(&[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            &format!("{name}.key"),
+            "-out",
+            &format!("{name}.csr"),
+            "-subj",
+            &format!("/CN={name}"),
+        ]);
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            &format!("{name}.csr"),
+            "-CA",
+            &format!("{ca}.pem"),
+            "-CAkey",
+            &format!("{ca}.key"),
+            "-CAcreateserial",
+            "-out",
+            &format!("{name}.pem"),
+            "-days",
+            "2",
+            "-extfile",
+            ext,
+        ]);
+    }
+}
+
+/// TCP serves only TLS with a client certificate from the configured CA.
+#[test]
+fn tcp_requires_tls_with_a_client_certificate() {
+    use control::client::{connect_tcp, spawn_tcp, TlsFiles};
+    let f = Fixture::new();
+    let dir = tempfile::tempdir().unwrap();
+    certificates(dir.path());
+    let p = |n: &str| dir.path().join(n);
+    let server = spawn_tcp(
+        Arc::clone(&f.ctl),
+        "127.0.0.1:0".parse().unwrap(),
+        &TlsFiles {
+            cert: p("server.pem"),
+            key: p("server.key"),
+            ca: p("ca.pem"),
+        },
+    )
+    .unwrap();
+    let addr = server.addr().unwrap().to_string();
+    f.rt.block_on(async {
+        let good = TlsFiles {
+            cert: p("client.pem"),
+            key: p("client.key"),
+            ca: p("ca.pem"),
+        };
+        let mut c = connect_tcp(&addr, &good, None)
+            .await
+            .expect("a client the CA signed");
+        let v = c.version(pb::VersionRequest {}).await.unwrap().into_inner();
+        assert_eq!(v.node, "node1");
+
+        let rogue = TlsFiles {
+            cert: p("rogue.pem"),
+            key: p("rogue.key"),
+            ca: p("ca.pem"),
+        };
+        let refused = match connect_tcp(&addr, &rogue, None).await {
+            Err(_) => true,
+            Ok(mut c) => c.version(pb::VersionRequest {}).await.is_err(),
+        };
+        assert!(refused, "a certificate from another CA is refused");
+
+        // No client certificate at all.
+        let ca = tonic::transport::Certificate::from_pem(std::fs::read(p("ca.pem")).unwrap());
+        let anonymous = async {
+            let ch = tonic::transport::Endpoint::from_shared(format!("https://{addr}"))
+                .ok()?
+                .tls_config(tonic::transport::ClientTlsConfig::new().ca_certificate(ca))
+                .ok()?
+                .connect()
+                .await
+                .ok()?;
+            SwitchClient::new(ch)
+                .version(pb::VersionRequest {})
+                .await
+                .ok()
+        };
+        assert!(
+            anonymous.await.is_none(),
+            "a client without a certificate is refused"
+        );
+
+        // Plain HTTP/2 on the TLS port.
+        let plain = async {
+            let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+                .ok()?
+                .connect()
+                .await
+                .ok()?;
+            SwitchClient::new(ch)
+                .version(pb::VersionRequest {})
+                .await
+                .ok()
+        };
+        assert!(plain.await.is_none(), "no TCP without TLS");
+    });
+}

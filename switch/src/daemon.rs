@@ -61,6 +61,8 @@ pub struct Config {
     pub stats: Option<PathBuf>,
     /// The control API's Unix socket, if any.
     pub control_socket: Option<PathBuf>,
+    /// The control API on TCP (TLS with client certificates), if wanted.
+    pub control_tcp: Option<(std::net::SocketAddr, control::client::TlsFiles)>,
 }
 
 /// Why the daemon could not start.
@@ -490,6 +492,18 @@ pub fn run(cfg: &Config) -> Result<(), DaemonError> {
         }
         None => None,
     };
+    let tcp_server = match &cfg.control_tcp {
+        Some((addr, tls)) => {
+            let h = control::client::spawn_tcp(Arc::clone(&ctl), *addr, tls)?;
+            log(format!(
+                "control API on tcp {} (TLS, client certificates from {})",
+                h.addr().map(|a| a.to_string()).unwrap_or_default(),
+                tls.ca.display()
+            ));
+            Some(h)
+        }
+        None => None,
+    };
     // SIGHUP: through the control plane like any other change (the desired state becomes the
     // file's), on one thread of its own (this thread applies what it plans), one reload at a
     // time in the order the signals came, signals that arrive meanwhile folded into one.
@@ -549,6 +563,7 @@ pub fn run(cfg: &Config) -> Result<(), DaemonError> {
     drop(reload_tx);
     drop(commits);
     drop(server);
+    drop(tcp_server);
     stop.store(true, Ordering::Relaxed);
     let mut why = None;
     for h in handles {

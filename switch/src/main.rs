@@ -59,6 +59,19 @@ enum Cmd {
         /// Serve no control API (SIGHUP reloads of the state file still work).
         #[arg(long, conflicts_with = "control_socket")]
         no_control: bool,
+        /// Also serve the control API on TCP at this address (host:port), with TLS only:
+        /// clients must present a certificate signed by --tls-client-ca.
+        #[arg(long, value_name = "ADDR", requires_all = ["tls_cert", "tls_key", "tls_client_ca"])]
+        control_tcp: Option<std::net::SocketAddr>,
+        /// The server's certificate (PEM) for --control-tcp.
+        #[arg(long, value_name = "FILE", requires = "control_tcp")]
+        tls_cert: Option<PathBuf>,
+        /// The server's private key (PEM) for --control-tcp.
+        #[arg(long, value_name = "FILE", requires = "control_tcp")]
+        tls_key: Option<PathBuf>,
+        /// The CA (PEM) that must have signed every client's certificate.
+        #[arg(long, value_name = "FILE", requires = "control_tcp")]
+        tls_client_ca: Option<PathBuf>,
     },
     /// Replay pcap/pcapng captures through the real pipeline and write what it sends.
     ///
@@ -100,6 +113,10 @@ fn main() -> ExitCode {
             stats,
             control_socket,
             no_control,
+            control_tcp,
+            tls_cert,
+            tls_key,
+            tls_client_ca,
         } => {
             let cfg = switch::daemon::Config {
                 state,
@@ -111,6 +128,12 @@ fn main() -> ExitCode {
                 zero_copy,
                 stats,
                 control_socket: (!no_control).then_some(control_socket),
+                control_tcp: match (control_tcp, tls_cert, tls_key, tls_client_ca) {
+                    (Some(addr), Some(cert), Some(key), Some(ca)) => {
+                        Some((addr, control::client::TlsFiles { cert, key, ca }))
+                    }
+                    _ => None,
+                },
             };
             return match switch::daemon::run(&cfg) {
                 Ok(()) => ExitCode::SUCCESS,

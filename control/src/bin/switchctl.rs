@@ -1,8 +1,9 @@
 //! `switchctl`: drives a running switchd over its control socket.
 //!
 //! Tables for people by default, `-o json` for scripts. Exit codes: 0 done, 1 refused
-//! (invalid request or failed precondition), 2 usage error, 3 switchd unreachable, 4 not
-//! found, 5 applied but not programmed in time, 6 the state file could not be read or parsed.
+//! (invalid request or failed precondition), 2 usage error, 3 switchd unreachable (or, over
+//! TCP, this client's certificate refused), 4 not found, 5 applied but not programmed in time,
+//! 6 the state file could not be read or parsed.
 
 use clap::{Parser, Subcommand, ValueEnum};
 use control::client::{connect, DEFAULT_SOCKET};
@@ -24,6 +25,21 @@ struct Cli {
     /// switchd's control socket.
     #[arg(long, short = 's', env = "SWITCHCTL_SOCKET", default_value = DEFAULT_SOCKET, global = true)]
     socket: PathBuf,
+    /// Connect over TCP with TLS to this host:port instead of the socket.
+    #[arg(long, value_name = "ADDR", global = true, requires_all = ["tls_ca", "tls_cert", "tls_key"])]
+    tcp: Option<String>,
+    /// The CA (PEM) that signed switchd's certificate (with --tcp).
+    #[arg(long, value_name = "FILE", global = true)]
+    tls_ca: Option<PathBuf>,
+    /// This client's certificate (PEM) (with --tcp).
+    #[arg(long, value_name = "FILE", global = true)]
+    tls_cert: Option<PathBuf>,
+    /// This client's private key (PEM) (with --tcp).
+    #[arg(long, value_name = "FILE", global = true)]
+    tls_key: Option<PathBuf>,
+    /// The name switchd's certificate must carry (default: the host of --tcp).
+    #[arg(long, value_name = "NAME", global = true)]
+    tls_server_name: Option<String>,
     /// Output format.
     #[arg(long, short = 'o', value_enum, default_value_t = Format::Table, global = true)]
     output: Format,
@@ -151,6 +167,17 @@ impl From<tonic::Status> for Failure {
             Code::NotFound => 4,
             Code::DeadlineExceeded => 5,
             Code::Unavailable => 3,
+            // The connection went away under the call: over TCP, switchd refusing this
+            // client's certificate looks like this.
+            Code::Cancelled => {
+                return Failure {
+                    code: 3,
+                    msg: format!(
+                        "the connection was closed ({}); over --tcp: is this client's certificate signed by switchd's --tls-client-ca?",
+                        s.message()
+                    ),
+                }
+            }
             _ => 1,
         };
         Failure {
@@ -201,6 +228,21 @@ fn main() -> ExitCode {
 }
 
 async fn client(cli: &Cli) -> Result<SwitchClient<Channel>, Failure> {
+    if let (Some(addr), Some(ca), Some(cert), Some(key)) =
+        (&cli.tcp, &cli.tls_ca, &cli.tls_cert, &cli.tls_key)
+    {
+        let tls = control::client::TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+            ca: ca.clone(),
+        };
+        return control::client::connect_tcp(addr, &tls, cli.tls_server_name.as_deref())
+            .await
+            .map_err(|e| Failure {
+                code: 3,
+                msg: e.to_string(),
+            });
+    }
     connect(&cli.socket).await.map_err(|e| Failure {
         code: 3,
         msg: format!("{e} (is switchd running? --socket or SWITCHCTL_SOCKET names its socket)"),
