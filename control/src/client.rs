@@ -74,7 +74,7 @@ impl TlsFiles {
 
 /// A running server; dropping it stops the server and removes the socket file.
 pub struct ServerHandle {
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    stop: Option<Stop>,
     thread: Option<std::thread::JoinHandle<()>>,
     path: PathBuf,
     /// The TCP address, for a TCP server.
@@ -130,13 +130,7 @@ pub fn spawn_unix<D: Dataplane>(
         }
         std::fs::remove_file(path).map_err(socket_err(path))?;
     }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .max_blocking_threads(4)
-        .thread_name("switchd-control")
-        .enable_all()
-        .build()
-        .map_err(socket_err(path))?;
+    let rt = runtime().map_err(socket_err(path))?;
     let listener = {
         let _guard = rt.enter();
         // Created with the umask's mode, then narrowed before anyone can be served.
@@ -145,14 +139,54 @@ pub fn spawn_unix<D: Dataplane>(
             .map_err(socket_err(path))?;
         l
     };
+    let builder = tonic::transport::Server::builder();
+    let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+    let (stop, thread) =
+        serve_on_thread(rt, builder, ctl.service(), incoming).map_err(socket_err(path))?;
+    Ok(ServerHandle {
+        stop: Some(stop),
+        thread: Some(thread),
+        path: path.to_path_buf(),
+        addr: None,
+    })
+}
+
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .max_blocking_threads(4)
+        .thread_name("switchd-control")
+        .enable_all()
+        .build()
+}
+
+type Stop = tokio::sync::oneshot::Sender<()>;
+
+/// Serves `service` on `incoming` from a new thread that owns `rt`, until the returned
+/// sender fires or is dropped.
+fn serve_on_thread<D, I, IO, E>(
+    rt: tokio::runtime::Runtime,
+    builder: tonic::transport::Server,
+    service: crate::pb::switch_server::SwitchServer<crate::server::Api<D>>,
+    incoming: I,
+) -> std::io::Result<(Stop, std::thread::JoinHandle<()>)>
+where
+    D: Dataplane,
+    I: tokio_stream::Stream<Item = Result<IO, E>> + Send + 'static,
+    IO: tokio::io::AsyncRead
+        + tokio::io::AsyncWrite
+        + tonic::transport::server::Connected
+        + Unpin
+        + Send
+        + 'static,
+    E: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let service = ctl.service();
     let thread = std::thread::Builder::new()
         .name("switchd-grpc".into())
         .spawn(move || {
             rt.block_on(async move {
-                let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
-                let serve = tonic::transport::Server::builder()
+                let serve = builder
                     // A whole cluster's state is megabytes: no waiting for window updates.
                     .initial_stream_window_size(Some(16 << 20))
                     .initial_connection_window_size(Some(16 << 20))
@@ -166,14 +200,8 @@ pub fn spawn_unix<D: Dataplane>(
                 }
             });
             rt.shutdown_timeout(std::time::Duration::from_millis(200));
-        })
-        .map_err(socket_err(path))?;
-    Ok(ServerHandle {
-        stop: Some(stop),
-        thread: Some(thread),
-        path: path.to_path_buf(),
-        addr: None,
-    })
+        })?;
+    Ok((stop, thread))
 }
 
 /// Serves `ctl` on TCP at `addr` with TLS, requiring a client certificate signed by
@@ -185,13 +213,7 @@ pub fn spawn_tcp<D: Dataplane>(
 ) -> Result<ServerHandle, TransportError> {
     let (identity, ca) = tls.read()?;
     let where_ = PathBuf::from(addr.to_string());
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .max_blocking_threads(4)
-        .thread_name("switchd-control")
-        .enable_all()
-        .build()
-        .map_err(socket_err(&where_))?;
+    let rt = runtime().map_err(socket_err(&where_))?;
     let listener = {
         let _guard = rt.enter();
         let l = std::net::TcpListener::bind(addr).map_err(socket_err(&where_))?;
@@ -202,26 +224,9 @@ pub fn spawn_tcp<D: Dataplane>(
     let builder = tonic::transport::Server::builder()
         .tls_config(ServerTlsConfig::new().identity(identity).client_ca_root(ca))
         .map_err(|e| TransportError::Tls(e.to_string()))?;
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let service = ctl.service();
-    let thread = std::thread::Builder::new()
-        .name("switchd-grpc-tcp".into())
-        .spawn(move || {
-            rt.block_on(async move {
-                let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-                let serve = builder
-                    .initial_stream_window_size(Some(16 << 20))
-                    .initial_connection_window_size(Some(16 << 20))
-                    .add_service(service)
-                    .serve_with_incoming(incoming);
-                tokio::select! {
-                    _ = serve => {}
-                    _ = stopped => {}
-                }
-            });
-            rt.shutdown_timeout(std::time::Duration::from_millis(200));
-        })
-        .map_err(socket_err(&where_))?;
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let (stop, thread) =
+        serve_on_thread(rt, builder, ctl.service(), incoming).map_err(socket_err(&where_))?;
     Ok(ServerHandle {
         stop: Some(stop),
         thread: Some(thread),

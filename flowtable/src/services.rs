@@ -240,6 +240,21 @@ pub struct Service {
     pub ports: Vec<u32>,
 }
 
+impl Service {
+    /// The Service `s` describes, with its ports in these slots.
+    fn of(s: &ServiceSpec, ports: Vec<u32>) -> Service {
+        Service {
+            name: s.name.clone(),
+            cluster_ip: s.cluster_ip,
+            affinity_timeout: (s.session_affinity == SessionAffinity::ClientIp)
+                .then_some(s.affinity_timeout_seconds),
+            external_local: s.external_traffic_policy == TrafficPolicy::Local,
+            internal_local: s.internal_traffic_policy == TrafficPolicy::Local,
+            ports,
+        }
+    }
+}
+
 impl Default for Service {
     fn default() -> Self {
         Service {
@@ -730,18 +745,8 @@ impl ServiceTables {
                 }
             }
         }
-        self.services.set(
-            slot as usize,
-            Arc::new(Service {
-                name: s.name.clone(),
-                cluster_ip: s.cluster_ip,
-                affinity_timeout: (s.session_affinity == SessionAffinity::ClientIp)
-                    .then_some(s.affinity_timeout_seconds),
-                external_local: s.external_traffic_policy == TrafficPolicy::Local,
-                internal_local: s.internal_traffic_policy == TrafficPolicy::Local,
-                ports: idxs,
-            }),
-        );
+        self.services
+            .set(slot as usize, Arc::new(Service::of(s, idxs)));
         Ok(())
     }
 
@@ -791,15 +796,7 @@ impl ServiceTables {
             Some(x) => x,
             None => self.services.push_default(),
         };
-        let mut svc = Service {
-            name: s.name.clone(),
-            cluster_ip: s.cluster_ip,
-            affinity_timeout: (s.session_affinity == SessionAffinity::ClientIp)
-                .then_some(s.affinity_timeout_seconds),
-            external_local: s.external_traffic_policy == TrafficPolicy::Local,
-            internal_local: s.internal_traffic_policy == TrafficPolicy::Local,
-            ports: Vec::with_capacity(built.ports.len()),
-        };
+        let mut svc = Service::of(s, Vec::with_capacity(built.ports.len()));
         Arc::make_mut(&mut self.names).insert(name_key(&s.name), slot);
         for (pi, mut sp) in built.ports.into_iter().enumerate() {
             let idx = match self.free_ports.pop() {

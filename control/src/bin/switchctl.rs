@@ -284,6 +284,22 @@ fn table(header: &[&str], rows: &[Vec<String>]) {
     }
 }
 
+/// A port's Maglev shares as a table.
+fn shares_table(shares: &[pb::BackendShare]) {
+    let rows: Vec<Vec<String>> = shares
+        .iter()
+        .map(|b| {
+            vec![
+                format!("{}:{}", b.ip, b.port),
+                b.node.clone(),
+                b.entries.to_string(),
+                format!("{:.1}%", b.percent),
+            ]
+        })
+        .collect();
+    table(&["BACKEND", "NODE", "ENTRIES", "SHARE"], &rows);
+}
+
 fn endpoint_flags(e: &pb::Endpoint) -> String {
     let ready = e.ready.unwrap_or(true);
     let mut f = vec![if ready { "ready" } else { "not-ready" }];
@@ -652,34 +668,10 @@ async fn list(cli: &Cli, kind: Kind, name: &str) -> Result<(), Failure> {
                             p.target_port,
                             p.table_size
                         );
-                        let rows: Vec<Vec<String>> = p
-                            .cluster
-                            .iter()
-                            .map(|b| {
-                                vec![
-                                    format!("{}:{}", b.ip, b.port),
-                                    b.node.clone(),
-                                    b.entries.to_string(),
-                                    format!("{:.1}%", b.percent),
-                                ]
-                            })
-                            .collect();
-                        table(&["BACKEND", "NODE", "ENTRIES", "SHARE"], &rows);
+                        shares_table(&p.cluster);
                         if !p.local.is_empty() {
                             println!("local endpoints (Local policy):");
-                            let rows: Vec<Vec<String>> = p
-                                .local
-                                .iter()
-                                .map(|b| {
-                                    vec![
-                                        format!("{}:{}", b.ip, b.port),
-                                        b.node.clone(),
-                                        b.entries.to_string(),
-                                        format!("{:.1}%", b.percent),
-                                    ]
-                                })
-                                .collect();
-                            table(&["BACKEND", "NODE", "ENTRIES", "SHARE"], &rows);
+                            shares_table(&p.local);
                         }
                     }
                 }
