@@ -652,12 +652,14 @@ impl ServiceTables {
                 "tables without settings cannot be updated".into(),
             ));
         };
-        for (i, s) in upserted.iter().enumerate() {
+        let mut seen: std::collections::HashSet<&str> = Default::default();
+        for s in upserted {
             check_service(&ctx, s)?;
-            if upserted[..i].iter().any(|o| o.name == s.name) {
+            if !seen.insert(s.name.as_str()) {
                 return Err(err(path(s, "name"), format!("'{}' is given twice", s.name)));
             }
         }
+        let gone: std::collections::HashSet<&str> = removed.iter().copied().collect();
         let mut t = self.clone();
         let built = build_all(&ctx, upserted);
         // A Service whose frontends stay the same (an endpoint change, the common case) is
@@ -666,7 +668,7 @@ impl ServiceTables {
         for (s, b) in upserted.iter().zip(built) {
             match t
                 .service_slot(&s.name)
-                .filter(|_| !removed.contains(&s.name.as_str()))
+                .filter(|_| !gone.contains(s.name.as_str()))
             {
                 Some(slot) => match t.replace_in_place(slot, s, b) {
                     Ok(()) => {}

@@ -528,6 +528,7 @@ pub fn run(cfg: &Config) -> Result<(), DaemonError> {
             Ok(c) => {
                 let r = apply_snapshot(&mut run, c.next);
                 match &r {
+                    Ok((_, msg)) if msg.is_empty() => {}
                     Ok((_, msg)) => log(msg),
                     Err(e) => log(format!("change refused, keeping the current state: {e}")),
                 }
@@ -611,8 +612,19 @@ fn reload(ctl: &Control<DaemonPlane>, path: &Path) {
 /// Makes `next` live: binds and attaches new pods' ports, detaches and closes removed ones,
 /// publishes; returns the generation and what changed. On error nothing has changed.
 fn apply_snapshot(run: &mut Running, next: Snapshot) -> Result<(u64, String), DaemonError> {
-    let ifaces = check_interfaces(&next)?;
     let cur = run.cell.load();
+    if next.ports() == cur.ports() && next.node.ip == cur.node.ip {
+        // The same ports (a Service or node change, the common case): nothing to bind or
+        // detach; an interface that went away meanwhile is the workers' to notice.
+        if let Err(e) = run.xdp.configure(&next) {
+            let _ = run.xdp.configure(&cur);
+            return Err(e.into());
+        }
+        let generation = run.cell.publish(next);
+        run.fabric.wake_all();
+        return Ok((generation, String::new()));
+    }
+    let ifaces = check_interfaces(&next)?;
     if next.ports()[0] != cur.ports()[0] {
         return Err(DaemonError::NoInterface {
             name: next.ports()[0].clone(),

@@ -3,7 +3,9 @@
 //! Design: the gRPC server plans a change on its own thread and hands the finished snapshot
 //! to the daemon's control thread (a channel), which binds and attaches new pods' ports,
 //! detaches removed ones and publishes, exactly as a SIGHUP reload does, and answers with the
-//! generation or the reason it refused. Waiting for "programmed" happens back on the gRPC
+//! generation or the reason it refused. A snapshot with the same ports and the same Service
+//! frontends as the live one (an endpoint change) needs none of that and is published
+//! directly (all publishes happen under the engine's lock). Waiting for "programmed" happens back on the gRPC
 //! thread: the workers report the generation they run through their snapshot readers and are
 //! woken so that an idle one looks at once. Counters come from the workers' reports (the
 //! mutexes they `try_lock`), the conntrack table and the XDP counters the control thread
@@ -88,6 +90,19 @@ pub fn numbers(v: &impl serde::Serialize) -> HashMap<String, u64> {
 
 impl Dataplane for DaemonPlane {
     fn publish(&self, next: Snapshot) -> Result<u64, ApiError> {
+        let cur = self.cell.load();
+        if next.ports() == cur.ports()
+            && next.node.ip == cur.node.ip
+            && next.node.vxlan_port == cur.node.vxlan_port
+            && Arc::ptr_eq(&next.services.frontends, &cur.services.frontends)
+        {
+            // Nothing for the control thread to do (no port to bind or detach, the XDP
+            // program's maps stay as they are): publish from here. Every publish happens
+            // under the engine's lock, so there is still one publisher at a time.
+            let generation = self.cell.publish(next);
+            self.fabric.wake_all();
+            return Ok(generation);
+        }
         let (reply, answer) = std::sync::mpsc::sync_channel(1);
         self.commits
             .lock()

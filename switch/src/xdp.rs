@@ -140,10 +140,12 @@ impl Xdp {
         if snap.host().is_none() {
             n[6..8].copy_from_slice(&0u16.to_ne_bytes());
         }
-        self.map("node")
-            .update(&0u32.to_ne_bytes(), &n, MapFlags::ANY)
-            .map_err(err("set node"))?;
-        self.node = n;
+        if n != self.node || self.programmed.is_none() {
+            self.map("node")
+                .update(&0u32.to_ne_bytes(), &n, MapFlags::ANY)
+                .map_err(err("set node"))?;
+            self.node = n;
+        }
         if self
             .programmed
             .as_ref()
