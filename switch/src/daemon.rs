@@ -16,8 +16,10 @@
 //! on with the state it has. Counters go to a JSON file (`--stats`) twice a second and at exit,
 //! and to the API's `GetStats`/`WatchStats`.
 //!
-//! Thread-safety: the control thread owns the XDP program, the links and the snapshot cell
-//! (the gRPC server's threads plan changes and wait for them, but only this thread applies);
+//! Thread-safety: the control thread owns the XDP program and the links, and applies every
+//! change that binds, attaches or detaches a port or changes the XDP maps; a change that needs
+//! none of that is published by the API's thread (every publish happens under the engine's
+//! lock, so there is one publisher at a time);
 //! the workers own sockets and frames (`worker`). They talk by a channel of commands per
 //! worker, the shared port table of the `Fabric`, the snapshot cell (arc-swap) and one report
 //! mutex per worker that the worker only `try_lock`s.
