@@ -209,14 +209,20 @@ impl<D: Dataplane> Api<D> {
         .map(Response::new)
     }
 
-    fn one(&self, op: Op) -> Vec<(String, Op)> {
-        vec![("name".into(), op)]
+    /// A one-object shorthand: converted and checked as the same change in a batch would be
+    /// (its fields named `request.upsert_pod.ip`, ...).
+    async fn one(&self, c: pb::change::Change) -> Result<Response<pb::ApplyReply>, Status> {
+        let change = pb::Change { change: Some(c) };
+        let op = op("request", &change)?;
+        self.write(vec![("request".into(), op)], false).await
     }
 }
 
 fn not_found(kind: &str, name: &str) -> Status {
     Status::not_found(format!("there is no {kind} '{name}'"))
 }
+
+use pb::change::Change as C;
 
 #[tonic::async_trait]
 impl<D: Dataplane> Switch for Api<D> {
@@ -259,52 +265,43 @@ impl<D: Dataplane> Switch for Api<D> {
         &self,
         req: Request<pb::Node>,
     ) -> Result<Response<pb::ApplyReply>, Status> {
-        let n = convert::node("node", req.get_ref())?;
-        self.write(self.one(Op::UpsertNode(n)), false).await
+        self.one(C::UpsertNode(req.into_inner())).await
     }
 
     async fn delete_node(
         &self,
         req: Request<pb::Name>,
     ) -> Result<Response<pb::ApplyReply>, Status> {
-        self.write(self.one(Op::DeleteNode(req.into_inner().name)), false)
-            .await
+        self.one(C::DeleteNode(req.into_inner().name)).await
     }
 
     async fn upsert_pod(&self, req: Request<pb::Pod>) -> Result<Response<pb::ApplyReply>, Status> {
-        let p = convert::pod("pod", req.get_ref())?;
-        self.write(self.one(Op::UpsertPod(p)), false).await
+        self.one(C::UpsertPod(req.into_inner())).await
     }
 
     async fn delete_pod(&self, req: Request<pb::Name>) -> Result<Response<pb::ApplyReply>, Status> {
-        self.write(self.one(Op::DeletePod(req.into_inner().name)), false)
-            .await
+        self.one(C::DeletePod(req.into_inner().name)).await
     }
 
     async fn upsert_service(
         &self,
         req: Request<pb::Service>,
     ) -> Result<Response<pb::ApplyReply>, Status> {
-        let s = convert::service("service", req.get_ref())?;
-        self.write(self.one(Op::UpsertService(s)), false).await
+        self.one(C::UpsertService(req.into_inner())).await
     }
 
     async fn delete_service(
         &self,
         req: Request<pb::Name>,
     ) -> Result<Response<pb::ApplyReply>, Status> {
-        self.write(self.one(Op::DeleteService(req.into_inner().name)), false)
-            .await
+        self.one(C::DeleteService(req.into_inner().name)).await
     }
 
     async fn set_endpoints(
         &self,
         req: Request<pb::SetEndpoints>,
     ) -> Result<Response<pb::ApplyReply>, Status> {
-        let r = req.into_inner();
-        let eps = convert::endpoints("endpoints", &r.endpoints)?;
-        self.write(self.one(Op::SetEndpoints(r.service, eps)), false)
-            .await
+        self.one(C::SetEndpoints(req.into_inner())).await
     }
 
     async fn get_state(

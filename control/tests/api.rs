@@ -353,6 +353,29 @@ fn invalid_changes_are_refused_with_field_and_reason() {
                 .unwrap_err();
             assert_eq!((e.code(), e.message()), (Code::NotFound, want));
         }
+        // The one-object shorthands are checked as the same change in a batch.
+        let e = c
+            .delete_pod(pb::Name { name: "".into() })
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (e.code(), e.message()),
+            (Code::InvalidArgument, "request.delete_pod: is required")
+        );
+        let e = c
+            .upsert_pod(pb::Pod {
+                ip: "10.244.1.2".into(),
+                ..good()
+            })
+            .await
+            .unwrap_err();
+        assert!(
+            e.message().contains(
+                "pods[default/pod-x].ip: 10.244.1.2 is also the address of pods[default/pod-a]"
+            ),
+            "{}",
+            e.message()
+        );
         // Deleting a node that endpoints still name.
         let e = c
             .delete_node(pb::Name {
