@@ -1,16 +1,18 @@
 //! Service NAT cost per packet at batch 64: `cargo bench -p bench --bench services`.
 //!
 //! Paths: a new flow (backend pick + conntrack insert + DNAT), an established flow to a local
-//! backend (conntrack hit + DNAT), reverse NAT of the backend's reply, and an established flow
-//! to a backend on another node (DNAT + VXLAN encapsulation). Each at 10 and 10,000 Services
+//! backend (conntrack hit with TCP state and window tracking + DNAT: a data segment of a
+//! connection whose handshake went through the pipeline), reverse NAT of the backend's
+//! reply, and an established flow to a backend on another node (DNAT + VXLAN
+//! encapsulation; picked up mid-stream, as the SYN-ACK would come over the overlay). Each at 10 and 10,000 Services
 //! (10 endpoints each); the established paths also with 1,000,000 other connections tracked.
 //! Frames are restored between iterations outside the timing.
 
 #![allow(missing_docs)]
 
-use bench::{backend_tcp_to_pod_a, pod_tcp_to, service_ip, services_state, FRAME_SIZE};
+use bench::{backend_tcp_seg, pod_tcp_seg, pod_tcp_to, service_ip, services_state, FRAME_SIZE};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use flowtable::conntrack::{Conntrack, FlowKey, Timeouts};
+use flowtable::conntrack::{Conntrack, Dir, FlowKey, NewFlow, Segment, Timeouts};
 use flowtable::packet::DEFAULT_HEADROOM;
 use flowtable::{Packet, Pipeline, PortId, Snapshot, StateFile, Verdict, BATCH_SIZE};
 use std::hint::black_box;
@@ -70,7 +72,23 @@ fn time_batches(
     total
 }
 
-/// Fills the table with `n` unrelated tracked connections (replied, so never evicted).
+/// Client and backend initial sequence numbers of the benchmark's connections.
+const CLIENT_ISN: u32 = 1000;
+const SERVER_ISN: u32 = 5000;
+
+/// A segment as conntrack reads it (for the prefill, which bypasses the pipeline).
+fn seg(flags: u8, seq: u32, ack: u32) -> Segment {
+    Segment {
+        flags,
+        seq,
+        ack,
+        win: 64240,
+        ..Segment::default()
+    }
+}
+
+/// Fills the table with `n` unrelated connections that completed their handshake
+/// (assured, so never evicted).
 fn prefill(ct: &Conntrack, n: usize) {
     for i in 0..n as u32 {
         let o = FlowKey {
@@ -85,8 +103,16 @@ fn prefill(ct: &Conntrack, n: usize) {
             dport: 8080,
             ..o
         };
-        if let Ok(e) = ct.insert(o, t, 0) {
-            ct.touch(e, flowtable::conntrack::Dir::Reply, Some(0x12), 0);
+        let flow = NewFlow {
+            tcp: Some(seg(0x02, CLIENT_ISN, 0)),
+            ..NewFlow::new(o, t)
+        };
+        if let Ok((e, v)) = ct.insert_flow(&flow) {
+            let synack = seg(0x12, SERVER_ISN, CLIENT_ISN + 1);
+            ct.track(e, v, Dir::Reply, Some(&synack));
+            let ack = seg(0x10, CLIENT_ISN + 1, SERVER_ISN + 1);
+            ct.track(e, v, Dir::Original, Some(&ack));
+            ct.track(e, v, Dir::Original, Some(&ack));
         }
     }
 }
@@ -119,28 +145,38 @@ fn bench_scale(c: &mut Criterion, services: usize, tracked: usize) {
     let mut replies = Vec::new();
     let mut remote_frames = Vec::new();
     for k in 0..BATCH_SIZE {
+        // A local backend: the whole handshake through the pipeline, then data both ways.
         let svc = pick(k, 0);
-        let f = pod_tcp_to(service_ip(svc), 30000 + k as u16, true);
-        let (v, out) = run_once(&mut p, &snap, POD_A, &f);
+        let (vip, sport) = (service_ip(svc), 30000 + k as u16);
+        let syn = pod_tcp_seg(vip, sport, "S", CLIENT_ISN, 0, 0);
+        let (v, out) = run_once(&mut p, &snap, POD_A, &syn);
         assert!(
             matches!(v, Verdict::Transmit(port) if port != PortId::UPLINK),
             "{v:?}"
         );
         let backend = Ipv4Addr::new(out[30], out[31], out[32], out[33]);
-        local_frames.push((POD_A, pod_tcp_to(service_ip(svc), 30000 + k as u16, false)));
         let Verdict::Transmit(bport) = v else {
             unreachable!()
         };
-        replies.push((bport, backend_tcp_to_pod_a(backend, 30000 + k as u16)));
+        let synack = backend_tcp_seg(backend, sport, "SA", SERVER_ISN, CLIENT_ISN + 1, 0);
+        assert_eq!(run_once(&mut p, &snap, bport, &synack).0, Verdict::Transmit(POD_A));
+        let ack = pod_tcp_seg(vip, sport, "A", CLIENT_ISN + 1, SERVER_ISN + 1, 0);
+        assert_eq!(run_once(&mut p, &snap, POD_A, &ack).0, Verdict::Transmit(bport));
+        let data = pod_tcp_seg(vip, sport, "PA", CLIENT_ISN + 1, SERVER_ISN + 1, 6);
+        local_frames.push((POD_A, data));
+        let reply = backend_tcp_seg(backend, sport, "PA", SERVER_ISN + 1, CLIENT_ISN + 7, 6);
+        replies.push((bport, reply));
+        // A remote backend: picked up mid-stream (its SYN-ACK would come over VXLAN).
         let svc = pick(k, 1);
-        let f = pod_tcp_to(service_ip(svc), 31000 + k as u16, true);
+        let f = pod_tcp_to(service_ip(svc), 31000 + k as u16, false);
         assert_eq!(
             run_once(&mut p, &snap, POD_A, &f).0,
             Verdict::Transmit(PortId::UPLINK)
         );
-        remote_frames.push((POD_A, pod_tcp_to(service_ip(svc), 31000 + k as u16, false)));
+        remote_frames.push((POD_A, f));
     }
-    for (port, f) in &replies {
+    for ((port, f), (_, d)) in replies.iter().zip(&local_frames) {
+        assert_eq!(run_once(&mut p, &snap, POD_A, d).0, Verdict::Transmit(*port));
         assert_eq!(
             run_once(&mut p, &snap, *port, f).0,
             Verdict::Transmit(POD_A),

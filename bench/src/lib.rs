@@ -142,6 +142,60 @@ pub fn pod_tcp_to(vip: std::net::Ipv4Addr, sport: u16, syn: bool) -> Vec<u8> {
     v
 }
 
+/// A TCP segment from pod-a (10.244.1.2) to `vip`:80 with these flags (`S` SYN, `A` ACK,
+/// `F` FIN, `R` RST), sequence and acknowledgement numbers, and `len` bytes of payload.
+pub fn pod_tcp_seg(
+    vip: std::net::Ipv4Addr,
+    sport: u16,
+    flags: &str,
+    seq: u32,
+    ack: u32,
+    len: usize,
+) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2([2, 0, 0x0a, 0xf4, 1, 2], [2, 0, 0x0a, 0xf4, 1, 1])
+        .ipv4([10, 244, 1, 2], vip.octets(), 64)
+        .tcp(sport, 80, seq, 64240);
+    tcp_flags(b, flags, ack, len)
+}
+
+/// A TCP segment from a backend pod (port 8080) back to pod-a, as [`pod_tcp_seg`].
+pub fn backend_tcp_seg(
+    backend: std::net::Ipv4Addr,
+    dport: u16,
+    flags: &str,
+    seq: u32,
+    ack: u32,
+    len: usize,
+) -> Vec<u8> {
+    let last = backend.octets()[3];
+    let b = PacketBuilder::ethernet2([2, 0, 0x0a, 0xf4, 1, last + 6], [2, 0, 0x0a, 0xf4, 1, 1])
+        .ipv4(backend.octets(), [10, 244, 1, 2], 64)
+        .tcp(8080, dport, seq, 64240);
+    tcp_flags(b, flags, ack, len)
+}
+
+fn tcp_flags(
+    mut b: etherparse::PacketBuilderStep<etherparse::TcpHeader>,
+    flags: &str,
+    ack: u32,
+    len: usize,
+) -> Vec<u8> {
+    for c in flags.chars() {
+        b = match c {
+            'S' => b.syn(),
+            'A' => b.ack(ack),
+            'F' => b.fin(),
+            'R' => b.rst(),
+            'P' => b.psh(),
+            _ => b,
+        };
+    }
+    let mut v = Vec::new();
+    b.write(&mut v, &vec![0u8; len])
+        .unwrap_or_else(|e| panic!("{e}"));
+    v
+}
+
 /// A TCP segment from a backend pod back to pod-a.
 pub fn backend_tcp_to_pod_a(backend: std::net::Ipv4Addr, dport: u16) -> Vec<u8> {
     let last = backend.octets()[3];

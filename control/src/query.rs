@@ -12,7 +12,7 @@ use crate::convert;
 use crate::error::ApiError;
 use crate::pb;
 use etherparse::{NetSlice, PacketBuilder, SlicedPacket, TransportSlice};
-use flowtable::conntrack::{Conntrack, CtState, Timeouts};
+use flowtable::conntrack::{Conntrack, EntryInfo, Timeouts};
 use flowtable::maglev;
 use flowtable::packet::{Packet, PortId, DEFAULT_HEADROOM};
 use flowtable::pipeline::{Pipeline, Verdict};
@@ -124,13 +124,42 @@ pub fn endpoint_infos(spec: &ServiceSpec, snap: &Snapshot) -> Vec<pb::EndpointIn
         .collect()
 }
 
-fn state_name(s: CtState) -> &'static str {
-    match s {
-        CtState::New => "new",
-        CtState::Established => "established",
-        CtState::Closing => "closing",
+/// An entry's state as shown and filtered: the TCP state (`syn_sent`, `established`, ...),
+/// else `unreplied` or `replied`.
+fn state_name(e: &EntryInfo) -> &'static str {
+    match (e.original.proto, e.replied) {
+        (6, _) => e.state.name(),
+        (_, false) => "unreplied",
+        (_, true) => "replied",
     }
 }
+
+/// The states `ct list --state` accepts: any shown name, and the groups `new` (not yet
+/// answered or half-open) and `closing` (FIN or RST seen).
+fn state_matches(filter: &str, e: &EntryInfo) -> bool {
+    let name = state_name(e);
+    match filter {
+        "new" => matches!(name, "syn_sent" | "syn_recv" | "syn_sent2" | "unreplied"),
+        "closing" => e.original.proto == 6 && e.state.closing(),
+        f => f == name,
+    }
+}
+
+const STATE_FILTERS: &[&str] = &[
+    "new",
+    "closing",
+    "syn_sent",
+    "syn_recv",
+    "established",
+    "fin_wait",
+    "close_wait",
+    "last_ack",
+    "time_wait",
+    "close",
+    "syn_sent2",
+    "unreplied",
+    "replied",
+];
 
 /// The live conntrack entries that match the request's filters.
 pub fn conntrack(
@@ -165,14 +194,13 @@ pub fn conntrack(
     };
     let state = match req.state.as_str() {
         "" => None,
-        "new" => Some(CtState::New),
-        "established" => Some(CtState::Established),
-        "closing" => Some(CtState::Closing),
+        s if STATE_FILTERS.contains(&s) => Some(s),
         other => {
+            let shown: String = other.chars().take(40).flat_map(char::escape_default).collect();
             return Err(ApiError::Invalid {
                 field: "state".into(),
-                reason: format!("unknown state '{other}' (new, established or closing)"),
-            })
+                reason: format!("unknown state '{shown}' (one of {})", STATE_FILTERS.join(", ")),
+            });
         }
     };
     let limit = if req.limit == 0 {
@@ -184,11 +212,12 @@ pub fn conntrack(
     let total = all.len() as u64;
     let mut matched = 0u64;
     let mut entries = Vec::new();
-    for (o, t, s, replied) in all {
+    for e in all {
+        let (o, t) = (e.original, e.translated);
         let ok = addr.is_none_or(|a| [o.src, o.dst, t.src, t.dst].contains(&a))
             && proto.is_none_or(|p| o.proto == p)
             && port.is_none_or(|p| [o.sport, o.dport, t.sport, t.dport].contains(&p))
-            && state.is_none_or(|x| x == s);
+            && state.is_none_or(|x| state_matches(x, &e));
         if !ok {
             continue;
         }
@@ -204,8 +233,10 @@ pub fn conntrack(
                 translated_sport: t.sport.into(),
                 translated_dst: t.dst.to_string(),
                 translated_dport: t.dport.into(),
-                state: state_name(s).into(),
-                replied,
+                state: state_name(&e).into(),
+                replied: e.replied,
+                assured: e.assured,
+                expires_in: e.expires_in,
             });
         }
     }

@@ -101,6 +101,20 @@ named_enum! {
         ConntrackFull = "conntrack_full",
         /// No free source port to resolve a NAT clash.
         NatClash = "nat_clash",
+        /// Conntrack: a TCP flag combination no stack sends (SYN+FIN, FIN without ACK, none).
+        CtInvalidFlags = "ct_invalid_flags",
+        /// Conntrack: a TCP segment that cannot open a connection (SYN-ACK, FIN, RST) with none tracked.
+        CtInvalidNew = "ct_invalid_new",
+        /// Conntrack: a TCP segment invalid in the connection's state (an ACK before the SYN-ACK, ...).
+        CtInvalidState = "ct_invalid_state",
+        /// Conntrack: a TCP segment starting beyond the receiver's window.
+        CtInvalidSeqOverWindow = "ct_invalid_seq_over_window",
+        /// Conntrack: a TCP segment whose data the receiver has all acknowledged already.
+        CtInvalidSeqUnderWindow = "ct_invalid_seq_under_window",
+        /// Conntrack: a TCP segment acknowledging data the other side never sent.
+        CtInvalidAckOverWindow = "ct_invalid_ack_over_window",
+        /// Conntrack: a RST below the sequence its receiver acknowledged.
+        CtInvalidRst = "ct_invalid_rst",
     }
 }
 

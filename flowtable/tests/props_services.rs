@@ -226,7 +226,7 @@ proptest! {
         for o in ops {
             let (port, f, valid) = match o {
                 Op::Update(i) => { snap = &vs[i]; continue; }
-                Op::Tick(s) => { now += s; p.set_now(now); p.conntrack().gc(now, 4096); continue; }
+                Op::Tick(s) => { now += s; p.set_now(now); p.conntrack().gc(4096); continue; }
                 Op::Frame { kind, port, flags, len } => {
                     let (pt, f) = frame(kind, port, flags, &vec![0x42; len]);
                     (pt, f, true)

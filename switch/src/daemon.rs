@@ -51,6 +51,8 @@ pub struct Config {
     pub cores: Vec<usize>,
     /// Conntrack capacity.
     pub conntrack_capacity: usize,
+    /// Conntrack timeouts.
+    pub conntrack_timeouts: Timeouts,
     /// How the worker waits when idle.
     pub poll: PollMode,
     /// Pause after a round with only a few frames (`wakeup` mode).
@@ -350,7 +352,10 @@ pub fn run(cfg: &Config) -> Result<(), DaemonError> {
     }
     let owner_fd = socks[0].sock.fd();
 
-    let ct = Arc::new(Conntrack::new(cfg.conntrack_capacity, Timeouts::default()));
+    let ct = Arc::new(Conntrack::new(
+        cfg.conntrack_capacity,
+        cfg.conntrack_timeouts,
+    ));
     let cell = Arc::new(SnapshotCell::new(snap));
     let stop = Arc::new(AtomicBool::new(false));
     let n_workers = cfg.cores.len().max(1);
@@ -427,6 +432,8 @@ pub fn run(cfg: &Config) -> Result<(), DaemonError> {
         ));
     }
 
+    let housekeeping = crate::ctclock::spawn(Arc::clone(&ct), Arc::clone(&stop))
+        .map_err(DaemonError::Thread)?;
     let mut handles = Vec::new();
     for (id, worker) in workers.into_iter().enumerate() {
         let core = cfg.cores.get(id).copied();
@@ -568,6 +575,7 @@ pub fn run(cfg: &Config) -> Result<(), DaemonError> {
     drop(server);
     drop(tcp_server);
     stop.store(true, Ordering::Relaxed);
+    let _ = housekeeping.join();
     let mut why = None;
     for h in handles {
         match h.join() {

@@ -32,9 +32,15 @@ enum Cmd {
         /// serving its share of the ports; default: one worker, not pinned.
         #[arg(long, alias = "core", value_delimiter = ',', value_name = "CORES")]
         cores: Vec<usize>,
-        /// Conntrack capacity (connections; memory is fixed at about 64 bytes each).
+        /// Conntrack capacity (connections; memory is fixed at 96 bytes each).
         #[arg(long, default_value_t = 262_144, value_parser = clap::value_parser!(u64).range(1..=16_777_214))]
         conntrack_capacity: u64,
+        /// A conntrack timeout, NAME=SECONDS (repeatable): tcp_syn_sent (120), tcp_syn_recv
+        /// (60), tcp_established (86400), tcp_fin_wait (120), tcp_close_wait (60),
+        /// tcp_last_ack (30), tcp_time_wait (120), tcp_close (10), tcp_unacknowledged (300),
+        /// udp_unreplied (30), udp_assured (120).
+        #[arg(long, value_name = "NAME=SECONDS", value_parser = parse_ct_timeout)]
+        ct_timeout: Vec<(String, u32)>,
         /// How the worker waits when idle: `wakeup` sleeps in poll(2) (leaves a shared core
         /// to the kernel's receive work), `busy` spins (lowest latency on a dedicated core).
         #[arg(long, value_enum, default_value = "wakeup")]
@@ -87,7 +93,7 @@ enum Cmd {
         /// Output directory (created if missing; files in it are overwritten).
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
-        /// Conntrack capacity (connections; memory is fixed at about 64 bytes each).
+        /// Conntrack capacity (connections; memory is fixed at 96 bytes each).
         #[arg(long, default_value_t = 65536, value_parser = clap::value_parser!(u64).range(1..=16_777_214))]
         conntrack_capacity: u64,
     },
@@ -99,6 +105,22 @@ enum Cmd {
     },
 }
 
+/// Checks one `--ct-timeout` (the one rule set: `Timeouts::set_from`).
+fn parse_ct_timeout(spec: &str) -> Result<(String, u32), String> {
+    flowtable::conntrack::Timeouts::default().set_from(spec)?;
+    let (name, secs) = spec.split_once('=').unwrap_or((spec, "0"));
+    Ok((name.trim().to_string(), secs.trim().parse().unwrap_or(0)))
+}
+
+/// The timeouts the flags give (each already checked by `parse_ct_timeout`).
+fn timeouts(given: &[(String, u32)]) -> flowtable::conntrack::Timeouts {
+    let mut t = flowtable::conntrack::Timeouts::default();
+    for (name, secs) in given {
+        let _ = t.set(name, *secs);
+    }
+    t
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.cmd {
@@ -106,6 +128,7 @@ fn main() -> ExitCode {
             state,
             cores,
             conntrack_capacity,
+            ct_timeout,
             poll,
             batch_wait_us,
             frames,
@@ -122,6 +145,7 @@ fn main() -> ExitCode {
                 state,
                 cores,
                 conntrack_capacity: conntrack_capacity as usize,
+                conntrack_timeouts: timeouts(&ct_timeout),
                 poll,
                 batch_wait: std::time::Duration::from_micros(batch_wait_us),
                 frames,

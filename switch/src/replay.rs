@@ -146,10 +146,16 @@ pub struct ConntrackReport {
     pub inserted: u64,
     /// New flows refused because the table was full.
     pub full: u64,
-    /// Unreplied entries evicted under pressure.
+    /// Non-assured entries evicted under pressure (early drop).
     pub evicted: u64,
     /// Entries expired.
     pub expired: u64,
+    /// Closed TCP entries replaced by a new connection on their tuple (port reuse).
+    pub reopened: u64,
+    /// TCP segments passed untracked because another worker held their entry.
+    pub busy: u64,
+    /// Entries assured now (never evicted).
+    pub assured: usize,
     /// Memory per connection in bytes.
     pub bytes_per_entry: usize,
 }
@@ -216,6 +222,9 @@ impl ConntrackReport {
             full: ct.counters.full.load(Relaxed),
             evicted: ct.counters.evicted.load(Relaxed),
             expired: ct.counters.expired.load(Relaxed),
+            reopened: ct.counters.reopened.load(Relaxed),
+            busy: ct.counters.busy.load(Relaxed),
+            assured: ct.assured(),
             bytes_per_entry: ct.bytes_per_entry(),
         }
     }
@@ -309,7 +318,7 @@ pub fn run_with(
         if let Some(first) = stamps.first() {
             let now = u32::try_from(first.as_secs()).unwrap_or(u32::MAX);
             pipeline.set_now(now);
-            ct.gc(now, 4096);
+            ct.gc(4096);
         }
         let n = pkts.len();
         pipeline.process(&snap, &mut pkts, &mut verdicts[..n]);

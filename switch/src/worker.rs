@@ -585,7 +585,6 @@ impl Worker {
     pub fn run(mut self) -> Result<(), String> {
         let start = Instant::now();
         let mut last_report = start;
-        let mut last_gc = start;
         let mut idle_rounds = 0u32;
         while !self.stop.load(Ordering::Relaxed) {
             if self.uplink_gone {
@@ -617,13 +616,6 @@ impl Worker {
             while let Some(f) = self.fabric.returns[usize::from(self.id)].pop() {
                 self.free.push(f);
             }
-            let now = Instant::now();
-            if now.duration_since(last_gc) >= Duration::from_millis(100) {
-                let secs = 1 + now.duration_since(start).as_secs() as u32;
-                self.pipeline.set_now(secs);
-                self.pipeline.conntrack().gc(secs, 4096);
-                last_gc = now;
-            }
             self.reclaim();
             self.refill();
             let mut work = 0;
@@ -642,6 +634,7 @@ impl Worker {
             if !self.gone.is_empty() {
                 self.close_gone();
             }
+            let now = Instant::now();
             if now.duration_since(last_report) >= Duration::from_millis(500) {
                 // A port whose interface was deleted has an unbound socket: the probe below
                 // finds it even if nothing is sent to it.

@@ -144,7 +144,8 @@ enum CtCmd {
         /// Either port of the flow.
         #[arg(long)]
         port: Option<u32>,
-        /// new, established, closing.
+        /// A TCP state (syn_sent, syn_recv, established, fin_wait, close_wait, last_ack,
+        /// time_wait, close), unreplied or replied (UDP), or a group: new, closing.
         #[arg(long)]
         state: Option<String>,
         /// At most this many entries.
@@ -355,6 +356,8 @@ async fn run(cli: &Cli) -> Result<(), Failure> {
                         format!("{}:{}", e.translated_dst, e.translated_dport),
                         e.state.clone(),
                         if e.replied { "yes".into() } else { "no".into() },
+                        if e.assured { "yes".into() } else { "no".into() },
+                        format!("{}s", e.expires_in),
                     ]
                 })
                 .collect();
@@ -367,6 +370,8 @@ async fn run(cli: &Cli) -> Result<(), Failure> {
                     "TRANSLATED DESTINATION",
                     "STATE",
                     "REPLIED",
+                    "ASSURED",
+                    "EXPIRES",
                 ],
                 &rows,
             );

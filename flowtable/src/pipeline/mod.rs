@@ -29,7 +29,7 @@ mod nat;
 mod offload;
 mod vxlan;
 
-use crate::conntrack::{Conntrack, Timeouts};
+use crate::conntrack::{Conntrack, Invalid, Timeouts};
 use crate::counters::{Action, Counters, DropReason};
 use crate::packet::{Packet, PortId};
 use crate::snapshot::Snapshot;
@@ -94,6 +94,20 @@ impl Outcome {
     }
 }
 
+impl From<Invalid> for DropReason {
+    fn from(e: Invalid) -> Self {
+        match e {
+            Invalid::Flags => DropReason::CtInvalidFlags,
+            Invalid::New => DropReason::CtInvalidNew,
+            Invalid::State => DropReason::CtInvalidState,
+            Invalid::SeqOverWindow => DropReason::CtInvalidSeqOverWindow,
+            Invalid::SeqUnderWindow => DropReason::CtInvalidSeqUnderWindow,
+            Invalid::AckOverWindow => DropReason::CtInvalidAckOverWindow,
+            Invalid::Rst => DropReason::CtInvalidRst,
+        }
+    }
+}
+
 impl From<Ipv4Error> for DropReason {
     fn from(e: Ipv4Error) -> Self {
         match e {
@@ -114,7 +128,6 @@ pub struct Pipeline {
     /// Sink for the batch pre-touch loads, so they are not optimised away.
     touched: u8,
     ct: Arc<Conntrack>,
-    now: u32,
     cache: flowcache::FlowCache,
 }
 
@@ -147,7 +160,6 @@ impl Pipeline {
             ident,
             touched: 0,
             ct,
-            now: 0,
             cache: flowcache::FlowCache::default(),
         }
     }
@@ -157,9 +169,10 @@ impl Pipeline {
         &self.ct
     }
 
-    /// Sets the clock (seconds, any fixed epoch) for the next batches: conntrack ages with it.
+    /// Advances the conntrack table's clock (seconds, any fixed epoch; shared by every
+    /// pipeline on the table): entries age with it.
     pub fn set_now(&mut self, secs: u32) {
-        self.now = secs;
+        self.ct.set_now(secs);
     }
 
     /// This worker's counters.

@@ -10,7 +10,7 @@
 //! the packet is routed like any other, so a backend on another node is reached over VXLAN.
 
 use super::{Hop, Outcome, Pipeline};
-use crate::conntrack::{Dir, FlowKey, InsertError};
+use crate::conntrack::{Dir, FlowKey, InsertError, NewFlow, Segment, Track};
 use crate::counters::{Action, DropReason};
 use crate::maglev;
 use crate::packet::Packet;
@@ -19,8 +19,10 @@ use crate::snapshot::Snapshot;
 use crate::wire::checksum;
 use crate::wire::ethernet::HEADER_LEN as ETH_LEN;
 use crate::wire::icmp::{self, kind};
+use crate::conntrack::tcp;
 use crate::wire::ipv4::{self, protocol, Ipv4Packet, Ipv4Repr};
 use std::net::Ipv4Addr;
+use std::sync::atomic::Ordering::Relaxed;
 
 /// IP protocol number of SCTP.
 const SCTP: u8 = 132;
@@ -94,6 +96,29 @@ pub(super) fn l4_of(data: &[u8]) -> Result<Option<L4>, DropReason> {
         tcp_flags,
         fragment,
     }))
+}
+
+/// The TCP fields conntrack judges a segment by; `Err` if the header is inconsistent with
+/// the IP header (data offset below 20 or beyond the segment).
+fn tcp_segment(data: &[u8], l4: &L4) -> Result<Segment, DropReason> {
+    let ip = data
+        .get(ETH_LEN..ETH_LEN + ipv4::MIN_HEADER_LEN)
+        .ok_or(DropReason::Ipv4Truncated)?;
+    let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
+    let l4_len = total.saturating_sub(usize::from(ip[0] & 0x0f) * 4);
+    data.get(l4.l4_off..)
+        .and_then(|t| Segment::parse(t, l4_len))
+        .ok_or(DropReason::L4Truncated)
+}
+
+/// What the flow cache made of a packet.
+enum Cached {
+    /// Not cached (or no longer valid): decide it the long way.
+    Miss,
+    /// Translated (or known to need nothing).
+    Done,
+    /// Dropped by conntrack.
+    Drop(DropReason),
 }
 
 /// Offset of the L4 checksum from the L4 header's start, and whether 0 means "none".
@@ -203,8 +228,12 @@ impl Pipeline {
                     .map(|_| Outcome::Drop(r));
             }
         };
-        if !l4.fragment && self.apply_cached(snap, pkt, &l4) {
-            return None;
+        if !l4.fragment {
+            match self.apply_cached(snap, pkt, &l4) {
+                Cached::Done => return None,
+                Cached::Drop(r) => return Some(Outcome::Drop(r)),
+                Cached::Miss => {}
+            }
         }
         if let Some(fe) = svc.frontend(l4.key.dst, l4.key.dport, l4.key.proto) {
             return self.dnat(snap, pkt, &l4, fe.port, fe.kind, None);
@@ -238,27 +267,57 @@ impl Pipeline {
         None
     }
 
-    /// The flow-cache fast path: if this tuple's translation is cached and still valid, apply
-    /// it (precomputed checksum deltas), record the packet in conntrack and return true.
+    /// Records a packet of a tracked connection (TCP: judged by state and window). `Err`
+    /// with the drop reason if conntrack finds it invalid; `Ok(false)` if the entry is gone
+    /// or the tuple is being reopened (decide it again).
     #[inline]
-    fn apply_cached(&mut self, snap: &Snapshot, pkt: &mut Packet<'_>, l4: &L4) -> bool {
+    fn track(
+        &mut self,
+        pkt: &Packet<'_>,
+        l4: &L4,
+        entry: u32,
+        version: u32,
+        dir: Dir,
+    ) -> Result<bool, DropReason> {
+        let seg = if l4.key.proto == protocol::TCP {
+            Some(tcp_segment(pkt.data(), l4)?)
+        } else {
+            None
+        };
+        match self.ct.track(entry, version, dir, seg.as_ref()) {
+            Track::Accept => Ok(true),
+            Track::Invalid(r) => Err(r.into()),
+            Track::Reopen | Track::Gone => Ok(false),
+        }
+    }
+
+    /// The flow-cache fast path: if this tuple's translation is cached and still valid,
+    /// record the packet in conntrack and apply it (precomputed checksum deltas).
+    #[inline]
+    fn apply_cached(&mut self, snap: &Snapshot, pkt: &mut Packet<'_>, l4: &L4) -> Cached {
         let Some(c) = self.cache.get(&l4.key, snap.generation) else {
-            return false;
+            return Cached::Miss;
         };
         if c.pass {
-            return c.epoch == self.ct.insert_epoch();
+            return if c.epoch == self.ct.insert_epoch() {
+                Cached::Done
+            } else {
+                Cached::Miss
+            };
         }
+        let c = *c;
         let dir = c.dir();
-        if !self
-            .ct
-            .touch_current(c.entry, c.version, dir, l4.tcp_flags, self.now)
-        {
-            self.cache.forget(&l4.key);
-            return false;
+        match self.track(pkt, l4, c.entry, c.version, dir) {
+            Ok(true) => {}
+            Ok(false) => {
+                self.cache.forget(&l4.key);
+                return Cached::Miss;
+            }
+            Err(r) => return Cached::Drop(r),
         }
         let data = pkt.data_mut();
         let Some(ip) = data.get_mut(ETH_LEN..ETH_LEN + ipv4::MIN_HEADER_LEN) else {
-            return false;
+            return Cached::Miss;
         };
         ip[12..16].copy_from_slice(&c.to_src.to_be_bytes());
         ip[16..20].copy_from_slice(&c.to_dst.to_be_bytes());
@@ -285,7 +344,7 @@ impl Pipeline {
             Dir::Original => self.counters.dnat += 1,
             Dir::Reply => self.counters.reverse_nat += 1,
         }
-        true
+        Cached::Done
     }
 
     /// NodePort and LoadBalancer/external IP traffic arriving on the uplink. `None` if the
@@ -344,7 +403,14 @@ impl Pipeline {
             return None;
         }
         match l4_of(pkt.data()) {
-            Ok(Some(l4)) if !l4.fragment && self.apply_cached(snap, pkt, &l4) => None,
+            Ok(Some(l4)) if !l4.fragment => match self.apply_cached(snap, pkt, &l4) {
+                Cached::Done => None,
+                Cached::Drop(r) => Some(Outcome::Drop(r)),
+                Cached::Miss => {
+                    let backend = svc.is_backend_ip(l4.key.src);
+                    self.reverse_or_pass(snap, pkt, &l4, backend)
+                }
+            },
             Ok(Some(l4)) => {
                 let backend = svc.is_backend_ip(l4.key.src);
                 self.reverse_or_pass(snap, pkt, &l4, backend)
@@ -374,20 +440,44 @@ impl Pipeline {
         let sp = svc.ports.get(port as usize)?;
         let service = svc.services.get(sp.service as usize)?;
         let key = l4.key;
-        if let Some(hit) = self.ct.lookup(&key) {
-            let stale = hit.dir == Dir::Original
-                && key.proto != protocol::TCP
-                && !sp.has_backend(hit.translated.dst, hit.translated.dport);
-            if hit.dir == Dir::Original && !stale {
-                self.ct
-                    .touch(hit.entry, Dir::Original, l4.tcp_flags, self.now);
-                rewrite(pkt.data_mut(), ETH_LEN, &key, &hit.translated);
-                self.counters.dnat += 1;
-                return None;
+        let seg = if key.proto == protocol::TCP {
+            match tcp_segment(pkt.data(), l4) {
+                Ok(s) => Some(s),
+                Err(r) => return Some(Outcome::Drop(r)),
             }
-            if stale {
+        } else {
+            None
+        };
+        if let Some(hit) = self.ct.lookup(&key).filter(|h| h.dir == Dir::Original) {
+            if seg.is_none() && !sp.has_backend(hit.translated.dst, hit.translated.dport) {
                 // The stale-conntrack blackhole kube-proxy had: move the flow to a live backend.
-                self.ct.remove(hit.entry);
+                self.ct.remove_version(hit.entry, hit.version);
+            } else {
+                match self
+                    .ct
+                    .track(hit.entry, hit.version, Dir::Original, seg.as_ref())
+                {
+                    Track::Accept => {
+                        rewrite(pkt.data_mut(), ETH_LEN, &key, &hit.translated);
+                        self.counters.dnat += 1;
+                        return None;
+                    }
+                    Track::Invalid(r) => return Some(Outcome::Drop(r.into())),
+                    Track::Reopen => {
+                        // Port reuse: a new connection on a closed one's tuple is decided
+                        // afresh, from the endpoints there are now.
+                        if self.ct.remove_version(hit.entry, hit.version) {
+                            self.ct.counters.reopened.fetch_add(1, Relaxed);
+                        }
+                    }
+                    Track::Gone => {}
+                }
+            }
+        }
+        if let Some(s) = &seg {
+            // A segment that cannot open a connection picks no backend and leaves nothing.
+            if let Err(r) = tcp::check_new(s) {
+                return Some(Outcome::Drop(r.into()));
             }
         }
         let local = match kind {
@@ -423,39 +513,50 @@ impl Pipeline {
             // of this node's pod CIDR (as Flannel's masquerade to its flannel.1 address does).
             tr.src = snap.node.gateway_ip;
         }
+        let mut flow = NewFlow {
+            tcp: seg,
+            peer,
+            ..NewFlow::new(key, tr)
+        };
         let mut attempt = 0u32;
         loop {
-            match self
-                .ct
-                .insert_versioned(key, tr, self.now, None, peer, true)
-            {
+            match self.ct.insert_flow(&flow) {
                 Ok((entry, version)) => {
                     if peer.is_none() {
-                        self.cache
-                            .put(&key, &tr, Dir::Original, entry, version, snap.generation);
+                        self.cache.put(
+                            &key,
+                            &flow.translated,
+                            Dir::Original,
+                            entry,
+                            version,
+                            snap.generation,
+                        );
                     }
                     break;
                 }
                 Err(InsertError::Full) => return Some(Outcome::Drop(DropReason::ConntrackFull)),
+                Err(InsertError::Invalid(r)) => return Some(Outcome::Drop(r.into())),
                 Err(InsertError::Clash) if attempt < 16 => {
                     // Another tracked flow already owns this reply tuple: move the source port
                     // (as netfilter's clash resolution does).
                     attempt += 1;
                     let h = maglev::flow_hash(key.src, key.sport, key.dst, key.dport, key.proto);
                     let span = 61000 - 32768;
-                    tr.sport = 32768 + ((h.wrapping_add(u64::from(attempt) * 7919)) % span) as u16;
+                    flow.translated.sport =
+                        32768 + ((h.wrapping_add(u64::from(attempt) * 7919)) % span) as u16;
                 }
                 Err(InsertError::Clash) => return Some(Outcome::Drop(DropReason::NatClash)),
             }
         }
-        rewrite(pkt.data_mut(), ETH_LEN, &key, &tr);
+        rewrite(pkt.data_mut(), ETH_LEN, &key, &flow.translated);
         self.counters.dnat += 1;
         self.counters.new_flows += 1;
         None
     }
 
-    /// ClientIP affinity: the backend this client used within the timeout, else a Maglev pick
-    /// on the client address alone, remembered in the conntrack table.
+    /// ClientIP affinity: the backend this client used within the timeout (each new
+    /// connection it makes renews it), else a Maglev pick on the connection's whole 5-tuple
+    /// (so past the timeout it may land on any backend), remembered in the conntrack table.
     fn affinity_pick(
         &mut self,
         key: &FlowKey,
@@ -477,12 +578,14 @@ impl Pipeline {
                     .is_some_and(|b| b.ip == hit.translated.dst && b.port == hit.translated.dport)
             });
             if let Some(i) = usable {
-                self.ct.touch(hit.entry, Dir::Original, None, self.now);
+                self.ct.refresh(hit.entry, hit.version, timeout);
                 return Some(i);
             }
-            self.ct.remove(hit.entry);
+            self.ct.remove_version(hit.entry, hit.version);
         }
-        let i = sel.pick(maglev::flow_hash(key.src, 0, key.dst, key.dport, key.proto))?;
+        let i = sel.pick(maglev::flow_hash(
+            key.src, key.sport, key.dst, key.dport, key.proto,
+        ))?;
         let b = sp.backends.get(i as usize)?;
         // The translated side names the Service too, so two Services' records never clash.
         let tr = FlowKey {
@@ -493,9 +596,11 @@ impl Pipeline {
             proto: AFFINITY_PROTO,
         };
         // Looked up by client only: no reply index, so clients of one backend never clash.
-        let _ = self
-            .ct
-            .insert_versioned(akey, tr, self.now, Some(timeout), None, false);
+        let _ = self.ct.insert_flow(&NewFlow {
+            timeout: Some(timeout),
+            index_reply: false,
+            ..NewFlow::new(akey, tr)
+        });
         Some(i)
     }
 
@@ -504,7 +609,13 @@ impl Pipeline {
         if hit.dir != Dir::Reply {
             return None;
         }
-        self.ct.touch(hit.entry, Dir::Reply, l4.tcp_flags, self.now);
+        if !l4.fragment {
+            match self.track(pkt, l4, hit.entry, hit.version, Dir::Reply) {
+                Ok(true) => {}
+                Ok(false) => return None,
+                Err(r) => return Some(Outcome::Drop(r)),
+            }
+        }
         let back = hit.original.reversed();
         rewrite(pkt.data_mut(), ETH_LEN, &l4.key, &back);
         self.counters.reverse_nat += 1;

@@ -179,7 +179,7 @@ fn clusterip_to_local_backend_and_back() {
         dport: 80,
         proto: 6,
     });
-    assert_eq!(e.unwrap().state, crate::conntrack::CtState::Established);
+    assert_eq!(e.unwrap().state, crate::conntrack::TcpState::Established);
 }
 
 #[test]
@@ -366,7 +366,8 @@ fn client_ip_affinity_holds_until_timeout() {
         proto: 255,
     };
     assert!(h.p.conntrack().lookup(&aff).is_some());
-    h.p.conntrack().gc(100 + 61, 1 << 20);
+    h.p.set_now(100 + 61);
+    h.p.conntrack().gc(1 << 20);
     assert!(
         h.p.conntrack().lookup(&aff).is_none(),
         "affinity expires after its timeout"
@@ -458,7 +459,7 @@ fn conntrack_full_drops_new_flows_only() {
                 })
                 .unwrap();
         h.p.conntrack()
-            .touch(r.entry, crate::conntrack::Dir::Reply, None, 0);
+            .track(r.entry, r.version, crate::conntrack::Dir::Reply, None);
     }
     let (v, _) = h.send(PORT_A, &udp(MAC_A, POD_A, DNS, 2000, 53, b""));
     assert_eq!(v, Verdict::Drop(DropReason::ConntrackFull));

@@ -13,8 +13,32 @@ pub mod flags {
     pub const SYN: u8 = 0x02;
     /// RST.
     pub const RST: u8 = 0x04;
+    /// PSH.
+    pub const PSH: u8 = 0x08;
     /// ACK.
     pub const ACK: u8 = 0x10;
+    /// URG.
+    pub const URG: u8 = 0x20;
+    /// ECE (ECN echo).
+    pub const ECE: u8 = 0x40;
+    /// CWR (congestion window reduced).
+    pub const CWR: u8 = 0x80;
+}
+
+/// TCP option kinds the dataplane reads.
+pub mod option {
+    /// End of option list.
+    pub const EOL: u8 = 0;
+    /// No operation (padding).
+    pub const NOP: u8 = 1;
+    /// Window scale (RFC 7323), 3 bytes.
+    pub const WINDOW_SCALE: u8 = 3;
+    /// SACK permitted (RFC 2018), 2 bytes.
+    pub const SACK_PERMITTED: u8 = 4;
+    /// SACK blocks (RFC 2018), 2 + 8n bytes.
+    pub const SACK: u8 = 5;
+    /// Timestamps (RFC 7323), 10 bytes.
+    pub const TIMESTAMP: u8 = 8;
 }
 
 /// A view over a TCP segment.
@@ -83,6 +107,19 @@ impl<T: AsRef<[u8]>> TcpPacket<T> {
     #[inline]
     pub fn checksum(&self) -> u16 {
         be16(self.buf.as_ref(), 16)
+    }
+
+    /// Window field (unscaled).
+    #[inline]
+    pub fn window(&self) -> u16 {
+        be16(self.buf.as_ref(), 14)
+    }
+
+    /// The option bytes (between the fixed header and the data offset).
+    #[inline]
+    pub fn options(&self) -> &[u8] {
+        let b = self.buf.as_ref();
+        b.get(MIN_HEADER_LEN..self.header_len()).unwrap_or(&[])
     }
 }
 
