@@ -102,6 +102,37 @@ fn tcp(
     v
 }
 
+/// A TCP segment with these flags (`S`, `A`, `F`, `R`, `P`), numbers and payload.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn tcp_seg(
+    mac: [u8; 6],
+    src: [u8; 4],
+    dst: [u8; 4],
+    sport: u16,
+    dport: u16,
+    flags: &str,
+    seq: u32,
+    ack: u32,
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut b = PacketBuilder::ethernet2(mac, GW_MAC)
+        .ipv4(src, dst, 64)
+        .tcp(sport, dport, seq, 64240);
+    for c in flags.chars() {
+        b = match c {
+            'S' => b.syn(),
+            'A' => b.ack(ack),
+            'F' => b.fin(),
+            'R' => b.rst(),
+            'P' => b.psh(),
+            other => panic!("flag {other}"),
+        };
+    }
+    let mut v = Vec::new();
+    b.write(&mut v, payload).unwrap();
+    v
+}
+
 fn udp(
     mac: [u8; 6],
     src: [u8; 4],
@@ -158,7 +189,7 @@ fn clusterip_to_local_backend_and_back() {
     // The backend answers: source becomes the Service again.
     let (v, back) = h.send(
         PORT_B,
-        &tcp(MAC_B, POD_B, POD_A, 8080, sport, false, b"HTTP/1.1 200 OK"),
+        &tcp_seg(MAC_B, POD_B, POD_A, 8080, sport, "SA", 5000, 1001, b""),
     );
     assert_eq!(v, Verdict::Transmit(PORT_A));
     assert_eq!(tuple(&back), (WEB, 80, POD_A, sport));
@@ -167,11 +198,16 @@ fn clusterip_to_local_backend_and_back() {
     let flows = h.p.counters().new_flows;
     let (v, again) = h.send(
         PORT_A,
-        &tcp(MAC_A, POD_A, WEB, sport, 80, false, b"GET / HTTP/1.1"),
+        &tcp_seg(MAC_A, POD_A, WEB, sport, 80, "PA", 1001, 5001, b"GET / HTTP/1.1"),
     );
     assert_eq!(v, Verdict::Transmit(PORT_B));
     assert_eq!(tuple(&again), (POD_A, sport, POD_B, 8080));
     assert_eq!(h.p.counters().new_flows, flows);
+    let (v, _) = h.send(
+        PORT_B,
+        &tcp_seg(MAC_B, POD_B, POD_A, 8080, sport, "PA", 5001, 1015, b"HTTP/1.1 200 OK"),
+    );
+    assert_eq!(v, Verdict::Transmit(PORT_A));
     let e = h.p.conntrack().lookup(&crate::conntrack::FlowKey {
         src: POD_A.into(),
         dst: WEB.into(),
@@ -179,7 +215,9 @@ fn clusterip_to_local_backend_and_back() {
         dport: 80,
         proto: 6,
     });
-    assert_eq!(e.unwrap().state, crate::conntrack::TcpState::Established);
+    let e = e.unwrap();
+    assert_eq!(e.state, crate::conntrack::TcpState::Established);
+    assert!(e.assured, "the handshake completed");
 }
 
 #[test]
@@ -312,7 +350,8 @@ fn udp_moves_off_removed_backend_tcp_keeps_it() {
     let (sport, _, _) = web_flow_to(&mut h, false);
     let terminating = STATE.replace("{ ip = \"10.244.2.7\", node = \"node2\" },\n]", "{ ip = \"10.244.2.7\", node = \"node2\", ready = false, serving = true, terminating = true },\n]");
     h.snap = Snapshot::build(&StateFile::parse(&terminating).unwrap(), 2).unwrap();
-    let (v, out) = h.send(PORT_A, &tcp(MAC_A, POD_A, WEB, sport, 80, false, b"more"));
+    // (The SYN-ACK would come over the overlay: the client sends its SYN again.)
+    let (v, out) = h.send(PORT_A, &tcp(MAC_A, POD_A, WEB, sport, 80, true, b""));
     assert_eq!(
         v,
         Verdict::Transmit(PortId::UPLINK),
@@ -447,7 +486,7 @@ fn conntrack_full_drops_new_flows_only() {
     for p in 0..2u16 {
         let (v, _) = h.send(PORT_A, &udp(MAC_A, POD_A, DNS, 1000 + p, 53, b""));
         assert_eq!(v, Verdict::Transmit(PortId::UPLINK));
-        // Replied: no longer evictable.
+        // Replied, then more traffic: assured, no longer evictable.
         let r =
             h.p.conntrack()
                 .lookup(&crate::conntrack::FlowKey {
@@ -458,8 +497,10 @@ fn conntrack_full_drops_new_flows_only() {
                     proto: 17,
                 })
                 .unwrap();
-        h.p.conntrack()
-            .track(r.entry, r.version, crate::conntrack::Dir::Reply, None);
+        for _ in 0..2 {
+            h.p.conntrack()
+                .track(r.entry, r.version, crate::conntrack::Dir::Reply, None);
+        }
     }
     let (v, _) = h.send(PORT_A, &udp(MAC_A, POD_A, DNS, 2000, 53, b""));
     assert_eq!(v, Verdict::Drop(DropReason::ConntrackFull));
