@@ -159,9 +159,15 @@ fn bench_scale(c: &mut Criterion, services: usize, tracked: usize) {
             unreachable!()
         };
         let synack = backend_tcp_seg(backend, sport, "SA", SERVER_ISN, CLIENT_ISN + 1, 0);
-        assert_eq!(run_once(&mut p, &snap, bport, &synack).0, Verdict::Transmit(POD_A));
+        assert_eq!(
+            run_once(&mut p, &snap, bport, &synack).0,
+            Verdict::Transmit(POD_A)
+        );
         let ack = pod_tcp_seg(vip, sport, "A", CLIENT_ISN + 1, SERVER_ISN + 1, 0);
-        assert_eq!(run_once(&mut p, &snap, POD_A, &ack).0, Verdict::Transmit(bport));
+        assert_eq!(
+            run_once(&mut p, &snap, POD_A, &ack).0,
+            Verdict::Transmit(bport)
+        );
         let data = pod_tcp_seg(vip, sport, "PA", CLIENT_ISN + 1, SERVER_ISN + 1, 6);
         local_frames.push((POD_A, data));
         let reply = backend_tcp_seg(backend, sport, "PA", SERVER_ISN + 1, CLIENT_ISN + 7, 6);
@@ -176,7 +182,10 @@ fn bench_scale(c: &mut Criterion, services: usize, tracked: usize) {
         remote_frames.push((POD_A, f));
     }
     for ((port, f), (_, d)) in replies.iter().zip(&local_frames) {
-        assert_eq!(run_once(&mut p, &snap, POD_A, d).0, Verdict::Transmit(*port));
+        assert_eq!(
+            run_once(&mut p, &snap, POD_A, d).0,
+            Verdict::Transmit(*port)
+        );
         assert_eq!(
             run_once(&mut p, &snap, *port, f).0,
             Verdict::Transmit(POD_A),

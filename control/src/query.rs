@@ -196,10 +196,17 @@ pub fn conntrack(
         "" => None,
         s if STATE_FILTERS.contains(&s) => Some(s),
         other => {
-            let shown: String = other.chars().take(40).flat_map(char::escape_default).collect();
+            let shown: String = other
+                .chars()
+                .take(40)
+                .flat_map(char::escape_default)
+                .collect();
             return Err(ApiError::Invalid {
                 field: "state".into(),
-                reason: format!("unknown state '{shown}' (one of {})", STATE_FILTERS.join(", ")),
+                reason: format!(
+                    "unknown state '{shown}' (one of {})",
+                    STATE_FILTERS.join(", ")
+                ),
             });
         }
     };

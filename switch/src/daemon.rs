@@ -432,8 +432,8 @@ pub fn run(cfg: &Config) -> Result<(), DaemonError> {
         ));
     }
 
-    let housekeeping = crate::ctclock::spawn(Arc::clone(&ct), Arc::clone(&stop))
-        .map_err(DaemonError::Thread)?;
+    let housekeeping =
+        crate::ctclock::spawn(Arc::clone(&ct), Arc::clone(&stop)).map_err(DaemonError::Thread)?;
     let mut handles = Vec::new();
     for (id, worker) in workers.into_iter().enumerate() {
         let core = cfg.cores.get(id).copied();

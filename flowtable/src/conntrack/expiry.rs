@@ -5,7 +5,7 @@
 //! it; [`Conntrack::gc`] sweeps the table from a shared cursor so that calls from a
 //! housekeeping thread, each with [`Conntrack::gc_budget`] entries, cover it within a
 //! second at any capacity. When the free list is empty an insert evicts one entry that is
-//! not assured: of a few scanned from a rotating cursor, the one nearest its deadline (the
+//! not assured: of the first 16 scanned from a rotating cursor that hold one, the one nearest its deadline (the
 //! least recently refreshed), after any already expired.
 //!
 //! Thread-safety: removal goes through `remove_if`, which claims the incarnation with a CAS
@@ -17,8 +17,10 @@ use std::sync::atomic::Ordering::Relaxed;
 
 /// Entries an eviction looks at per round.
 const EVICT_SCAN: u32 = 16;
-/// Rounds before an insert gives up (the table is full of assured entries).
-const EVICT_ROUNDS: u32 = 4;
+/// Rounds before an insert gives up (the table is full of assured entries). Assured
+/// entries can sit together (entries are handed out in order when the table is new), so
+/// one insert may walk past 1024 of them; each look is two loads of one entry.
+const EVICT_ROUNDS: u32 = 64;
 
 impl Conntrack {
     /// Entries one [`Conntrack::gc`] call should visit so that `calls_per_second` calls a

@@ -209,7 +209,11 @@ impl Timeouts {
             ));
         }
         let Some(f) = self.field(name) else {
-            let shown: String = name.chars().take(40).flat_map(char::escape_default).collect();
+            let shown: String = name
+                .chars()
+                .take(40)
+                .flat_map(char::escape_default)
+                .collect();
             return Err(format!(
                 "unknown conntrack timeout '{shown}' (one of {})",
                 Timeouts::NAMES.join(", ")
@@ -225,8 +229,15 @@ impl Timeouts {
             return Err("conntrack timeout: expected NAME=SECONDS".into());
         };
         let secs: u32 = secs.trim().parse().map_err(|_| {
-            let shown: String = secs.chars().take(20).flat_map(char::escape_default).collect();
-            format!("conntrack timeout {}: '{shown}' is not a number of seconds", name.trim())
+            let shown: String = secs
+                .chars()
+                .take(20)
+                .flat_map(char::escape_default)
+                .collect();
+            format!(
+                "conntrack timeout {}: '{shown}' is not a number of seconds",
+                name.trim()
+            )
         })?;
         self.set(name.trim(), secs)
     }

@@ -9,7 +9,7 @@
 //! TCP fields only while BUSY is held; the deadline by whoever saw the packet last.
 
 use super::tcp::{Side, Status, TcpConn, TcpState, TcpVerdict};
-use super::{CtCounters, Dir, FlowKey, Hit, Invalid, InsertError, Segment, Timeouts, Track};
+use super::{CtCounters, Dir, FlowKey, Hit, InsertError, Invalid, Segment, Timeouts, Track};
 use crossbeam_queue::ArrayQueue;
 use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering::*};
 
@@ -425,8 +425,7 @@ impl Conntrack {
         e.n_dst.store(translated.dst.into(), Relaxed);
         e.n_ports
             .store(pack_ports(translated.sport, translated.dport), Relaxed);
-        e.expires
-            .store(self.now().saturating_add(timeout), Relaxed);
+        e.expires.store(self.now().saturating_add(timeout), Relaxed);
         let p = f.peer.map_or(0, |m| {
             (1u64 << 48) | u64::from_be_bytes([0, 0, m[0], m[1], m[2], m[3], m[4], m[5]])
         });

@@ -458,10 +458,8 @@ pub fn valid_flags(flags: u8) -> bool {
     const RSTACK: u8 = f::RST | f::ACK;
     const FINACK: u8 = f::FIN | f::ACK;
     const ACK: u8 = f::ACK;
-    matches!(
-        core & !f::URG,
-        SYN | SYNACK | RST | RSTACK | FINACK | ACK
-    ) && (core & f::URG == 0 || matches!(core & !f::URG, SYN | FINACK | ACK))
+    matches!(core & !f::URG, SYN | SYNACK | RST | RSTACK | FINACK | ACK)
+        && (core & f::URG == 0 || matches!(core & !f::URG, SYN | FINACK | ACK))
 }
 
 /// Checks that a segment with no connection tracked may open one (a SYN, or an ACK of a
@@ -549,9 +547,7 @@ impl TcpConn {
         match new {
             TcpState::SynSent if old >= TcpState::TimeWait => return TcpVerdict::Reopen,
             TcpState::SynSent2 => self.simultaneous = true,
-            TcpState::SynRecv
-                if dir == 1 && kind == Kind::Ack && self.simultaneous =>
-            {
+            TcpState::SynRecv if dir == 1 && kind == Kind::Ack && self.simultaneous => {
                 new = TcpState::Established
             }
             TcpState::Close if kind == Kind::Rst => {
@@ -770,8 +766,8 @@ impl TcpConn {
         if !before(seq, snd.maxend.wrapping_add(1)) {
             let overshot = end.wrapping_sub(snd.maxend).wrapping_add(1);
             let ack_ok = after(sack, rcv.end.wrapping_sub(max_ack_window).wrapping_sub(1));
-            let in_recv_win = rcv.maxwin != 0
-                && after(end, snd.end.wrapping_sub(rcv.maxwin).wrapping_sub(1));
+            let in_recv_win =
+                rcv.maxwin != 0 && after(end, snd.end.wrapping_sub(rcv.maxwin).wrapping_sub(1));
             if in_recv_win
                 && ack_ok
                 && overshot <= rcv.maxwin
@@ -782,7 +778,11 @@ impl TcpConn {
                 let snd = &mut self.sides[s];
                 snd.end = end;
                 snd.flags |= sf::UNACKED;
-                return if liberal { Window::Pass } else { Window::Ignore };
+                return if liberal {
+                    Window::Pass
+                } else {
+                    Window::Ignore
+                };
             }
             return fail(Invalid::SeqOverWindow);
         }
@@ -796,7 +796,11 @@ impl TcpConn {
         }
         // IV. Not a very old ACK.
         if !after(sack, rcv.end.wrapping_sub(max_ack_window).wrapping_sub(1)) {
-            return if liberal { Window::Pass } else { Window::Ignore };
+            return if liberal {
+                Window::Pass
+            } else {
+                Window::Ignore
+            };
         }
 
         if !syn {

@@ -285,4 +285,6 @@ impl Pipeline {
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
+mod tests_conntrack;
+#[cfg(test)]
 mod tests_services;

@@ -10,6 +10,7 @@
 //! the packet is routed like any other, so a backend on another node is reached over VXLAN.
 
 use super::{Hop, Outcome, Pipeline};
+use crate::conntrack::tcp;
 use crate::conntrack::{Dir, FlowKey, InsertError, NewFlow, Segment, Track};
 use crate::counters::{Action, DropReason};
 use crate::maglev;
@@ -19,7 +20,6 @@ use crate::snapshot::Snapshot;
 use crate::wire::checksum;
 use crate::wire::ethernet::HEADER_LEN as ETH_LEN;
 use crate::wire::icmp::{self, kind};
-use crate::conntrack::tcp;
 use crate::wire::ipv4::{self, protocol, Ipv4Packet, Ipv4Repr};
 use std::net::Ipv4Addr;
 use std::sync::atomic::Ordering::Relaxed;

@@ -198,14 +198,34 @@ fn clusterip_to_local_backend_and_back() {
     let flows = h.p.counters().new_flows;
     let (v, again) = h.send(
         PORT_A,
-        &tcp_seg(MAC_A, POD_A, WEB, sport, 80, "PA", 1001, 5001, b"GET / HTTP/1.1"),
+        &tcp_seg(
+            MAC_A,
+            POD_A,
+            WEB,
+            sport,
+            80,
+            "PA",
+            1001,
+            5001,
+            b"GET / HTTP/1.1",
+        ),
     );
     assert_eq!(v, Verdict::Transmit(PORT_B));
     assert_eq!(tuple(&again), (POD_A, sport, POD_B, 8080));
     assert_eq!(h.p.counters().new_flows, flows);
     let (v, _) = h.send(
         PORT_B,
-        &tcp_seg(MAC_B, POD_B, POD_A, 8080, sport, "PA", 5001, 1015, b"HTTP/1.1 200 OK"),
+        &tcp_seg(
+            MAC_B,
+            POD_B,
+            POD_A,
+            8080,
+            sport,
+            "PA",
+            5001,
+            1015,
+            b"HTTP/1.1 200 OK",
+        ),
     );
     assert_eq!(v, Verdict::Transmit(PORT_A));
     let e = h.p.conntrack().lookup(&crate::conntrack::FlowKey {

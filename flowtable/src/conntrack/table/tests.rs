@@ -80,10 +80,16 @@ fn tcp_tracking_through_the_table() {
     let o = k(2, 40000, [10, 96, 0, 10], 80, 6);
     let (e, v) = tcp_flow(&ct, o, false);
     let h = ct.lookup(&o).unwrap();
-    assert_eq!((h.state, h.replied, h.assured), (TcpState::SynSent, false, false));
+    assert_eq!(
+        (h.state, h.replied, h.assured),
+        (TcpState::SynSent, false, false)
+    );
     ct.track(e, v, Dir::Reply, Some(&seg(0x12, 500, 101)));
     let h = ct.lookup(&o).unwrap();
-    assert_eq!((h.state, h.replied, h.assured), (TcpState::SynRecv, true, false));
+    assert_eq!(
+        (h.state, h.replied, h.assured),
+        (TcpState::SynRecv, true, false)
+    );
     ct.track(e, v, Dir::Original, Some(&seg(0x10, 101, 501)));
     let h = ct.lookup(&o).unwrap();
     assert_eq!((h.state, h.assured), (TcpState::Established, true));
@@ -126,7 +132,10 @@ fn a_segment_that_cannot_open_takes_no_entry() {
             tcp: Some(seg(flags, 1, 1)),
             ..NewFlow::new(o, dnat(o, 9))
         });
-        assert!(matches!(r, Err(InsertError::Invalid(_))), "{flags:#x}: {r:?}");
+        assert!(
+            matches!(r, Err(InsertError::Invalid(_))),
+            "{flags:#x}: {r:?}"
+        );
     }
     assert!(ct.is_empty());
 }
@@ -175,7 +184,10 @@ fn timeouts_follow_the_state() {
     let (e, v) = ct.insert_flow(&NewFlow::new(u, dnat(u, 9))).unwrap();
     assert_eq!(left(&ct), t.udp_unreplied);
     ct.track(e, v, Dir::Reply, None);
-    assert!(!ct.lookup(&u).unwrap().assured, "a single answer is a probe's");
+    assert!(
+        !ct.lookup(&u).unwrap().assured,
+        "a single answer is a probe's"
+    );
     assert_eq!(left(&ct), t.udp_unreplied);
     ct.track(e, v, Dir::Original, None);
     assert!(ct.lookup(&u).unwrap().assured);
@@ -186,7 +198,13 @@ fn timeouts_follow_the_state() {
 fn gc_covers_the_table_with_its_budget() {
     let ct = Conntrack::new(1000, Timeouts::default());
     for i in 0..1000u32 {
-        let o = k((i % 250) as u8, (i / 250) as u16 + 1, [10, 96, 0, 10], 53, 17);
+        let o = k(
+            (i % 250) as u8,
+            (i / 250) as u16 + 1,
+            [10, 96, 0, 10],
+            53,
+            17,
+        );
         ct.insert(o, dnat(o, 9)).unwrap();
     }
     ct.set_now(31);
@@ -289,7 +307,13 @@ fn timeouts_are_set_by_name_within_bounds() {
     let mut t = Timeouts::default();
     t.set_from("tcp_established=3600").unwrap();
     assert_eq!(t.tcp_established, 3600);
-    for bad in ["tcp_established=0", "nope=5", "tcp_close", "tcp_close=x", "udp_assured=99999999"] {
+    for bad in [
+        "tcp_established=0",
+        "nope=5",
+        "tcp_close",
+        "tcp_close=x",
+        "udp_assured=99999999",
+    ] {
         assert!(t.set_from(bad).is_err(), "{bad}");
     }
     let e = t.set_from("\n\u{1b}[31m=5").unwrap_err();

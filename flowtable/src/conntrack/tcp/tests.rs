@@ -261,7 +261,10 @@ fn fin_handshake_walks_the_closing_states() {
     );
     assert_eq!(c.state(), TcpState::TimeWait);
     // A new SYN on the tuple: a new connection.
-    assert_eq!(c.send(ORIG, seg(SYN, A + 100_000, 0, 0)), TcpVerdict::Reopen);
+    assert_eq!(
+        c.send(ORIG, seg(SYN, A + 100_000, 0, 0)),
+        TcpVerdict::Reopen
+    );
     // The server may not reopen it.
     assert_eq!(
         c.send(REPLY, seg(SYN, B + 100_000, 0, 0)),
@@ -325,12 +328,19 @@ fn invalid_transitions() {
 #[test]
 fn what_may_open_a_connection() {
     assert_eq!(check_new(&seg(SYN, A, 0, 0)), Ok(()));
-    assert_eq!(check_new(&seg(ACK, A, 7, 0)), Ok(()), "picked up mid-stream");
+    assert_eq!(
+        check_new(&seg(ACK, A, 7, 0)),
+        Ok(()),
+        "picked up mid-stream"
+    );
     for fl in [SYNACK, FINACK, RST, RSTACK] {
         assert_eq!(check_new(&seg(fl, A, 7, 0)), Err(Invalid::New), "{fl:#x}");
     }
     assert_eq!(check_new(&seg(f::FIN, A, 0, 0)), Err(Invalid::Flags));
-    assert_eq!(check_new(&seg(f::SYN | f::RST, A, 0, 0)), Err(Invalid::Flags));
+    assert_eq!(
+        check_new(&seg(f::SYN | f::RST, A, 0, 0)),
+        Err(Invalid::Flags)
+    );
 }
 
 #[test]
@@ -499,7 +509,9 @@ fn header(flags: u8, opts: &[u8]) -> Vec<u8> {
 #[test]
 fn segment_parse_reads_options() {
     // A Linux SYN: MSS, SACK-permitted, timestamps, NOP, window scale 7.
-    let opts = [2, 4, 5, 0xb4, 4, 2, 8, 10, 0, 0, 0, 1, 0, 0, 0, 0, 1, 3, 3, 7];
+    let opts = [
+        2, 4, 5, 0xb4, 4, 2, 8, 10, 0, 0, 0, 1, 0, 0, 0, 0, 1, 3, 3, 7,
+    ];
     let h = header(SYN, &opts);
     let s = Segment::parse(&h, h.len()).unwrap();
     assert_eq!(
@@ -535,7 +547,10 @@ fn segment_parse_refuses_bad_headers_and_survives_bad_options() {
     bad[12] = 4 << 4;
     assert!(Segment::parse(&bad, 20).is_none(), "data offset below 20");
     let h = header(ACK, &[1, 1, 1, 1]);
-    assert!(Segment::parse(&h, 20).is_none(), "header beyond the segment");
+    assert!(
+        Segment::parse(&h, 20).is_none(),
+        "header beyond the segment"
+    );
     // Malformed options end the reading without a panic.
     for opts in [
         vec![3, 0, 0, 0],
