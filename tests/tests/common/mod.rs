@@ -221,3 +221,4 @@ pub fn tshark_fields(tshark: &Path, file: &Path, fields: &[&str]) -> Vec<String>
         .map(str::to_string)
         .collect()
 }
+pub mod topo;
