@@ -109,8 +109,6 @@ named_enum! {
         CtInvalidState = "ct_invalid_state",
         /// Conntrack: a TCP segment starting beyond the receiver's window.
         CtInvalidSeqOverWindow = "ct_invalid_seq_over_window",
-        /// Conntrack: a TCP segment whose data the receiver has all acknowledged already.
-        CtInvalidSeqUnderWindow = "ct_invalid_seq_under_window",
         /// Conntrack: a TCP segment acknowledging data the other side never sent.
         CtInvalidAckOverWindow = "ct_invalid_ack_over_window",
         /// Conntrack: a RST below the sequence its receiver acknowledged.

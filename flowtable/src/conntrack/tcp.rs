@@ -14,8 +14,9 @@
 //! - III. `sack <= receiver.end + 1` (no acknowledgement of data not sent);
 //! - IV. `sack >= receiver.end - max(66000, sender.maxwin)` (not a very old ACK).
 //!
-//! A segment failing I-III is invalid (dropped, nothing changes); failing IV it passes
-//! without changing anything (the kernel's "ignored ACK under lower bound"). A connection
+//! A segment failing I or III is invalid (dropped, nothing changes); failing II (data
+//! already acknowledged, sent again) or IV (a very old ACK) it passes without changing
+//! anything, as in the kernel since 6.1. A connection
 //! picked up mid-stream (the first segment seen is an ACK) is tracked liberally: window
 //! failures pass, as the kernel does with `nf_conntrack_tcp_loose`.
 //!
@@ -241,8 +242,6 @@ pub enum Invalid {
     State,
     /// Starts beyond the receiver's window (rule I).
     SeqOverWindow,
-    /// Ends before data the receiver already acknowledged (rule II).
-    SeqUnderWindow,
     /// Acknowledges data the other side never sent (rule III).
     AckOverWindow,
     /// A RST below the sequence the receiver acknowledged.
@@ -790,9 +789,14 @@ impl TcpConn {
         if !before(sack, rcv.end.wrapping_add(1)) {
             return fail(Invalid::AckOverWindow);
         }
-        // II. Not entirely below what the receiver already acknowledged.
+        // II. Not entirely below what the receiver already acknowledged (if it is, it is a
+        // harmless retransmission: it passes, nothing changes).
         if rcv.maxwin != 0 && !after(end, snd.end.wrapping_sub(rcv.maxwin).wrapping_sub(1)) {
-            return fail(Invalid::SeqUnderWindow);
+            return if liberal {
+                Window::Pass
+            } else {
+                Window::Ignore
+            };
         }
         // IV. Not a very old ACK.
         if !after(sack, rcv.end.wrapping_sub(max_ack_window).wrapping_sub(1)) {

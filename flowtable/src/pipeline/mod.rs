@@ -101,7 +101,6 @@ impl From<Invalid> for DropReason {
             Invalid::New => DropReason::CtInvalidNew,
             Invalid::State => DropReason::CtInvalidState,
             Invalid::SeqOverWindow => DropReason::CtInvalidSeqOverWindow,
-            Invalid::SeqUnderWindow => DropReason::CtInvalidSeqUnderWindow,
             Invalid::AckOverWindow => DropReason::CtInvalidAckOverWindow,
             Invalid::Rst => DropReason::CtInvalidRst,
         }
