@@ -4,13 +4,16 @@
 //! backend (conntrack hit with TCP state and window tracking + DNAT: a data segment of a
 //! connection whose handshake went through the pipeline), reverse NAT of the backend's
 //! reply, and an established flow to a backend on another node (DNAT + VXLAN
-//! encapsulation; picked up mid-stream, as the SYN-ACK would come over the overlay). Each at 10 and 10,000 Services
+//! encapsulation; the backend's handshake segments come back over VXLAN). Each at 10 and 10,000 Services
 //! (10 endpoints each); the established paths also with 1,000,000 other connections tracked.
 //! Frames are restored between iterations outside the timing.
 
 #![allow(missing_docs)]
 
-use bench::{backend_tcp_seg, pod_tcp_seg, pod_tcp_to, service_ip, services_state, FRAME_SIZE};
+use bench::{
+    backend_tcp_seg, pod_tcp_seg, pod_tcp_to, remote_backend_tcp_seg, service_ip, services_state,
+    FRAME_SIZE,
+};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use flowtable::conntrack::{Conntrack, Dir, FlowKey, NewFlow, Segment, Timeouts};
 use flowtable::packet::DEFAULT_HEADROOM;
@@ -172,14 +175,25 @@ fn bench_scale(c: &mut Criterion, services: usize, tracked: usize) {
         local_frames.push((POD_A, data));
         let reply = backend_tcp_seg(backend, sport, "PA", SERVER_ISN + 1, CLIENT_ISN + 7, 6);
         replies.push((bport, reply));
-        // A remote backend: picked up mid-stream (its SYN-ACK would come over VXLAN).
+        // A remote backend: the same, its segments over VXLAN.
         let svc = pick(k, 1);
-        let f = pod_tcp_to(service_ip(svc), 31000 + k as u16, false);
+        let (vip, sport) = (service_ip(svc), 31000 + k as u16);
+        let syn = pod_tcp_seg(vip, sport, "S", CLIENT_ISN, 0, 0);
+        let (v, out) = run_once(&mut p, &snap, POD_A, &syn);
+        assert_eq!(v, Verdict::Transmit(PortId::UPLINK));
+        let backend = Ipv4Addr::new(out[80], out[81], out[82], out[83]);
+        let synack = remote_backend_tcp_seg(backend, sport, "SA", SERVER_ISN, CLIENT_ISN + 1, 0);
         assert_eq!(
-            run_once(&mut p, &snap, POD_A, &f).0,
+            run_once(&mut p, &snap, PortId::UPLINK, &synack).0,
+            Verdict::Transmit(POD_A)
+        );
+        let ack = pod_tcp_seg(vip, sport, "A", CLIENT_ISN + 1, SERVER_ISN + 1, 0);
+        assert_eq!(
+            run_once(&mut p, &snap, POD_A, &ack).0,
             Verdict::Transmit(PortId::UPLINK)
         );
-        remote_frames.push((POD_A, f));
+        let data = pod_tcp_seg(vip, sport, "PA", CLIENT_ISN + 1, SERVER_ISN + 1, 6);
+        remote_frames.push((POD_A, data));
     }
     for ((port, f), (_, d)) in replies.iter().zip(&local_frames) {
         assert_eq!(

@@ -56,6 +56,35 @@ pub fn uplink_vxlan(payload: usize) -> Vec<u8> {
     v
 }
 
+/// `inner` (an Ethernet frame) in VXLAN from node2 to node1.
+pub fn vxlan_from_node2(inner: &[u8]) -> Vec<u8> {
+    let mut vx = vec![8, 0, 0, 0, 0, 0, 1, 0];
+    vx.extend_from_slice(inner);
+    let mut v = Vec::new();
+    PacketBuilder::ethernet2([2, 0, 0xc6, 0x12, 0, 2], [2, 0, 0xc6, 0x12, 0, 1])
+        .ipv4([198, 18, 0, 2], [198, 18, 0, 1], 64)
+        .udp(50000, 8472)
+        .write(&mut v, &vx)
+        .unwrap_or_else(|e| panic!("{e}"));
+    v
+}
+
+/// A TCP segment from a backend pod on node2 (port 8080) to pod-a, in VXLAN from node2,
+/// as [`pod_tcp_seg`].
+pub fn remote_backend_tcp_seg(
+    backend: std::net::Ipv4Addr,
+    dport: u16,
+    flags: &str,
+    seq: u32,
+    ack: u32,
+    len: usize,
+) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2([2, 0, 0, 0, 0xff, 2], [2, 0, 0, 0, 0xff, 1])
+        .ipv4(backend.octets(), [10, 244, 1, 2], 63)
+        .tcp(8080, dport, seq, 64240);
+    vxlan_from_node2(&tcp_flags(b, flags, ack, len))
+}
+
 /// An ARP request from pod-a for its gateway.
 pub fn arp_request() -> Vec<u8> {
     let a = [2, 0, 0x0a, 0xf4, 1, 2];

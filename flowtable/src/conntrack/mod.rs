@@ -8,6 +8,8 @@
 //!   removal.
 //! - `tcp.rs`: TCP states and window tracking as Linux's nf_conntrack does them, as a pure
 //!   function over a plain copy of the connection.
+//! - `fast.rs`: the same rules for the one segment nearly every packet is (an ACK of an
+//!   assured, established connection), on the entry's words in place.
 //! - `expiry.rs`: deadlines, garbage collection, and early drop under pressure.
 //!
 //! Semantics (Linux's): an entry is *assured* once its TCP handshake completes, or, for UDP,
@@ -29,6 +31,7 @@
 //! Memory: 80 bytes per entry plus 16 bytes of index (see [`Conntrack::bytes_per_entry`]).
 
 mod expiry;
+mod fast;
 mod table;
 pub mod tcp;
 

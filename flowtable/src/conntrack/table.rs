@@ -68,13 +68,13 @@ pub(super) struct Entry {
     /// The clock second after which the entry is gone.
     pub(super) expires: AtomicU32,
     /// TCP: both sides' window scale and flags, the last segment's kind and direction.
-    tcp_meta: AtomicU32,
+    pub(super) tcp_meta: AtomicU32,
     /// For flows from outside the cluster: 1 << 48 | the MAC replies go back to (else 0).
     peer: AtomicU64,
     /// TCP: per side, highest end, highest allowed edge, largest window.
-    win: [AtomicU32; 6],
+    pub(super) win: [AtomicU32; 6],
     /// TCP: the last segment's end.
-    last_end: AtomicU32,
+    pub(super) last_end: AtomicU32,
 }
 
 /// A live entry as `switchctl ct list` shows it.
@@ -474,6 +474,44 @@ impl Conntrack {
         }
     }
 
+    /// [`Conntrack::track`] for a TCP segment given as bytes, the packet path's way: `tcp`
+    /// holds the TCP header and what follows, `l4_len` is the TCP length from the IP
+    /// header. `None` if the header is malformed (data offset below 20 or beyond the
+    /// segment). A header without options to read (none, or timestamps only) is not
+    /// parsed into a [`Segment`] beyond its fixed fields.
+    #[inline]
+    pub fn track_tcp_bytes(
+        &self,
+        entry: u32,
+        version: u32,
+        dir: Dir,
+        tcp: &[u8],
+        l4_len: usize,
+    ) -> Option<Track> {
+        let fixed: &[u8; 20] = tcp.get(..20)?.try_into().ok()?;
+        let hl = usize::from(fixed[12] >> 4) * 4;
+        let plain =
+            hl == 20 || (hl == 32 && tcp.get(20..24) == Some(&[1, 1, 8, 10][..]) && l4_len >= 32);
+        let seg = if plain && hl <= l4_len {
+            let be32 =
+                |i: usize| u32::from_be_bytes([fixed[i], fixed[i + 1], fixed[i + 2], fixed[i + 3]]);
+            Segment {
+                flags: fixed[13],
+                seq: be32(4),
+                ack: be32(8),
+                win: u16::from_be_bytes([fixed[14], fixed[15]]),
+                len: (l4_len - hl) as u32,
+                wscale: None,
+                sack_perm: false,
+                sack: None,
+            }
+        } else {
+            Segment::from_header(fixed, tcp.get(20..).unwrap_or(&[]), l4_len)?
+        };
+        let e = self.entries.get(entry as usize)?;
+        Some(self.track_tcp(entry, e, version, dir, &seg))
+    }
+
     /// Refreshes the deadline of a record with a fixed timeout (affinity) to `timeout`
     /// seconds from now; false if it is gone.
     pub fn refresh(&self, entry: u32, version: u32, timeout: u32) -> bool {
@@ -525,12 +563,33 @@ impl Conntrack {
         }
     }
 
+    #[inline]
     fn track_tcp(&self, entry: u32, e: &Entry, version: u32, dir: Dir, seg: &Segment) -> Track {
         let st = match self.claim(e, version) {
             Ok(st) => st,
             Err(t) => return t,
         };
         let m = flags(st);
+        if let Some(timeout) = self.established_ack(e, m, dir.index(), seg) {
+            e.st.store(pack(version, m), Release);
+            self.set_deadline(e, timeout);
+            return Track::Accept;
+        }
+        self.track_tcp_slow(entry, e, version, m, dir, seg)
+    }
+
+    /// The full rules (`tcp.rs`) on a copy of the connection, stored back; the caller has
+    /// claimed the entry (`m` is its flag word) and this releases it.
+    #[inline(never)]
+    fn track_tcp_slow(
+        &self,
+        entry: u32,
+        e: &Entry,
+        version: u32,
+        m: u32,
+        dir: Dir,
+        seg: &Segment,
+    ) -> Track {
         let before = load_tcp(e, m);
         let mut c = before;
         let status = Status {
@@ -727,7 +786,10 @@ impl Conntrack {
     }
 }
 
-const SIDE_BITS: u32 = 10;
+/// Bits of `tcp_meta` per side: window scale (4), then the side's flags (6).
+pub(super) const SIDE_BITS: u32 = 10;
+/// Where `tcp_meta` keeps the last segment's kind (3 bits) and direction (1 bit).
+pub(super) const LAST_SHIFT: u32 = 20;
 
 fn load_tcp(e: &Entry, m: u32) -> TcpConn {
     let meta = e.tcp_meta.load(Relaxed);
@@ -744,8 +806,8 @@ fn load_tcp(e: &Entry, m: u32) -> TcpConn {
     TcpConn {
         state: state_of(m),
         sides: [side(0), side(1)],
-        last_kind: ((meta >> 20) & 0x7) as u8,
-        last_dir: ((meta >> 23) & 1) as u8,
+        last_kind: ((meta >> LAST_SHIFT) & 0x7) as u8,
+        last_dir: ((meta >> (LAST_SHIFT + 3)) & 1) as u8,
         last_end: e.last_end.load(Relaxed),
         simultaneous: meta & (1 << 24) != 0,
     }
@@ -755,8 +817,8 @@ fn meta_of(c: &TcpConn) -> u32 {
     let side = |s: &Side| u32::from(s.scale & 0xf) | (u32::from(s.flags & 0x3f) << 4);
     side(&c.sides[0])
         | (side(&c.sides[1]) << SIDE_BITS)
-        | (u32::from(c.last_kind & 0x7) << 20)
-        | (u32::from(c.last_dir & 1) << 23)
+        | (u32::from(c.last_kind & 0x7) << LAST_SHIFT)
+        | (u32::from(c.last_dir & 1) << (LAST_SHIFT + 3))
         | (u32::from(c.simultaneous) << 24)
 }
 

@@ -33,7 +33,7 @@
 //! exclusively (see `table.rs`).
 
 use super::Timeouts;
-use crate::wire::tcp::{flags as f, option, TcpPacket};
+use crate::wire::tcp::{flags as f, option};
 
 /// TCP connection states, as the kernel names them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -362,27 +362,38 @@ pub fn after(a: u32, b: u32) -> bool {
 }
 
 /// Lower bound of acceptable ACKs below the receiver's end (the kernel's MAXACKWINDOW).
-const MAX_ACK_WINDOW: u32 = 66000;
+pub(super) const MAX_ACK_WINDOW: u32 = 66000;
 
 impl Segment {
     /// Reads a segment: `tcp` holds the TCP header (with options) and more, `l4_len` is the
     /// TCP length from the IP header. `None` if the header is short or its data offset
     /// is below 20 or beyond the segment.
     pub fn parse(tcp: &[u8], l4_len: usize) -> Option<Segment> {
-        let t = TcpPacket::new_checked(tcp).ok()?;
-        let hl = t.header_len();
-        if hl > l4_len {
+        let fixed: &[u8; 20] = tcp.get(..20)?.try_into().ok()?;
+        Segment::from_header(fixed, &tcp[20..], l4_len)
+    }
+
+    /// As [`Segment::parse`], for the packet path: `fixed` is the 20-byte header, `options`
+    /// what follows it (at least up to the data offset), `l4_len` the TCP length.
+    #[inline]
+    pub fn from_header(fixed: &[u8; 20], options: &[u8], l4_len: usize) -> Option<Segment> {
+        let hl = usize::from(fixed[12] >> 4) * 4;
+        if hl < 20 || hl > l4_len {
             return None;
         }
+        let be32 =
+            |i: usize| u32::from_be_bytes([fixed[i], fixed[i + 1], fixed[i + 2], fixed[i + 3]]);
         let mut s = Segment {
-            flags: t.flags(),
-            seq: t.seq(),
-            ack: t.ack(),
-            win: t.window(),
+            flags: fixed[13],
+            seq: be32(4),
+            ack: be32(8),
+            win: u16::from_be_bytes([fixed[14], fixed[15]]),
             len: (l4_len - hl) as u32,
             ..Segment::default()
         };
-        s.read_options(t.options());
+        if hl > 20 {
+            s.read_options(options.get(..hl - 20)?);
+        }
         Some(s)
     }
 

@@ -36,6 +36,8 @@ const CODE_PORT_UNREACHABLE: u8 = 3;
 pub(super) struct L4 {
     pub key: FlowKey,
     pub l4_off: usize,
+    /// L4 length from the IP header (total length less the header).
+    pub l4_len: u16,
     pub tcp_flags: Option<u8>,
     pub fragment: bool,
 }
@@ -54,6 +56,7 @@ pub(super) fn l4_of(data: &[u8]) -> Result<Option<L4>, DropReason> {
     }
     let hl = usize::from(ip[0] & 0x0f) * 4;
     let l4_off = ETH_LEN + hl;
+    let l4_len = u16::from_be_bytes([ip[2], ip[3]]).saturating_sub(hl as u16);
     let flags_frag = u16::from_be_bytes([ip[6], ip[7]]);
     let fragment = flags_frag & 0x3fff != 0;
     let src = Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
@@ -70,6 +73,7 @@ pub(super) fn l4_of(data: &[u8]) -> Result<Option<L4>, DropReason> {
         return Ok(Some(L4 {
             key,
             l4_off,
+            l4_len,
             tcp_flags: None,
             fragment,
         }));
@@ -93,6 +97,7 @@ pub(super) fn l4_of(data: &[u8]) -> Result<Option<L4>, DropReason> {
     Ok(Some(L4 {
         key,
         l4_off,
+        l4_len,
         tcp_flags,
         fragment,
     }))
@@ -100,14 +105,16 @@ pub(super) fn l4_of(data: &[u8]) -> Result<Option<L4>, DropReason> {
 
 /// The TCP fields conntrack judges a segment by; `Err` if the header is inconsistent with
 /// the IP header (data offset below 20 or beyond the segment).
+#[inline]
 fn tcp_segment(data: &[u8], l4: &L4) -> Result<Segment, DropReason> {
-    let ip = data
-        .get(ETH_LEN..ETH_LEN + ipv4::MIN_HEADER_LEN)
-        .ok_or(DropReason::Ipv4Truncated)?;
-    let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
-    let l4_len = total.saturating_sub(usize::from(ip[0] & 0x0f) * 4);
-    data.get(l4.l4_off..)
-        .and_then(|t| Segment::parse(t, l4_len))
+    let fixed: Option<&[u8; 20]> = data
+        .get(l4.l4_off..l4.l4_off + 20)
+        .and_then(|h| h.try_into().ok());
+    fixed
+        .and_then(|h| {
+            let options = data.get(l4.l4_off + 20..).unwrap_or(&[]);
+            Segment::from_header(h, options, usize::from(l4.l4_len))
+        })
         .ok_or(DropReason::L4Truncated)
 }
 
@@ -279,12 +286,15 @@ impl Pipeline {
         version: u32,
         dir: Dir,
     ) -> Result<bool, DropReason> {
-        let seg = if l4.key.proto == protocol::TCP {
-            Some(tcp_segment(pkt.data(), l4)?)
+        let t = if l4.key.proto == protocol::TCP {
+            let tcp = pkt.data().get(l4.l4_off..).unwrap_or(&[]);
+            self.ct
+                .track_tcp_bytes(entry, version, dir, tcp, usize::from(l4.l4_len))
+                .ok_or(DropReason::L4Truncated)?
         } else {
-            None
+            self.ct.track(entry, version, dir, None)
         };
-        match self.ct.track(entry, version, dir, seg.as_ref()) {
+        match t {
             Track::Accept => Ok(true),
             Track::Invalid(r) => Err(r.into()),
             Track::Reopen | Track::Gone => Ok(false),
@@ -305,9 +315,10 @@ impl Pipeline {
                 Cached::Miss
             };
         }
-        let c = *c;
-        let dir = c.dir();
-        match self.track(pkt, l4, c.entry, c.version, dir) {
+        let (entry, version, dir) = (c.entry, c.version, c.dir());
+        let (to_src, to_dst, to_ports, d_ip, d_l4) =
+            (c.to_src, c.to_dst, c.to_ports, c.d_ip, c.d_l4);
+        match self.track(pkt, l4, entry, version, dir) {
             Ok(true) => {}
             Ok(false) => {
                 self.cache.forget(&l4.key);
@@ -319,20 +330,20 @@ impl Pipeline {
         let Some(ip) = data.get_mut(ETH_LEN..ETH_LEN + ipv4::MIN_HEADER_LEN) else {
             return Cached::Miss;
         };
-        ip[12..16].copy_from_slice(&c.to_src.to_be_bytes());
-        ip[16..20].copy_from_slice(&c.to_dst.to_be_bytes());
-        if c.d_ip != 0 {
+        ip[12..16].copy_from_slice(&to_src.to_be_bytes());
+        ip[16..20].copy_from_slice(&to_dst.to_be_bytes());
+        if d_ip != 0 {
             let old = u16::from_be_bytes([ip[10], ip[11]]);
-            ip[10..12].copy_from_slice(&apply(old, c.d_ip).to_be_bytes());
+            ip[10..12].copy_from_slice(&apply(old, d_ip).to_be_bytes());
         }
         if let Some(t) = data.get_mut(l4.l4_off..l4.l4_off + 4) {
-            t.copy_from_slice(&c.to_ports.to_be_bytes());
+            t.copy_from_slice(&to_ports.to_be_bytes());
         }
         if let Some((off, zero_is_none)) = l4_checksum_field(l4.key.proto) {
             if let Some(f) = data.get_mut(l4.l4_off + off..l4.l4_off + off + 2) {
                 let old = u16::from_be_bytes([f[0], f[1]]);
                 if !(zero_is_none && old == 0) {
-                    let mut n = apply(old, c.d_l4);
+                    let mut n = apply(old, d_l4);
                     if zero_is_none && n == 0 {
                         n = 0xffff;
                     }

@@ -230,8 +230,7 @@ fn syn_flood_at_a_nodeport_cannot_lock_out_new_connections() {
         live.push((sport, h.connect(WEB, sport)));
     }
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
-    let mut next_client = 30000u16;
-    for round in 0..50 {
+    for round in 0..50u16 {
         // 100 spoofed SYNs from outside, each answered by its backend (half-open).
         for _ in 0..100 {
             let src = 0x0b00_0000 | (rng.next() & 0x00ff_ffff);
@@ -256,7 +255,7 @@ fn syn_flood_at_a_nodeport_cannot_lock_out_new_connections() {
         assert!(h.p.conntrack().len() <= capacity);
         // Every established flow keeps flowing.
         for (sport, b) in &live {
-            let (v, _) = h.client(WEB, *sport, "PA", 1001 + round, 5001, b"x");
+            let (v, _) = h.client(WEB, *sport, "PA", 1001 + u32::from(round), 5001, b"x");
             assert_eq!(
                 v,
                 Verdict::Transmit(port_of(*b)),
@@ -264,8 +263,7 @@ fn syn_flood_at_a_nodeport_cannot_lock_out_new_connections() {
             );
         }
         // And a new client connects during the flood.
-        h.connect(WEB, next_client);
-        next_client += 1;
+        h.connect(WEB, 30000 + round);
     }
     let ct = h.p.conntrack();
     assert!(

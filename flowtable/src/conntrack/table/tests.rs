@@ -464,3 +464,86 @@ fn concurrent_insert_lookup_remove() {
     }
     assert!(ct.is_empty());
 }
+
+mod fast_path {
+    //! The established fast path leaves exactly what the full rules leave.
+    use super::*;
+    use crate::conntrack::tcp::{Status, TcpVerdict};
+    use proptest::prelude::*;
+
+    fn handshake(
+        ct: &Conntrack,
+        isn: (u32, u32),
+        win: (u16, u16),
+        scale: Option<(u8, u8)>,
+    ) -> (u32, u32) {
+        let o = k(2, 40000, [10, 96, 0, 10], 80, 6);
+        let mut syn = seg(0x02, isn.0, 0);
+        syn.win = win.0;
+        syn.wscale = scale.map(|s| s.0);
+        syn.sack_perm = true;
+        let (e, v) = ct
+            .insert_flow(&NewFlow {
+                tcp: Some(syn),
+                ..NewFlow::new(o, dnat(o, 9))
+            })
+            .unwrap();
+        let mut synack = seg(0x12, isn.1, isn.0.wrapping_add(1));
+        synack.win = win.1;
+        synack.wscale = scale.map(|s| s.1);
+        ct.track(e, v, Dir::Reply, Some(&synack));
+        let mut ack = seg(0x10, isn.0.wrapping_add(1), isn.1.wrapping_add(1));
+        ack.win = win.0;
+        assert_eq!(ct.track(e, v, Dir::Original, Some(&ack)), Track::Accept);
+        (e, v)
+    }
+
+    proptest! {
+        #[test]
+        fn same_as_the_full_rules(
+            isn in (any::<u32>(), any::<u32>()),
+            win in (1u16.., 1u16..),
+            scale in proptest::option::of((0u8..=14, 0u8..=14)),
+            segs in proptest::collection::vec(
+                (any::<bool>(), -200_000i64..200_000, -200_000i64..200_000, 0u32..3000, any::<u16>(), any::<bool>(), proptest::option::of(0i64..5000)),
+                1..40,
+            ),
+        ) {
+            let ct = Conntrack::new(4, Timeouts::default());
+            ct.set_now(100);
+            let (e, v) = handshake(&ct, isn, win, scale);
+            let t = *ct.timeouts();
+            for (reply, dseq, dack, len, w, psh, sack) in segs {
+                let dir = if reply { Dir::Reply } else { Dir::Original };
+                let before = ct.tcp(e).unwrap();
+                let (s, r) = (dir.index(), 1 - dir.index());
+                let seq = before.sides[s].end.wrapping_add(dseq as u32);
+                let ack = before.sides[r].end.wrapping_add(dack as u32);
+                let mut sg = seg(if psh { 0x18 } else { 0x10 }, seq, ack);
+                sg.len = len;
+                sg.win = w;
+                sg.sack = sack.map(|x| ack.wrapping_add(x as u32));
+                let h = ct.lookup(&k(2, 40000, [10, 96, 0, 10], 80, 6)).unwrap();
+                let status = Status { replied: h.replied, assured: h.assured };
+                let mut want = before;
+                let verdict = want.packet(s, &sg, status, &t);
+                let got = ct.track(e, v, dir, Some(&sg));
+                match verdict {
+                    TcpVerdict::Accept { timeout, .. } => {
+                        prop_assert_eq!(got, Track::Accept);
+                        if let Some(secs) = timeout {
+                            prop_assert_eq!(ct.entries()[0].expires_in, secs);
+                        }
+                    }
+                    TcpVerdict::Ignore => prop_assert_eq!(got, Track::Accept),
+                    TcpVerdict::Invalid(r) => {
+                        prop_assert_eq!(got, Track::Invalid(r));
+                        want = before;
+                    }
+                    TcpVerdict::Reopen => prop_assert_eq!(got, Track::Reopen),
+                }
+                prop_assert_eq!(ct.tcp(e).unwrap(), want);
+            }
+        }
+    }
+}
