@@ -450,7 +450,9 @@ fn tcp_from(
         .ipv4(src, dst, 64)
         .tcp(sport, dport, 1000, 64240);
     let b = if syn { b.syn() } else { b };
-    let b = if ack { b.ack(2000) } else { b };
+    // Every segment starts at 1000: a SYN-ACK acknowledges the other side's SYN (1001), as
+    // conntrack requires.
+    let b = if ack { b.ack(1001) } else { b };
     b.write(&mut v, &[]).unwrap();
     v
 }
