@@ -67,8 +67,9 @@ fn port_of(last: u8) -> PortId {
     PortId(u16::from(last) - 1)
 }
 
+/// A TCP segment with these flags (`S`, `A`, `F`, `R`, `P`), numbers and payload.
 #[allow(clippy::too_many_arguments)]
-fn seg(
+pub(super) fn seg(
     smac: [u8; 6],
     dmac: [u8; 6],
     src: [u8; 4],

@@ -102,9 +102,9 @@ fn tcp(
     v
 }
 
-/// A TCP segment with these flags (`S`, `A`, `F`, `R`, `P`), numbers and payload.
+/// A TCP segment to the gateway MAC (see `tests_conntrack::seg`).
 #[allow(clippy::too_many_arguments)]
-pub(super) fn tcp_seg(
+fn tcp_seg(
     mac: [u8; 6],
     src: [u8; 4],
     dst: [u8; 4],
@@ -115,22 +115,9 @@ pub(super) fn tcp_seg(
     ack: u32,
     payload: &[u8],
 ) -> Vec<u8> {
-    let mut b = PacketBuilder::ethernet2(mac, GW_MAC)
-        .ipv4(src, dst, 64)
-        .tcp(sport, dport, seq, 64240);
-    for c in flags.chars() {
-        b = match c {
-            'S' => b.syn(),
-            'A' => b.ack(ack),
-            'F' => b.fin(),
-            'R' => b.rst(),
-            'P' => b.psh(),
-            other => panic!("flag {other}"),
-        };
-    }
-    let mut v = Vec::new();
-    b.write(&mut v, payload).unwrap();
-    v
+    super::tests_conntrack::seg(
+        mac, GW_MAC, src, dst, sport, dport, flags, seq, ack, payload,
+    )
 }
 
 fn udp(
