@@ -20,7 +20,7 @@ impl Conntrack {
     /// Tracks `seg` if it is an ACK of an assured, established connection that passes every
     /// window rule; returns the timeout to refresh the entry to. `None`: go the full way
     /// (nothing was changed). `m` is the entry's flag word, claimed by the caller.
-    #[inline]
+    #[inline(always)]
     pub(super) fn established_ack(
         &self,
         e: &Entry,

@@ -479,7 +479,7 @@ impl Conntrack {
     /// header. `None` if the header is malformed (data offset below 20 or beyond the
     /// segment). A header without options to read (none, or timestamps only) is not
     /// parsed into a [`Segment`] beyond its fixed fields.
-    #[inline]
+    #[inline(always)]
     pub fn track_tcp_bytes(
         &self,
         entry: u32,
@@ -535,7 +535,7 @@ impl Conntrack {
 
     /// Sets the BUSY bit of `version`'s incarnation; `Err` with what to return if it is gone
     /// or another worker keeps it.
-    #[inline]
+    #[inline(always)]
     fn claim(&self, e: &Entry, version: u32) -> Result<u64, Track> {
         let mut st = e.st.load(Acquire);
         let mut spins = 0;
@@ -563,7 +563,7 @@ impl Conntrack {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn track_tcp(&self, entry: u32, e: &Entry, version: u32, dir: Dir, seg: &Segment) -> Track {
         let st = match self.claim(e, version) {
             Ok(st) => st,
