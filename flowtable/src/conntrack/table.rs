@@ -136,6 +136,8 @@ pub struct Conntrack {
     pub(super) gc_cursor: AtomicU32,
     pub(super) timeouts: Timeouts,
     now: AtomicU32,
+    /// Live assured entries.
+    assured: AtomicU64,
     /// Cumulative counters.
     pub counters: CtCounters,
 }
@@ -159,6 +161,7 @@ impl Conntrack {
             gc_cursor: AtomicU32::new(0),
             timeouts,
             now: AtomicU32::new(0),
+            assured: AtomicU64::new(0),
             counters: CtCounters::default(),
         }
     }
@@ -632,6 +635,9 @@ impl Conntrack {
             store_tcp(e, &c, Some(&before));
         }
         e.st.store(pack(version, nm), Release);
+        if nm & !m & ASSURED != 0 {
+            self.assured.fetch_add(1, Relaxed);
+        }
         if kill {
             self.remove_version(entry, version);
         }
@@ -670,7 +676,12 @@ impl Conntrack {
                 .st
                 .compare_exchange_weak(st, pack(version, nm), AcqRel, Acquire)
             {
-                Ok(_) => break nm,
+                Ok(_) => {
+                    if nm & !m & ASSURED != 0 {
+                        self.assured.fetch_add(1, Relaxed);
+                    }
+                    break nm;
+                }
                 Err(cur) => st = cur,
             }
         };
@@ -733,7 +744,12 @@ impl Conntrack {
                 .st
                 .compare_exchange_weak(st, st & !u64::from(ALIVE), AcqRel, Acquire)
             {
-                Ok(_) => break,
+                Ok(_) => {
+                    if flags(st) & ASSURED != 0 {
+                        self.assured.fetch_sub(1, Relaxed);
+                    }
+                    break;
+                }
                 Err(cur) => st = cur,
             }
         }
@@ -767,15 +783,9 @@ impl Conntrack {
             .collect()
     }
 
-    /// How many live entries are assured (a scan: for reports, not the packet path).
+    /// How many live entries are assured (a gauge kept as entries become assured and go).
     pub fn assured(&self) -> usize {
-        self.entries
-            .iter()
-            .filter(|e| {
-                let m = flags(e.st.load(Relaxed));
-                m & ALIVE != 0 && m & ASSURED != 0
-            })
-            .count()
+        self.assured.load(Relaxed) as usize
     }
 
     /// The TCP tracker's view of a live entry (tests, `switchctl`).

@@ -272,10 +272,12 @@ fn full_table_evicts_only_non_assured_oldest_first() {
     assert!(ct.lookup(&old).is_none(), "the oldest half-open entry went");
     assert!(ct.lookup(&young).is_some() && ct.lookup(&new).is_some());
     assert_eq!(ct.counters.evicted.load(Relaxed), 1);
+    assert_eq!(ct.assured(), 2, "the two handshakes left");
     // Pressure ends: everything expires and new flows are admitted again.
     ct.set_now(1_000_000);
     ct.gc(4);
     assert!(ct.is_empty());
+    assert_eq!(ct.assured(), 0);
     assert!(ct.insert(old, dnat(old, 9)).is_ok());
 }
 
