@@ -5,8 +5,8 @@
 //! it; [`Conntrack::gc`] sweeps the table from a shared cursor so that calls from a
 //! housekeeping thread, each with [`Conntrack::gc_budget`] entries, cover it within a
 //! second at any capacity. When the free list is empty an insert evicts one entry that is
-//! not assured: of the first 16 scanned from a rotating cursor that hold one, the one nearest its deadline (the
-//! least recently refreshed), after any already expired.
+//! not assured: of the first 16 scanned (from a rotating cursor) that hold one, the one
+//! nearest its deadline (the least recently refreshed); an expired one goes first.
 //!
 //! Thread-safety: removal goes through `remove_if`, which claims the incarnation with a CAS
 //! and re-checks the condition on the claimed word; an entry a worker holds busy is skipped.

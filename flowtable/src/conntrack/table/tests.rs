@@ -507,7 +507,15 @@ mod fast_path {
             win in (1u16.., 1u16..),
             scale in proptest::option::of((0u8..=14, 0u8..=14)),
             segs in proptest::collection::vec(
-                (any::<bool>(), -200_000i64..200_000, -200_000i64..200_000, 0u32..3000, any::<u16>(), any::<bool>(), proptest::option::of(0i64..5000)),
+                (
+                    any::<bool>(),
+                    -200_000i64..200_000,
+                    -200_000i64..200_000,
+                    0u32..3000,
+                    any::<u16>(),
+                    any::<bool>(),
+                    proptest::option::of(0i64..5000),
+                ),
                 1..40,
             ),
         ) {
