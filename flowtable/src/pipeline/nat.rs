@@ -44,6 +44,7 @@ pub(super) struct L4 {
 
 /// Reads the 5-tuple; `Err` with a drop reason if the L4 header is too short, `Ok(None)` for
 /// protocols without ports.
+#[inline]
 pub(super) fn l4_of(data: &[u8]) -> Result<Option<L4>, DropReason> {
     // Callers have validated the IPv4 header at offset 14 and trimmed the frame to its total
     // length; every read below is still bounds-checked, so a caller's mistake cannot panic.
@@ -277,7 +278,7 @@ impl Pipeline {
     /// Records a packet of a tracked connection (TCP: judged by state and window). `Err`
     /// with the drop reason if conntrack finds it invalid; `Ok(false)` if the entry is gone
     /// or the tuple is being reopened (decide it again).
-    #[inline]
+    #[inline(always)]
     fn track(
         &mut self,
         pkt: &Packet<'_>,
