@@ -224,15 +224,3 @@ fn tcp_flags(
         .unwrap_or_else(|e| panic!("{e}"));
     v
 }
-
-/// A TCP segment from a backend pod back to pod-a.
-pub fn backend_tcp_to_pod_a(backend: std::net::Ipv4Addr, dport: u16) -> Vec<u8> {
-    let last = backend.octets()[3];
-    let b = PacketBuilder::ethernet2([2, 0, 0x0a, 0xf4, 1, last + 6], [2, 0, 0x0a, 0xf4, 1, 1])
-        .ipv4(backend.octets(), [10, 244, 1, 2], 64)
-        .tcp(8080, dport, 1, 64240)
-        .ack(2);
-    let mut v = Vec::new();
-    b.write(&mut v, &[0u8; 6]).unwrap_or_else(|e| panic!("{e}"));
-    v
-}
