@@ -87,8 +87,10 @@ def hold(host, port, flows, seconds, new_every):
         t.start()
     while time.time() - t0 < seconds:
         try:
-            c = socket.create_connection((host, port), timeout=1)
-            c.settimeout(1)
+            # 3 s: room for one retransmitted SYN on a loaded machine; a locked-out table
+            # refuses every one.
+            c = socket.create_connection((host, port), timeout=3)
+            c.settimeout(3)
             c.sendall(b"0123456789abcdef")
             got = b""
             while len(got) < 16:
