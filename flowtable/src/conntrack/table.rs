@@ -479,9 +479,8 @@ impl Conntrack {
 
     /// [`Conntrack::track`] for a TCP segment given as bytes, the packet path's way: `tcp`
     /// holds the TCP header and what follows, `l4_len` is the TCP length from the IP
-    /// header. `None` if the header is malformed (data offset below 20 or beyond the
-    /// segment). A header without options to read (none, or timestamps only) is not
-    /// parsed into a [`Segment`] beyond its fixed fields.
+    /// header. `None` if the header is malformed (see [`Segment::parse`]). A header with no
+    /// options to read (none, or timestamps only) skips the option parser.
     #[inline(always)]
     pub fn track_tcp_bytes(
         &self,
@@ -493,21 +492,9 @@ impl Conntrack {
     ) -> Option<Track> {
         let fixed: &[u8; 20] = tcp.get(..20)?.try_into().ok()?;
         let hl = usize::from(fixed[12] >> 4) * 4;
-        let plain =
-            hl == 20 || (hl == 32 && tcp.get(20..24) == Some(&[1, 1, 8, 10][..]) && l4_len >= 32);
+        let plain = hl == 20 || (hl == 32 && tcp.get(20..24) == Some(&[1, 1, 8, 10][..]));
         let seg = if plain && hl <= l4_len {
-            let be32 =
-                |i: usize| u32::from_be_bytes([fixed[i], fixed[i + 1], fixed[i + 2], fixed[i + 3]]);
-            Segment {
-                flags: fixed[13],
-                seq: be32(4),
-                ack: be32(8),
-                win: u16::from_be_bytes([fixed[14], fixed[15]]),
-                len: (l4_len - hl) as u32,
-                wscale: None,
-                sack_perm: false,
-                sack: None,
-            }
+            Segment::fixed(fixed, hl, l4_len)
         } else {
             Segment::from_header(fixed, tcp.get(20..).unwrap_or(&[]), l4_len)?
         };

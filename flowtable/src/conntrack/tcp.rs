@@ -166,17 +166,6 @@ impl Kind {
             Kind::None
         }
     }
-
-    fn from_u8(v: u8) -> Kind {
-        match v {
-            0 => Kind::Syn,
-            1 => Kind::SynAck,
-            2 => Kind::Fin,
-            3 => Kind::Ack,
-            4 => Kind::Rst,
-            _ => Kind::None,
-        }
-    }
 }
 
 /// What the transition table says of a segment.
@@ -368,33 +357,43 @@ impl Segment {
     /// Reads a segment: `tcp` holds the TCP header (with options) and more, `l4_len` is the
     /// TCP length from the IP header. `None` if the header is short or its data offset
     /// is below 20 or beyond the segment.
+    #[inline]
     pub fn parse(tcp: &[u8], l4_len: usize) -> Option<Segment> {
         let fixed: &[u8; 20] = tcp.get(..20)?.try_into().ok()?;
         Segment::from_header(fixed, &tcp[20..], l4_len)
     }
 
-    /// As [`Segment::parse`], for the packet path: `fixed` is the 20-byte header, `options`
-    /// what follows it (at least up to the data offset), `l4_len` the TCP length.
+    /// As [`Segment::parse`], with the 20-byte fixed header apart: `options` is what
+    /// follows it (at least up to the data offset), `l4_len` the TCP length.
     #[inline]
     pub fn from_header(fixed: &[u8; 20], options: &[u8], l4_len: usize) -> Option<Segment> {
         let hl = usize::from(fixed[12] >> 4) * 4;
         if hl < 20 || hl > l4_len {
             return None;
         }
-        let be32 =
-            |i: usize| u32::from_be_bytes([fixed[i], fixed[i + 1], fixed[i + 2], fixed[i + 3]]);
-        let mut s = Segment {
-            flags: fixed[13],
-            seq: be32(4),
-            ack: be32(8),
-            win: u16::from_be_bytes([fixed[14], fixed[15]]),
-            len: (l4_len - hl) as u32,
-            ..Segment::default()
-        };
+        let mut s = Segment::fixed(fixed, hl, l4_len);
         if hl > 20 {
             s.read_options(options.get(..hl - 20)?);
         }
         Some(s)
+    }
+
+    /// The fields of the fixed header, no options: `hl` is the data offset in bytes, checked
+    /// by the caller to be within 20..=`l4_len`.
+    #[inline(always)]
+    pub fn fixed(fixed: &[u8; 20], hl: usize, l4_len: usize) -> Segment {
+        let be32 =
+            |i: usize| u32::from_be_bytes([fixed[i], fixed[i + 1], fixed[i + 2], fixed[i + 3]]);
+        Segment {
+            flags: fixed[13],
+            seq: be32(4),
+            ack: be32(8),
+            win: u16::from_be_bytes([fixed[14], fixed[15]]),
+            len: l4_len.saturating_sub(hl) as u32,
+            wscale: None,
+            sack_perm: false,
+            sack: None,
+        }
     }
 
     /// Reads window scale and SACK-permitted (SYNs) and SACK blocks (others). A malformed
@@ -857,11 +856,6 @@ impl TcpConn {
             self.sides[0].scale = 0;
             self.sides[1].scale = 0;
         }
-    }
-
-    /// Kind of the last segment that changed the tracker.
-    pub fn last(&self) -> Kind {
-        Kind::from_u8(self.last_kind)
     }
 }
 

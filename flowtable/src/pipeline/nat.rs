@@ -108,14 +108,8 @@ pub(super) fn l4_of(data: &[u8]) -> Result<Option<L4>, DropReason> {
 /// the IP header (data offset below 20 or beyond the segment).
 #[inline]
 fn tcp_segment(data: &[u8], l4: &L4) -> Result<Segment, DropReason> {
-    let fixed: Option<&[u8; 20]> = data
-        .get(l4.l4_off..l4.l4_off + 20)
-        .and_then(|h| h.try_into().ok());
-    fixed
-        .and_then(|h| {
-            let options = data.get(l4.l4_off + 20..).unwrap_or(&[]);
-            Segment::from_header(h, options, usize::from(l4.l4_len))
-        })
+    data.get(l4.l4_off..)
+        .and_then(|t| Segment::parse(t, usize::from(l4.l4_len)))
         .ok_or(DropReason::L4Truncated)
 }
 

@@ -108,19 +108,6 @@ impl<T: AsRef<[u8]>> TcpPacket<T> {
     pub fn checksum(&self) -> u16 {
         be16(self.buf.as_ref(), 16)
     }
-
-    /// Window field (unscaled).
-    #[inline]
-    pub fn window(&self) -> u16 {
-        be16(self.buf.as_ref(), 14)
-    }
-
-    /// The option bytes (between the fixed header and the data offset).
-    #[inline]
-    pub fn options(&self) -> &[u8] {
-        let b = self.buf.as_ref();
-        b.get(MIN_HEADER_LEN..self.header_len()).unwrap_or(&[])
-    }
 }
 
 #[cfg(test)]
