@@ -11,6 +11,8 @@
 //! - `fast.rs`: the same rules for the one segment nearly every packet is (an ACK of an
 //!   assured, established connection), on the entry's words in place.
 //! - `expiry.rs`: deadlines, garbage collection, and early drop under pressure.
+//! - `region.rs`: the memory the table lives in (owned, or a shared mapping that outlives
+//!   the process) and how a new process takes an earlier one's table over.
 //!
 //! Semantics (Linux's): an entry is *assured* once its TCP handshake completes, or, for UDP,
 //! once a packet follows the first reply. When the table is full a new flow may evict a
@@ -32,10 +34,12 @@
 
 mod expiry;
 mod fast;
+pub mod region;
 mod table;
 pub mod tcp;
 
-pub use table::{Conntrack, EntryInfo, NewFlow, MAX_CAPACITY};
+pub use region::{Identity, Memory, Opened, Recovery};
+pub use table::{Conntrack, Entry, EntryInfo, NewFlow, MAX_CAPACITY};
 pub use tcp::{Invalid, Segment, TcpState};
 
 use std::net::Ipv4Addr;

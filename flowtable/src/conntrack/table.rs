@@ -8,6 +8,7 @@
 //! was reused in between. The tuple fields are written only while the version is odd; the
 //! TCP fields only while BUSY is held; the deadline by whoever saw the packet last.
 
+use super::region::{self, Identity, Memory, Opened, Recovery, Slab};
 use super::tcp::{Side, Status, TcpConn, TcpState, TcpVerdict};
 use super::{CtCounters, Dir, FlowKey, Hit, InsertError, Invalid, Segment, Timeouts, Track};
 use crossbeam_queue::ArrayQueue;
@@ -26,6 +27,8 @@ pub(super) const ALIVE: u32 = 1 << 31;
 pub(super) const REPLIED: u32 = 1 << 30;
 pub(super) const ASSURED: u32 = 1 << 29;
 pub(super) const BUSY: u32 = 1 << 28;
+/// The reply tuple is not indexed (a record looked up one way only, such as affinity).
+pub(super) const ONE_WAY: u32 = 1 << 27;
 const STATE_SHIFT: u32 = 8;
 const STATE_MASK: u32 = 0xf << STATE_SHIFT;
 /// How often a tracker spins on another worker's busy bit before passing the packet.
@@ -55,9 +58,11 @@ fn pack_ports(a: u16, b: u16) -> u32 {
     (u32::from(a) << 16) | u32::from(b)
 }
 
-/// One tracked connection: 80 bytes.
+/// One tracked connection: 80 bytes, every bit pattern valid (all atomics), all zero when
+/// free; its layout is the shared region's (see `region`), so it is `repr(C)`.
+#[repr(C)]
 #[derive(Debug, Default)]
-pub(super) struct Entry {
+pub struct Entry {
     pub(super) st: AtomicU64,
     o_src: AtomicU32,
     o_dst: AtomicU32,
@@ -75,6 +80,30 @@ pub(super) struct Entry {
     pub(super) win: [AtomicU32; 6],
     /// TCP: the last segment's end.
     pub(super) last_end: AtomicU32,
+}
+
+impl Entry {
+    /// Zeroes every field (a free entry of version 0).
+    fn clear(&self) {
+        self.st.store(0, Relaxed);
+        for w in [
+            &self.o_src,
+            &self.o_dst,
+            &self.o_ports,
+            &self.n_src,
+            &self.n_dst,
+            &self.n_ports,
+            &self.expires,
+            &self.tcp_meta,
+            &self.last_end,
+        ] {
+            w.store(0, Relaxed);
+        }
+        self.peer.store(0, Relaxed);
+        for w in &self.win {
+            w.store(0, Relaxed);
+        }
+    }
 }
 
 /// A live entry as `switchctl ct list` shows it.
@@ -127,10 +156,11 @@ impl NewFlow {
 }
 
 /// The connection-tracking table.
-#[derive(Debug)]
 pub struct Conntrack {
-    pub(super) entries: Box<[Entry]>,
-    index: Box<[AtomicU32]>,
+    pub(super) entries: Slab<Entry>,
+    index: Slab<AtomicU32>,
+    header: Slab<region::Header>,
+    owner: Option<Box<dyn Send + Sync>>,
     pub(super) free: ArrayQueue<u32>,
     pub(super) evict_cursor: AtomicU32,
     pub(super) gc_cursor: AtomicU32,
@@ -142,28 +172,160 @@ pub struct Conntrack {
     pub counters: CtCounters,
 }
 
+impl std::fmt::Debug for Conntrack {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Conntrack")
+            .field("capacity", &self.entries.len())
+            .field("len", &self.len())
+            .field("mapped", &self.owner.is_some())
+            .finish()
+    }
+}
+
 impl Conntrack {
-    /// A table for at most `capacity` connections (clamped to 1..=[`MAX_CAPACITY`]).
+    /// A table for at most `capacity` connections (clamped to 1..=[`MAX_CAPACITY`]), in
+    /// memory of this process.
     pub fn new(capacity: usize, timeouts: Timeouts) -> Conntrack {
-        let capacity = capacity.clamp(1, MAX_CAPACITY);
-        // Two keys per entry at a load factor of at most 1/2; any slot count works because
-        // the home slot is found by multiply-shift, not by masking.
-        let slots = capacity * 4;
-        let free = ArrayQueue::new(capacity);
-        for i in 0..capacity as u32 {
-            let _ = free.push(i);
-        }
-        Conntrack {
-            entries: (0..capacity).map(|_| Entry::default()).collect(),
-            index: (0..slots).map(|_| AtomicU32::new(EMPTY)).collect(),
-            free,
+        let id = Identity {
+            node: String::new(),
+            boot: [0; 16],
+            pid: 0,
+        };
+        Conntrack::open(Memory::owned(capacity), timeouts, &id).0
+    }
+
+    /// A table in `memory`: taken over if it holds a table this build can read, made
+    /// for `id` (see `region`), else wiped and new. Says which.
+    pub fn open(memory: Memory, timeouts: Timeouts, id: &Identity) -> (Conntrack, Opened) {
+        let Memory {
+            header,
+            entries,
+            index,
+            owner,
+        } = memory;
+        let capacity = entries.len();
+        // Any slot count works because the home slot is found by multiply-shift, not by
+        // masking; `region::layout` gives two keys per entry at a load factor of 1/2.
+        let ct = Conntrack {
+            entries,
+            index,
+            header,
+            owner,
+            free: ArrayQueue::new(capacity.max(1)),
             evict_cursor: AtomicU32::new(0),
             gc_cursor: AtomicU32::new(0),
             timeouts,
             now: AtomicU32::new(0),
             assured: AtomicU64::new(0),
             counters: CtCounters::default(),
+        };
+        let l = region::layout(capacity);
+        let h = &ct.header[0];
+        let opened = match h.check(&l, id) {
+            Ok(None) => {
+                ct.rebuild(true);
+                Opened::Fresh
+            }
+            Ok(Some(clean)) => {
+                let mut r = ct.rebuild(false);
+                r.clean = clean;
+                r.takeovers = h.took_over();
+                Opened::Resumed(r)
+            }
+            Err(why) => {
+                h.wipe();
+                ct.rebuild(true);
+                Opened::Replaced(why)
+            }
+        };
+        h.claim(&l, id);
+        (ct, opened)
+    }
+
+    /// Gives the memory back (a later [`Conntrack::open`] takes it over), as a process
+    /// that dies leaves it: call [`Conntrack::close`] first for a clean handover.
+    pub fn into_memory(self) -> Memory {
+        Memory {
+            header: self.header,
+            entries: self.entries,
+            index: self.index,
+            owner: self.owner,
         }
+    }
+
+    /// Records that no writer is left (the workers have stopped): the next owner finds a
+    /// clean region.
+    pub fn close(&self) {
+        self.header[0].close();
+    }
+
+    /// Rebuilds the index and the free list from the entries (before any worker runs):
+    /// keeps each live, stable entry (all of them dropped if `wipe`), frees the rest.
+    fn rebuild(&self, wipe: bool) -> Recovery {
+        let mut r = Recovery::default();
+        for s in self.index.iter() {
+            s.store(EMPTY, Relaxed);
+        }
+        let mut assured = 0;
+        for (i, e) in self.entries.iter().enumerate() {
+            let i = i as u32;
+            let st = e.st.load(Acquire);
+            let (v, m) = (ver(st), flags(st));
+            let keep = !wipe && m & ALIVE != 0 && v & 1 == 0 && m & BUSY == 0;
+            if !wipe && m & ALIVE != 0 && v & 1 == 1 {
+                r.torn += 1;
+            } else if !wipe && m & ALIVE == 0 && v & 1 == 1 {
+                r.torn += 1; // an insert that never published
+            } else if !wipe && m & ALIVE != 0 && m & BUSY != 0 {
+                r.busy += 1;
+            }
+            if keep {
+                let (o, t) = self.tuple(e, m);
+                let one_way = m & ONE_WAY != 0;
+                let a = self.claim_slot(&o, i + 2);
+                let b = one_way || self.claim_slot(&t.reversed(), DIR_BIT | (i + 2)).is_some();
+                if a.is_some() && b {
+                    r.kept += 1;
+                    if m & ASSURED != 0 {
+                        assured += 1;
+                    }
+                    continue;
+                }
+                if a.is_some() {
+                    self.release_slot(&o, i + 2);
+                }
+                r.unindexed += 1;
+            }
+            if wipe {
+                e.clear();
+            } else {
+                // Free, with a new even version: no flow cache can hold it (none survive a
+                // process, but versions only ever move on).
+                e.st.store(pack((v | 1).wrapping_add(1), 0), Release);
+            }
+            let _ = self.free.push(i);
+        }
+        self.assured.store(assured, Relaxed);
+        r
+    }
+
+    /// An entry's tuples as stored (the caller knows it is stable).
+    fn tuple(&self, e: &Entry, m: u32) -> (FlowKey, FlowKey) {
+        let proto = m as u8;
+        let key = |src: &AtomicU32, dst: &AtomicU32, ports: &AtomicU32| {
+            let p = ports.load(Relaxed);
+            FlowKey {
+                src: src.load(Relaxed).into(),
+                dst: dst.load(Relaxed).into(),
+                sport: (p >> 16) as u16,
+                dport: p as u16,
+                proto,
+            }
+        };
+        (
+            key(&e.o_src, &e.o_dst, &e.o_ports),
+            key(&e.n_src, &e.n_dst, &e.n_ports),
+        )
     }
 
     /// Maximum number of connections.
@@ -455,7 +617,10 @@ impl Conntrack {
         e.st.store(
             pack(
                 published,
-                ALIVE | ((state as u32) << STATE_SHIFT) | u32::from(original.proto),
+                ALIVE
+                    | if f.index_reply { 0 } else { ONE_WAY }
+                    | ((state as u32) << STATE_SHIFT)
+                    | u32::from(original.proto),
             ),
             Release,
         );
@@ -741,7 +906,9 @@ impl Conntrack {
             }
         }
         self.release_slot(&orig, entry + 2);
-        self.release_slot(&tr.reversed(), DIR_BIT | (entry + 2));
+        if flags(st) & ONE_WAY == 0 {
+            self.release_slot(&tr.reversed(), DIR_BIT | (entry + 2));
+        }
         // Bump the version so readers and flow caches holding the old one let go.
         e.st.store(pack(v.wrapping_add(2), 0), Release);
         let _ = self.free.push(entry);
@@ -840,3 +1007,6 @@ fn store_tcp(e: &Entry, c: &TcpConn, old: Option<&TcpConn>) {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod tests_region;
