@@ -9,7 +9,12 @@
 //   delivers it there, reverse NAT included), IPv4 addressed to the node's IP;
 // - uplink: only VXLAN addressed to the node and Service frontends (NodePort, LoadBalancer and
 //   external IPs, listed in `frontends`) go to the switch; the rest is the node's.
-// A port whose socket is not in the XSKMAP passes to the kernel. Every decision is counted
+// Restarts: switchd pins the program's links and maps in bpffs, so they outlive it, and
+// beats `heartbeat` ten times a second. While the heartbeat is fresh, a frame for the switch
+// on a port whose socket is gone (switchd restarting) is dropped, held for the TCP/UDP
+// retransmission the next switchd serves, never passed to a kernel that would answer a
+// Service flow with RST. Once no switchd has beaten for the grace period, every frame is
+// passed to the kernel, exactly as if the program were detached. Every decision is counted
 // per CPU in `stats`.
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
@@ -44,10 +49,16 @@ struct frontend_key {
 enum stat {
 	STAT_REDIRECTED = 0,
 	STAT_PASSED = 1,
-	STAT_NO_SOCKET = 2,
+	STAT_HELD = 2,
 	STAT_UNKNOWN_PORT = 3,
 	STAT_OTHER_QUEUE = 4,
-	STAT_MAX = 5,
+	STAT_UNSERVED = 5,
+	STAT_MAX = 6,
+};
+
+struct heartbeat {
+	__u64 last_ns;  /* CLOCK_MONOTONIC of switchd's last beat */
+	__u64 grace_ns; /* how long the switch's frames are held after it */
 };
 
 struct {
@@ -85,6 +96,13 @@ struct {
 	__type(value, __u64);
 } stats SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct heartbeat);
+} heartbeat SEC(".maps");
+
 static __always_inline int count(__u32 what, int action)
 {
 	__u64 *c = bpf_map_lookup_elem(&stats, &what);
@@ -95,10 +113,11 @@ static __always_inline int count(__u32 what, int action)
 
 static __always_inline int to_switch(struct port_cfg *cfg)
 {
-	int r = bpf_redirect_map(&xsks, cfg->slot, XDP_PASS);
+	/* No socket in the slot: dropped (the heartbeat is fresh, checked before). */
+	int r = bpf_redirect_map(&xsks, cfg->slot, XDP_DROP);
 	if (r == XDP_REDIRECT)
 		return count(STAT_REDIRECTED, r);
-	return count(STAT_NO_SOCKET, r);
+	return count(STAT_HELD, r);
 }
 
 SEC("xdp")
@@ -112,6 +131,10 @@ int nodeswitch_xdp(struct xdp_md *ctx)
 	struct port_cfg *cfg = bpf_map_lookup_elem(&ports, &ifindex);
 	if (!cfg)
 		return count(STAT_UNKNOWN_PORT, XDP_PASS);
+	struct heartbeat *hb = bpf_map_lookup_elem(&heartbeat, &zero);
+	/* The coarse clock may lag the beat's by a tick: never subtract it from the beat. */
+	if (!hb || bpf_ktime_get_coarse_ns() > hb->last_ns + hb->grace_ns)
+		return count(STAT_UNSERVED, XDP_PASS);
 	/* The switch binds one socket per port, on queue 0: a frame on any other receive queue
 	 * could not be delivered to it. On the uplink it stays with the kernel (multi-queue
 	 * uplinks: use one combined channel, ethtool -L IF combined 1); from a pod it is dropped,

@@ -27,7 +27,7 @@
 use crate::plane::{numbers, Commit, DaemonPlane, Shared};
 use crate::replay::{self, ConntrackReport, NatReport};
 use crate::worker::{Command, Fabric, PollMode, Port, Report, Worker, MAX_PORTS};
-use crate::xdp::{Role, Xdp, XdpError, XdpStats};
+use crate::xdp::{Pinned, Role, Xdp, XdpError, XdpStats};
 use crate::xsk::{self, Mode, Socket, Umem, XskError};
 use control::server::Control;
 use control::ApiError;
@@ -67,6 +67,45 @@ pub struct Config {
     pub control_socket: Option<PathBuf>,
     /// The control API on TCP (TLS with client certificates), if wanted.
     pub control_tcp: Option<(std::net::SocketAddr, control::client::TlsFiles)>,
+    /// Where state that outlives the process lives (see [`Persist`]); `None`: nowhere.
+    pub persist: Option<Persist>,
+    /// Start without taking over what an earlier switchd left.
+    pub fresh: bool,
+}
+
+/// Where the state a restart keeps lives: the conntrack region under `run_dir/NODE/`, the
+/// XDP program's links and maps pinned under `bpf_dir/NODE/`.
+#[derive(Debug, Clone)]
+pub struct Persist {
+    /// On tmpfs: `/run/nodeswitch` by default.
+    pub run_dir: PathBuf,
+    /// On bpffs: `/sys/fs/bpf/nodeswitch` by default.
+    pub bpf_dir: PathBuf,
+    /// How long the XDP program holds the switch's frames after the last heartbeat.
+    pub grace: Duration,
+}
+
+impl Persist {
+    /// The directory a node's `dir` state goes in (the name made safe for a path).
+    pub fn node_dir(dir: &Path, node: &str) -> PathBuf {
+        let safe: String = node
+            .chars()
+            .take(200)
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        let safe = if safe.starts_with('.') {
+            format!("_{safe}")
+        } else {
+            safe
+        };
+        dir.join(safe)
+    }
 }
 
 /// Why the daemon could not start.
@@ -105,6 +144,12 @@ pub enum DaemonError {
         #[source]
         source: XskError,
     },
+    /// The conntrack region could not be opened.
+    #[error(transparent)]
+    Region(#[from] crate::shm::ShmError),
+    /// Removing an earlier switchd's state (`--fresh`) failed.
+    #[error("removing the pinned XDP state in {0}: {1}")]
+    Cleanup(PathBuf, std::io::Error),
     /// Too many ports.
     #[error("{0} ports: at most {MAX_PORTS} are supported")]
     TooManyPorts(usize),
@@ -313,7 +358,55 @@ pub fn run(cfg: &Config) -> Result<(), DaemonError> {
     })?;
     let ifaces = check_interfaces(&snap)?;
 
-    let mut xdp = Xdp::load()?;
+    // What an earlier switchd left: the conntrack region first (its lock says no other
+    // switchd serves this node), then the pinned XDP state.
+    let node = snap.node.name.clone();
+    let dirs = cfg.persist.as_ref().map(|p| {
+        (
+            Persist::node_dir(&p.run_dir, &node),
+            Persist::node_dir(&p.bpf_dir, &node),
+        )
+    });
+    if let (true, Some((run_dir, bpf_dir))) = (cfg.fresh, &dirs) {
+        crate::shm::remove(run_dir)?;
+        crate::xdp::cleanup(bpf_dir).map_err(|e| DaemonError::Cleanup(bpf_dir.clone(), e))?;
+        log("--fresh: removed the state an earlier switchd left");
+    }
+    let ct = match &dirs {
+        Some((run_dir, _)) => {
+            let (mem, resized) = crate::shm::open(run_dir, cfg.conntrack_capacity)?;
+            if let Some(why) = resized {
+                log(format!("conntrack region not taken over: {why}"));
+            }
+            let id = crate::shm::identity(&node);
+            let (ct, opened) = Conntrack::open(mem, cfg.conntrack_timeouts, &id);
+            log(format!(
+                "conntrack in {}: {opened}",
+                run_dir.join(crate::shm::REGION_FILE).display()
+            ));
+            ct
+        }
+        None => Conntrack::new(cfg.conntrack_capacity, cfg.conntrack_timeouts),
+    };
+    let ct = Arc::new(ct);
+    ct.set_now(crate::ctclock::now());
+
+    let (mut xdp, pinned) = Xdp::load(dirs.as_ref().map(|(_, b)| b.as_path()))?;
+    match (&pinned, &dirs) {
+        (Pinned::Off, _) | (_, None) => {}
+        (Pinned::Fresh, Some((_, b))) => log(format!("XDP maps pinned in {}", b.display())),
+        (Pinned::Reused, Some((_, b))) => {
+            log(format!("took over the XDP maps pinned in {}", b.display()))
+        }
+        (Pinned::Replaced(why), Some((_, b))) => log(format!(
+            "XDP maps pinned in {} are another build's ({why}): replaced",
+            b.display()
+        )),
+    }
+    let heartbeat = match &cfg.persist {
+        Some(p) => Some(xdp.heartbeat(p.grace)?),
+        None => None,
+    };
     xdp.configure(&snap)?;
     let umem = Umem::new(cfg.frames).map_err(|source| DaemonError::Socket {
         name: ifaces[0].0.clone(),
@@ -352,10 +445,6 @@ pub fn run(cfg: &Config) -> Result<(), DaemonError> {
     }
     let owner_fd = socks[0].sock.fd();
 
-    let ct = Arc::new(Conntrack::new(
-        cfg.conntrack_capacity,
-        cfg.conntrack_timeouts,
-    ));
     let cell = Arc::new(SnapshotCell::new(snap));
     let stop = Arc::new(AtomicBool::new(false));
     let n_workers = cfg.cores.len().max(1);
@@ -420,20 +509,24 @@ pub fn run(cfg: &Config) -> Result<(), DaemonError> {
     for (name, slot, ifindex, fd, mode, role, w) in &bound {
         xdp.set_socket(u32::from(*slot), *fd)?;
         xdp.set_port(*ifindex, u32::from(*slot), *role)?;
-        links.insert(name.clone(), xdp.attach(*ifindex)?);
+        let (link, took_over) = xdp.attach(*ifindex)?;
+        links.insert(name.clone(), link);
         ports.insert(name.clone(), (*slot, *ifindex));
         log(format!(
-            "port {name} (ifindex {ifindex}) {} mode, {}, worker {w}",
+            "port {name} (ifindex {ifindex}) {} mode, {}, worker {w}{}",
             mode.name(),
             match role {
                 Role::Uplink => "uplink",
                 Role::Pod => "pod",
-            }
+            },
+            if took_over { ", link taken over" } else { "" }
         ));
     }
+    let ifindexes: Vec<u32> = ifaces.iter().map(|(_, i, _)| *i).collect();
+    xdp.forget_others(&ifindexes);
 
-    let housekeeping =
-        crate::ctclock::spawn(Arc::clone(&ct), Arc::clone(&stop)).map_err(DaemonError::Thread)?;
+    let housekeeping = crate::ctclock::spawn(Arc::clone(&ct), Arc::clone(&stop), heartbeat)
+        .map_err(DaemonError::Thread)?;
     let mut handles = Vec::new();
     for (id, worker) in workers.into_iter().enumerate() {
         let core = cfg.cores.get(id).copied();
@@ -566,9 +659,17 @@ pub fn run(cfg: &Config) -> Result<(), DaemonError> {
             last_stats = Instant::now();
         }
     }
-    log("stopping: detaching the XDP program");
-    // Interfaces first: from here on the kernel gets every frame.
-    run.links.clear();
+    let pinned = cfg.persist.is_some();
+    if pinned {
+        // The links stay (pinned): the program holds the switch's frames for the next
+        // switchd, for the grace period after the last heartbeat (beaten once more below).
+        log("stopping: the XDP program and conntrack stay for the next switchd \
+             (switchd cleanup removes them)");
+    } else {
+        log("stopping: detaching the XDP program");
+        // Interfaces first: from here on the kernel gets every frame.
+        run.links.clear();
+    }
     // Changes still queued are refused (their callers see UNAVAILABLE).
     drop(reload_tx);
     drop(commits);
@@ -587,6 +688,9 @@ pub fn run(cfg: &Config) -> Result<(), DaemonError> {
     if let Some(path) = &cfg.stats {
         write_stats(path, &run, &reports, &ct, start);
     }
+    // No writer is left: the next owner finds the table clean.
+    ct.close();
+    drop(run);
     if let Some(f) = failure {
         return Err(DaemonError::Worker(why.unwrap_or(f)));
     }
@@ -710,7 +814,7 @@ fn apply_snapshot(run: &mut Running, next: Snapshot) -> Result<(u64, String), Da
             .and_then(|()| run.xdp.set_port(ifindex, u32::from(slot), Role::Pod))
             .and_then(|()| run.xdp.attach(ifindex));
         match step {
-            Ok(link) => new_links.push((name.clone(), link)),
+            Ok((link, _)) => new_links.push((name.clone(), link)),
             Err(e) => {
                 failed = Some(e);
                 break;
@@ -718,7 +822,9 @@ fn apply_snapshot(run: &mut Running, next: Snapshot) -> Result<(u64, String), Da
         }
     }
     if let Some(e) = failed {
-        drop(new_links);
+        for (_, link) in new_links {
+            run.xdp.detach(link);
+        }
         for (name, slot, ifindex) in done {
             run.xdp.remove_port(ifindex);
             run.xdp.remove_socket(u32::from(slot));
@@ -739,14 +845,18 @@ fn apply_snapshot(run: &mut Running, next: Snapshot) -> Result<(u64, String), Da
         run.xdp.remove_port(*ifindex);
         run.xdp.remove_socket(u32::from(*slot));
         if !done.iter().any(|d| &d.0 == name) {
-            run.links.remove(name);
+            if let Some(link) = run.links.remove(name) {
+                run.xdp.detach(link);
+            }
             run.ports.remove(name);
         }
         run.fabric.remove_port_if(name, *slot);
         let _ = run.cmds[worker_for(*slot, run.cmds.len())].send(Command::Remove(*slot));
     }
     for (name, link) in new_links {
-        run.links.insert(name, link);
+        if let Some(old) = run.links.insert(name, link) {
+            run.xdp.detach(old); // a re-created interface's link (defunct)
+        }
     }
     let mut names = Vec::new();
     for (name, slot, ifindex) in done {

@@ -11,6 +11,7 @@ pub mod daemon;
 pub mod pcapio;
 pub mod plane;
 pub mod replay;
+pub mod shm;
 pub mod worker;
 pub mod xdp;
 pub mod xsk;

@@ -17,13 +17,29 @@ struct Cli {
     cmd: Cmd,
 }
 
+/// Where the state that outlives switchd lives.
+#[derive(clap::Args)]
+struct Dirs {
+    /// The conntrack table's directory (tmpfs); one subdirectory per node.
+    #[arg(long, value_name = "DIR", default_value = "/run/nodeswitch")]
+    run_dir: PathBuf,
+    /// Where the XDP program's links and maps are pinned (bpffs, mounted on /sys/fs/bpf if
+    /// nothing is); one subdirectory per node.
+    #[arg(long, value_name = "DIR", default_value = "/sys/fs/bpf/nodeswitch")]
+    bpf_dir: PathBuf,
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Forward on real interfaces: AF_XDP sockets on the uplink and every pod's port.
     ///
-    /// Needs root (or CAP_NET_ADMIN, CAP_BPF and CAP_NET_RAW). SIGTERM or SIGINT: detach and
-    /// exit 0. SIGHUP: re-read the state file and make it the desired state (pods added or
-    /// removed without a restart). `switchctl` drives it through the control socket.
+    /// Needs root (or CAP_NET_ADMIN, CAP_BPF and CAP_NET_RAW). Restarts keep every
+    /// connection: the conntrack table lives in --run-dir, the XDP program stays attached
+    /// (pinned in --bpf-dir) and holds the switch's frames until the next switchd takes
+    /// over, for at most --grace seconds; `run` takes over what it finds there. SIGTERM or
+    /// SIGINT: stop (exit 0), leaving that state for the next start (`switchd cleanup`
+    /// removes it). SIGHUP: re-read the state file and make it the desired state (pods
+    /// added or removed without a restart). `switchctl` drives it through the control socket.
     Run {
         /// The state file (TOML; see docs/state-file.md): node, uplink, pods, nodes, Services.
         #[arg(long)]
@@ -78,6 +94,29 @@ enum Cmd {
         /// The CA (PEM) that must have signed every client's certificate.
         #[arg(long, value_name = "FILE", requires = "control_tcp")]
         tls_client_ca: Option<PathBuf>,
+        #[command(flatten)]
+        dirs: Dirs,
+        /// Seconds the XDP program holds the switch's frames after switchd's last heartbeat
+        /// (a restart must finish within it); past it the kernel gets every frame.
+        #[arg(long, value_name = "SECONDS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=3600))]
+        grace: u64,
+        /// Start afresh: remove the conntrack table and the pinned XDP state an earlier
+        /// switchd of this node left, instead of taking them over.
+        #[arg(long)]
+        fresh: bool,
+        /// Keep nothing across restarts: conntrack in process memory, the XDP program
+        /// detached when switchd exits (every restart then resets Service connections).
+        #[arg(long, conflicts_with_all = ["fresh"])]
+        no_persist: bool,
+    },
+    /// Uninstall: detach the pinned XDP program and remove the state `run` leaves for the
+    /// next start (pinned links and maps, the conntrack table) of one node or of all.
+    Cleanup {
+        #[command(flatten)]
+        dirs: Dirs,
+        /// Only this node's state (default: every node's under the directories).
+        #[arg(long, value_name = "NAME")]
+        node: Option<String>,
     },
     /// Replay pcap/pcapng captures through the real pipeline and write what it sends.
     ///
@@ -121,6 +160,44 @@ fn timeouts(given: &[(String, u32)]) -> flowtable::conntrack::Timeouts {
     t
 }
 
+/// `switchd cleanup`: every node's state under the directories, or `node`'s.
+fn cleanup(dirs: &Dirs, node: Option<&str>) -> Result<(), String> {
+    use switch::daemon::Persist;
+    let nodes = |dir: &PathBuf| -> Vec<PathBuf> {
+        match node {
+            Some(n) => vec![Persist::node_dir(dir, n)],
+            None => std::fs::read_dir(dir)
+                .map(|rd| {
+                    rd.flatten()
+                        .filter(|e| e.path().is_dir())
+                        .map(|e| e.path())
+                        .collect()
+                })
+                .unwrap_or_default(),
+        }
+    };
+    let mut removed = 0;
+    for d in nodes(&dirs.bpf_dir) {
+        let gone = switch::xdp::cleanup(&d).map_err(|e| format!("{}: {e}", d.display()))?;
+        for g in &gone {
+            println!("removed {g} ({})", d.display());
+        }
+        removed += gone.len();
+    }
+    for d in nodes(&dirs.run_dir) {
+        if switch::shm::remove(&d).map_err(|e| e.to_string())? {
+            println!("removed the conntrack table ({})", d.display());
+            removed += 1;
+        }
+    }
+    let _ = std::fs::remove_dir(&dirs.bpf_dir);
+    let _ = std::fs::remove_dir(&dirs.run_dir);
+    if removed == 0 {
+        println!("nothing to remove");
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.cmd {
@@ -140,6 +217,10 @@ fn main() -> ExitCode {
             tls_cert,
             tls_key,
             tls_client_ca,
+            dirs,
+            grace,
+            fresh,
+            no_persist,
         } => {
             let cfg = switch::daemon::Config {
                 state,
@@ -158,6 +239,12 @@ fn main() -> ExitCode {
                     }
                     _ => None,
                 },
+                persist: (!no_persist).then(|| switch::daemon::Persist {
+                    run_dir: dirs.run_dir,
+                    bpf_dir: dirs.bpf_dir,
+                    grace: std::time::Duration::from_secs(grace),
+                }),
+                fresh,
             };
             return match switch::daemon::run(&cfg) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -202,6 +289,15 @@ fn main() -> ExitCode {
             );
             println!("  -> {}/{}", out.display(), replay::COUNTERS_JSON);
         })
+        }
+        Cmd::Cleanup { dirs, node } => {
+            return match cleanup(&dirs, node.as_deref()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("switchd: error: {e}");
+                    ExitCode::FAILURE
+                }
+            };
         }
         Cmd::Check { state } => replay::load_state(&state).map(|s| {
             println!(

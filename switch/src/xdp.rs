@@ -1,21 +1,42 @@
-//! The XDP program (`bpf/xsk_redirect.bpf.c`): loading, its maps, and attaching it.
+//! The XDP program (`bpf/xsk_redirect.bpf.c`): loading, its maps, attaching it, and its pins.
 //!
 //! Design: one program object per daemon, attached to every port with a bpf_link
-//! ([`Xdp::attach`]): the kernel detaches a link by itself when the last descriptor to it
-//! closes, so a daemon that dies, even by SIGKILL, never leaves an interface redirecting into a
-//! socket that is gone. The program's maps say which interfaces are ports and in which role,
+//! ([`Xdp::attach`]). The program's maps say which interfaces are ports and in which role,
 //! which XSKMAP slot serves each, the node's IP and VXLAN port, and the Service frontends the
 //! uplink must hand to the switch; everything else is passed to the kernel.
-//! Thread-safety: used by the daemon's control thread only.
+//!
+//! Restarts: with a pin directory (on bpffs, `--bpf-dir`), every map is pinned there by name
+//! and every link as `link-IFINDEX`, so they outlive the process. The next switchd loads its
+//! object over the pinned maps (libbpf reuses a pinned map whose definition matches; one that
+//! does not, from a build with other maps, is replaced), takes each pinned link over by
+//! swapping its program for the new one (`bpf_link_update`: no moment without a program),
+//! and removes pins of interfaces that are no longer ports. While switchd is gone its
+//! sockets are gone from the XSKMAP and the program drops the switch's frames; the
+//! [`Heartbeat`] it beats says for how long (the grace period), after which the program
+//! passes everything to the kernel. Without a pin directory a link detaches when the process
+//! exits, as before. [`cleanup`] removes every pin (detaching the links).
+//! Thread-safety: used by the daemon's control thread only; a [`Heartbeat`] is its own map
+//! handle, beaten from the housekeeping thread.
 
 use flowtable::services::FrontendKind;
 use flowtable::snapshot::Snapshot;
-use libbpf_rs::{Link, MapCore, MapFlags, Object, ObjectBuilder};
+use libbpf_rs::{Link, MapCore, MapFlags, MapHandle, Object, ObjectBuilder};
 use std::collections::HashSet;
 use std::os::fd::RawFd;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 static OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/xsk_redirect.bpf.o"));
+
+/// The maps the program defines (each pinned under its name).
+const MAPS: [&str; 6] = ["xsks", "ports", "node", "frontends", "stats", "heartbeat"];
+/// A pinned link's file name: this prefix and the interface's index.
+const LINK_PREFIX: &str = "link-";
+/// bpffs's `f_type` (`BPF_FS_MAGIC`).
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+/// Where bpffs is mounted on a node.
+pub const BPF_MOUNT: &str = "/sys/fs/bpf";
 
 /// Role of a port in the XDP program's `ports` map.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,13 +54,30 @@ pub struct XdpStats {
     pub redirected: u64,
     /// Frames passed to the kernel because they are the node's.
     pub passed: u64,
-    /// Frames for the switch passed to the kernel because the port's socket was not ready.
-    pub no_socket: u64,
+    /// Frames for the switch dropped because the port's socket was not there (switchd
+    /// restarting, or a port being bound): held for the next switchd to serve.
+    pub held: u64,
     /// Frames seen on an interface that is not (or no longer) a port.
     pub unknown_port: u64,
     /// Frames on a receive queue other than 0: passed to the kernel on the uplink, dropped on
     /// pod ports.
     pub other_queue: u64,
+    /// Frames passed to the kernel because no switchd beat the heartbeat within the grace
+    /// period (switchd gone: the node's kernel serves its interfaces).
+    pub unserved: u64,
+}
+
+/// What loading found pinned by an earlier switchd.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Pinned {
+    /// No pin directory: links detach when this process exits.
+    Off,
+    /// Nothing was pinned: new maps, pinned now.
+    Fresh,
+    /// The pinned maps were reused (their contents included).
+    Reused,
+    /// Pinned maps that do not match this build (the reason) were replaced.
+    Replaced(String),
 }
 
 /// Errors loading or programming the XDP program.
@@ -60,6 +98,7 @@ fn err(what: impl Into<String>) -> impl FnOnce(libbpf_rs::Error) -> XdpError {
 #[derive(Debug)]
 pub struct Xdp {
     obj: Object,
+    pins: Option<PathBuf>,
     frontends: HashSet<[u8; 8]>,
     /// The frontend table the map was last made equal to (none while it is being changed).
     programmed: Option<Arc<flowtable::hash::FastMap<u64, flowtable::services::Frontend>>>,
@@ -67,18 +106,94 @@ pub struct Xdp {
 }
 
 impl Xdp {
-    /// Loads the embedded program into the kernel (not attached anywhere yet).
-    pub fn load() -> Result<Xdp, XdpError> {
-        let open = ObjectBuilder::default()
+    /// Loads the embedded program into the kernel (not attached anywhere yet), over the
+    /// maps pinned in `pins` if there are any that match (see the module docs).
+    pub fn load(pins: Option<&Path>) -> Result<(Xdp, Pinned), XdpError> {
+        let Some(dir) = pins else {
+            return Ok((Xdp::open(None)?, Pinned::Off));
+        };
+        prepare_dir(dir)?;
+        let had = MAPS.iter().any(|m| dir.join(m).exists());
+        match Xdp::open(Some(dir)) {
+            Ok(x) => Ok((x, if had { Pinned::Reused } else { Pinned::Fresh })),
+            Err(e) if had => {
+                // Another build's maps: new ones (the old links keep the old maps until
+                // they are taken over below).
+                for m in MAPS {
+                    let _ = std::fs::remove_file(dir.join(m));
+                }
+                let x = Xdp::open(Some(dir))?;
+                Ok((x, Pinned::Replaced(e.to_string())))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn open(pins: Option<&Path>) -> Result<Xdp, XdpError> {
+        let mut open = ObjectBuilder::default()
             .open_memory(OBJECT)
             .map_err(err("open"))?;
-        let obj = open.load().map_err(err("load (verifier or permissions)"))?;
-        Ok(Xdp {
+        if let Some(dir) = pins {
+            for mut m in open.maps_mut() {
+                let name = m.name().to_string_lossy().into_owned();
+                if MAPS.contains(&name.as_str()) {
+                    m.set_pin_path(dir.join(&name))
+                        .map_err(err(format!("pin path of map {name}")))?;
+                }
+            }
+        }
+        let obj = open
+            .load()
+            .map_err(err("load (verifier, permissions, or pinned maps that differ)"))?;
+        let mut x = Xdp {
             obj,
+            pins: pins.map(Path::to_path_buf),
             frontends: HashSet::new(),
             programmed: None,
             node: [0; 8],
-        })
+        };
+        // What a previous switchd put in the reused maps: frontends are diffed from it.
+        let keys: Vec<Vec<u8>> = x.map("frontends").keys().collect();
+        for k in keys {
+            if let Ok(k) = <[u8; 8]>::try_from(k.as_slice()) {
+                x.frontends.insert(k);
+            }
+        }
+        Ok(x)
+    }
+
+    /// A handle on the heartbeat map for the housekeeping thread; `grace` is how long the
+    /// program holds the switch's frames after the last beat.
+    pub fn heartbeat(&self, grace: Duration) -> Result<Heartbeat, XdpError> {
+        let map = MapHandle::try_from(&self.map("heartbeat")).map_err(err("heartbeat map"))?;
+        let hb = Heartbeat {
+            map,
+            grace_ns: grace.as_nanos().min(u128::from(u64::MAX)) as u64,
+        };
+        hb.beat()?;
+        Ok(hb)
+    }
+
+    /// Removes the ports of interfaces not in `keep` from the ports map, and their pinned
+    /// links (which detaches them): what a previous switchd served that this one does not.
+    pub fn forget_others(&self, keep: &[u32]) {
+        let ports = self.map("ports");
+        let stale: Vec<Vec<u8>> = ports
+            .keys()
+            .filter(|k| {
+                <[u8; 4]>::try_from(k.as_slice())
+                    .is_ok_and(|b| !keep.contains(&u32::from_ne_bytes(b)))
+            })
+            .collect();
+        for k in stale {
+            let _ = ports.delete(&k);
+        }
+        let Some(dir) = &self.pins else { return };
+        for (ifindex, path) in pinned_links(dir) {
+            if !keep.contains(&ifindex) {
+                let _ = std::fs::remove_file(path);
+            }
+        }
     }
 
     fn map(&self, name: &str) -> libbpf_rs::Map<'_> {
@@ -89,15 +204,44 @@ impl Xdp {
     }
 
     /// Attaches the program to `ifindex` with a bpf_link (native mode where the driver has
-    /// it); dropping the link detaches it.
-    pub fn attach(&self, ifindex: u32) -> Result<Link, XdpError> {
+    /// it), or takes over the link a previous switchd pinned there (true); dropping the link
+    /// detaches it unless it is pinned ([`Xdp::detach`] does both).
+    pub fn attach(&self, ifindex: u32) -> Result<(Link, bool), XdpError> {
         let prog = self
             .obj
             .progs_mut()
             .find(|p| p.name() == "nodeswitch_xdp")
             .expect("the embedded object defines this program");
-        prog.attach_xdp(ifindex as i32)
-            .map_err(err(format!("attach to ifindex {ifindex}")))
+        let pin = self
+            .pins
+            .as_ref()
+            .map(|d| d.join(format!("{LINK_PREFIX}{ifindex}")));
+        if let Some(path) = pin.as_ref().filter(|p| p.exists()) {
+            if let Ok(mut link) = Link::open(path) {
+                if link.update_prog(&prog).is_ok() {
+                    return Ok((link, true));
+                }
+            }
+            // A link that cannot be updated (its interface went away): a new one.
+            let _ = std::fs::remove_file(path);
+        }
+        let mut link = prog
+            .attach_xdp(ifindex as i32)
+            .map_err(err(format!("attach to ifindex {ifindex}")))?;
+        if let Some(path) = pin {
+            if let Err(e) = link.pin(&path) {
+                return Err(err(format!("pin the link of ifindex {ifindex}"))(e));
+            }
+        }
+        Ok((link, false))
+    }
+
+    /// Detaches a port's link for good (unpinned first).
+    pub fn detach(&self, mut link: Link) {
+        if link.pin_path().is_some() {
+            let _ = link.unpin();
+        }
+        let _ = link.detach();
     }
 
     /// Declares `ifindex` a port served by XSKMAP slot `slot`.
@@ -215,9 +359,98 @@ impl Xdp {
         XdpStats {
             redirected: get(0),
             passed: get(1),
-            no_socket: get(2),
+            held: get(2),
             unknown_port: get(3),
             other_queue: get(4),
+            unserved: get(5),
         }
     }
+}
+
+/// The heartbeat map: while it is fresh the program holds the switch's frames.
+#[derive(Debug)]
+pub struct Heartbeat {
+    map: MapHandle,
+    grace_ns: u64,
+}
+
+impl Heartbeat {
+    /// Records that a switchd is alive now.
+    pub fn beat(&self) -> Result<(), XdpError> {
+        let now = crate::shm::monotonic().as_nanos() as u64;
+        let mut v = [0u8; 16];
+        v[..8].copy_from_slice(&now.to_ne_bytes());
+        v[8..].copy_from_slice(&self.grace_ns.to_ne_bytes());
+        self.map
+            .update(&0u32.to_ne_bytes(), &v, MapFlags::ANY)
+            .map_err(err("beat the heartbeat"))
+    }
+}
+
+fn is_bpffs(path: &Path) -> bool {
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    crate::shm::statfs_type(&c) == Some(BPF_FS_MAGIC)
+}
+
+/// Makes `dir` a directory on bpffs: mounts bpffs on [`BPF_MOUNT`] if `dir` is below it
+/// and nothing is mounted there yet (as Cilium does).
+fn prepare_dir(dir: &Path) -> Result<(), XdpError> {
+    let io = |what: String| move |e: std::io::Error| err(what)(libbpf_rs::Error::from(e));
+    let parent = dir.parent().unwrap_or(dir);
+    let on_fs = |p: &Path| p.exists() && is_bpffs(p);
+    if !on_fs(dir) && !on_fs(parent) && dir.starts_with(BPF_MOUNT) && !is_bpffs(Path::new(BPF_MOUNT))
+    {
+        crate::shm::mount_bpffs(Path::new(BPF_MOUNT))
+            .map_err(io(format!("mount bpffs on {BPF_MOUNT}")))?;
+    }
+    std::fs::create_dir_all(dir).map_err(io(format!("create {}", dir.display())))?;
+    if !is_bpffs(dir) {
+        return Err(err(format!(
+            "pin directory {}: not on a bpf filesystem (mount -t bpf bpf DIR, or pass a \
+             --bpf-dir on one)",
+            dir.display()
+        ))(libbpf_rs::Error::from_raw_os_error(libc::EINVAL)));
+    }
+    Ok(())
+}
+
+/// The links pinned in `dir`: (ifindex, path).
+fn pinned_links(dir: &Path) -> Vec<(u32, PathBuf)> {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    rd.flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let ifindex = name.strip_prefix(LINK_PREFIX)?.parse().ok()?;
+            Some((ifindex, e.path()))
+        })
+        .collect()
+}
+
+/// `switchd cleanup`: removes every link (detaching the program) and map pinned in `dir`,
+/// then `dir`; returns what it removed.
+pub fn cleanup(dir: &Path) -> std::io::Result<Vec<String>> {
+    let mut gone = Vec::new();
+    if !dir.exists() {
+        return Ok(gone);
+    }
+    for (ifindex, path) in pinned_links(dir) {
+        if let Ok(link) = Link::open(&path) {
+            let _ = link.detach();
+        }
+        std::fs::remove_file(&path)?;
+        gone.push(format!("link on ifindex {ifindex}"));
+    }
+    for m in MAPS {
+        let p = dir.join(m);
+        if p.exists() {
+            std::fs::remove_file(&p)?;
+            gone.push(format!("map {m}"));
+        }
+    }
+    std::fs::remove_dir(dir)?;
+    Ok(gone)
 }
