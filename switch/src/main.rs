@@ -6,10 +6,17 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use switch::replay::{self, Input};
 
+/// The version `--version` prints and the daemon logs: the crate's, and which build.
+const VERSION: &str = if cfg!(debug_assertions) {
+    concat!(env!("CARGO_PKG_VERSION"), " (debug build)")
+} else {
+    env!("CARGO_PKG_VERSION")
+};
+
 #[derive(Parser)]
 #[command(
     name = "switchd",
-    version,
+    version = VERSION,
     about = "nodeswitch: a userspace AF_XDP packet switch for Kubernetes nodes"
 )]
 struct Cli {
@@ -222,6 +229,7 @@ fn main() -> ExitCode {
             fresh,
             no_persist,
         } => {
+            eprintln!("switchd: {VERSION} starting");
             let cfg = switch::daemon::Config {
                 state,
                 cores,

@@ -193,11 +193,16 @@ fn stops_cleanly_and_leaves_nothing_attached() {
         start.elapsed()
     );
     assert!(st.success(), "exit status after SIGTERM: {st}");
-    assert_eq!(t.xdp_attached("n1"), 0, "detached after SIGTERM");
+    assert_eq!(
+        t.xdp_attached("n1"),
+        3,
+        "left attached (pinned) for the next switchd after SIGTERM"
+    );
     let log = std::fs::read_to_string(&t.daemons[i].log).unwrap();
     assert!(log.contains("stopped"), "{log}");
 
-    // SIGKILL: the bpf_links die with the process. (veth-b is gone: run without pod-b.)
+    // SIGKILL: the pinned program holds for the grace period, then hands every frame to
+    // the kernel. (veth-b is gone: run without pod-b; its old pin is removed.)
     let text = std::fs::read_to_string(state(1)).unwrap();
     let without_b = text.replace(
         "[[pods]]\nname = \"default/pod-b\"\nip = \"10.244.1.3\"\nmac = \"02:00:0a:f4:01:03\"\nport = \"veth-b\"\n",
@@ -206,7 +211,24 @@ fn stops_cleanly_and_leaves_nothing_attached() {
     assert_ne!(without_b, text);
     let path = t.dir.path().join("without-b.toml");
     std::fs::write(&path, &without_b).unwrap();
-    let i = t.switchd(1, &path);
+    let i = t.switchd_with(1, &path, &["--grace", "1"]);
+    assert_eq!(t.xdp_attached("n1"), 3);
+    t.daemons[i].child.kill().unwrap();
+    t.daemons[i].child.wait().unwrap();
+    assert_eq!(t.xdp_attached("n1"), 3, "pinned: attached after SIGKILL");
+    std::thread::sleep(Duration::from_millis(1300));
+    assert!(
+        t.ping("n1", "10.244.1.2", &[]),
+        "past the grace period the kernel serves node -> pod"
+    );
+    let mut cleanup = vec![switchd_bin().display().to_string(), "cleanup".into()];
+    cleanup.extend(t.persist_args());
+    let cleanup: Vec<&str> = cleanup.iter().map(String::as_str).collect();
+    t.ok("n1", &cleanup);
+    assert_eq!(t.xdp_attached("n1"), 0, "nothing attached after cleanup");
+
+    // --no-persist: the bpf_links die with the process.
+    let i = t.switchd_with(1, &path, &["--no-persist"]);
     assert_eq!(t.xdp_attached("n1"), 3);
     t.daemons[i].child.kill().unwrap();
     t.daemons[i].child.wait().unwrap();

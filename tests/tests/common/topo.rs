@@ -83,6 +83,11 @@ pub struct Topo {
     pub children: Vec<Child>,
     pub daemons: Vec<Daemon>,
     pub dir: tempfile::TempDir,
+    /// A bpffs of this topology's own (in the root mount namespace, so pins outlive every
+    /// `ip netns exec`): every switchd's --bpf-dir.
+    pub bpf: PathBuf,
+    /// Every switchd's --run-dir (the conntrack regions).
+    pub run_dir: PathBuf,
 }
 
 pub struct Daemon {
@@ -100,19 +105,60 @@ impl Topo {
             .args(["up", &p, modes[0], modes[1]])
             .output()
             .expect("run scripts/topology");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let bpf = dir.path().join("bpf");
+        let run_dir = dir.path().join("run");
+        std::fs::create_dir_all(&bpf).expect("bpf dir");
         let t = Topo {
             _serial: serial,
             p,
             children: Vec::new(),
             daemons: Vec::new(),
-            dir: tempfile::tempdir().expect("tempdir"),
+            dir,
+            bpf,
+            run_dir,
         };
         assert!(
             out.status.success(),
             "scripts/topology up failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        sh(&["mount", "-t", "bpf", "bpf", t.bpf.to_str().unwrap()]);
         t
+    }
+
+    /// The `--bpf-dir`/`--run-dir` arguments every switchd of this topology gets.
+    pub fn persist_args(&self) -> Vec<String> {
+        vec![
+            "--bpf-dir".into(),
+            self.bpf.display().to_string(),
+            "--run-dir".into(),
+            self.run_dir.display().to_string(),
+        ]
+    }
+
+    /// Files left under the topology's bpffs and run directory (pins, regions).
+    pub fn persisted(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for d in [&self.bpf, &self.run_dir] {
+            let mut stack = vec![d.clone()];
+            while let Some(p) = stack.pop() {
+                for e in std::fs::read_dir(&p).into_iter().flatten().flatten() {
+                    let path = e.path();
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    // bpffs's own iterator files are not ours.
+                    if name.ends_with(".debug") {
+                        continue;
+                    }
+                    if path.is_dir() {
+                        stack.push(path.clone());
+                    }
+                    out.push(path.display().to_string());
+                }
+            }
+        }
+        out.sort();
+        out
     }
 
     pub fn ns(&self, host: &str) -> String {
@@ -160,29 +206,60 @@ impl Topo {
 
     /// Starts switchd for node `n` with `state` and extra arguments.
     pub fn switchd_with(&mut self, n: u8, state: &Path, extra: &[&str]) -> usize {
+        self.switchd_bin_with(n, &switchd_bin(), state, extra)
+    }
+
+    /// Starts the switchd binary `bin` for node `n` (the daemon of a node that had one
+    /// takes its place in `daemons`); waits until it forwards.
+    pub fn switchd_bin_with(&mut self, n: u8, bin: &Path, state: &Path, extra: &[&str]) -> usize {
         let stats = self.dir.path().join(format!("n{n}.json"));
         let log = self.dir.path().join(format!("n{n}.log"));
         let _ = std::fs::remove_file(&stats);
+        // A node's daemon that has exited is replaced in place (indices stay valid); its
+        // log is kept in nN.all.log.
+        let slot = self.daemons.iter_mut().position(|d| {
+            d.node == n && matches!(d.child.try_wait(), Ok(Some(_)))
+        });
+        if slot.is_some() {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let mut all = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(self.dir.path().join(format!("n{n}.all.log")))
+                .expect("log");
+            let _ = std::io::Write::write_all(&mut all, text.as_bytes());
+        }
         let child = Command::new("ip")
             .args(["netns", "exec", &self.ns(&format!("n{n}"))])
-            .arg(switchd_bin())
+            .arg(bin)
             .args(["run", "--state"])
             .arg(state)
             .arg("--stats")
             .arg(&stats)
             .arg("--control-socket")
             .arg(self.dir.path().join(format!("n{n}.sock")))
+            .args(self.persist_args())
             .args(extra)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("log"))
             .spawn()
             .expect("start switchd");
-        self.daemons.push(Daemon {
+        let d = Daemon {
             node: n,
             child,
             stats: stats.clone(),
             log: log.clone(),
-        });
+        };
+        let i = match slot {
+            Some(i) => {
+                self.daemons[i] = d;
+                i
+            }
+            None => {
+                self.daemons.push(d);
+                self.daemons.len() - 1
+            }
+        };
         let deadline = Instant::now() + Duration::from_secs(20);
         // Ready once it logs that it forwards and has written its counters once.
         let ready = || {
@@ -192,7 +269,7 @@ impl Topo {
                     .contains(" forwarding: ")
         };
         while !ready() {
-            let d = self.daemons.last_mut().unwrap();
+            let d = &mut self.daemons[i];
             if let Ok(Some(st)) = d.child.try_wait() {
                 panic!(
                     "switchd for node{n} exited ({st}): {}",
@@ -203,9 +280,9 @@ impl Topo {
                 Instant::now() < deadline,
                 "switchd for node{n} did not start"
             );
-            std::thread::sleep(Duration::from_millis(50));
+            std::thread::sleep(Duration::from_millis(10));
         }
-        self.daemons.len() - 1
+        i
     }
 
     /// A new pod-e (10.244.1.4, port veth-e) wired to node1 but in no state yet; its
@@ -377,6 +454,8 @@ impl Drop for Topo {
             let _ = c.kill();
             let _ = c.wait();
         }
+        // Pins go with their bpffs (detaching what a killed switchd left attached).
+        let _ = Command::new("umount").arg("-l").arg(&self.bpf).status();
         let _ = Command::new(root_dir().join("scripts/topology"))
             .args(["down", &self.p])
             .status();
