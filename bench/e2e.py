@@ -128,7 +128,7 @@ def topology(mode, poll, cores, extra, conf_dir):
             for n in (1, 2):
                 log = open(os.path.join(conf_dir, "n%d.log" % n), "w")
                 procs.append(subprocess.Popen(
-                    ["ip", "netns", "exec", "%s-n%d" % (p, n), SWITCHD, "run", "--state",
+                    ["ip", "netns", "exec", "%s-n%d" % (p, n), SWITCHD, "run", "--no-persist", "--state",
                      os.path.join(ROOT, "examples/demo/node%d.toml" % n), "--poll", poll,
                      "--control-socket", os.path.join(conf_dir, "n%d.sock" % n)]
                     + ([] if cores[n - 1] == "-" else ["--core", cores[n - 1]]) + extra,

@@ -15,28 +15,7 @@ use std::time::{Duration, Instant};
 fn node1_state(dir: &Path) -> PathBuf {
     let mut text = std::fs::read_to_string(state(1)).unwrap();
     text.push_str(
-        r#"
-[[services]]
-name = "restart/local"
-cluster_ip = "10.96.0.30"
-ports = [{ name = "s", protocol = "TCP", port = 80, target_port = 7000 }]
-endpoints = [{ ip = "10.244.1.3", node = "node1" }]
-
-[[services]]
-name = "restart/remote"
-cluster_ip = "10.96.0.31"
-ports = [
-  { name = "s", protocol = "TCP", port = 80, target_port = 7000 },
-  { name = "u", protocol = "UDP", port = 53, target_port = 7000 },
-]
-endpoints = [{ ip = "10.244.2.3", node = "node2" }]
-
-[[services]]
-name = "restart/nodeport"
-cluster_ip = "10.96.0.32"
-ports = [{ name = "s", protocol = "TCP", port = 80, target_port = 7000, node_port = 30700 }]
-endpoints = [{ ip = "10.244.1.3", node = "node1" }, { ip = "10.244.2.3", node = "node2" }]
-"#,
+        &std::fs::read_to_string(root_dir().join("tests/data/restart_services.toml")).unwrap(),
     );
     let p = dir.join("node1-restart.toml");
     std::fs::write(&p, text).unwrap();
