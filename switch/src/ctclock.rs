@@ -21,7 +21,9 @@ pub const TICKS_PER_SECOND: u32 = 10;
 
 /// The table's clock now: 1 + whole seconds since boot (`CLOCK_MONOTONIC`).
 pub fn now() -> u32 {
-    1 + crate::shm::monotonic().as_secs().min(u64::from(u32::MAX - 1)) as u32
+    1 + crate::shm::monotonic()
+        .as_secs()
+        .min(u64::from(u32::MAX - 1)) as u32
 }
 
 /// Starts the housekeeping thread.

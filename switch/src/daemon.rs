@@ -1,20 +1,25 @@
 //! `switchd run`: the daemon on real interfaces.
 //!
 //! Design: the control thread (the process's main thread) validates the state file, checks every
-//! interface, loads the XDP program, binds one AF_XDP socket per port (the uplink's owns the
-//! UMEM, the pods' share it), gives each port to a worker (which fills its fill ring), puts
-//! the sockets in the XSKMAP, attaches the program with bpf_links and only then starts the
-//! workers, each pinned to its core. Any failure before that returns an error
-//! naming what failed, and dropping what was built detaches everything: nothing is left
-//! attached. SIGTERM/SIGINT stop the daemon (links dropped first, so interfaces go back to the
-//! kernel at once; exit 0). The control API (gRPC on a Unix socket, `--control-socket`) and
+//! interface, opens the conntrack table (taking over the region an earlier switchd of this
+//! node left, `shm` and `flowtable::conntrack::region`), loads the XDP program (over the maps
+//! an earlier switchd pinned, `xdp`) and beats its heartbeat, binds one AF_XDP socket per
+//! port (the uplink's owns the UMEM, the pods' share it), gives each port to a worker (which
+//! fills its fill ring), puts the sockets in the XSKMAP, attaches the program with bpf_links
+//! (or swaps it into the pinned links it finds) and only then starts the workers, each pinned
+//! to its core. A failure before any of that (state, interfaces) touches nothing; after it,
+//! what is pinned stays pinned, and the program fails open once the heartbeat is older than
+//! the grace period. SIGTERM/SIGINT stop the daemon (exit 0) and leave the pinned program and
+//! the table, marked clean once the workers have stopped, for the next start; with
+//! `--no-persist` the links are dropped first, so interfaces go back to the kernel at once.
+//! The control API (gRPC on a Unix socket, `--control-socket`) and
 //! SIGHUP (which re-reads the state file and replaces the desired state with it) both go
 //! through one [`control::engine::Engine`]: a valid change becomes the next snapshot
 //! generation, handed to this thread, which binds new pods' ports (EBUSY retried) and gives
-//! them to a worker, detaches and closes removed pods' ports and publishes; the other ports are
-//! not touched. A change that cannot be applied is refused with the reason and the daemon goes
-//! on with the state it has. Counters go to a JSON file (`--stats`) twice a second and at exit,
-//! and to the API's `GetStats`/`WatchStats`.
+//! them to a worker, detaches (and unpins) and closes removed pods' ports and publishes; the
+//! other ports are not touched. A change that cannot be applied is refused with the reason and
+//! the daemon goes on with the state it has. Counters go to a JSON file (`--stats`) twice a
+//! second and at exit, and to the API's `GetStats`/`WatchStats`.
 //!
 //! Thread-safety: the control thread owns the XDP program and the links, and applies every
 //! change that binds, attaches or detaches a port or changes the XDP maps; a change that needs
@@ -346,6 +351,7 @@ pub fn run(cfg: &Config) -> Result<(), DaemonError> {
     signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&hup))
         .map_err(DaemonError::Signals)?;
 
+    let began = Instant::now();
     let state = replay::read_state(&cfg.state)?;
     let (engine, snap) = control::engine::Engine::new(state).map_err(|e| match e {
         ApiError::Invalid { field, reason } => {
@@ -546,7 +552,8 @@ pub fn run(cfg: &Config) -> Result<(), DaemonError> {
         handles.push(h);
     }
     log(format!(
-        "node {} forwarding: {} ports, {} worker(s) on {}, {:?} polling, conntrack {} entries",
+        "node {} forwarding: {} ports, {} worker(s) on {}, {:?} polling, conntrack {} entries \
+         (started in {} ms)",
         cell.load().node.name,
         ports.len(),
         n_workers,
@@ -556,7 +563,8 @@ pub fn run(cfg: &Config) -> Result<(), DaemonError> {
             format!("cores {:?}", cfg.cores)
         },
         cfg.poll,
-        cfg.conntrack_capacity
+        cfg.conntrack_capacity,
+        began.elapsed().as_millis()
     ));
 
     let start = Instant::now();
@@ -663,8 +671,10 @@ pub fn run(cfg: &Config) -> Result<(), DaemonError> {
     if pinned {
         // The links stay (pinned): the program holds the switch's frames for the next
         // switchd, for the grace period after the last heartbeat (beaten once more below).
-        log("stopping: the XDP program and conntrack stay for the next switchd \
-             (switchd cleanup removes them)");
+        log(
+            "stopping: the XDP program and conntrack stay for the next switchd \
+             (switchd cleanup removes them)",
+        );
     } else {
         log("stopping: detaching the XDP program");
         // Interfaces first: from here on the kernel gets every frame.

@@ -37,6 +37,7 @@ struct Dirs {
 }
 
 #[derive(Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once per process
 enum Cmd {
     /// Forward on real interfaces: AF_XDP sockets on the uplink and every pod's port.
     ///

@@ -163,12 +163,12 @@ fn map(file: &File, l: &Layout) -> io::Result<Memory> {
     // `Entry`) inside the mapping; `Entry` is repr(C) atomics, valid for any bit pattern;
     // never unmapped.
     let entries: &'static [Entry] = unsafe {
-        std::slice::from_raw_parts(base.add(l.entries_at).cast::<Entry>(), l.capacity)
+        std::slice::from_raw_parts(base.wrapping_add(l.entries_at).cast::<Entry>(), l.capacity)
     };
     // SAFETY: `slots` u32 atomics at `index_at` (64-byte aligned) inside the mapping, past
     // the entries; valid for any bit pattern; never unmapped.
     let index: &'static [AtomicU32] = unsafe {
-        std::slice::from_raw_parts(base.add(l.index_at).cast::<AtomicU32>(), l.slots)
+        std::slice::from_raw_parts(base.wrapping_add(l.index_at).cast::<AtomicU32>(), l.slots)
     };
     let owner = Region {
         _file: file.try_clone()?,

@@ -142,9 +142,9 @@ impl Xdp {
                 }
             }
         }
-        let obj = open
-            .load()
-            .map_err(err("load (verifier, permissions, or pinned maps that differ)"))?;
+        let obj = open.load().map_err(err(
+            "load (verifier, permissions, or pinned maps that differ)",
+        ))?;
         let mut x = Xdp {
             obj,
             pins: pins.map(Path::to_path_buf),
@@ -400,10 +400,22 @@ fn prepare_dir(dir: &Path) -> Result<(), XdpError> {
     let io = |what: String| move |e: std::io::Error| err(what)(libbpf_rs::Error::from(e));
     let parent = dir.parent().unwrap_or(dir);
     let on_fs = |p: &Path| p.exists() && is_bpffs(p);
-    if !on_fs(dir) && !on_fs(parent) && dir.starts_with(BPF_MOUNT) && !is_bpffs(Path::new(BPF_MOUNT))
+    if !on_fs(dir)
+        && !on_fs(parent)
+        && dir.starts_with(BPF_MOUNT)
+        && !is_bpffs(Path::new(BPF_MOUNT))
     {
         crate::shm::mount_bpffs(Path::new(BPF_MOUNT))
             .map_err(io(format!("mount bpffs on {BPF_MOUNT}")))?;
+        let own = |p: &str| std::fs::read_link(p).ok();
+        if own("/proc/self/ns/mnt") != own("/proc/1/ns/mnt") {
+            eprintln!(
+                "switchd: warning: mounted bpffs on {BPF_MOUNT} in this process's own mount \
+                 namespace (ip netns exec makes one): the pins go when it exits, so a \
+                 restart is not held; mount bpffs in the host's namespace or pass a \
+                 --bpf-dir on one"
+            );
+        }
     }
     std::fs::create_dir_all(dir).map_err(io(format!("create {}", dir.display())))?;
     if !is_bpffs(dir) {
@@ -411,7 +423,9 @@ fn prepare_dir(dir: &Path) -> Result<(), XdpError> {
             "pin directory {}: not on a bpf filesystem (mount -t bpf bpf DIR, or pass a \
              --bpf-dir on one)",
             dir.display()
-        ))(libbpf_rs::Error::from_raw_os_error(libc::EINVAL)));
+        ))(libbpf_rs::Error::from_raw_os_error(
+            libc::EINVAL,
+        )));
     }
     Ok(())
 }

@@ -520,9 +520,9 @@ impl Socket {
 }
 
 /// Retries `bind` while it fails with EBUSY (the previous socket on the queue is still being
-/// freed by the kernel), with backoff, for about two seconds.
+/// freed by the kernel: a restart's case), every 2 ms for up to two seconds.
 fn retry_busy(mut bind: impl FnMut() -> Result<Socket, XskError>) -> Result<Socket, XskError> {
-    let mut delay = std::time::Duration::from_millis(5);
+    let delay = std::time::Duration::from_millis(2);
     let mut waited = std::time::Duration::ZERO;
     loop {
         match bind() {
@@ -532,7 +532,6 @@ fn retry_busy(mut bind: impl FnMut() -> Result<Socket, XskError>) -> Result<Sock
             {
                 std::thread::sleep(delay);
                 waited += delay;
-                delay = (delay * 2).min(std::time::Duration::from_millis(200));
             }
             r => return r,
         }

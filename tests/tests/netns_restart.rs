@@ -141,7 +141,9 @@ fn streams_survive_every_kind_of_restart() {
     }
     let t0 = Instant::now();
     let mut timeline = Vec::new();
-    let mut mark = |what: &str, t0: Instant| timeline.push(format!("{:.3} {what}", t0.elapsed().as_secs_f64()));
+    let mut mark = |what: &str, t0: Instant| {
+        timeline.push(format!("{:.3} {what}", t0.elapsed().as_secs_f64()))
+    };
     std::thread::sleep(Duration::from_secs(3));
 
     // (a) SIGKILL, started again.
@@ -232,7 +234,10 @@ fn a_switchd_gone_for_good_hands_the_node_back_to_the_kernel() {
     }
     let mut t = Topo::up(["switch", "switch"]);
     let i = t.switchd_with(1, &state(1), &["--grace", "2"]);
-    assert!(t.ping("n1", "10.244.1.2", &[]), "node -> pod through the switch");
+    assert!(
+        t.ping("n1", "10.244.1.2", &[]),
+        "node -> pod through the switch"
+    );
     t.daemons[i].child.kill().unwrap();
     t.daemons[i].child.wait().unwrap();
     let killed = Instant::now();
@@ -240,7 +245,10 @@ fn a_switchd_gone_for_good_hands_the_node_back_to_the_kernel() {
     // its node go through the host port): no answer, and nothing reaches the kernel.
     assert_eq!(t.xdp_attached("n1"), 4, "still attached after SIGKILL");
     assert!(!t.ping("n1", "10.244.1.2", &["-c", "1", "-W", "1"]));
-    assert!(killed.elapsed() < Duration::from_secs(2), "the ping outlasted the grace");
+    assert!(
+        killed.elapsed() < Duration::from_secs(2),
+        "the ping outlasted the grace"
+    );
     // Past it, the node's kernel serves its interfaces as if nothing were attached.
     std::thread::sleep(Duration::from_secs(2).saturating_sub(killed.elapsed()));
     std::thread::sleep(Duration::from_millis(300));
@@ -251,17 +259,18 @@ fn a_switchd_gone_for_good_hands_the_node_back_to_the_kernel() {
 
     // cleanup: nothing attached, nothing left under the bpffs or the run directory.
     assert!(!t.persisted().is_empty());
-    let mut cmd = vec![
-        switchd_bin().display().to_string(),
-        "cleanup".to_string(),
-    ];
+    let mut cmd = vec![switchd_bin().display().to_string(), "cleanup".to_string()];
     cmd.extend(t.persist_args());
     let cmd: Vec<&str> = cmd.iter().map(String::as_str).collect();
     let out = t.ok("n1", &cmd);
     assert!(out.contains("removed link on ifindex"), "{out}");
     assert!(out.contains("removed the conntrack table"), "{out}");
     assert_eq!(t.xdp_attached("n1"), 0, "cleanup detaches");
-    assert_eq!(t.persisted(), Vec::<String>::new(), "cleanup removes every pin");
+    assert_eq!(
+        t.persisted(),
+        Vec::<String>::new(),
+        "cleanup removes every pin"
+    );
     let out = t.ok("n1", &cmd);
     assert!(out.contains("nothing to remove"), "{out}");
 }

@@ -217,9 +217,10 @@ impl Topo {
         let _ = std::fs::remove_file(&stats);
         // A node's daemon that has exited is replaced in place (indices stay valid); its
         // log is kept in nN.all.log.
-        let slot = self.daemons.iter_mut().position(|d| {
-            d.node == n && matches!(d.child.try_wait(), Ok(Some(_)))
-        });
+        let slot = self
+            .daemons
+            .iter_mut()
+            .position(|d| d.node == n && matches!(d.child.try_wait(), Ok(Some(_))));
         if slot.is_some() {
             let text = std::fs::read_to_string(&log).unwrap_or_default();
             let mut all = std::fs::OpenOptions::new()
