@@ -168,7 +168,8 @@ impl Xdp {
         let map = MapHandle::try_from(&self.map("heartbeat")).map_err(err("heartbeat map"))?;
         let hb = Heartbeat {
             map,
-            grace_ns: grace.as_nanos().min(u128::from(u64::MAX)) as u64,
+            // At most 2^62 ns (146 years): the program adds it to a timestamp.
+            grace_ns: grace.as_nanos().min(1 << 62) as u64,
         };
         hb.beat()?;
         Ok(hb)

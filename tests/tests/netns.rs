@@ -230,6 +230,15 @@ fn stops_cleanly_and_leaves_nothing_attached() {
     // --no-persist: the bpf_links die with the process.
     let i = t.switchd_with(1, &path, &["--no-persist"]);
     assert_eq!(t.xdp_attached("n1"), 3);
+    assert!(
+        t.ping("a", "10.244.1.1", &[]),
+        "the switch answers for the gateway"
+    );
+    assert_eq!(
+        t.stats(1)["xdp"]["unserved"],
+        0,
+        "never fails open while running"
+    );
     t.daemons[i].child.kill().unwrap();
     t.daemons[i].child.wait().unwrap();
     std::thread::sleep(Duration::from_millis(200));

@@ -220,7 +220,11 @@ fn streams_survive_every_kind_of_restart() {
         );
         eprintln!("{what}: max stall {stall} s, stalls {}", r["stalls"]);
     }
-    std::thread::sleep(Duration::from_millis(300));
+    // Held, never passed to the kernel, across every restart (the program's counters
+    // live in the pinned maps).
+    let xdp = &t.stats(1)["xdp"];
+    assert_eq!(xdp["unserved"], 0, "no frame failed open: {xdp}");
+    assert!(xdp["held"].as_u64().unwrap() > 0, "frames were held: {xdp}");
     for (h, cap) in &caps {
         let rst = resets(cap);
         assert!(rst.is_empty(), "pod {h} saw resets: {rst:#?}\n{context}");
