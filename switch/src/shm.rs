@@ -6,8 +6,8 @@
 //! `Conntrack::open` decides what to keep. The file is locked (`flock`) by the process that
 //! maps it, so two switchds never own one table: a second waits for the first to exit (a
 //! SIGTERM takes a moment) and gives up with an error naming the file. A file of the wrong
-//! size (another capacity or layout) is emptied and sized anew. The mapping is never
-//! unmapped: the table it holds lives as long as the process.
+//! size (another capacity or layout) is emptied and sized anew. The mapping (and with it the
+//! lock: a shared mapping keeps its file open) goes when the table that uses it is dropped.
 //!
 //! Also here: the clocks the region and the XDP program share (`CLOCK_MONOTONIC`, which
 //! every process of one boot agrees on; the region records the boot).
@@ -50,9 +50,28 @@ fn fail(path: &Path, what: impl Into<String>) -> impl FnOnce(io::Error) -> ShmEr
     }
 }
 
-/// The open region file: holds the lock as long as the process runs.
+/// The mapping and its locked file: the table's memory, unmapped when the table that holds
+/// it (as `Memory`'s owner, dropped after the slices into it) is dropped.
 struct Region {
+    ptr: std::ptr::NonNull<u8>,
+    len: usize,
     _file: File,
+}
+
+// SAFETY: the mapping is plain shared memory of atomics; the table decides who touches it.
+unsafe impl Send for Region {}
+
+// SAFETY: only the table reads or writes the memory, through atomics.
+unsafe impl Sync for Region {}
+
+impl Drop for Region {
+    fn drop(&mut self) {
+        // SAFETY: `map` created this mapping with this length; it is unmapped once, when
+        // the table that owns it (and every slice into it) is gone.
+        unsafe {
+            libc::munmap(self.ptr.as_ptr().cast(), self.len);
+        }
+    }
 }
 
 /// The locked, mapped region for a table of `capacity` entries; also says whether the file
@@ -154,24 +173,27 @@ fn map(file: &File, l: &Layout) -> io::Result<Memory> {
         return Err(io::Error::last_os_error());
     }
     let base = p.cast::<u8>();
+    let owner = Region {
+        ptr: std::ptr::NonNull::new(base).ok_or_else(io::Error::last_os_error)?,
+        len: l.len,
+        _file: file.try_clone()?,
+    };
+    // 'static below: the slices go into `Memory` together with `owner`, which keeps the
+    // mapping until the table drops it after them, and no copy of them is kept here.
     // SAFETY: the header is at offset 0 of a page-aligned mapping of at least HEADER_BYTES;
     // `Header` is repr(C), made of atomics (any bit pattern is valid, and concurrent access
-    // from another process is atomic access), and the mapping is never unmapped, so
-    // 'static holds.
+    // from another process is atomic access); mapped while `owner` lives (above).
     let header: &'static Header = unsafe { &*base.cast::<Header>() };
     // SAFETY: `layout` puts `capacity` entries at `entries_at` (page-aligned, so aligned for
     // `Entry`) inside the mapping; `Entry` is repr(C) atomics, valid for any bit pattern;
-    // never unmapped.
+    // mapped while `owner` lives.
     let entries: &'static [Entry] = unsafe {
         std::slice::from_raw_parts(base.wrapping_add(l.entries_at).cast::<Entry>(), l.capacity)
     };
     // SAFETY: `slots` u32 atomics at `index_at` (64-byte aligned) inside the mapping, past
-    // the entries; valid for any bit pattern; never unmapped.
+    // the entries; valid for any bit pattern; mapped while `owner` lives.
     let index: &'static [AtomicU32] = unsafe {
         std::slice::from_raw_parts(base.wrapping_add(l.index_at).cast::<AtomicU32>(), l.slots)
-    };
-    let owner = Region {
-        _file: file.try_clone()?,
     };
     Memory::mapped(header, entries, index, Box::new(owner))
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))
@@ -241,5 +263,80 @@ pub fn mount_bpffs(at: &Path) -> io::Result<()> {
         Ok(())
     } else {
         Err(io::Error::last_os_error())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flowtable::conntrack::{Conntrack, FlowKey, Opened, Timeouts};
+    use std::net::Ipv4Addr;
+
+    fn key(port: u16) -> FlowKey {
+        FlowKey {
+            src: Ipv4Addr::new(10, 244, 1, 2),
+            dst: Ipv4Addr::new(10, 96, 0, 10),
+            sport: port,
+            dport: 53,
+            proto: 17,
+        }
+    }
+
+    fn table(dir: &Path, capacity: usize) -> (Conntrack, Opened, Option<String>) {
+        let (mem, resized) = open(dir, capacity).unwrap();
+        let (ct, opened) = Conntrack::open(mem, Timeouts::default(), &identity("node1"));
+        ct.set_now(100);
+        (ct, opened, resized)
+    }
+
+    #[test]
+    fn a_table_outlives_its_process_in_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ct, opened, resized) = table(dir.path(), 1000);
+        assert_eq!((opened, resized), (Opened::Fresh, None));
+        for p in 0..10 {
+            ct.insert(key(p), key(p)).unwrap();
+        }
+        // While it is held, nobody else may take or remove it.
+        let err = remove(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("a running switchd holds it"), "{err}");
+        drop(ct); // the process goes: its lock with it, the file stays
+        let (ct, opened, _) = table(dir.path(), 1000);
+        let Opened::Resumed(r) = opened else {
+            panic!("{opened:?}")
+        };
+        assert_eq!(r.kept, 10);
+        assert!(ct.lookup(&key(3)).is_some());
+        drop(ct);
+        assert!(remove(dir.path()).unwrap());
+        assert!(!dir.path().join(REGION_FILE).exists());
+        assert!(!remove(dir.path()).unwrap(), "nothing left to remove");
+    }
+
+    #[test]
+    fn another_capacity_or_garbage_starts_a_fresh_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ct, _, _) = table(dir.path(), 1000);
+        ct.insert(key(1), key(1)).unwrap();
+        drop(ct);
+        let (ct, opened, resized) = table(dir.path(), 2000);
+        assert_eq!(opened, Opened::Fresh);
+        let why = resized.unwrap();
+        assert!(why.contains("a table of 2000 entries takes"), "{why}");
+        assert!(ct.lookup(&key(1)).is_none());
+        drop(ct);
+        // A file of the right size that is not a table.
+        let path = dir.path().join(REGION_FILE);
+        let len = std::fs::metadata(&path).unwrap().len() as usize;
+        std::fs::write(&path, vec![0x5a; len]).unwrap();
+        let (ct, opened, resized) = table(dir.path(), 2000);
+        assert_eq!(resized, None);
+        let Opened::Replaced(why) = opened else {
+            panic!("{opened:?}")
+        };
+        assert!(why.starts_with("not a conntrack region"), "{why}");
+        assert!(ct.is_empty());
+        ct.insert(key(2), key(2)).unwrap();
+        assert_eq!(ct.len(), 1);
     }
 }

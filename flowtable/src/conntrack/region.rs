@@ -119,7 +119,8 @@ pub struct Memory {
     pub(super) header: Slab<Header>,
     pub(super) entries: Slab<Entry>,
     pub(super) index: Slab<AtomicU32>,
-    /// Keeps a mapping alive as long as the table uses it.
+    /// Keeps a mapping alive as long as the table uses it (declared last: dropped after
+    /// the slices into it).
     pub(super) owner: Option<Box<dyn Send + Sync>>,
 }
 

@@ -160,6 +160,7 @@ pub struct Conntrack {
     pub(super) entries: Slab<Entry>,
     index: Slab<AtomicU32>,
     header: Slab<region::Header>,
+    /// Keeps mapped memory alive: after the slices into it, so dropped after them.
     owner: Option<Box<dyn Send + Sync>>,
     pub(super) free: ArrayQueue<u32>,
     pub(super) evict_cursor: AtomicU32,
