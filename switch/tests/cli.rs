@@ -100,3 +100,40 @@ fn usage_errors_exit_2() {
     assert_eq!(code, 2);
     assert!(err.contains("is not PORT=FILE"), "{err}");
 }
+
+#[test]
+fn cleanup_removes_a_left_table_and_says_when_there_is_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let bpf = dir.path().join("bpf"); // not a bpffs: nothing pinned there
+    let (r, b) = (run.to_str().unwrap(), bpf.to_str().unwrap());
+    let (code, out, err) = switchd(&["cleanup", "--run-dir", r, "--bpf-dir", b]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.trim(), "nothing to remove");
+    // A table a switchd of node1 left (as it leaves one on SIGTERM or SIGKILL).
+    std::fs::create_dir_all(run.join("node1")).unwrap();
+    std::fs::write(run.join("node1/conntrack"), b"left behind").unwrap();
+    let (code, out, err) = switchd(&["cleanup", "--run-dir", r, "--bpf-dir", b, "--node", "node2"]);
+    assert_eq!((code, out.trim()), (0, "nothing to remove"), "{err}");
+    let (code, out, err) = switchd(&["cleanup", "--run-dir", r, "--bpf-dir", b]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("removed the conntrack table"), "{out}");
+    assert!(!run.exists(), "the run directory goes too");
+}
+
+#[test]
+fn run_refuses_contradictory_persistence_flags() {
+    let state = format!("{EXAMPLES}/node1.toml");
+    let (code, _, err) = switchd(&["run", "--state", &state, "--fresh", "--no-persist"]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("--no-persist") && err.contains("--fresh"),
+        "{err}"
+    );
+    let (code, _, err) = switchd(&["run", "--state", &state, "--grace", "0"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("--grace"), "{err}");
+    let (code, out, _) = switchd(&["--version"]);
+    assert_eq!(code, 0);
+    assert!(out.starts_with("switchd 0."), "{out}");
+}
