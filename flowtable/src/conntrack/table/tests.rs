@@ -15,7 +15,7 @@ fn k(a: u8, sp: u16, b: [u8; 4], dp: u16, proto: u8) -> FlowKey {
     }
 }
 
-fn dnat(o: FlowKey, backend: u8) -> FlowKey {
+pub(super) fn dnat(o: FlowKey, backend: u8) -> FlowKey {
     FlowKey {
         dst: Ipv4Addr::new(10, 244, 2, backend),
         dport: 8080,
@@ -23,7 +23,7 @@ fn dnat(o: FlowKey, backend: u8) -> FlowKey {
     }
 }
 
-fn seg(flags: u8, seq: u32, ack: u32) -> Segment {
+pub(super) fn seg(flags: u8, seq: u32, ack: u32) -> Segment {
     Segment {
         flags,
         seq,
@@ -34,7 +34,7 @@ fn seg(flags: u8, seq: u32, ack: u32) -> Segment {
 }
 
 /// A TCP flow through the SYN (and, if `handshake`, the SYN-ACK and the last ACK).
-fn tcp_flow(ct: &Conntrack, o: FlowKey, handshake: bool) -> (u32, u32) {
+pub(super) fn tcp_flow(ct: &Conntrack, o: FlowKey, handshake: bool) -> (u32, u32) {
     let (e, v) = ct
         .insert_flow(&NewFlow {
             tcp: Some(seg(0x02, 100, 0)),

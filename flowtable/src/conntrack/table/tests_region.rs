@@ -3,6 +3,7 @@
 
 use super::super::region::{Identity, Memory, Opened};
 use super::super::tcp::TcpState;
+use super::tests::{dnat, seg, tcp_flow};
 use super::*;
 use std::net::Ipv4Addr;
 
@@ -25,21 +26,7 @@ fn k(a: u8, sp: u16, proto: u8) -> FlowKey {
 }
 
 fn tr(o: FlowKey) -> FlowKey {
-    FlowKey {
-        dst: Ipv4Addr::new(10, 244, 2, 9),
-        dport: 8080,
-        ..o
-    }
-}
-
-fn seg(flags: u8, seq: u32, ack: u32) -> Segment {
-    Segment {
-        flags,
-        seq,
-        ack,
-        win: 64240,
-        ..Segment::default()
-    }
+    dnat(o, 9)
 }
 
 /// A table of 64 with `n` established TCP connections, one UDP flow and one affinity record.
@@ -50,20 +37,7 @@ fn populated(n: u16) -> (Conntrack, Vec<FlowKey>) {
     let mut keys = Vec::new();
     for i in 0..n {
         let o = k(2, 40000 + i, 6);
-        let (e, v) = ct
-            .insert_flow(&NewFlow {
-                tcp: Some(seg(0x02, 100, 0)),
-                ..NewFlow::new(o, tr(o))
-            })
-            .unwrap();
-        assert_eq!(
-            ct.track(e, v, Dir::Reply, Some(&seg(0x12, 500, 101))),
-            Track::Accept
-        );
-        assert_eq!(
-            ct.track(e, v, Dir::Original, Some(&seg(0x10, 101, 501))),
-            Track::Accept
-        );
+        tcp_flow(&ct, o, true);
         keys.push(o);
     }
     let u = k(3, 5353, 17);
