@@ -5,18 +5,25 @@
 //! Design: the server runs on its own thread with a small tokio runtime, so the daemon's
 //! threads stay as they are; [`spawn_unix`] binds before it returns (an error is the caller's
 //! at once, and a client may connect as soon as it returns) and the returned handle stops the
-//! server when dropped, closing its connections (a call in flight fails with UNAVAILABLE). A socket file left by a killed daemon is replaced; one that another
-//! live server answers on is not. Thread-safety: the handle may be moved to any thread.
+//! server when dropped, closing its connections (a call in flight fails with UNAVAILABLE).
+//! Connections come through [`crate::listen`] (caps, deadlines, TLS handshakes under a
+//! timeout, an accept loop that backs off), HTTP/2 limits are set on the server.
+//!
+//! The socket path is handled as a root-owned object: its directory is created mode 0700
+//! when missing and refused when it is not a directory owned by this user that only this
+//! user may write to; nothing at the path is followed (a symlink is refused); only a stale
+//! *socket* of this user is replaced (one that another live server answers on is not, and a
+//! regular file, directory or another user's object is never removed).
+//! Thread-safety: the handle may be moved to any thread.
 
+use crate::listen::{self, Limits, ListenStats};
 use crate::pb::switch_client::SwitchClient;
 use crate::server::{Control, Dataplane};
 use hyper_util::rt::TokioIo;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use tonic::transport::{
-    Certificate, Channel, ClientTlsConfig, Endpoint, Identity, ServerTlsConfig, Uri,
-};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity, Uri};
 
 /// Where switchd listens and switchctl connects by default.
 pub const DEFAULT_SOCKET: &str = "/run/nodeswitch/switchd.sock";
@@ -36,6 +43,14 @@ pub enum TransportError {
     /// Another server already answers on the socket.
     #[error("control socket {0}: another switchd is listening on it")]
     InUse(PathBuf),
+    /// The socket's path or directory is not safe to serve on.
+    #[error("control socket {path}: {why}; refusing to serve there")]
+    Unsafe {
+        /// The socket file.
+        path: PathBuf,
+        /// What is wrong.
+        why: String,
+    },
     /// The connection failed.
     #[error("cannot connect to {path}: {reason}")]
     Connect {
@@ -61,6 +76,49 @@ pub struct TlsFiles {
 }
 
 impl TlsFiles {
+    /// A server-side TLS acceptor: this side's certificate, client certificates required
+    /// and checked against the CA, HTTP/2 by ALPN.
+    fn acceptor(&self) -> Result<tokio_rustls::TlsAcceptor, TransportError> {
+        use tokio_rustls::rustls;
+        use tokio_rustls::rustls::pki_types::pem::PemObject;
+        use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let tls = |what: &Path, e: &dyn std::fmt::Display| {
+            TransportError::Tls(format!("{}: {e}", what.display()))
+        };
+        let read = |p: &PathBuf| std::fs::read(p).map_err(|e| tls(p, &e));
+        let certs = |p: &PathBuf| -> Result<Vec<CertificateDer<'static>>, TransportError> {
+            let v = CertificateDer::pem_slice_iter(&read(p)?)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| tls(p, &e))?;
+            if v.is_empty() {
+                return Err(tls(p, &"no certificate in it"));
+            }
+            Ok(v)
+        };
+        let chain = certs(&self.cert)?;
+        let key =
+            PrivateKeyDer::from_pem_slice(&read(&self.key)?).map_err(|e| tls(&self.key, &e))?;
+        let mut roots = rustls::RootCertStore::empty();
+        for c in certs(&self.ca)? {
+            roots.add(c).map_err(|e| tls(&self.ca, &e))?;
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            Arc::clone(&provider),
+        )
+        .build()
+        .map_err(|e| tls(&self.ca, &e))?;
+        let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| TransportError::Tls(e.to_string()))?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(chain, key)
+            .map_err(|e| tls(&self.key, &e))?;
+        cfg.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(tokio_rustls::TlsAcceptor::from(Arc::new(cfg)))
+    }
+
     fn read(&self) -> Result<(Identity, Certificate), TransportError> {
         let read = |p: &PathBuf| {
             std::fs::read(p).map_err(|e| TransportError::Tls(format!("{}: {e}", p.display())))
@@ -79,6 +137,7 @@ pub struct ServerHandle {
     path: PathBuf,
     /// The TCP address, for a TCP server.
     addr: Option<std::net::SocketAddr>,
+    stats: Arc<ListenStats>,
 }
 
 impl ServerHandle {
@@ -90,6 +149,11 @@ impl ServerHandle {
     /// The address a TCP server listens on.
     pub fn addr(&self) -> Option<std::net::SocketAddr> {
         self.addr
+    }
+
+    /// What the listener did: connections accepted, refused, evicted, timed out.
+    pub fn stats(&self) -> &Arc<ListenStats> {
+        &self.stats
     }
 }
 
@@ -114,33 +178,109 @@ fn socket_err(path: &Path) -> impl FnOnce(std::io::Error) -> TransportError + '_
     }
 }
 
-/// Serves `ctl` on the Unix socket `path` (mode 0600: root only) from a new thread.
+/// Serves `ctl` on the Unix socket `path` (mode 0600: root only) from a new thread, with the
+/// default [`Limits`].
 pub fn spawn_unix<D: Dataplane>(
     ctl: Arc<Control<D>>,
     path: &Path,
 ) -> Result<ServerHandle, TransportError> {
-    if let Some(dir) = path.parent() {
-        if !dir.as_os_str().is_empty() && !dir.exists() {
-            std::fs::create_dir_all(dir).map_err(socket_err(path))?;
+    spawn_unix_with(ctl, path, Limits::default())
+}
+
+/// This process's effective user id (from /proc/self/status: no unsafe code here).
+fn euid() -> Option<u32> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("Uid:"))?;
+    line.split_whitespace().nth(2)?.parse().ok()
+}
+
+/// Makes sure `path` can be served on safely (see the module docs); removes a stale socket.
+fn prepare_socket_path(path: &Path) -> Result<(), TransportError> {
+    let unsafe_ = |why: String| TransportError::Unsafe {
+        path: path.to_path_buf(),
+        why,
+    };
+    let me = euid().ok_or_else(|| unsafe_("cannot tell which user this process runs as".into()))?;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    match std::fs::symlink_metadata(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(socket_err(path))?;
+        }
+        Err(e) => return Err(socket_err(path)(e)),
+        Ok(m) => {
+            if !m.file_type().is_dir() {
+                return Err(unsafe_(format!(
+                    "{} is not a directory (a symlink is not followed)",
+                    dir.display()
+                )));
+            }
+            if m.uid() != me {
+                return Err(unsafe_(format!(
+                    "directory {} belongs to uid {}, not to this user (uid {me})",
+                    dir.display(),
+                    m.uid()
+                )));
+            }
+            if m.mode() & 0o022 != 0 {
+                return Err(unsafe_(format!(
+                    "directory {} may be written by group or others (mode {:o}): chmod go-w it",
+                    dir.display(),
+                    m.mode() & 0o7777
+                )));
+            }
         }
     }
-    if path.exists() {
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            return Err(TransportError::InUse(path.to_path_buf()));
+    match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(socket_err(path)(e)),
+        Ok(m) if !m.file_type().is_socket() => Err(unsafe_(
+            "something that is not a socket is there (it is left alone)".into(),
+        )),
+        Ok(m) if m.uid() != me => Err(unsafe_(format!(
+            "the socket there belongs to uid {} (it is left alone)",
+            m.uid()
+        ))),
+        Ok(_) => {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(TransportError::InUse(path.to_path_buf()));
+            }
+            // A socket of ours that nothing answers on: left by a killed daemon.
+            std::fs::remove_file(path).map_err(socket_err(path))
         }
-        std::fs::remove_file(path).map_err(socket_err(path))?;
     }
+}
+
+/// [`spawn_unix`] with the given connection limits.
+pub fn spawn_unix_with<D: Dataplane>(
+    ctl: Arc<Control<D>>,
+    path: &Path,
+    limits: Limits,
+) -> Result<ServerHandle, TransportError> {
+    prepare_socket_path(path)?;
     let rt = runtime().map_err(socket_err(path))?;
-    let listener = {
+    let stats = Arc::new(ListenStats::default());
+    let incoming = {
         let _guard = rt.enter();
         // Created with the umask's mode, then narrowed before anyone can be served.
         let l = tokio::net::UnixListener::bind(path).map_err(socket_err(path))?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
             .map_err(socket_err(path))?;
-        l
+        listen::incoming(
+            l,
+            limits,
+            None,
+            Arc::clone(&stats),
+            path.display().to_string(),
+        )
     };
-    let builder = tonic::transport::Server::builder();
-    let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+    let builder = server_builder(&limits);
     let (stop, thread) =
         serve_on_thread(rt, builder, ctl.service(), incoming).map_err(socket_err(path))?;
     Ok(ServerHandle {
@@ -148,8 +288,24 @@ pub fn spawn_unix<D: Dataplane>(
         thread: Some(thread),
         path: path.to_path_buf(),
         addr: None,
+        stats,
     })
 }
+
+/// The HTTP/2 side of the limits: pings, streams per connection, header size.
+fn server_builder(limits: &Limits) -> tonic::transport::Server {
+    tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(limits.keepalive))
+        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
+        .max_concurrent_streams(Some(MAX_STREAMS))
+        .http2_max_header_list_size(Some(MAX_HEADER_LIST))
+        .http2_max_pending_accept_reset_streams(Some(32))
+}
+
+/// Concurrent calls per connection.
+pub const MAX_STREAMS: u32 = 32;
+/// Bytes of request headers (HTTP/2 header list) per call.
+pub const MAX_HEADER_LIST: u32 = 16 << 10;
 
 fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
@@ -211,20 +367,33 @@ pub fn spawn_tcp<D: Dataplane>(
     addr: std::net::SocketAddr,
     tls: &TlsFiles,
 ) -> Result<ServerHandle, TransportError> {
-    let (identity, ca) = tls.read()?;
+    spawn_tcp_with(ctl, addr, tls, Limits::default())
+}
+
+/// [`spawn_tcp`] with the given connection limits.
+pub fn spawn_tcp_with<D: Dataplane>(
+    ctl: Arc<Control<D>>,
+    addr: std::net::SocketAddr,
+    tls: &TlsFiles,
+    limits: Limits,
+) -> Result<ServerHandle, TransportError> {
+    let acceptor = tls.acceptor()?;
     let where_ = PathBuf::from(addr.to_string());
     let rt = runtime().map_err(socket_err(&where_))?;
-    let listener = {
+    let stats = Arc::new(ListenStats::default());
+    let (incoming, bound) = {
         let _guard = rt.enter();
         let l = std::net::TcpListener::bind(addr).map_err(socket_err(&where_))?;
         l.set_nonblocking(true).map_err(socket_err(&where_))?;
-        tokio::net::TcpListener::from_std(l).map_err(socket_err(&where_))?
+        let l = tokio::net::TcpListener::from_std(l).map_err(socket_err(&where_))?;
+        let bound = l.local_addr().map_err(socket_err(&where_))?;
+        let what = format!("tcp {bound}");
+        (
+            listen::incoming(l, limits, Some(acceptor), Arc::clone(&stats), what),
+            bound,
+        )
     };
-    let bound = listener.local_addr().map_err(socket_err(&where_))?;
-    let builder = tonic::transport::Server::builder()
-        .tls_config(ServerTlsConfig::new().identity(identity).client_ca_root(ca))
-        .map_err(|e| TransportError::Tls(e.to_string()))?;
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let builder = server_builder(&limits);
     let (stop, thread) =
         serve_on_thread(rt, builder, ctl.service(), incoming).map_err(socket_err(&where_))?;
     Ok(ServerHandle {
@@ -232,6 +401,7 @@ pub fn spawn_tcp<D: Dataplane>(
         thread: Some(thread),
         path: PathBuf::new(),
         addr: Some(bound),
+        stats,
     })
 }
 

@@ -11,6 +11,7 @@ pub mod client;
 pub mod convert;
 pub mod engine;
 pub mod error;
+pub mod listen;
 pub mod local;
 pub mod query;
 pub mod server;

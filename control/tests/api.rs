@@ -2,12 +2,12 @@
 //! in-process dataplane (snapshot cell, pipelines on threads), no root needed.
 #![allow(missing_docs)]
 
-use control::client::{connect, spawn_unix, ServerHandle};
-use control::engine::Engine;
-use control::local::LocalPlane;
+mod common;
+
+use common::{certificates, Fixture, STATE};
+use control::client::{connect, spawn_unix};
 use control::pb::switch_client::SwitchClient;
 use control::pb::{self, change::Change as C};
-use control::server::Control;
 use etherparse::{NetSlice, PacketBuilder, SlicedPacket};
 use flowtable::conntrack::{Conntrack, Timeouts};
 use flowtable::packet::{Packet, PortId, DEFAULT_HEADROOM};
@@ -16,47 +16,7 @@ use flowtable::state::StateFile;
 use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use tonic::transport::Channel;
 use tonic::Code;
-
-const STATE: &str = include_str!("../../examples/node1.toml");
-
-struct Fixture {
-    _dir: tempfile::TempDir,
-    path: std::path::PathBuf,
-    ctl: Arc<Control<LocalPlane>>,
-    server: Option<ServerHandle>,
-    rt: tokio::runtime::Runtime,
-}
-
-impl Fixture {
-    fn new() -> Fixture {
-        let (engine, snap) = Engine::new(StateFile::parse(STATE).unwrap()).unwrap();
-        let plane = LocalPlane::new(snap, Arc::new(Conntrack::new(1 << 16, Timeouts::default())));
-        let ctl = Control::new(engine, plane);
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("switchd.sock");
-        let server = spawn_unix(Arc::clone(&ctl), &path).unwrap();
-        Fixture {
-            _dir: dir,
-            path,
-            ctl,
-            server: Some(server),
-            rt: tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap(),
-        }
-    }
-
-    fn client(&self) -> SwitchClient<Channel> {
-        self.rt.block_on(connect(&self.path)).unwrap()
-    }
-
-    fn generation(&self) -> u64 {
-        self.ctl.plane().cell.load().generation
-    }
-}
 
 /// The state as the switch keeps it: Services by name.
 fn sorted(mut s: StateFile) -> StateFile {
@@ -767,89 +727,6 @@ fn concurrent_changes_never_tear_a_batch() {
         assert!(seen > 10, "the pipeline saw only {seen} generations");
     }
     assert!(frames.load(Ordering::Relaxed) > 0);
-}
-
-/// Makes a CA, a server certificate for 127.0.0.1, a client certificate from the CA and one
-/// from another CA, with the openssl command.
-fn certificates(dir: &std::path::Path) {
-    let run = |args: &[&str]| {
-        let o = std::process::Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .expect("openssl (scripts/install-deps installs it)");
-        assert!(
-            o.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-    };
-    std::fs::write(
-        dir.join("server.ext"),
-        "subjectAltName=IP:127.0.0.1,DNS:switchd\nextendedKeyUsage=serverAuth\n",
-    )
-    .unwrap();
-    std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
-    for ca in ["ca", "rogue-ca"] {
-        run(&[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            &format!("{ca}.key"),
-            "-out",
-            &format!("{ca}.pem"),
-            "-days",
-            "2",
-            "-subj",
-            &format!("/CN={ca}"),
-            "-addext",
-            "basicConstraints=critical,CA:TRUE",
-            "-addext",
-            "keyUsage=critical,keyCertSign",
-        ]);
-    }
-    for (name, ca, ext) in [
-        ("server", "ca", "server.ext"),
-        ("client", "ca", "client.ext"),
-        ("rogue", "rogue-ca", "client.ext"),
-    ] {
-        run(&[
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            &format!("{name}.key"),
-            "-out",
-            &format!("{name}.csr"),
-            "-subj",
-            &format!("/CN={name}"),
-        ]);
-        run(&[
-            "x509",
-            "-req",
-            "-in",
-            &format!("{name}.csr"),
-            "-CA",
-            &format!("{ca}.pem"),
-            "-CAkey",
-            &format!("{ca}.key"),
-            "-CAcreateserial",
-            "-out",
-            &format!("{name}.pem"),
-            "-days",
-            "2",
-            "-extfile",
-            ext,
-        ]);
-    }
 }
 
 /// TCP serves only TLS with a client certificate from the configured CA.

@@ -253,6 +253,9 @@ pub struct Stats {
     pub workers: usize,
     /// Frames handed from one worker to another (received and sent by different workers).
     pub handed_off: u64,
+    /// The control API's listeners ("unix", "tcp"): connections accepted, refused, evicted,
+    /// timed out.
+    pub control: BTreeMap<String, control::listen::ListenReport>,
 }
 
 struct Running {
@@ -265,6 +268,8 @@ struct Running {
     /// One command channel per worker.
     cmds: Vec<Sender<Command>>,
     fabric: Arc<Fabric>,
+    /// The control API's listeners' counters.
+    listeners: Vec<(String, Arc<control::listen::ListenStats>)>,
 }
 
 /// Points the XDP program's pod -> node traffic at the host port while the current state has
@@ -592,11 +597,13 @@ pub fn run(cfg: &Config) -> Result<(), DaemonError> {
         cell,
         cmds,
         fabric,
+        listeners: Vec::new(),
     };
     update_host_ready(&mut run);
     let server = match &cfg.control_socket {
         Some(path) => {
             let h = control::client::spawn_unix(Arc::clone(&ctl), path)?;
+            run.listeners.push(("unix".into(), Arc::clone(h.stats())));
             log(format!("control API on {} (root only)", path.display()));
             Some(h)
         }
@@ -605,6 +612,7 @@ pub fn run(cfg: &Config) -> Result<(), DaemonError> {
     let tcp_server = match &cfg.control_tcp {
         Some((addr, tls)) => {
             let h = control::client::spawn_tcp(Arc::clone(&ctl), *addr, tls)?;
+            run.listeners.push(("tcp".into(), Arc::clone(h.stats())));
             log(format!(
                 "control API on tcp {} (TLS, client certificates from {})",
                 h.addr().map(|a| a.to_string()).unwrap_or_default(),
@@ -945,6 +953,11 @@ fn write_stats(
         nat: NatReport::of(c),
         conntrack: ConntrackReport::of(ct),
         xdp: run.xdp.stats(),
+        control: run
+            .listeners
+            .iter()
+            .map(|(k, v)| (k.clone(), v.report()))
+            .collect(),
         free_frames: r.free_frames,
         ports_gone: r.ports_gone,
         workers: reports.len(),
