@@ -331,7 +331,7 @@ async fn main() {
         eps[j].ready = Some(*now);
         let t = Instant::now();
         let r = c
-            .set_endpoints(pb::SetEndpoints {
+            .set_endpoints(pb::SetEndpointsRequest {
                 service: s.name.clone(),
                 endpoints: eps,
             })

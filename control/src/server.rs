@@ -299,7 +299,7 @@ impl<D: Dataplane> Switch for Api<D> {
 
     async fn set_endpoints(
         &self,
-        req: Request<pb::SetEndpoints>,
+        req: Request<pb::SetEndpointsRequest>,
     ) -> Result<Response<pb::ApplyReply>, Status> {
         self.one(C::SetEndpoints(req.into_inner())).await
     }

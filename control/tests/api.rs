@@ -143,7 +143,7 @@ fn every_object_round_trips() {
         );
 
         let r = c
-            .set_endpoints(pb::SetEndpoints {
+            .set_endpoints(pb::SetEndpointsRequest {
                 service: s.name.clone(),
                 endpoints: vec![
                     pb::Endpoint {
@@ -263,7 +263,7 @@ fn invalid_changes_are_refused_with_field_and_reason() {
         (change(C::UpsertService(pb::Service { session_affinity: "Sticky".into(), ..service("default/x", "10.97.0.1", 80, vec![]) })), "changes[0].upsert_service.session_affinity: unknown session affinity 'Sticky'"),
         (change(C::UpsertService(pb::Service { external_traffic_policy: "Nearest".into(), ..service("default/x", "10.97.0.1", 80, vec![]) })), "changes[0].upsert_service.external_traffic_policy: unknown traffic policy 'Nearest'"),
         (change(C::UpsertService(pb::Service { load_balancer_ips: vec!["198.18.0.2".into()], ..service("default/x", "10.97.0.1", 80, vec![]) })), "services[default/x].load_balancer_ips[0]: 198.18.0.2 is a node's address"),
-        (change(C::SetEndpoints(pb::SetEndpoints { service: "default/web".into(), endpoints: vec![ep("10.244.2.5", "")] })), "changes[0].set_endpoints.endpoints[0].node: is required"),
+        (change(C::SetEndpoints(pb::SetEndpointsRequest { service: "default/web".into(), endpoints: vec![ep("10.244.2.5", "")] })), "changes[0].set_endpoints.endpoints[0].node: is required"),
         (pb::Change { change: None }, "changes[0]: is empty"),
     ];
     let g0 = f.generation();
@@ -297,7 +297,7 @@ fn invalid_changes_are_refused_with_field_and_reason() {
                 "changes[0]: there is no Service 'nope'",
             ),
             (
-                change(C::SetEndpoints(pb::SetEndpoints {
+                change(C::SetEndpoints(pb::SetEndpointsRequest {
                     service: "nope".into(),
                     endpoints: vec![],
                 })),
