@@ -10,6 +10,7 @@
 use crate::error::ApiError;
 use crate::pb;
 use flowtable::cidr::Ipv4Cidr;
+use flowtable::names::quote;
 use flowtable::state::{
     EndpointSpec, NodeSpec, PodSpec, Protocol, RemoteNodeSpec, ServiceConfigSpec, ServicePortSpec,
     ServiceSpec, SessionAffinity, StateFile, TrafficPolicy, VxlanSpec,
@@ -38,7 +39,7 @@ fn ip_at(field: At, s: &str) -> Result<Ipv4Addr, ApiError> {
         return Err(invalid(&field(), "is required"));
     }
     s.parse()
-        .map_err(|_| invalid(&field(), format!("'{s}' is not an IPv4 address")))
+        .map_err(|_| invalid(&field(), format!("{} is not an IPv4 address", quote(s))))
 }
 
 fn opt_ip(field: &str, s: &str) -> Result<Option<Ipv4Addr>, ApiError> {
@@ -86,17 +87,11 @@ fn opt_port(field: &str, n: u32) -> Result<Option<u16>, ApiError> {
     }
 }
 
+/// A name: required here; what makes one valid is `flowtable::names`' to say, for every
+/// input alike (the snapshot build applies it).
 fn name_at(field: At, s: &str) -> Result<String, ApiError> {
     if s.is_empty() {
         return Err(invalid(&field(), "is required"));
-    }
-    if s.len() > 253 || s.chars().any(|c| c.is_control() || c.is_whitespace()) {
-        return Err(invalid(
-            &field(),
-            format!(
-                "'{s}' is not a usable name (1-253 characters, no spaces or control characters)"
-            ),
-        ));
     }
     Ok(s.to_string())
 }
@@ -113,7 +108,7 @@ pub fn protocol(field: &str, s: &str) -> Result<Protocol, ApiError> {
         "SCTP" => Ok(Protocol::Sctp),
         _ => Err(invalid(
             field,
-            format!("unknown protocol '{s}' (TCP, UDP or SCTP)"),
+            format!("unknown protocol {} (TCP, UDP or SCTP)", quote(s)),
         )),
     }
 }
@@ -132,7 +127,7 @@ fn policy(field: &str, s: &str) -> Result<TrafficPolicy, ApiError> {
         "Local" => Ok(TrafficPolicy::Local),
         _ => Err(invalid(
             field,
-            format!("unknown traffic policy '{s}' (Cluster or Local)"),
+            format!("unknown traffic policy {} (Cluster or Local)", quote(s)),
         )),
     }
 }
@@ -255,7 +250,10 @@ pub fn service(f: &str, s: &pb::Service) -> Result<ServiceSpec, ApiError> {
             other => {
                 return Err(invalid(
                     &format!("{f}.session_affinity"),
-                    format!("unknown session affinity '{other}' (None or ClientIP)"),
+                    format!(
+                        "unknown session affinity {} (None or ClientIP)",
+                        quote(other)
+                    ),
                 ))
             }
         },

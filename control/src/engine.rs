@@ -14,6 +14,7 @@
 
 use crate::error::ApiError;
 use crate::pb;
+use flowtable::names::quote;
 use flowtable::services::ServiceTables;
 use flowtable::snapshot::{Snapshot, StateError};
 use flowtable::state::{EndpointSpec, PodSpec, RemoteNodeSpec, ServiceSpec, StateFile};
@@ -85,15 +86,23 @@ pub fn by_name(text: &str, base: &StateFile) -> String {
         out.push_str(head);
         let close = tail.find(']').unwrap_or(0);
         let idx: Option<usize> = tail.get(1..close).and_then(|d| d.parse().ok());
+        // A name that breaks the rules is shown quoted (short, escaped).
+        let shown = |n: &str, ok: bool| if ok { n.to_string() } else { quote(n) };
         let name = match idx {
-            Some(k) if head.ends_with("pods") => base.pods.get(k).map(|p| p.name.as_str()),
-            Some(k) if head.ends_with("nodes") => base.nodes.get(k).map(|n| n.name.as_str()),
+            Some(k) if head.ends_with("pods") => base
+                .pods
+                .get(k)
+                .map(|p| shown(&p.name, flowtable::names::pod_name(&p.name).is_ok())),
+            Some(k) if head.ends_with("nodes") => base
+                .nodes
+                .get(k)
+                .map(|n| shown(&n.name, flowtable::names::node_name(&n.name).is_ok())),
             _ => None,
         };
         match name {
             Some(n) => {
                 out.push('[');
-                out.push_str(n);
+                out.push_str(&n);
                 out.push(']');
                 rest = &tail[close + 1..];
             }
@@ -204,7 +213,10 @@ impl Engine {
                 Op::DeletePod(n) => {
                     let cur = base.as_ref().unwrap_or(&self.base);
                     let Some(i) = cur.pods.iter().position(|x| x.name == *n) else {
-                        return Err(ApiError::NotFound(format!("{f}: there is no pod '{n}'")));
+                        return Err(ApiError::NotFound(format!(
+                            "{f}: there is no pod {}",
+                            quote(n)
+                        )));
                     };
                     base.get_or_insert_with(|| (*self.base).clone())
                         .pods
@@ -226,7 +238,10 @@ impl Engine {
                 Op::DeleteNode(n) => {
                     let cur = base.as_ref().unwrap_or(&self.base);
                     let Some(i) = cur.nodes.iter().position(|x| x.name == *n) else {
-                        return Err(ApiError::NotFound(format!("{f}: there is no node '{n}'")));
+                        return Err(ApiError::NotFound(format!(
+                            "{f}: there is no node {}",
+                            quote(n)
+                        )));
                     };
                     base.get_or_insert_with(|| (*self.base).clone())
                         .nodes
@@ -250,7 +265,8 @@ impl Engine {
                     };
                     if !exists {
                         return Err(ApiError::NotFound(format!(
-                            "{f}: there is no Service '{n}'"
+                            "{f}: there is no Service {}",
+                            quote(n)
                         )));
                     }
                     pending.insert(n.clone(), None);
@@ -262,7 +278,8 @@ impl Engine {
                     };
                     let Some(cur) = cur else {
                         return Err(ApiError::NotFound(format!(
-                            "{f}: there is no Service '{n}'"
+                            "{f}: there is no Service {}",
+                            quote(n)
                         )));
                     };
                     if cur.endpoints == *eps {
@@ -502,7 +519,7 @@ mod tests {
     fn errors_name_objects_not_positions() {
         let e = engine();
         let mut p = e.base().pods[1].clone();
-        p.name = "new".into();
+        p.name = "default/new".into();
         p.mac = "02:00:00:00:09:09".parse().unwrap();
         p.port = "veth-new".into();
         let err = e
@@ -513,7 +530,7 @@ mod tests {
         assert_eq!(
             err,
             format!(
-                "pods[new].ip: {} is also the address of pods[{first}]",
+                "pods[default/new].ip: {} is also the address of pods[{first}]",
                 e.base().pods[1].ip
             )
         );

@@ -219,7 +219,10 @@ impl<D: Dataplane> Api<D> {
 }
 
 fn not_found(kind: &str, name: &str) -> Status {
-    Status::not_found(format!("there is no {kind} '{name}'"))
+    Status::not_found(format!(
+        "there is no {kind} {}",
+        flowtable::names::quote(name)
+    ))
 }
 
 use pb::change::Change as C;

@@ -249,7 +249,12 @@ fn invalid_changes_are_refused_with_field_and_reason() {
         (change(C::UpsertPod(pb::Pod { mac: "02:00:0a:f4:01:02".into(), ..good() })), "pods[default/pod-x].mac: 02:00:0a:f4:01:02 is also the MAC of pods[default/pod-a]"),
         (change(C::UpsertPod(pb::Pod { mac: "zz".into(), ..good() })), "changes[0].upsert_pod.mac: "),
         (change(C::UpsertPod(pb::Pod { port: "veth-a".into(), ..good() })), "pods[default/pod-x].port: 'veth-a' is already used by pods[default/pod-a]"),
-        (change(C::UpsertPod(pb::Pod { port: "a name way too long".into(), ..good() })), "changes[0].upsert_pod.port: "),
+        (change(C::UpsertPod(pb::Pod { port: "a name way too long".into(), ..good() })), "pods[default/pod-x].port: 'a name way too long' is not a usable interface name"),
+        (change(C::UpsertPod(pb::Pod { port: "lo".into(), ..good() })), "pods[default/pod-x].port: 'lo' cannot be a switch port"),
+        (change(C::UpsertPod(pb::Pod { name: "default/pod\nx".into(), ..good() })), "pods['default/pod\\nx'].name: name 'pod\\nx' is not a DNS-1123 subdomain"),
+        (change(C::UpsertPod(pb::Pod { name: "pod-x".into(), ..good() })), "'pod-x' is not namespace/name"),
+        (change(C::UpsertService(pb::Service { ports: vec![pb::ServicePort { name: "x".repeat(100_000), port: 80, ..Default::default() }], ..service("default/x", "10.97.0.1", 80, vec![]) })), "services[default/x].ports[0].name: 'xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx'... (100000 characters) is not an IANA service name"),
+        (change(C::UpsertService(service("default/X", "10.97.0.1", 80, vec![]))), "services['default/X'].name: name 'X' is not a DNS-1035 label"),
         (change(C::UpsertPod(pb::Pod { name: "".into(), ..good() })), "changes[0].upsert_pod.name: is required"),
         (change(C::UpsertService(service("default/x", "10.97.0.1", 70000, vec![]))), "changes[0].upsert_service.ports[0].port: 70000 is outside 1..=65535"),
         (change(C::UpsertService(service("default/x", "10.97.0.1", 0, vec![]))), "changes[0].upsert_service.ports[0].port: 0 is outside 1..=65535"),
@@ -281,6 +286,11 @@ fn invalid_changes_are_refused_with_field_and_reason() {
                 e.message().contains(want),
                 "message {:?} should contain {want:?}",
                 e.message()
+            );
+            assert!(
+                e.message().len() < 600,
+                "a bounded message: {}",
+                e.message().len()
             );
         }
         for (ch, want) in [
@@ -805,4 +815,106 @@ fn tcp_requires_tls_with_a_client_certificate() {
         };
         assert!(plain.await.is_none(), "no TCP without TLS");
     });
+}
+
+/// The state file (switchd's start and SIGHUP), a controller's Replace of the whole state
+/// (what `switchctl apply -f` sends) and the one-object writes apply the same rules: each bad
+/// state is refused by all three with the same reason.
+#[test]
+fn every_input_applies_the_same_rules() {
+    use control::convert;
+    let cases: Vec<(&str, String, String)> = vec![
+        (
+            "a pod name with a newline",
+            "name = \"default/pod-b\"".into(),
+            "name = \"default/pod-b\\nX\"".into(),
+        ),
+        (
+            "a 300-character pod name",
+            "name = \"default/pod-b\"".into(),
+            format!("name = \"default/{}\"", "p".repeat(300)),
+        ),
+        (
+            "a pod on the loopback",
+            "port = \"veth-b\"".into(),
+            "port = \"lo\"".into(),
+        ),
+        (
+            "a remote node named in capitals",
+            "\"node2\"".into(),
+            "\"Node2\"".into(),
+        ),
+        (
+            "a Service name in capitals",
+            "name = \"default/web\"".into(),
+            "name = \"default/Web\"".into(),
+        ),
+        (
+            "a long Service port name",
+            "name = \"http\"".into(),
+            format!("name = \"{}\"", "h".repeat(1000)),
+        ),
+    ];
+    let f = Fixture::new();
+    let mut c = f.client();
+    for (what, from, to) in cases {
+        // (A node's name is replaced everywhere it is referred to.)
+        let times = if from == "\"node2\"" { usize::MAX } else { 1 };
+        let text = STATE.replacen(&from, &to, times);
+        assert_ne!(text, STATE, "{what}: the case changes the state");
+        // 1. The state file, as switchd reads it at start and on SIGHUP.
+        let parsed = StateFile::parse(&text).unwrap_or_else(|e| panic!("{what}: {e}"));
+        let file = match control::engine::Engine::new(parsed.clone()) {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("{what}: the state file was accepted"),
+        };
+        // 2. The whole state through the API (a resync, switchctl apply -f).
+        let replace =
+            f.rt.block_on(c.replace(pb::ReplaceRequest {
+                state: Some(convert::state_pb(&parsed, 0)),
+                dry_run: true,
+            }))
+            .expect_err(what);
+        // 3. The one object through its own write.
+        let one =
+            f.rt.block_on(async {
+                if let Some(p) = parsed
+                    .pods
+                    .iter()
+                    .find(|p| !STATE.contains(&format!("\"{}\"", p.name)) || to.contains(&p.port))
+                {
+                    c.upsert_pod(convert::pod_pb(p)).await
+                } else if let Some(n) = parsed.nodes.iter().find(|n| n.name == "Node2") {
+                    c.upsert_node(convert::node_pb(n)).await
+                } else {
+                    let s = parsed
+                        .services
+                        .iter()
+                        .find(|s| {
+                            s.name == "default/Web" || s.ports.iter().any(|p| p.name.len() > 100)
+                        })
+                        .expect(what);
+                    c.upsert_service(convert::service_pb(s)).await
+                }
+            })
+            .expect_err(what);
+        let reason = |m: &str| {
+            m.split_once(": ")
+                .map(|(_, r)| r.to_string())
+                .unwrap_or_default()
+        };
+        assert_eq!(replace.code(), Code::InvalidArgument, "{what}");
+        assert_eq!(one.code(), Code::InvalidArgument, "{what}");
+        assert_eq!(
+            reason(&file),
+            reason(replace.message()),
+            "{what}: file {file:?}, replace {replace:?}"
+        );
+        assert_eq!(
+            reason(&file),
+            reason(one.message()),
+            "{what}: file {file:?}, upsert {one:?}"
+        );
+        assert!(file.len() < 600, "{what}: {file}");
+    }
 }

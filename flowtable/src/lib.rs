@@ -13,6 +13,7 @@ pub mod conntrack;
 pub mod counters;
 pub mod hash;
 pub mod maglev;
+pub mod names;
 pub mod packet;
 pub mod pipeline;
 pub mod services;

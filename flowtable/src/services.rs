@@ -376,12 +376,15 @@ fn is_prime(n: u32) -> bool {
             .all(|d| !n.is_multiple_of(d))
 }
 
-/// The field path of a Service's field in errors: `services[namespace/name].field`.
+/// The field path of a Service's field in errors: `services[namespace/name].field` (a name
+/// that breaks the rules is shown quoted: short and escaped).
 fn path(s: &ServiceSpec, k: &str) -> String {
     if s.name.is_empty() {
         format!("services[(no name)].{k}")
-    } else {
+    } else if crate::names::service_name(&s.name).is_ok() {
         format!("services[{}].{k}", s.name)
+    } else {
+        format!("services[{}].{k}", crate::names::quote(&s.name))
     }
 }
 
@@ -443,6 +446,10 @@ fn check_service(ctx: &Context, s: &ServiceSpec) -> Result<(), StateError> {
     if s.name.is_empty() {
         return Err(err(f("name"), "must not be empty".into()));
     }
+    crate::names::service_name(&s.name).map_err(|r| err(f("name"), r))?;
+    for (i, p) in s.ports.iter().enumerate() {
+        crate::names::port_name(&p.name).map_err(|r| err(f(&format!("ports[{i}].name")), r))?;
+    }
     if !ctx.service_cidr.contains(s.cluster_ip) {
         return Err(err(
             f("cluster_ip"),
@@ -489,7 +496,10 @@ fn check_service(ctx: &Context, s: &ServiceSpec) -> Result<(), StateError> {
         let Some(cidr) = ctx.cidr_of.get(&e.node) else {
             return Err(err(
                 f(&format!("endpoints[{ei}].node")),
-                format!("'{}' is not this node nor a known node", e.node),
+                format!(
+                    "{} is not this node nor a known node",
+                    crate::names::quote(&e.node)
+                ),
             ));
         };
         if !cidr.contains(e.ip) {

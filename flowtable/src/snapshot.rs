@@ -185,13 +185,7 @@ fn check_unicast(field: &str, m: MacAddr) -> Result<(), StateError> {
 }
 
 fn check_port_name(field: &str, n: &str) -> Result<(), StateError> {
-    if n.is_empty() || n.len() > 15 || n.contains(['/', ' ', '\0']) || n == "kernel" {
-        return Err(err(
-            field,
-            format!("'{n}' is not a usable interface name (1-15 characters, no '/' or space, not 'kernel')"),
-        ));
-    }
-    Ok(())
+    crate::names::interface_name(n).map_err(|r| err(field, r))
 }
 
 impl Snapshot {
@@ -235,9 +229,7 @@ impl Snapshot {
         services: impl FnOnce() -> Result<Arc<crate::services::ServiceTables>, StateError>,
     ) -> Result<Snapshot, StateError> {
         let n = &state.node;
-        if n.name.is_empty() {
-            return Err(err("node.name", "must not be empty"));
-        }
+        crate::names::node_name(&n.name).map_err(|r| err("node.name", r))?;
         if n.pod_cidr.prefix_len() > 30 {
             return Err(err(
                 "node.pod_cidr",
@@ -295,9 +287,7 @@ impl Snapshot {
         let mut macs = HashMap::default();
         for (i, p) in state.pods.iter().enumerate() {
             let f = |k: &str| format!("pods[{i}].{k}");
-            if p.name.is_empty() {
-                return Err(err(f("name"), "must not be empty"));
-            }
+            crate::names::pod_name(&p.name).map_err(|r| err(f("name"), r))?;
             if let Some(j) = names.insert(p.name.as_str(), i) {
                 return Err(err(
                     f("name"),
@@ -412,9 +402,7 @@ impl Snapshot {
         node_names.insert(n.name.as_str(), usize::MAX);
         for (i, r) in state.nodes.iter().enumerate() {
             let f = |k: &str| format!("nodes[{i}].{k}");
-            if r.name.is_empty() {
-                return Err(err(f("name"), "must not be empty"));
-            }
+            crate::names::node_name(&r.name).map_err(|e| err(f("name"), e))?;
             if let Some(j) = node_names.insert(r.name.as_str(), i) {
                 let other = if j == usize::MAX {
                     "this node".to_string()
