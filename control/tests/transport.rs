@@ -199,3 +199,41 @@ fn an_unsafe_socket_path_is_refused() {
     drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
     spawn_unix_with(Arc::clone(&f.ctl), &stale, Limits::default()).expect("stale socket replaced");
 }
+
+#[test]
+fn switchctl_exits_3_when_switchd_refuses_its_certificate() {
+    let _serial = serial();
+    let f = Fixture::new();
+    let dir = tempfile::tempdir().unwrap();
+    certificates(dir.path());
+    let p = |n: &str| dir.path().join(n).display().to_string();
+    let server = control::client::spawn_tcp(
+        Arc::clone(&f.ctl),
+        "127.0.0.1:0".parse().unwrap(),
+        &TlsFiles {
+            cert: p("server.pem").into(),
+            key: p("server.key").into(),
+            ca: p("ca.pem").into(),
+        },
+    )
+    .unwrap();
+    let addr = server.addr().unwrap().to_string();
+    let ctl = |cert: &str, key: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_switchctl"))
+            .args(["--tcp", &addr, "--tls-ca", &p("ca.pem")])
+            .args(["--tls-cert", &p(cert), "--tls-key", &p(key), "version"])
+            .output()
+            .unwrap()
+    };
+    let ok = ctl("client.pem", "client.key");
+    assert_eq!(
+        ok.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let refused = ctl("rogue.pem", "rogue.key");
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(3), "{err}");
+    assert!(err.contains("certificate"), "{err}");
+}

@@ -136,14 +136,24 @@ const LADDER: [usize; 13] = [
 /// [`ENTRIES_PER_BACKEND`] entries per backend, at most `max` (itself a prime). Sizes change
 /// only when the backend count crosses a ladder step, so adding or removing one backend
 /// usually keeps Maglev's minimal disruption.
+/// Past `max` only when there are more backends than `max` entries: then the smallest step
+/// with at least one entry per backend (every backend is served).
 pub fn table_size(backends: usize, max: usize) -> usize {
     let want = backends.saturating_mul(ENTRIES_PER_BACKEND);
-    LADDER
+    let size = LADDER
         .iter()
         .copied()
         .find(|&p| p >= want)
         .unwrap_or(max)
-        .min(max)
+        .min(max);
+    if size >= backends {
+        return size;
+    }
+    LADDER
+        .iter()
+        .copied()
+        .find(|&p| p >= backends)
+        .unwrap_or(LADDER[LADDER.len() - 1])
 }
 
 /// A set of backends to choose from, with its Maglev table (indices into `members`).
@@ -365,6 +375,11 @@ pub struct ServiceTables {
     stale: usize,
 }
 
+/// Most endpoints one Service may have (every one of them is served).
+pub const MAX_ENDPOINTS: usize = 65_535;
+/// Most ports one Service may have.
+pub const MAX_PORTS_PER_SERVICE: usize = 128;
+
 fn err(field: String, reason: String) -> StateError {
     StateError { field, reason }
 }
@@ -409,13 +424,19 @@ fn check_config(state: &StateFile) -> Result<(), StateError> {
         ));
     }
     let node = &state.node;
-    let pod_cidrs = std::iter::once((node.pod_cidr, node.name.as_str()))
-        .chain(state.nodes.iter().map(|n| (n.pod_cidr, n.name.as_str())));
-    for (c, name) in pod_cidrs {
+    // The pod CIDR is blamed (its field), not the Service CIDR every other node agrees with.
+    let pod_cidrs = std::iter::once((node.pod_cidr, "node.pod_cidr".to_string())).chain(
+        state
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.pod_cidr, format!("nodes[{i}].pod_cidr"))),
+    );
+    for (c, field) in pod_cidrs {
         if c.overlaps(&cfg.service_cidr) {
             return Err(err(
-                "service_config.service_cidr".into(),
-                format!("{} overlaps the pod CIDR {c} of {name}", cfg.service_cidr),
+                field,
+                format!("{c} overlaps the Service CIDR {}", cfg.service_cidr),
             ));
         }
         if c.contains(cfg.hairpin_ip) {
@@ -447,6 +468,25 @@ fn check_service(ctx: &Context, s: &ServiceSpec) -> Result<(), StateError> {
         return Err(err(f("name"), "must not be empty".into()));
     }
     crate::names::service_name(&s.name).map_err(|r| err(f("name"), r))?;
+    if s.ports.len() > MAX_PORTS_PER_SERVICE {
+        return Err(err(
+            f("ports"),
+            format!(
+                "{} ports: at most {MAX_PORTS_PER_SERVICE} per Service",
+                s.ports.len()
+            ),
+        ));
+    }
+    if s.endpoints.len() > MAX_ENDPOINTS {
+        return Err(err(
+            f("endpoints"),
+            format!(
+                "{} endpoints: at most {MAX_ENDPOINTS} per Service (the Maglev tables index \
+                 backends with 16 bits)",
+                s.endpoints.len()
+            ),
+        ));
+    }
     for (i, p) in s.ports.iter().enumerate() {
         crate::names::port_name(&p.name).map_err(|r| err(f(&format!("ports[{i}].name")), r))?;
     }
@@ -1114,6 +1154,57 @@ mod tests {
         assert_eq!(table_size(10, 16381), 509);
         assert_eq!(table_size(100, 16381), 4093);
         assert_eq!(table_size(10_000, 16381), 16381);
-        assert_eq!(table_size(10, 7), 7);
+        assert_eq!(table_size(5, 7), 7);
+        assert_eq!(table_size(10, 7), 251);
+        // More backends than the configured size: one entry each at least.
+        assert_eq!(table_size(20_000, 16381), 32749);
+        assert_eq!(table_size(65_535, 16381), 131071);
+    }
+
+    #[test]
+    fn the_largest_service_serves_every_endpoint() {
+        let mut text = String::from(
+            "[node]\nname = \"node1\"\nip = \"198.18.0.1\"\npod_cidr = \"10.128.0.0/9\"\n\
+             gateway_mac = \"02:00:0a:f4:01:01\"\nuplink = \"uplink\"\n\
+             uplink_mac = \"02:00:c6:12:00:01\"\n\
+             [service_config]\nservice_cidr = \"10.96.0.0/12\"\n",
+        );
+        let eps = |n: usize| {
+            (0..n)
+                .map(|i| {
+                    let ip = std::net::Ipv4Addr::from(0x0a81_0000 + i as u32 + 1);
+                    format!("{{ ip = \"{ip}\", node = \"node1\" }}")
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let svc = |n: usize| {
+            format!(
+                "[[services]]\nname = \"default/big\"\ncluster_ip = \"10.96.0.9\"\n\
+                 ports = [{{ port = 80 }}]\nendpoints = [{}]\n",
+                eps(n)
+            )
+        };
+        text.push_str(&svc(MAX_ENDPOINTS));
+        let state = StateFile::parse(&text).unwrap();
+        let t = build(&state).unwrap();
+        let port = &t.ports[0];
+        assert_eq!(port.cluster.members.len(), MAX_ENDPOINTS);
+        let mut seen = vec![false; MAX_ENDPOINTS];
+        for h in 0..2_000_000u64 {
+            if let Some(i) = port.cluster.pick(h.wrapping_mul(0x9e37_79b9_7f4a_7c15)) {
+                seen[i as usize] = true;
+            }
+        }
+        assert!(seen.iter().filter(|s| **s).count() > MAX_ENDPOINTS * 9 / 10);
+        // One more is refused, naming the limit.
+        let over = text.replace(&svc(MAX_ENDPOINTS), &svc(MAX_ENDPOINTS + 1));
+        let e = build(&StateFile::parse(&over).unwrap()).unwrap_err();
+        assert_eq!(e.field, "services[default/big].endpoints");
+        assert!(
+            e.reason.contains("at most 65535 per Service"),
+            "{}",
+            e.reason
+        );
     }
 }

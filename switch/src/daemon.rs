@@ -137,6 +137,17 @@ pub enum DaemonError {
         /// From the interface.
         real: String,
     },
+    /// A pod's port is the kernel's side of the host port (or another interface that must
+    /// stay the kernel's).
+    #[error("interface '{name}' ({what}) is the kernel's side of the host port '{host}': it cannot be a switch port")]
+    KernelSide {
+        /// Interface.
+        name: String,
+        /// Which port it was given as.
+        what: String,
+        /// The host port.
+        host: String,
+    },
     /// The XDP program could not be loaded, programmed or attached.
     #[error(transparent)]
     Xdp(#[from] XdpError),
@@ -202,6 +213,16 @@ impl DaemonError {
                     None => what.clone(),
                 },
                 reason: format!("interface '{name}' does not exist"),
+            },
+            DaemonError::KernelSide { name, what, host } => ApiError::Invalid {
+                field: match what.strip_prefix("port of pod ") {
+                    Some(pod) => format!("pods[{pod}].port"),
+                    None => what.clone(),
+                },
+                reason: format!(
+                    "interface '{name}' is the kernel's side of the host port '{host}': it \
+                     cannot be a switch port"
+                ),
             },
             DaemonError::UplinkMac { state, real, .. } => ApiError::Invalid {
                 field: "node.uplink_mac".into(),
@@ -326,6 +347,33 @@ fn check_interfaces(snap: &Snapshot) -> Result<Vec<(String, u32, Role)>, DaemonE
     }
     if out.len() > MAX_PORTS {
         return Err(DaemonError::TooManyPorts(out.len()));
+    }
+    // The host port's veth peer is the node kernel's way in: never a switch port.
+    if let Some(h) = snap.host() {
+        let host = snap.port_name(h.port).unwrap_or_default().to_string();
+        let peer = std::fs::read_to_string(format!("/sys/class/net/{host}/iflink"))
+            .ok()
+            .and_then(|s| s.trim().parse::<u32>().ok());
+        let own = out.iter().find(|(n, _, _)| *n == host).map(|(_, i, _)| *i);
+        if let Some(peer) = peer.filter(|p| Some(*p) != own) {
+            if let Some((i, (name, _, _))) = out
+                .iter()
+                .enumerate()
+                .find(|(_, (_, ifindex, _))| *ifindex == peer)
+            {
+                let what = snap
+                    .pods()
+                    .iter()
+                    .find(|p| p.port.0 as usize == i)
+                    .map(|p| format!("port of pod {}", p.name))
+                    .unwrap_or_else(|| "the uplink".to_string());
+                return Err(DaemonError::KernelSide {
+                    name: name.clone(),
+                    what,
+                    host,
+                });
+            }
+        }
     }
     let uplink = &snap.ports()[0];
     let want = snap.node.uplink_mac.to_string().to_ascii_lowercase();
@@ -745,6 +793,23 @@ fn reload(ctl: &Control<DaemonPlane>, path: &Path) {
 /// publishes; returns the generation and what changed. On error nothing has changed.
 fn apply_snapshot(run: &mut Running, next: Snapshot) -> Result<(u64, String), DaemonError> {
     let cur = run.cell.load();
+    // What needs a restart, or must match the interface, is refused before anything else.
+    if next.ports()[0] != cur.ports()[0] {
+        return Err(DaemonError::NoInterface {
+            name: next.ports()[0].clone(),
+            what: "a new uplink: changing the uplink needs a restart; that uplink".into(),
+        });
+    }
+    if next.node.uplink_mac != cur.node.uplink_mac {
+        let want = next.node.uplink_mac.to_string().to_ascii_lowercase();
+        if let Some(real) = read_mac(&next.ports()[0]).filter(|r| *r != want) {
+            return Err(DaemonError::UplinkMac {
+                name: next.ports()[0].clone(),
+                state: want,
+                real,
+            });
+        }
+    }
     if next.ports() == cur.ports() && next.node.ip == cur.node.ip {
         // The same ports (a Service or node change, the common case): nothing to bind or
         // detach; an interface that went away meanwhile is the workers' to notice.
@@ -757,12 +822,6 @@ fn apply_snapshot(run: &mut Running, next: Snapshot) -> Result<(u64, String), Da
         return Ok((generation, String::new()));
     }
     let ifaces = check_interfaces(&next)?;
-    if next.ports()[0] != cur.ports()[0] {
-        return Err(DaemonError::NoInterface {
-            name: next.ports()[0].clone(),
-            what: "a new uplink: changing the uplink needs a restart; that uplink".into(),
-        });
-    }
     // Ports that went away, or whose interface was re-created (new ifindex).
     let removed: Vec<(String, u16, u32)> = run
         .ports

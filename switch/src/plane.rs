@@ -94,6 +94,8 @@ impl Dataplane for DaemonPlane {
         if next.ports() == cur.ports()
             && next.node.ip == cur.node.ip
             && next.node.vxlan_port == cur.node.vxlan_port
+            // (a new uplink MAC is checked against the interface by the control thread)
+            && next.node.uplink_mac == cur.node.uplink_mac
             && Arc::ptr_eq(&next.services.frontends, &cur.services.frontends)
         {
             // Nothing for the control thread to do (no port to bind or detach, the XDP

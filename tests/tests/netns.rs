@@ -615,6 +615,32 @@ fn switchctl_drives_a_running_switchd() {
         ),
         "{err}"
     );
+    // What switchd's start refuses, a live change refuses too, with the same reason; what
+    // needs a restart is a failed precondition.
+    for (bad, want) in [
+        (
+            format!("{remote_only}\n[[pods]]\nname = \"default/pod-z\"\nip = \"10.244.1.9\"\nmac = \"02:00:0a:f4:01:09\"\nport = \"lo\"\n"),
+            "pods[default/pod-z].port: 'lo' cannot be a switch port",
+        ),
+        (
+            format!("{remote_only}\n[[pods]]\nname = \"default/pod-z\"\nip = \"10.244.1.9\"\nmac = \"02:00:0a:f4:01:09\"\nport = \"nsw-host\"\n"),
+            "invalid argument: pods[default/pod-z].port: interface 'nsw-host' is the kernel's side of the host port 'nsw0'",
+        ),
+        (
+            remote_only.replace("uplink_mac = \"02:00:c6:12:00:01\"", "uplink_mac = \"02:00:c6:12:00:09\""),
+            "invalid argument: node.uplink_mac: is 02:00:c6:12:00:09 but the interface has 02:00:c6:12:00:01",
+        ),
+        (
+            remote_only.replace("uplink = \"uplink\"", "uplink = \"nsw-host\""),
+            "failed precondition: node.uplink: changing the uplink to 'nsw-host' needs a restart",
+        ),
+    ] {
+        assert_ne!(bad, remote_only);
+        std::fs::write(&live, &bad).unwrap();
+        let (rc, _, err) = t.ctl(1, &["apply", "-f", live.to_str().unwrap()]);
+        assert_eq!(rc, 1, "{want}: {err}");
+        assert!(err.contains(want), "{err}\nshould contain {want}");
+    }
     std::fs::write(&live, "not = [toml").unwrap();
     let (rc, _, _) = t.ctl(1, &["apply", "-f", live.to_str().unwrap()]);
     assert_eq!(rc, 6, "an unreadable state file");

@@ -179,6 +179,22 @@ impl From<tonic::Status> for Failure {
                     ),
                 }
             }
+            // The connection failed under the call (a transport error, not an answer of
+            // switchd's): over TCP, switchd's TLS refusing this client's certificate.
+            Code::Unknown if std::error::Error::source(&s).is_some() => {
+                let mut why = s.message().to_string();
+                let mut src = std::error::Error::source(&s);
+                while let Some(e) = src {
+                    why = format!("{why}: {e}");
+                    src = e.source();
+                }
+                return Failure {
+                    code: 3,
+                    msg: format!(
+                        "the connection failed ({why}); over --tcp: is this client's certificate signed by switchd's --tls-client-ca?"
+                    ),
+                };
+            }
             _ => 1,
         };
         Failure {
