@@ -343,6 +343,9 @@ where
         .spawn(move || {
             rt.block_on(async move {
                 let serve = builder
+                    .layer(tower::util::MapResponseLayer::new(
+                        crate::server::size_limit_status,
+                    ))
                     // A whole cluster's state is megabytes: no waiting for window updates.
                     .initial_stream_window_size(Some(16 << 20))
                     .initial_connection_window_size(Some(16 << 20))

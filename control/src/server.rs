@@ -131,9 +131,46 @@ impl<D: Dataplane> Control<D> {
     /// A tonic service for this control plane.
     pub fn service(self: &Arc<Self>) -> SwitchServer<Api<D>> {
         SwitchServer::new(Api(Arc::clone(self)))
-            .max_decoding_message_size(256 << 20)
-            .max_encoding_message_size(256 << 20)
+            .max_decoding_message_size(MAX_REQUEST)
+            .max_encoding_message_size(MAX_REQUEST)
     }
+}
+
+/// Largest request (and reply) message: a whole cluster's state fits many times over.
+pub const MAX_REQUEST: usize = 256 << 20;
+
+/// gRPC's code for a request over the size limit is RESOURCE_EXHAUSTED (tonic answers
+/// OUT_OF_RANGE): rewrites that answer, with the limit in the message.
+pub fn size_limit_status<B>(
+    mut r: tonic::codegen::http::Response<B>,
+) -> tonic::codegen::http::Response<B> {
+    use tonic::codegen::http::HeaderValue;
+    let h = r.headers_mut();
+    let too_large = h.get("grpc-status").is_some_and(|v| v == "11")
+        && h.get("grpc-message")
+            .and_then(|m| m.to_str().ok())
+            .is_some_and(|m| {
+                m.replace("%20", " ")
+                    .contains("decoded message length too large")
+            });
+    if too_large {
+        let found = h
+            .get("grpc-message")
+            .and_then(|m| m.to_str().ok())
+            .and_then(|m| m.split("found%20").nth(1).or(m.split("found ").nth(1)))
+            .and_then(|rest| rest.split(['%', ' ']).next())
+            .unwrap_or("more")
+            .to_string();
+        let msg = format!(
+            "the request is {found} bytes, over the limit of {MAX_REQUEST} bytes ({} MiB)",
+            MAX_REQUEST >> 20
+        );
+        h.insert("grpc-status", HeaderValue::from_static("8"));
+        if let Ok(v) = HeaderValue::from_str(&msg.replace(' ', "%20")) {
+            h.insert("grpc-message", v);
+        }
+    }
+    r
 }
 
 /// Converts one change message into an [`Op`]; `f` is its path in the request.

@@ -237,3 +237,32 @@ fn switchctl_exits_3_when_switchd_refuses_its_certificate() {
     assert_eq!(refused.status.code(), Some(3), "{err}");
     assert!(err.contains("certificate"), "{err}");
 }
+
+#[test]
+fn a_request_over_the_size_limit_is_resource_exhausted() {
+    let _serial = serial();
+    let f = Fixture::new();
+    f.rt.block_on(async {
+        let mut c = connect(&f.path)
+            .await
+            .unwrap()
+            .max_encoding_message_size(usize::MAX);
+        let big = control::server::MAX_REQUEST + 1024;
+        let e = c
+            .upsert_pod(pb::Pod {
+                name: "x".repeat(big),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e:?}");
+        assert!(
+            e.message()
+                .contains("over the limit of 268435456 bytes (256 MiB)"),
+            "{}",
+            e.message()
+        );
+        // The connection and the server are fine afterwards.
+        c.version(pb::VersionRequest {}).await.unwrap();
+    });
+}
