@@ -405,6 +405,7 @@ pub fn run(cfg: &Config) -> Result<(), DaemonError> {
         .map_err(DaemonError::Signals)?;
 
     let began = Instant::now();
+    crate::alloc::configure();
     let state = replay::read_state(&cfg.state)?;
     let (engine, snap) = control::engine::Engine::new(state).map_err(|e| match e {
         ApiError::Invalid { field, reason } => {
@@ -688,6 +689,9 @@ pub fn run(cfg: &Config) -> Result<(), DaemonError> {
             .map_err(DaemonError::Thread)?;
     }
     let mut last_stats = Instant::now();
+    // The generation seen at the last tick, and the one memory was last trimmed after: a
+    // change is trimmed after one tick, once every worker has let the old snapshot go.
+    let (mut seen_gen, mut trimmed_gen) = (run.cell.load().generation, run.cell.load().generation);
     let mut failure = None;
     while !term.load(Ordering::Relaxed) {
         match commits.recv_timeout(Duration::from_millis(20)) {
@@ -713,6 +717,12 @@ pub fn run(cfg: &Config) -> Result<(), DaemonError> {
             let _ = reload_tx.send(());
         }
         if last_stats.elapsed() >= Duration::from_millis(500) {
+            let gen = run.cell.load().generation;
+            if gen == seen_gen && gen != trimmed_gen {
+                crate::alloc::trim();
+                trimmed_gen = gen;
+            }
+            seen_gen = gen;
             update_host_ready(&mut run);
             if let Ok(mut s) = shared.lock() {
                 s.xdp = numbers(&run.xdp.stats());

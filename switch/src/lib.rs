@@ -6,6 +6,7 @@
 //! the real decision code and the result opened in Wireshark). The control API's server runs
 //! inside the daemon (`plane`). Thread-safety: see each module.
 
+pub mod alloc;
 pub mod ctclock;
 pub mod daemon;
 pub mod pcapio;
