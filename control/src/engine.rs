@@ -146,7 +146,8 @@ impl Engine {
             });
         }
         let refs: Vec<&ServiceSpec> = services.iter().collect();
-        let tables = Arc::new(ServiceTables::build_from(&base, &refs)?);
+        let tables =
+            Arc::new(ServiceTables::build_from(&base, &refs).map_err(|e| state_error(e, &base))?);
         let snapshot = Snapshot::build_with(&base, Arc::clone(&tables), 1)
             .map_err(|e| state_error(e, &base))?;
         let services = Arc::new(services.into_iter().map(|s| (s.name.clone(), s)).collect());
@@ -409,7 +410,10 @@ impl Engine {
                 .map(|(_, s)| s)
                 .chain(pending.values().flatten())
                 .collect();
-            Arc::new(ServiceTables::build_from(next_base, &all)?)
+            Arc::new(
+                ServiceTables::build_from(next_base, &all)
+                    .map_err(|e| state_error(e, next_base))?,
+            )
         } else if pending.is_empty() {
             Arc::clone(&self.tables)
         } else {

@@ -181,7 +181,10 @@ pub fn conntrack(
         other => {
             return Err(ApiError::Invalid {
                 field: "protocol".into(),
-                reason: format!("unknown protocol '{other}' (TCP, UDP, ICMP, SCTP or affinity)"),
+                reason: format!(
+                    "unknown protocol {} (TCP, UDP, ICMP, SCTP or affinity)",
+                    flowtable::names::quote(other)
+                ),
             })
         }
     };
@@ -303,7 +306,10 @@ pub fn explain(
         other => {
             return Err(ApiError::Invalid {
                 field: "protocol".into(),
-                reason: format!("unknown protocol '{other}' (TCP, UDP or ICMP)"),
+                reason: format!(
+                    "unknown protocol {} (TCP, UDP or ICMP)",
+                    flowtable::names::quote(other)
+                ),
             })
         }
     };
@@ -338,8 +344,8 @@ pub fn explain(
         let p = snap.port_id(&req.from).ok_or_else(|| ApiError::Invalid {
             field: "from".into(),
             reason: format!(
-                "'{}' is not a port of this switch ({})",
-                req.from,
+                "{} is not a port of this switch ({})",
+                flowtable::names::quote(&req.from),
                 snap.ports().join(", ")
             ),
         })?;

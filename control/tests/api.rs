@@ -242,6 +242,8 @@ fn invalid_changes_are_refused_with_field_and_reason() {
         (change(C::UpsertNode(node("n3", "198.18.0.3", "10.244.2.128/25"))), "nodes[n3].pod_cidr: 10.244.2.128/25 overlaps nodes[node2].pod_cidr"),
         (change(C::UpsertNode(node("n3", "198.18.0.3", "10.244.0.0/16"))), "overlaps this node's pod CIDR"),
         (change(C::UpsertNode(node("n3", "198.18.0.2", "10.244.3.0/24"))), "nodes[n3].ip: 198.18.0.2 is also the address of nodes[node2]"),
+        (change(C::UpsertNode(node("node1", "198.18.0.3", "10.244.3.0/24"))), "nodes[node1].name: 'node1' is also the name of this node"),
+        (change(C::UpsertNode(node("n3", "198.18.0.3", "0.0.0.0/0"))), "nodes[n3].pod_cidr: 0.0.0.0/0 overlaps"),
         (change(C::UpsertNode(pb::Node { vtep_mac: "ff:ff:ff:ff:ff:ff".into(), ..node("n3", "198.18.0.3", "10.244.3.0/24") })), "nodes[n3].vtep_mac: ff:ff:ff:ff:ff:ff is not a unicast MAC address"),
         (change(C::UpsertNode(node("n3", "198.18.0", "10.244.3.0/24"))), "changes[0].upsert_node.ip: '198.18.0' is not an IPv4 address"),
         (change(C::UpsertPod(pb::Pod { ip: "10.244.1.2".into(), ..good() })), "pods[default/pod-x].ip: 10.244.1.2 is also the address of pods[default/pod-a]"),

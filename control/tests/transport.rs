@@ -184,6 +184,14 @@ fn an_unsafe_socket_path_is_refused() {
     std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
     let e = serve(&open.join("s.sock")).expect("refused");
     assert!(e.contains("written by group or others"), "{e}");
+    // A directory another user owns (root can make one: give it away).
+    let theirs = dir.path().join("theirs");
+    std::fs::create_dir(&theirs).unwrap();
+    std::fs::set_permissions(&theirs, std::fs::Permissions::from_mode(0o700)).unwrap();
+    if std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).is_ok() {
+        let e = serve(&theirs.join("s.sock")).expect("refused");
+        assert!(e.contains("belongs to uid 65534"), "{e}");
+    }
     // A symlinked directory.
     let linked = dir.path().join("linked");
     std::os::unix::fs::symlink(dir.path(), &linked).unwrap();

@@ -169,6 +169,24 @@ pub fn interface_name(s: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Every node's name (this node's, `node.name`, and the others', `nodes[i].name`) follows
+/// [`node_name`], and no two are the same: the first offence as (field, reason). Checked
+/// before anything that looks nodes up by name (Services' endpoints do).
+pub fn check_nodes(state: &crate::state::StateFile) -> Result<(), (String, String)> {
+    node_name(&state.node.name).map_err(|r| ("node.name".to_string(), r))?;
+    let mut seen: std::collections::HashMap<&str, Option<usize>> = std::collections::HashMap::new();
+    seen.insert(state.node.name.as_str(), None);
+    for (i, r) in state.nodes.iter().enumerate() {
+        let field = format!("nodes[{i}].name");
+        node_name(&r.name).map_err(|e| (field.clone(), e))?;
+        if let Some(j) = seen.insert(r.name.as_str(), Some(i)) {
+            let other = j.map_or("this node".to_string(), |j| format!("nodes[{j}]"));
+            return Err((field, format!("'{}' is also the name of {other}", r.name)));
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -410,6 +410,8 @@ pub fn build(state: &StateFile) -> Result<ServiceTables, StateError> {
 
 /// Checks the cluster-wide Service settings against the rest of the state.
 fn check_config(state: &StateFile) -> Result<(), StateError> {
+    // Endpoints name their node: the names must be sound and unique first.
+    crate::names::check_nodes(state).map_err(|(f, r)| err(f, r))?;
     let cfg = &state.service_config;
     if cfg.maglev_table_size < 7
         || cfg.maglev_table_size > 1_000_003

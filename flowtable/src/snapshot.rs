@@ -229,7 +229,7 @@ impl Snapshot {
         services: impl FnOnce() -> Result<Arc<crate::services::ServiceTables>, StateError>,
     ) -> Result<Snapshot, StateError> {
         let n = &state.node;
-        crate::names::node_name(&n.name).map_err(|r| err("node.name", r))?;
+        crate::names::check_nodes(state).map_err(|(f, r)| err(f, r))?;
         if n.pod_cidr.prefix_len() > 30 {
             return Err(err(
                 "node.pod_cidr",
@@ -398,22 +398,8 @@ impl Snapshot {
         let mut routes = PrefixTable::default();
         let mut vtep_by_ip =
             HashMap::with_capacity_and_hasher(state.nodes.len(), Default::default());
-        let mut node_names = HashMap::default();
-        node_names.insert(n.name.as_str(), usize::MAX);
         for (i, r) in state.nodes.iter().enumerate() {
             let f = |k: &str| format!("nodes[{i}].{k}");
-            crate::names::node_name(&r.name).map_err(|e| err(f("name"), e))?;
-            if let Some(j) = node_names.insert(r.name.as_str(), i) {
-                let other = if j == usize::MAX {
-                    "this node".to_string()
-                } else {
-                    format!("nodes[{j}]")
-                };
-                return Err(err(
-                    f("name"),
-                    format!("'{}' is also the name of {other}", r.name),
-                ));
-            }
             if r.ip == n.ip {
                 return Err(err(f("ip"), format!("{} is this node's address", r.ip)));
             }
