@@ -379,6 +379,11 @@ pub struct ServiceTables {
 pub const MAX_ENDPOINTS: usize = 65_535;
 /// Most ports one Service may have.
 pub const MAX_PORTS_PER_SERVICE: usize = 128;
+/// Most Services in a state.
+pub const MAX_SERVICES: usize = 262_144;
+/// Most frontends on the uplink (NodePorts, LoadBalancer and external IPs): the size of the
+/// XDP program's `frontends` map (`switch/bpf/xsk_redirect.bpf.c`).
+pub const MAX_EXTERNAL_FRONTENDS: usize = 65_536;
 
 fn err(field: String, reason: String) -> StateError {
     StateError { field, reason }
@@ -740,6 +745,28 @@ impl ServiceTables {
         }
         for (s, b) in rest {
             t.insert(s, b)?;
+        }
+        if t.names.len() > MAX_SERVICES {
+            return Err(err(
+                "services".into(),
+                format!("{} Services: at most {MAX_SERVICES}", t.names.len()),
+            ));
+        }
+        if !Arc::ptr_eq(&t.frontends, &self.frontends) {
+            let external = t
+                .frontends
+                .values()
+                .filter(|f| f.kind != FrontendKind::ClusterIp)
+                .count();
+            if external > MAX_EXTERNAL_FRONTENDS {
+                return Err(err(
+                    "services".into(),
+                    format!(
+                        "{external} NodePort, LoadBalancer and external-IP frontends: at most \
+                         {MAX_EXTERNAL_FRONTENDS} (what the XDP program's frontend map holds)"
+                    ),
+                ));
+            }
         }
         if t.stale > 1024 && t.stale > t.backend_ips.len() + t.frontend_ips.len() {
             t.rebuild_filter();
@@ -1161,6 +1188,34 @@ mod tests {
         // More backends than the configured size: one entry each at least.
         assert_eq!(table_size(20_000, 16381), 32749);
         assert_eq!(table_size(65_535, 16381), 131071);
+    }
+
+    #[test]
+    fn uplink_frontends_are_bounded_by_the_xdp_map() {
+        let base = StateFile::parse(include_str!("../../examples/node1.toml")).unwrap();
+        let svc = |name: &str, first: u32, n: u32| ServiceSpec {
+            name: name.into(),
+            cluster_ip: "10.96.100.1".parse().unwrap(),
+            ports: vec![crate::state::ServicePortSpec {
+                name: String::new(),
+                protocol: crate::state::Protocol::Tcp,
+                port: 80,
+                target_port: None,
+                node_port: None,
+            }],
+            external_ips: (first..first + n).map(Ipv4Addr::from).collect(),
+            ..base.services[0].clone()
+        };
+        let half = (MAX_EXTERNAL_FRONTENDS / 2) as u32;
+        let a = svc("default/ext-a", 0x2000_0000, half);
+        let mut b = svc("default/ext-b", 0x3000_0000, half);
+        b.cluster_ip = "10.96.100.2".parse().unwrap();
+        let t = ServiceTables::build_from(&base, &[&a, &b]).expect("exactly the limit");
+        let mut c = svc("default/ext-c", 0x4000_0000, 1);
+        c.cluster_ip = "10.96.100.3".parse().unwrap();
+        let e = t.update(&[], &[&c]).unwrap_err();
+        assert_eq!(e.field, "services");
+        assert!(e.reason.contains("at most 65536"), "{}", e.reason);
     }
 
     #[test]

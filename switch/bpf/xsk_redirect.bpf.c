@@ -84,7 +84,7 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 65536);
+	__uint(max_entries, 65536); /* flowtable::services::MAX_EXTERNAL_FRONTENDS */
 	__type(key, struct frontend_key);
 	__type(value, __u8);
 } frontends SEC(".maps");
