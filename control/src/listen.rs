@@ -296,6 +296,9 @@ where
 {
     let (tx, rx) = mpsc::channel(limits.max_connections.max(1));
     let permits = Arc::new(Semaphore::new(limits.max_connections));
+    // Descriptors held by pending connections, evicted ones included until their task has
+    // dropped them: the loop waits for room rather than outrun the tasks that close them.
+    let pending_fds = Arc::new(Semaphore::new(limits.max_pending.max(1) * 2));
     tokio::spawn(async move {
         let mut logged: Option<io::ErrorKind> = None;
         // Pending handshakes, oldest first: dropping a sender cancels its handshake.
@@ -334,6 +337,9 @@ where
                     }
                 }
             }
+            let Ok(held) = Arc::clone(&pending_fds).acquire_owned().await else {
+                return;
+            };
             let (cancel, cancelled) = tokio::sync::oneshot::channel::<()>();
             pending.push_back(cancel);
             let (tx, stats, tls, permits) = (
@@ -359,6 +365,7 @@ where
                     r = tokio::time::timeout(limits.handshake_timeout, handshake) => r,
                     _ = cancelled => return, // evicted: counted by the loop
                 };
+                drop(held); // (also dropped, with the connection, on every return above)
                 let conn = match done {
                     Ok(Ok(c)) => c,
                     Ok(Err(_)) => return,

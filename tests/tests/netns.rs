@@ -687,3 +687,45 @@ fn switchctl_drives_a_running_switchd() {
         "the other pods are untouched"
     );
 }
+
+/// A flood of idle connections on the control socket of a switchd whose descriptor limit is
+/// low (1024, the usual soft limit, as for a service): the caps keep it under the limit, the
+/// stats file keeps being written, switchctl is answered during the flood, forwarding goes on.
+#[test]
+fn a_control_socket_flood_cannot_exhaust_descriptors() {
+    if skip_unless_root("the switchd namespace tests") {
+        return;
+    }
+    let mut t = Topo::up(["switch", "switch"]);
+    let wrapper = t.dir.path().join("switchd-lowfd");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nulimit -n 1024\nexec {} \"$@\"\n",
+            switchd_bin().display()
+        ),
+    )
+    .unwrap();
+    sh(&["chmod", "+x", wrapper.to_str().unwrap()]);
+    t.switchd_bin_with(1, &wrapper, &state(1), &[]);
+    let sock = t.dir.path().join("n1.sock");
+    // 5,000 connections that never speak, held open (more than the daemon's limit).
+    let flood: Vec<_> = (0..5000)
+        .filter_map(|_| std::os::unix::net::UnixStream::connect(&sock).ok())
+        .collect();
+    assert!(flood.len() > 1024, "only {} connections made", flood.len());
+    let (rc, out, err) = t.ctl(1, &["version"]);
+    assert_eq!(rc, 0, "switchctl during the flood: {err}");
+    assert!(out.contains("node node1"), "{out}");
+    assert!(t.ping("a", "10.244.1.3", &[]), "forwarding goes on");
+    let s = t.stats(1); // waits for a fresh counters file
+    let c = &s["control"]["unix"];
+    assert_eq!(c["accept_errors"], 0, "never out of descriptors: {c}");
+    assert!(c["evicted"].as_u64().unwrap() >= 4000, "{c}");
+    let st = t.stats(1);
+    assert_ne!(
+        s["uptime_secs"], st["uptime_secs"],
+        "the stats file is still written"
+    );
+    drop(flood);
+}
