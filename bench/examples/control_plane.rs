@@ -253,7 +253,9 @@ async fn main() {
         .get_state(pb::GetStateRequest {})
         .await
         .expect("GetState")
-        .into_inner();
+        .into_inner()
+        .state
+        .unwrap();
     let base = control::convert::state(&base).expect("state");
     let big = big_state(&base, a.services, a.endpoints);
     let big_pb = control::convert::state_pb(&big, 0);
@@ -287,7 +289,9 @@ async fn main() {
             })
             .await
             .expect("apply the big state")
-            .into_inner();
+            .into_inner()
+            .result
+            .unwrap();
         full.push(ms(t.elapsed()));
         build.push(r.build_micros as f64 / 1e3);
         programmed.push(r.programmed_micros as f64 / 1e3);
@@ -337,7 +341,9 @@ async fn main() {
             })
             .await
             .expect("set endpoints")
-            .into_inner();
+            .into_inner()
+            .result
+            .unwrap();
         lat.push(t.elapsed().as_secs_f64() * 1e6);
         assert!(r.changed, "every call changes an endpoint");
         server.push(r.programmed_micros as f64 + r.build_micros as f64);

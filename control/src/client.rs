@@ -17,7 +17,7 @@
 //! Thread-safety: the handle may be moved to any thread.
 
 use crate::listen::{self, Limits, ListenStats};
-use crate::pb::switch_client::SwitchClient;
+use crate::pb::switch_service_client::SwitchServiceClient as SwitchClient;
 use crate::server::{Control, Dataplane};
 use hyper_util::rt::TokioIo;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
@@ -323,7 +323,7 @@ type Stop = tokio::sync::oneshot::Sender<()>;
 fn serve_on_thread<D, I, IO, E>(
     rt: tokio::runtime::Runtime,
     builder: tonic::transport::Server,
-    service: crate::pb::switch_server::SwitchServer<crate::server::Api<D>>,
+    service: crate::pb::switch_service_server::SwitchServiceServer<crate::server::Api<D>>,
     incoming: I,
 ) -> std::io::Result<(Stop, std::thread::JoinHandle<()>)>
 where

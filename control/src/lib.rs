@@ -1,4 +1,4 @@
-//! nodeswitch's control plane: the gRPC API (`proto/nodeswitch.proto`), its server (run inside
+//! nodeswitch's control plane: the gRPC API (`proto/nodeswitch/v1/nodeswitch.proto`), its server (run inside
 //! switchd) and the client that `switchctl` uses.
 //!
 //! Design: requests are converted ([`convert`]) into the state file's types, planned by the

@@ -164,8 +164,8 @@ const STATE_FILTERS: &[&str] = &[
 /// The live conntrack entries that match the request's filters.
 pub fn conntrack(
     ct: &Conntrack,
-    req: &pb::ConntrackRequest,
-) -> Result<pb::ConntrackList, ApiError> {
+    req: &pb::ListConntrackRequest,
+) -> Result<pb::ListConntrackResponse, ApiError> {
     let addr = if req.address.is_empty() {
         None
     } else {
@@ -251,7 +251,7 @@ pub fn conntrack(
         }
     }
     entries.sort_by(|a, b| (&a.src, a.sport, &a.dst).cmp(&(&b.src, b.sport, &b.dst)));
-    Ok(pb::ConntrackList {
+    Ok(pb::ListConntrackResponse {
         entries,
         matched,
         total,
@@ -296,7 +296,7 @@ pub fn explain(
     snap: &Snapshot,
     live: Option<&Arc<Conntrack>>,
     req: &pb::ExplainRequest,
-) -> Result<pb::ExplainReply, ApiError> {
+) -> Result<pb::ExplainResponse, ApiError> {
     let src = convert::ip("src", &req.src)?;
     let dst = convert::ip("dst", &req.dst)?;
     let proto = match req.protocol.to_ascii_uppercase().as_str() {
@@ -504,7 +504,7 @@ pub fn explain(
         Verdict::Kernel => "to the node's kernel".into(),
         Verdict::Drop(r) => format!("drop ({})", r.name()),
     };
-    Ok(pb::ExplainReply {
+    Ok(pb::ExplainResponse {
         steps,
         verdict,
         generation: snap.generation,

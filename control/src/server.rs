@@ -13,7 +13,7 @@
 
 use crate::engine::{Engine, Op, Plan};
 use crate::error::ApiError;
-use crate::pb::switch_server::{Switch, SwitchServer};
+use crate::pb::switch_service_server::{SwitchService, SwitchServiceServer};
 use crate::{convert, pb, query};
 use flowtable::conntrack::Conntrack;
 use flowtable::snapshot::Snapshot;
@@ -77,18 +77,18 @@ impl<D: Dataplane> Control<D> {
         &self,
         dry_run: bool,
         plan: impl FnOnce(&Engine, &Snapshot) -> Result<Option<Plan>, ApiError>,
-    ) -> Result<pb::ApplyReply, ApiError> {
+    ) -> Result<pb::ApplyResult, ApiError> {
         let mut engine = self.engine()?;
         let current = self.plane.current();
         let Some(mut plan) = plan(&engine, &current)? else {
-            return Ok(pb::ApplyReply {
+            return Ok(pb::ApplyResult {
                 generation: self.plane.current().generation,
                 changed: false,
                 dry_run,
                 ..Default::default()
             });
         };
-        let mut reply = pb::ApplyReply {
+        let mut reply = pb::ApplyResult {
             changed: true,
             changes: plan.changes.clone(),
             unchanged: plan.unchanged,
@@ -114,12 +114,12 @@ impl<D: Dataplane> Control<D> {
     }
 
     /// Applies a batch of changes atomically (blocking).
-    pub fn apply(&self, ops: &[(String, Op)], dry_run: bool) -> Result<pb::ApplyReply, ApiError> {
+    pub fn apply(&self, ops: &[(String, Op)], dry_run: bool) -> Result<pb::ApplyResult, ApiError> {
         self.run(dry_run, |e, cur| e.plan(ops, Some(cur)))
     }
 
     /// Replaces the desired state (blocking); changes only what differs.
-    pub fn replace(&self, state: StateFile, dry_run: bool) -> Result<pb::ApplyReply, ApiError> {
+    pub fn replace(&self, state: StateFile, dry_run: bool) -> Result<pb::ApplyResult, ApiError> {
         self.run(dry_run, |e, cur| e.plan_replace(state, Some(cur)))
     }
 
@@ -129,8 +129,8 @@ impl<D: Dataplane> Control<D> {
     }
 
     /// A tonic service for this control plane.
-    pub fn service(self: &Arc<Self>) -> SwitchServer<Api<D>> {
-        SwitchServer::new(Api(Arc::clone(self)))
+    pub fn service(self: &Arc<Self>) -> SwitchServiceServer<Api<D>> {
+        SwitchServiceServer::new(Api(Arc::clone(self)))
             .max_decoding_message_size(MAX_REQUEST)
             .max_encoding_message_size(MAX_REQUEST)
     }
@@ -215,7 +215,7 @@ impl<D: Dataplane> Api<D> {
         &self,
         ops: Vec<(String, Op)>,
         dry_run: bool,
-    ) -> Result<Response<pb::ApplyReply>, Status> {
+    ) -> Result<Response<pb::ApplyResult>, Status> {
         let ctl = Arc::clone(&self.0);
         tokio::task::spawn_blocking(move || ctl.apply(&ops, dry_run))
             .await
@@ -248,7 +248,7 @@ impl<D: Dataplane> Api<D> {
 
     /// A one-object shorthand: converted and checked as the same change in a batch would be
     /// (its fields named `request.upsert_pod.ip`, ...).
-    async fn one(&self, c: pb::change::Change) -> Result<Response<pb::ApplyReply>, Status> {
+    async fn one(&self, c: pb::change::Change) -> Result<Response<pb::ApplyResult>, Status> {
         let change = pb::Change { change: Some(c) };
         let op = op("request", &change)?;
         self.write(vec![("request".into(), op)], false).await
@@ -264,12 +264,23 @@ fn not_found(kind: &str, name: &str) -> Status {
 
 use pb::change::Change as C;
 
+/// A write's answer in the response message of its rpc.
+macro_rules! answer {
+    ($e:expr, $t:ident) => {
+        $e.await.map(|r| {
+            Response::new(pb::$t {
+                result: Some(r.into_inner()),
+            })
+        })
+    };
+}
+
 #[tonic::async_trait]
-impl<D: Dataplane> Switch for Api<D> {
+impl<D: Dataplane> SwitchService for Api<D> {
     async fn apply(
         &self,
         req: Request<pb::ApplyRequest>,
-    ) -> Result<Response<pb::ApplyReply>, Status> {
+    ) -> Result<Response<pb::ApplyResponse>, Status> {
         let req = req.into_inner();
         let ops = req
             .changes
@@ -280,13 +291,13 @@ impl<D: Dataplane> Switch for Api<D> {
                 op(&f, c).map(|o| (f, o))
             })
             .collect::<Result<Vec<_>, ApiError>>()?;
-        self.write(ops, req.dry_run).await
+        answer!(self.write(ops, req.dry_run), ApplyResponse)
     }
 
     async fn replace(
         &self,
         req: Request<pb::ReplaceRequest>,
-    ) -> Result<Response<pb::ApplyReply>, Status> {
+    ) -> Result<Response<pb::ReplaceResponse>, Status> {
         let req = req.into_inner();
         let state = req
             .state
@@ -297,69 +308,92 @@ impl<D: Dataplane> Switch for Api<D> {
         tokio::task::spawn_blocking(move || ctl.replace(state, req.dry_run))
             .await
             .map_err(|e| Status::internal(format!("replace failed: {e}")))?
-            .map(Response::new)
+            .map(|r| Response::new(pb::ReplaceResponse { result: Some(r) }))
             .map_err(Status::from)
     }
 
     async fn upsert_node(
         &self,
-        req: Request<pb::Node>,
-    ) -> Result<Response<pb::ApplyReply>, Status> {
-        self.one(C::UpsertNode(req.into_inner())).await
+        req: Request<pb::UpsertNodeRequest>,
+    ) -> Result<Response<pb::UpsertNodeResponse>, Status> {
+        let node = req.into_inner().node.unwrap_or_default();
+        answer!(self.one(C::UpsertNode(node)), UpsertNodeResponse)
     }
 
     async fn delete_node(
         &self,
-        req: Request<pb::Name>,
-    ) -> Result<Response<pb::ApplyReply>, Status> {
-        self.one(C::DeleteNode(req.into_inner().name)).await
+        req: Request<pb::DeleteNodeRequest>,
+    ) -> Result<Response<pb::DeleteNodeResponse>, Status> {
+        answer!(
+            self.one(C::DeleteNode(req.into_inner().name)),
+            DeleteNodeResponse
+        )
     }
 
-    async fn upsert_pod(&self, req: Request<pb::Pod>) -> Result<Response<pb::ApplyReply>, Status> {
-        self.one(C::UpsertPod(req.into_inner())).await
+    async fn upsert_pod(
+        &self,
+        req: Request<pb::UpsertPodRequest>,
+    ) -> Result<Response<pb::UpsertPodResponse>, Status> {
+        let pod = req.into_inner().pod.unwrap_or_default();
+        answer!(self.one(C::UpsertPod(pod)), UpsertPodResponse)
     }
 
-    async fn delete_pod(&self, req: Request<pb::Name>) -> Result<Response<pb::ApplyReply>, Status> {
-        self.one(C::DeletePod(req.into_inner().name)).await
+    async fn delete_pod(
+        &self,
+        req: Request<pb::DeletePodRequest>,
+    ) -> Result<Response<pb::DeletePodResponse>, Status> {
+        answer!(
+            self.one(C::DeletePod(req.into_inner().name)),
+            DeletePodResponse
+        )
     }
 
     async fn upsert_service(
         &self,
-        req: Request<pb::Service>,
-    ) -> Result<Response<pb::ApplyReply>, Status> {
-        self.one(C::UpsertService(req.into_inner())).await
+        req: Request<pb::UpsertServiceRequest>,
+    ) -> Result<Response<pb::UpsertServiceResponse>, Status> {
+        let service = req.into_inner().service.unwrap_or_default();
+        answer!(self.one(C::UpsertService(service)), UpsertServiceResponse)
     }
 
     async fn delete_service(
         &self,
-        req: Request<pb::Name>,
-    ) -> Result<Response<pb::ApplyReply>, Status> {
-        self.one(C::DeleteService(req.into_inner().name)).await
+        req: Request<pb::DeleteServiceRequest>,
+    ) -> Result<Response<pb::DeleteServiceResponse>, Status> {
+        answer!(
+            self.one(C::DeleteService(req.into_inner().name)),
+            DeleteServiceResponse
+        )
     }
 
     async fn set_endpoints(
         &self,
         req: Request<pb::SetEndpointsRequest>,
-    ) -> Result<Response<pb::ApplyReply>, Status> {
-        self.one(C::SetEndpoints(req.into_inner())).await
+    ) -> Result<Response<pb::SetEndpointsResponse>, Status> {
+        answer!(
+            self.one(C::SetEndpoints(req.into_inner())),
+            SetEndpointsResponse
+        )
     }
 
     async fn get_state(
         &self,
         _: Request<pb::GetStateRequest>,
-    ) -> Result<Response<pb::State>, Status> {
+    ) -> Result<Response<pb::GetStateResponse>, Status> {
         self.read(|base, services, snap| {
             let mut state = (*base).clone();
             state.services = services.values().cloned().collect();
-            Ok(convert::state_pb(&state, snap.generation))
+            Ok(pb::GetStateResponse {
+                state: Some(convert::state_pb(&state, snap.generation)),
+            })
         })
         .await
     }
 
     async fn list_nodes(
         &self,
-        req: Request<pb::ListRequest>,
-    ) -> Result<Response<pb::NodeList>, Status> {
+        req: Request<pb::ListNodesRequest>,
+    ) -> Result<Response<pb::ListNodesResponse>, Status> {
         let name = req.into_inner().name;
         self.read(move |base, _, snap| {
             let nodes: Vec<pb::Node> = base
@@ -371,7 +405,7 @@ impl<D: Dataplane> Switch for Api<D> {
             if !name.is_empty() && nodes.is_empty() {
                 return Err(not_found("node", &name));
             }
-            Ok(pb::NodeList {
+            Ok(pb::ListNodesResponse {
                 nodes,
                 generation: snap.generation,
             })
@@ -381,8 +415,8 @@ impl<D: Dataplane> Switch for Api<D> {
 
     async fn list_pods(
         &self,
-        req: Request<pb::ListRequest>,
-    ) -> Result<Response<pb::PodList>, Status> {
+        req: Request<pb::ListPodsRequest>,
+    ) -> Result<Response<pb::ListPodsResponse>, Status> {
         let name = req.into_inner().name;
         self.read(move |base, _, snap| {
             let pods: Vec<pb::Pod> = base
@@ -394,7 +428,7 @@ impl<D: Dataplane> Switch for Api<D> {
             if !name.is_empty() && pods.is_empty() {
                 return Err(not_found("pod", &name));
             }
-            Ok(pb::PodList {
+            Ok(pb::ListPodsResponse {
                 pods,
                 generation: snap.generation,
             })
@@ -404,8 +438,8 @@ impl<D: Dataplane> Switch for Api<D> {
 
     async fn list_services(
         &self,
-        req: Request<pb::ListRequest>,
-    ) -> Result<Response<pb::ServiceList>, Status> {
+        req: Request<pb::ListServicesRequest>,
+    ) -> Result<Response<pb::ListServicesResponse>, Status> {
         let name = req.into_inner().name;
         self.read(move |_, services, snap| {
             let list: Vec<pb::ServiceInfo> = if name.is_empty() {
@@ -423,7 +457,7 @@ impl<D: Dataplane> Switch for Api<D> {
             if !name.is_empty() && list.is_empty() {
                 return Err(not_found("Service", &name));
             }
-            Ok(pb::ServiceList {
+            Ok(pb::ListServicesResponse {
                 services: list,
                 generation: snap.generation,
             })
@@ -433,8 +467,8 @@ impl<D: Dataplane> Switch for Api<D> {
 
     async fn list_endpoints(
         &self,
-        req: Request<pb::ListRequest>,
-    ) -> Result<Response<pb::EndpointList>, Status> {
+        req: Request<pb::ListEndpointsRequest>,
+    ) -> Result<Response<pb::ListEndpointsResponse>, Status> {
         let name = req.into_inner().name;
         self.read(move |_, services, snap| {
             if !name.is_empty() && !services.contains_key(&name) {
@@ -445,7 +479,7 @@ impl<D: Dataplane> Switch for Api<D> {
                 .filter(|s| name.is_empty() || s.name == name)
                 .flat_map(|s| query::endpoint_infos(s, &snap))
                 .collect();
-            Ok(pb::EndpointList {
+            Ok(pb::ListEndpointsResponse {
                 endpoints,
                 generation: snap.generation,
             })
@@ -455,8 +489,8 @@ impl<D: Dataplane> Switch for Api<D> {
 
     async fn list_conntrack(
         &self,
-        req: Request<pb::ConntrackRequest>,
-    ) -> Result<Response<pb::ConntrackList>, Status> {
+        req: Request<pb::ListConntrackRequest>,
+    ) -> Result<Response<pb::ListConntrackResponse>, Status> {
         let Some(ct) = self.0.plane.conntrack() else {
             return Err(Status::unavailable("this switch has no conntrack table"));
         };
@@ -470,7 +504,7 @@ impl<D: Dataplane> Switch for Api<D> {
     async fn explain(
         &self,
         req: Request<pb::ExplainRequest>,
-    ) -> Result<Response<pb::ExplainReply>, Status> {
+    ) -> Result<Response<pb::ExplainResponse>, Status> {
         let snap = self.0.plane.current();
         let ct = self.0.plane.conntrack();
         Ok(Response::new(query::explain(
@@ -480,11 +514,17 @@ impl<D: Dataplane> Switch for Api<D> {
         )?))
     }
 
-    async fn get_stats(&self, _: Request<pb::StatsRequest>) -> Result<Response<pb::Stats>, Status> {
-        Ok(Response::new(self.0.plane.stats()))
+    async fn get_stats(
+        &self,
+        _: Request<pb::GetStatsRequest>,
+    ) -> Result<Response<pb::GetStatsResponse>, Status> {
+        Ok(Response::new(pb::GetStatsResponse {
+            stats: Some(self.0.plane.stats()),
+        }))
     }
 
-    type WatchStatsStream = Pin<Box<dyn Stream<Item = Result<pb::Stats, Status>> + Send + 'static>>;
+    type WatchStatsStream =
+        Pin<Box<dyn Stream<Item = Result<pb::WatchStatsResponse, Status>> + Send + 'static>>;
 
     async fn watch_stats(
         &self,
@@ -504,7 +544,10 @@ impl<D: Dataplane> Switch for Api<D> {
             let mut sent = 0u32;
             loop {
                 tick.tick().await;
-                if tx.send(Ok(ctl.plane.stats())).await.is_err() {
+                let stats = pb::WatchStatsResponse {
+                    stats: Some(ctl.plane.stats()),
+                };
+                if tx.send(Ok(stats)).await.is_err() {
                     return; // the client went away
                 }
                 sent += 1;
@@ -521,9 +564,9 @@ impl<D: Dataplane> Switch for Api<D> {
     async fn version(
         &self,
         _: Request<pb::VersionRequest>,
-    ) -> Result<Response<pb::VersionReply>, Status> {
+    ) -> Result<Response<pb::VersionResponse>, Status> {
         let snap = self.0.plane.current();
-        Ok(Response::new(pb::VersionReply {
+        Ok(Response::new(pb::VersionResponse {
             version: env!("CARGO_PKG_VERSION").into(),
             api: API.into(),
             node: snap.node.name.clone(),

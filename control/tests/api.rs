@@ -6,7 +6,7 @@ mod common;
 
 use common::{certificates, Fixture, STATE};
 use control::client::{connect, spawn_unix};
-use control::pb::switch_client::SwitchClient;
+use control::pb::switch_service_client::SwitchServiceClient as SwitchClient;
 use control::pb::{self, change::Change as C};
 use etherparse::{NetSlice, PacketBuilder, SlicedPacket};
 use flowtable::conntrack::{Conntrack, Timeouts};
@@ -84,11 +84,19 @@ fn every_object_round_trips() {
             .generation;
 
         let n = node("node3", "198.18.0.3", "10.244.3.0/24");
-        let r = c.upsert_node(n.clone()).await.unwrap().into_inner();
+        let r = c
+            .upsert_node(pb::UpsertNodeRequest {
+                node: Some(n.clone()),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .result
+            .unwrap();
         assert!(r.changed && r.generation == g0 + 1, "{r:?}");
         assert_eq!(r.changes[0].action, "created");
         let got = c
-            .list_nodes(pb::ListRequest {
+            .list_nodes(pb::ListNodesRequest {
                 name: "node3".into(),
             })
             .await
@@ -102,9 +110,13 @@ fn every_object_round_trips() {
         );
 
         let p = pod("default/pod-x", "10.244.1.9", "02:00:0a:f4:01:09", "veth-x");
-        c.upsert_pod(p.clone()).await.unwrap();
+        c.upsert_pod(pb::UpsertPodRequest {
+            pod: Some(p.clone()),
+        })
+        .await
+        .unwrap();
         let got = c
-            .list_pods(pb::ListRequest {
+            .list_pods(pb::ListPodsRequest {
                 name: p.name.clone(),
             })
             .await
@@ -118,9 +130,13 @@ fn every_object_round_trips() {
             443,
             vec![ep("10.244.3.5", "node3"), ep("10.244.1.9", "node1")],
         );
-        c.upsert_service(s.clone()).await.unwrap();
+        c.upsert_service(pb::UpsertServiceRequest {
+            service: Some(s.clone()),
+        })
+        .await
+        .unwrap();
         let got = c
-            .list_services(pb::ListRequest {
+            .list_services(pb::ListServicesRequest {
                 name: s.name.clone(),
             })
             .await
@@ -155,10 +171,12 @@ fn every_object_round_trips() {
             })
             .await
             .unwrap()
-            .into_inner();
+            .into_inner()
+            .result
+            .unwrap();
         assert_eq!(r.changes[0].action, "configured");
         let eps = c
-            .list_endpoints(pb::ListRequest {
+            .list_endpoints(pb::ListEndpointsRequest {
                 name: s.name.clone(),
             })
             .await
@@ -179,7 +197,9 @@ fn every_object_round_trips() {
             .get_state(pb::GetStateRequest {})
             .await
             .unwrap()
-            .into_inner();
+            .into_inner()
+            .state
+            .unwrap();
         let r = c
             .replace(pb::ReplaceRequest {
                 state: Some(state),
@@ -187,32 +207,43 @@ fn every_object_round_trips() {
             })
             .await
             .unwrap()
-            .into_inner();
+            .into_inner()
+            .result
+            .unwrap();
         assert!(!r.changed && r.changes.is_empty(), "{r:?}");
 
         for (kind, name) in [("service", &s.name), ("pod", &p.name), ("node", &n.name)] {
-            let req = pb::Name { name: name.clone() };
+            let name = name.clone();
             let r = match kind {
-                "service" => c.delete_service(req).await,
-                "pod" => c.delete_pod(req).await,
-                _ => c.delete_node(req).await,
+                "service" => c
+                    .delete_service(pb::DeleteServiceRequest { name })
+                    .await
+                    .map(|r| r.into_inner().result),
+                "pod" => c
+                    .delete_pod(pb::DeletePodRequest { name })
+                    .await
+                    .map(|r| r.into_inner().result),
+                _ => c
+                    .delete_node(pb::DeleteNodeRequest { name })
+                    .await
+                    .map(|r| r.into_inner().result),
             }
             .unwrap()
-            .into_inner();
+            .unwrap();
             assert_eq!(
                 (r.changes[0].kind.as_str(), r.changes[0].action.as_str()),
                 (kind, "deleted")
             );
         }
         let e = c
-            .list_pods(pb::ListRequest {
+            .list_pods(pb::ListPodsRequest {
                 name: p.name.clone(),
             })
             .await
             .unwrap_err();
         assert_eq!(e.code(), Code::NotFound);
         let e = c
-            .delete_pod(pb::Name {
+            .delete_pod(pb::DeletePodRequest {
                 name: p.name.clone(),
             })
             .await
@@ -327,7 +358,7 @@ fn invalid_changes_are_refused_with_field_and_reason() {
         }
         // The one-object shorthands are checked as the same change in a batch.
         let e = c
-            .delete_pod(pb::Name { name: "".into() })
+            .delete_pod(pb::DeletePodRequest { name: "".into() })
             .await
             .unwrap_err();
         assert_eq!(
@@ -335,9 +366,11 @@ fn invalid_changes_are_refused_with_field_and_reason() {
             (Code::InvalidArgument, "request.delete_pod: is required")
         );
         let e = c
-            .upsert_pod(pb::Pod {
-                ip: "10.244.1.2".into(),
-                ..good()
+            .upsert_pod(pb::UpsertPodRequest {
+                pod: Some(pb::Pod {
+                    ip: "10.244.1.2".into(),
+                    ..good()
+                }),
             })
             .await
             .unwrap_err();
@@ -350,7 +383,7 @@ fn invalid_changes_are_refused_with_field_and_reason() {
         );
         // Deleting a node that endpoints still name.
         let e = c
-            .delete_node(pb::Name {
+            .delete_node(pb::DeleteNodeRequest {
                 name: "node2".into(),
             })
             .await
@@ -440,7 +473,9 @@ fn a_failing_batch_changes_nothing() {
             })
             .await
             .unwrap()
-            .into_inner();
+            .into_inner()
+            .result
+            .unwrap();
         assert!(r.dry_run && r.changed && r.changes.len() == 4, "{r:?}");
         assert_eq!(f.generation(), g0);
         let r = c
@@ -450,7 +485,9 @@ fn a_failing_batch_changes_nothing() {
             })
             .await
             .unwrap()
-            .into_inner();
+            .into_inner()
+            .result
+            .unwrap();
         assert_eq!(r.generation, g0 + 1);
         let mut actions: Vec<String> = r
             .changes
@@ -485,7 +522,9 @@ fn replace_is_idempotent_and_changes_only_what_differs() {
                 })
                 .await
                 .unwrap()
-                .into_inner();
+                .into_inner()
+                .result
+                .unwrap();
             assert!(!r.changed, "{r:?}");
             assert_eq!(r.generation, snap0.generation);
         }
@@ -502,7 +541,9 @@ fn replace_is_idempotent_and_changes_only_what_differs() {
             })
             .await
             .unwrap()
-            .into_inner();
+            .into_inner()
+            .result
+            .unwrap();
         assert_eq!(r.changes.len(), 1, "{r:?}");
         assert_eq!(
             (r.changes[0].name.as_str(), r.changes[0].action.as_str()),
@@ -531,7 +572,10 @@ fn a_controller_can_go_away_and_come_back() {
     let n = node("node3", "198.18.0.3", "10.244.3.0/24");
     {
         let mut c = f.client();
-        f.rt.block_on(c.upsert_node(n.clone())).unwrap();
+        f.rt.block_on(c.upsert_node(pb::UpsertNodeRequest {
+            node: Some(n.clone()),
+        }))
+        .unwrap();
         // A watcher left open when the client goes.
         let mut stream =
             f.rt.block_on(c.watch_stats(pb::WatchStatsRequest {
@@ -541,22 +585,24 @@ fn a_controller_can_go_away_and_come_back() {
             .unwrap()
             .into_inner();
         let s = f.rt.block_on(stream.message()).unwrap().unwrap();
-        assert_eq!(s.node, "node1");
+        assert_eq!(s.stats.unwrap().node, "node1");
     }
     // A new controller sees the state the old one left, and can change it.
     let mut c = f.client();
     let got =
-        f.rt.block_on(c.list_nodes(pb::ListRequest::default()))
+        f.rt.block_on(c.list_nodes(pb::ListNodesRequest::default()))
             .unwrap()
             .into_inner();
     assert!(got.nodes.contains(&n));
     let g = f.generation();
     let r =
-        f.rt.block_on(c.delete_node(pb::Name {
+        f.rt.block_on(c.delete_node(pb::DeleteNodeRequest {
             name: "node3".into(),
         }))
         .unwrap()
-        .into_inner();
+        .into_inner()
+        .result
+        .unwrap();
     assert_eq!(r.generation, g + 1);
     // With the server gone, the dataplane keeps the last state.
     f.server.take();
@@ -722,7 +768,12 @@ fn concurrent_changes_never_tear_a_batch() {
     let g0 = f.generation();
     let changes = 300u64;
     for k in 1..=changes {
-        let r = f.rt.block_on(c.apply(batch(k))).unwrap().into_inner();
+        let r =
+            f.rt.block_on(c.apply(batch(k)))
+                .unwrap()
+                .into_inner()
+                .result
+                .unwrap();
         assert_eq!(r.generation, g0 + k);
         // Programmed means every pipeline thread has loaded it.
         assert!(f
@@ -885,9 +936,17 @@ fn every_input_applies_the_same_rules() {
                     .iter()
                     .find(|p| !STATE.contains(&format!("\"{}\"", p.name)) || to.contains(&p.port))
                 {
-                    c.upsert_pod(convert::pod_pb(p)).await
+                    c.upsert_pod(pb::UpsertPodRequest {
+                        pod: Some(convert::pod_pb(p)),
+                    })
+                    .await
+                    .map(|_| ())
                 } else if let Some(n) = parsed.nodes.iter().find(|n| n.name == "Node2") {
-                    c.upsert_node(convert::node_pb(n)).await
+                    c.upsert_node(pb::UpsertNodeRequest {
+                        node: Some(convert::node_pb(n)),
+                    })
+                    .await
+                    .map(|_| ())
                 } else {
                     let s = parsed
                         .services
@@ -896,7 +955,11 @@ fn every_input_applies_the_same_rules() {
                             s.name == "default/Web" || s.ports.iter().any(|p| p.name.len() > 100)
                         })
                         .expect(what);
-                    c.upsert_service(convert::service_pb(s)).await
+                    c.upsert_service(pb::UpsertServiceRequest {
+                        service: Some(convert::service_pb(s)),
+                    })
+                    .await
+                    .map(|_| ())
                 }
             })
             .expect_err(what);

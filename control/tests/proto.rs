@@ -1,5 +1,7 @@
-//! The API's .proto as other toolchains see it: protoc (Debian's) compiles it, and no rpc,
-//! message or enum shares a name with another (protoc refuses that; protox, ours, did not).
+//! The API's .proto as other toolchains see it: protoc (Debian's) compiles it, no rpc,
+//! message or enum shares a name with another (protoc refuses that; protox, ours, did not),
+//! and every rpc has a request and a response message of its own, named for it (buf lint's
+//! rules: each can then grow without touching another rpc).
 
 use std::path::Path;
 
@@ -17,7 +19,7 @@ fn protoc_compiles_the_proto() {
             out.path().join("d.pb").display()
         ))
         .arg(format!("--python_out={}", out.path().display()))
-        .arg("nodeswitch.proto")
+        .arg("nodeswitch/v1/nodeswitch.proto")
         .output();
     match r {
         Ok(o) => assert!(
@@ -37,7 +39,7 @@ fn protoc_compiles_the_proto() {
 
 #[test]
 fn every_rpc_message_and_enum_name_is_unique() {
-    let text = std::fs::read_to_string(proto_dir().join("nodeswitch.proto")).unwrap();
+    let text = std::fs::read_to_string(proto_dir().join("nodeswitch/v1/nodeswitch.proto")).unwrap();
     let mut names = std::collections::HashMap::new();
     for line in text.lines() {
         let words: Vec<&str> = line.split_whitespace().collect();
@@ -49,4 +51,38 @@ fn every_rpc_message_and_enum_name_is_unique() {
         }
     }
     assert!(names.len() > 40, "{} names found", names.len());
+}
+
+#[test]
+fn every_rpc_has_its_own_request_and_response() {
+    let text = std::fs::read_to_string(proto_dir().join("nodeswitch/v1/nodeswitch.proto")).unwrap();
+    let mut used = std::collections::HashSet::new();
+    let mut rpcs = 0;
+    for line in text
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("rpc "))
+    {
+        let name = line[4..].split('(').next().unwrap().trim();
+        let types: Vec<&str> = line
+            .split(['(', ')'])
+            .skip(1)
+            .step_by(2)
+            .map(|t| t.trim().trim_start_matches("stream ").trim())
+            .collect();
+        assert_eq!(
+            types,
+            [format!("{name}Request"), format!("{name}Response")],
+            "{line}"
+        );
+        for t in types {
+            assert!(used.insert(t.to_string()), "{t} serves two rpcs");
+        }
+        rpcs += 1;
+    }
+    assert!(rpcs >= 19, "{rpcs} rpcs");
+    assert!(
+        text.contains("service SwitchService {"),
+        "the service's name ends in Service"
+    );
 }

@@ -7,7 +7,7 @@ mod common;
 use common::{certificates, Fixture};
 use control::client::{connect, connect_tcp, spawn_tcp, TlsFiles};
 use control::pb;
-use control::pb::switch_client::SwitchClient;
+use control::pb::switch_service_client::SwitchServiceClient as SwitchClient;
 use std::path::Path;
 use std::sync::Arc;
 use tonic::transport::Channel;
@@ -25,15 +25,17 @@ async fn rust_calls(mut sw: SwitchClient<Channel>) -> serde_json::Value {
         .unwrap()
         .into_inner()
         .node;
-    let list = pb::ListRequest {
+    let list = pb::ListPodsRequest {
         name: String::new(),
     };
     let before = names(sw.list_pods(list.clone()).await.unwrap().into_inner().pods);
-    sw.upsert_pod(pb::Pod {
-        name: "default/pod-py".into(),
-        ip: "10.244.1.9".into(),
-        mac: "02:00:0a:f4:01:09".into(),
-        port: "veth-py".into(),
+    sw.upsert_pod(pb::UpsertPodRequest {
+        pod: Some(pb::Pod {
+            name: "default/pod-py".into(),
+            ip: "10.244.1.9".into(),
+            mac: "02:00:0a:f4:01:09".into(),
+            port: "veth-py".into(),
+        }),
     })
     .await
     .unwrap();
@@ -57,10 +59,12 @@ async fn rust_calls(mut sw: SwitchClient<Channel>) -> serde_json::Value {
         })
         .await
         .unwrap()
-        .into_inner();
+        .into_inner()
+        .result
+        .unwrap();
     let set: Vec<String> = r.changes.into_iter().map(|c| c.action).collect();
     let mut eps: Vec<(String, bool)> = sw
-        .list_endpoints(pb::ListRequest {
+        .list_endpoints(pb::ListEndpointsRequest {
             name: "default/web".into(),
         })
         .await
@@ -72,11 +76,13 @@ async fn rust_calls(mut sw: SwitchClient<Channel>) -> serde_json::Value {
         .collect();
     eps.sort();
     let refused = sw
-        .upsert_pod(pb::Pod {
-            name: "default/bad".into(),
-            ip: "10.244.9.9".into(),
-            mac: "02:00:0a:f4:09:09".into(),
-            port: "veth-bad".into(),
+        .upsert_pod(pb::UpsertPodRequest {
+            pod: Some(pb::Pod {
+                name: "default/bad".into(),
+                ip: "10.244.9.9".into(),
+                mac: "02:00:0a:f4:09:09".into(),
+                port: "veth-bad".into(),
+            }),
         })
         .await
         .err()
@@ -93,12 +99,14 @@ async fn rust_calls(mut sw: SwitchClient<Channel>) -> serde_json::Value {
             serde_json::json!([upper, s.message()])
         });
     let r = sw
-        .delete_pod(pb::Name {
+        .delete_pod(pb::DeletePodRequest {
             name: "default/pod-py".into(),
         })
         .await
         .unwrap()
-        .into_inner();
+        .into_inner()
+        .result
+        .unwrap();
     let deleted: Vec<String> = r.changes.into_iter().map(|c| c.action).collect();
     serde_json::json!({
         "node": node,

@@ -257,9 +257,11 @@ fn a_request_over_the_size_limit_is_resource_exhausted() {
             .max_encoding_message_size(usize::MAX);
         let big = control::server::MAX_REQUEST + 1024;
         let e = c
-            .upsert_pod(pb::Pod {
-                name: "x".repeat(big),
-                ..Default::default()
+            .upsert_pod(pb::UpsertPodRequest {
+                pod: Some(pb::Pod {
+                    name: "x".repeat(big),
+                    ..Default::default()
+                }),
             })
             .await
             .unwrap_err();

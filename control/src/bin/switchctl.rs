@@ -8,7 +8,7 @@
 use clap::{Parser, Subcommand, ValueEnum};
 use control::client::{connect, DEFAULT_SOCKET};
 use control::pb;
-use control::pb::switch_client::SwitchClient;
+use control::pb::switch_service_client::SwitchServiceClient as SwitchClient;
 use flowtable::state::StateFile;
 use serde::Serialize;
 use std::path::PathBuf;
@@ -347,7 +347,7 @@ async fn run(cli: &Cli) -> Result<(), Failure> {
         } => {
             let mut c = client(cli).await?;
             let r = c
-                .list_conntrack(pb::ConntrackRequest {
+                .list_conntrack(pb::ListConntrackRequest {
                     address: address.clone().unwrap_or_default(),
                     protocol: protocol.clone().unwrap_or_default(),
                     port: port.unwrap_or(0),
@@ -403,8 +403,8 @@ async fn run(cli: &Cli) -> Result<(), Failure> {
         Cmd::Stats { watch, interval_ms } => {
             let mut c = client(cli).await?;
             if !watch {
-                let s = c.get_stats(pb::StatsRequest {}).await?.into_inner();
-                print_stats(cli, &s);
+                let s = c.get_stats(pb::GetStatsRequest {}).await?.into_inner();
+                print_stats(cli, &s.stats.unwrap_or_default());
                 return Ok(());
             }
             let mut stream = c
@@ -415,7 +415,7 @@ async fn run(cli: &Cli) -> Result<(), Failure> {
                 .await?
                 .into_inner();
             while let Some(s) = stream.message().await? {
-                print_stats(cli, &s);
+                print_stats(cli, &s.stats.unwrap_or_default());
                 if cli.output == Format::Table {
                     println!();
                 }
@@ -518,7 +518,9 @@ async fn apply(cli: &Cli, file: &PathBuf, dry_run: bool) -> Result<(), Failure> 
             dry_run,
         })
         .await?
-        .into_inner();
+        .into_inner()
+        .result
+        .unwrap_or_default();
     if cli.output == Format::Json {
         json(&r);
         return Ok(());
@@ -553,19 +555,32 @@ async fn apply(cli: &Cli, file: &PathBuf, dry_run: bool) -> Result<(), Failure> 
 
 async fn delete(cli: &Cli, kind: Kind, name: &str) -> Result<(), Failure> {
     let mut c = client(cli).await?;
-    let req = pb::Name {
-        name: name.to_string(),
-    };
+    let name = name.to_string();
     let r =
         match kind {
-            Kind::Nodes => c.delete_node(req).await?,
-            Kind::Pods => c.delete_pod(req).await?,
-            Kind::Services => c.delete_service(req).await?,
+            Kind::Nodes => {
+                c.delete_node(pb::DeleteNodeRequest { name })
+                    .await?
+                    .into_inner()
+                    .result
+            }
+            Kind::Pods => {
+                c.delete_pod(pb::DeletePodRequest { name })
+                    .await?
+                    .into_inner()
+                    .result
+            }
+            Kind::Services => {
+                c.delete_service(pb::DeleteServiceRequest { name })
+                    .await?
+                    .into_inner()
+                    .result
+            }
             Kind::Endpoints => return Err(usage(
                 "endpoints belong to a Service: apply a state without them, or delete the Service",
             )),
         }
-        .into_inner();
+        .unwrap_or_default();
     if cli.output == Format::Json {
         json(&r);
     } else {
@@ -579,13 +594,14 @@ async fn delete(cli: &Cli, kind: Kind, name: &str) -> Result<(), Failure> {
 
 async fn list(cli: &Cli, kind: Kind, name: &str) -> Result<(), Failure> {
     let mut c = client(cli).await?;
-    let req = pb::ListRequest {
-        name: name.to_string(),
-    };
+    let name = name.to_string();
     let js = cli.output == Format::Json;
     match kind {
         Kind::Nodes => {
-            let r = c.list_nodes(req).await?.into_inner();
+            let r = c
+                .list_nodes(pb::ListNodesRequest { name })
+                .await?
+                .into_inner();
             if js {
                 json(&r);
                 return Ok(());
@@ -609,7 +625,10 @@ async fn list(cli: &Cli, kind: Kind, name: &str) -> Result<(), Failure> {
             );
         }
         Kind::Pods => {
-            let r = c.list_pods(req).await?.into_inner();
+            let r = c
+                .list_pods(pb::ListPodsRequest { name })
+                .await?
+                .into_inner();
             if js {
                 json(&r);
                 return Ok(());
@@ -622,7 +641,10 @@ async fn list(cli: &Cli, kind: Kind, name: &str) -> Result<(), Failure> {
             table(&["NAME", "IP", "MAC", "PORT"], &rows);
         }
         Kind::Services => {
-            let r = c.list_services(req).await?.into_inner();
+            let r = c
+                .list_services(pb::ListServicesRequest { name: name.clone() })
+                .await?
+                .into_inner();
             if js {
                 json(&r);
                 return Ok(());
@@ -699,7 +721,10 @@ async fn list(cli: &Cli, kind: Kind, name: &str) -> Result<(), Failure> {
             }
         }
         Kind::Endpoints => {
-            let r = c.list_endpoints(req).await?.into_inner();
+            let r = c
+                .list_endpoints(pb::ListEndpointsRequest { name })
+                .await?
+                .into_inner();
             if js {
                 json(&r);
                 return Ok(());

@@ -6,7 +6,7 @@
 use control::client::{connect, spawn_unix, ServerHandle};
 use control::engine::Engine;
 use control::local::LocalPlane;
-use control::pb::switch_client::SwitchClient;
+use control::pb::switch_service_client::SwitchServiceClient as SwitchClient;
 use control::server::Control;
 use flowtable::conntrack::{Conntrack, Timeouts};
 use flowtable::state::StateFile;

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """A Python client of the nodeswitch API (grpcio from PyPI), as a Go or Python agent would
-be written: stubs generated from control/proto/nodeswitch.proto by grpcio-tools' protoc.
+be written: stubs generated from control/proto/nodeswitch/v1/nodeswitch.proto by
+grpcio-tools' protoc.
 
   client.py unix PATH            over the Unix socket
   client.py tls HOST:PORT DIR    over TCP with TLS (DIR: ca.pem, client.pem, client.key)
@@ -25,12 +26,12 @@ def stubs():
     out = tempfile.mkdtemp(prefix="nodeswitch-py-")
     inc = os.path.join(os.path.dirname(protoc.__file__), "_proto")
     rc = protoc.main(["protoc", "-I" + PROTO, "-I" + inc, "--python_out=" + out,
-                      "--grpc_python_out=" + out, os.path.join(PROTO, "nodeswitch.proto")])
+                      "--grpc_python_out=" + out,
+                      os.path.join(PROTO, "nodeswitch", "v1", "nodeswitch.proto")])
     if rc != 0:
         sys.exit("protoc (grpcio-tools) refused nodeswitch.proto")
     sys.path.insert(0, out)
-    import nodeswitch_pb2
-    import nodeswitch_pb2_grpc
+    from nodeswitch.v1 import nodeswitch_pb2, nodeswitch_pb2_grpc
     return nodeswitch_pb2, nodeswitch_pb2_grpc
 
 
@@ -50,27 +51,27 @@ def channel(argv):
 
 def main(argv):
     pb, rpc = stubs()
-    sw = rpc.SwitchStub(channel(argv))
+    sw = rpc.SwitchServiceStub(channel(argv))
     out = {}
     out["node"] = sw.Version(pb.VersionRequest(), timeout=10).node
-    out["pods_before"] = sorted(p.name for p in sw.ListPods(pb.ListRequest()).pods)
-    sw.UpsertPod(pb.Pod(name="default/pod-py", ip="10.244.1.9", mac="02:00:0a:f4:01:09",
-                        port="veth-py"))
-    out["pods_after"] = sorted(p.name for p in sw.ListPods(pb.ListRequest()).pods)
+    out["pods_before"] = sorted(p.name for p in sw.ListPods(pb.ListPodsRequest()).pods)
+    sw.UpsertPod(pb.UpsertPodRequest(pod=pb.Pod(
+        name="default/pod-py", ip="10.244.1.9", mac="02:00:0a:f4:01:09", port="veth-py")))
+    out["pods_after"] = sorted(p.name for p in sw.ListPods(pb.ListPodsRequest()).pods)
     r = sw.SetEndpoints(pb.SetEndpointsRequest(service="default/web", endpoints=[
         pb.Endpoint(ip="10.244.1.9", node="node1"),
         pb.Endpoint(ip="10.244.2.7", node="node2", ready=False)]))
-    out["set_endpoints"] = [c.action for c in r.changes]
-    eps = sw.ListEndpoints(pb.ListRequest(name="default/web")).endpoints
+    out["set_endpoints"] = [c.action for c in r.result.changes]
+    eps = sw.ListEndpoints(pb.ListEndpointsRequest(name="default/web")).endpoints
     out["endpoints"] = sorted([e.endpoint.ip, e.usable] for e in eps)
     try:
-        sw.UpsertPod(pb.Pod(name="default/bad", ip="10.244.9.9", mac="02:00:0a:f4:09:09",
-                            port="veth-bad"))
+        sw.UpsertPod(pb.UpsertPodRequest(pod=pb.Pod(
+            name="default/bad", ip="10.244.9.9", mac="02:00:0a:f4:09:09", port="veth-bad")))
         out["refused"] = None
     except grpc.RpcError as e:
         out["refused"] = [e.code().name, e.details()]
-    r = sw.DeletePod(pb.Name(name="default/pod-py"))
-    out["deleted"] = [c.action for c in r.changes]
+    r = sw.DeletePod(pb.DeletePodRequest(name="default/pod-py"))
+    out["deleted"] = [c.action for c in r.result.changes]
     print(json.dumps(out, sort_keys=True))
 
 
