@@ -140,65 +140,25 @@ impl Listener for tokio::net::TcpListener {
     }
 }
 
-/// A plain connection's first bytes (read to prove it speaks), then the rest of it.
-struct Spoken<IO> {
-    first: Vec<u8>,
-    at: usize,
-    io: IO,
+/// Reads a plain connection's first bytes (to prove it speaks); an error if the peer closes
+/// first. They are replayed to the server by the [`Conn`].
+async fn first_bytes<IO: AsyncRead + Unpin>(io: &mut IO) -> io::Result<Vec<u8>> {
+    use tokio::io::AsyncReadExt;
+    let mut first = vec![0u8; 64];
+    let n = io.read(&mut first).await?;
+    if n == 0 {
+        return Err(io::ErrorKind::UnexpectedEof.into());
+    }
+    first.truncate(n);
+    Ok(first)
 }
 
-impl<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static> Spoken<IO> {
-    /// Reads the first bytes; an error if the peer closes first.
-    async fn read(mut io: IO) -> io::Result<Box<dyn Io>> {
-        use tokio::io::AsyncReadExt;
-        let mut first = vec![0u8; 64];
-        let n = io.read(&mut first).await?;
-        if n == 0 {
-            return Err(io::ErrorKind::UnexpectedEof.into());
-        }
-        first.truncate(n);
-        Ok(Box::new(Spoken { first, at: 0, io }))
-    }
-}
-
-impl<IO: AsyncRead + Unpin> AsyncRead for Spoken<IO> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        if self.at < self.first.len() {
-            let n = buf.remaining().min(self.first.len() - self.at);
-            let at = self.at;
-            buf.put_slice(&self.first[at..at + n]);
-            self.at += n;
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut self.io).poll_read(cx, buf)
-    }
-}
-
-impl<IO: AsyncWrite + Unpin> AsyncWrite for Spoken<IO> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
-    }
-}
-
-/// An established connection: its permit, and the deadline of its next read.
+/// An established connection: the bytes its handshake read (replayed first), its permit,
+/// and the deadline of its next read.
 pub struct Conn<IO> {
     io: IO,
+    first: Vec<u8>,
+    at: usize,
     _permit: OwnedSemaphorePermit,
     deadline: Pin<Box<tokio::time::Sleep>>,
     limits: Limits,
@@ -206,9 +166,16 @@ pub struct Conn<IO> {
 }
 
 impl<IO> Conn<IO> {
-    fn new(io: IO, permit: OwnedSemaphorePermit, limits: Limits, stats: Arc<ListenStats>) -> Self {
+    fn new(
+        (io, first): (IO, Vec<u8>),
+        permit: OwnedSemaphorePermit,
+        limits: Limits,
+        stats: Arc<ListenStats>,
+    ) -> Self {
         Conn {
             io,
+            first,
+            at: 0,
             _permit: permit,
             deadline: Box::pin(tokio::time::sleep(limits.idle_timeout)),
             limits,
@@ -223,6 +190,13 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Conn<IO> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        if self.at < self.first.len() {
+            let n = buf.remaining().min(self.first.len() - self.at);
+            let at = self.at;
+            buf.put_slice(&self.first[at..at + n]);
+            self.at += n;
+            return Poll::Ready(Ok(()));
+        }
         let before = buf.filled().len();
         match Pin::new(&mut self.io).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
@@ -351,9 +325,14 @@ where
             tokio::spawn(async move {
                 let handshake = async {
                     match tls {
-                        None => Spoken::read(io).await,
+                        None => {
+                            let mut io = io;
+                            first_bytes(&mut io)
+                                .await
+                                .map(|first| (Box::new(io) as Box<dyn Io>, first))
+                        }
                         Some(acceptor) => match acceptor.accept(io).await {
-                            Ok(s) => Ok(Box::new(s) as Box<dyn Io>),
+                            Ok(s) => Ok((Box::new(s) as Box<dyn Io>, Vec::new())),
                             Err(e) => {
                                 stats.tls_failures.fetch_add(1, Relaxed);
                                 Err(e)
