@@ -379,6 +379,8 @@ pub struct ServiceTables {
 pub const MAX_ENDPOINTS: usize = 65_535;
 /// Most ports one Service may have.
 pub const MAX_PORTS_PER_SERVICE: usize = 128;
+/// Most LoadBalancer IPs, and most external IPs, one Service may have.
+pub const MAX_IPS_PER_SERVICE: usize = 256;
 /// Most Services in a state.
 pub const MAX_SERVICES: usize = 262_144;
 /// Most frontends on the uplink (NodePorts, LoadBalancer and external IPs): the size of the
@@ -516,6 +518,15 @@ fn check_service(ctx: &Context, s: &ServiceSpec) -> Result<(), StateError> {
         ("load_balancer_ips", &s.load_balancer_ips),
         ("external_ips", &s.external_ips),
     ] {
+        if ips.len() > MAX_IPS_PER_SERVICE {
+            return Err(err(
+                f(k),
+                format!(
+                    "{} addresses: at most {MAX_IPS_PER_SERVICE} per Service",
+                    ips.len()
+                ),
+            ));
+        }
         for (i, ip) in ips.iter().enumerate() {
             if *ip == ctx.node_ip || ctx.node_ips.contains(ip) {
                 return Err(err(
@@ -1193,9 +1204,9 @@ mod tests {
     #[test]
     fn uplink_frontends_are_bounded_by_the_xdp_map() {
         let base = StateFile::parse(include_str!("../../examples/node1.toml")).unwrap();
-        let svc = |name: &str, first: u32, n: u32| ServiceSpec {
-            name: name.into(),
-            cluster_ip: "10.96.100.1".parse().unwrap(),
+        let svc = |i: u32| ServiceSpec {
+            name: format!("default/ext-{i}"),
+            cluster_ip: Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 100, 0, 0)) + i),
             ports: vec![crate::state::ServicePortSpec {
                 name: String::new(),
                 protocol: crate::state::Protocol::Tcp,
@@ -1203,19 +1214,27 @@ mod tests {
                 target_port: None,
                 node_port: None,
             }],
-            external_ips: (first..first + n).map(Ipv4Addr::from).collect(),
+            external_ips: (0..MAX_IPS_PER_SERVICE as u32)
+                .map(|k| Ipv4Addr::from(0x2000_0000 + i * 1024 + k))
+                .collect(),
             ..base.services[0].clone()
         };
-        let half = (MAX_EXTERNAL_FRONTENDS / 2) as u32;
-        let a = svc("default/ext-a", 0x2000_0000, half);
-        let mut b = svc("default/ext-b", 0x3000_0000, half);
-        b.cluster_ip = "10.96.100.2".parse().unwrap();
-        let t = ServiceTables::build_from(&base, &[&a, &b]).expect("exactly the limit");
-        let mut c = svc("default/ext-c", 0x4000_0000, 1);
-        c.cluster_ip = "10.96.100.3".parse().unwrap();
-        let e = t.update(&[], &[&c]).unwrap_err();
+        let full: Vec<ServiceSpec> = (0..(MAX_EXTERNAL_FRONTENDS / MAX_IPS_PER_SERVICE) as u32)
+            .map(svc)
+            .collect();
+        let refs: Vec<&ServiceSpec> = full.iter().collect();
+        let t = ServiceTables::build_from(&base, &refs).expect("exactly the limit");
+        let mut one_more = svc(full.len() as u32);
+        one_more.external_ips.truncate(1);
+        let e = t.update(&[], &[&one_more]).unwrap_err();
         assert_eq!(e.field, "services");
         assert!(e.reason.contains("at most 65536"), "{}", e.reason);
+        // And one Service may not have more than MAX_IPS_PER_SERVICE of either kind.
+        let mut big = svc(0);
+        big.external_ips.push(Ipv4Addr::new(33, 0, 0, 1));
+        let e = ServiceTables::build_from(&base, &[&big]).unwrap_err();
+        assert_eq!(e.field, "services[default/ext-0].external_ips");
+        assert!(e.reason.contains("at most 256 per Service"), "{}", e.reason);
     }
 
     #[test]
