@@ -30,7 +30,7 @@ pub fn now() -> u32 {
 pub fn spawn(
     ct: Arc<Conntrack>,
     stop: Arc<AtomicBool>,
-    heartbeat: Option<Heartbeat>,
+    heartbeat: Heartbeat,
 ) -> std::io::Result<JoinHandle<()>> {
     ct.set_now(now());
     std::thread::Builder::new()
@@ -39,17 +39,13 @@ pub fn spawn(
             let tick = Duration::from_secs(1) / TICKS_PER_SECOND;
             let budget = ct.gc_budget(TICKS_PER_SECOND);
             let mut failed = false;
-            let beat = |failed: &mut bool| {
-                if let Some(hb) = &heartbeat {
-                    match hb.beat() {
-                        Ok(()) => *failed = false,
-                        Err(e) if !*failed => {
-                            eprintln!("switchd: heartbeat: {e}");
-                            *failed = true;
-                        }
-                        Err(_) => {}
-                    }
+            let beat = |failed: &mut bool| match heartbeat.beat() {
+                Ok(()) => *failed = false,
+                Err(e) if !*failed => {
+                    eprintln!("switchd: heartbeat: {e}");
+                    *failed = true;
                 }
+                Err(_) => {}
             };
             while !stop.load(Ordering::Relaxed) {
                 std::thread::sleep(tick);

@@ -466,7 +466,7 @@ pub fn run(cfg: &Config) -> Result<(), DaemonError> {
     // Without persistence the links go with the process, so the program must never fail
     // open while it lives: a grace period of (practically) forever.
     let grace = cfg.persist.as_ref().map_or(Duration::MAX, |p| p.grace);
-    let heartbeat = Some(xdp.heartbeat(grace)?);
+    let heartbeat = xdp.heartbeat(grace)?;
     xdp.configure(&snap)?;
     let umem = Umem::new(cfg.frames).map_err(|source| DaemonError::Socket {
         name: ifaces[0].0.clone(),

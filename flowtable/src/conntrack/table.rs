@@ -273,10 +273,8 @@ impl Conntrack {
             let st = e.st.load(Acquire);
             let (v, m) = (ver(st), flags(st));
             let keep = !wipe && m & ALIVE != 0 && v & 1 == 0 && m & BUSY == 0;
-            if !wipe && m & ALIVE != 0 && v & 1 == 1 {
-                r.torn += 1;
-            } else if !wipe && m & ALIVE == 0 && v & 1 == 1 {
-                r.torn += 1; // an insert that never published
+            if !wipe && v & 1 == 1 {
+                r.torn += 1; // an insert in the middle of writing it (published or not)
             } else if !wipe && m & ALIVE != 0 && m & BUSY != 0 {
                 r.busy += 1;
             }
