@@ -68,7 +68,7 @@ fn big(base: &StateFile, services: usize) -> StateFile {
 }
 
 #[test]
-fn a_large_state_replaced_by_a_small_one_gives_most_memory_back() {
+fn a_large_state_replaced_by_a_small_one_gives_its_memory_back() {
     switch::alloc::configure();
     let small = StateFile::parse(include_str!("../../examples/node1.toml")).unwrap();
     let (engine, snap) = Engine::new(small.clone()).unwrap();
@@ -76,24 +76,23 @@ fn a_large_state_replaced_by_a_small_one_gives_most_memory_back() {
     let ctl = Control::new(engine, LocalPlane::new(snap, ct));
     switch::alloc::trim();
     let before = rss_bytes();
-    ctl.replace(big(&small, 100_000), false).unwrap();
+    ctl.replace(big(&small, 200_000), false).unwrap();
     let peak = rss_bytes();
     ctl.replace(small.clone(), false).unwrap();
     switch::alloc::trim();
     let after = rss_bytes();
-    let mb = |b: usize| b >> 20;
+    let mb = |b: usize| b as f64 / (1 << 20) as f64;
     eprintln!(
-        "rss: before {} MB, with 100,000 Services {} MB, after the small state and a trim {} MB",
+        "rss: before {:.1} MB, with 200,000 Services {:.1} MB, after the small state and a trim {:.1} MB",
         mb(before),
         mb(peak),
         mb(after)
     );
-    assert!(peak > before + (100 << 20), "the large state took memory");
-    // What stays is fragmentation the allocator cannot hand back (pages that hold a live
-    // allocation): at most a quarter of what the large state took.
+    assert!(peak > before + (200 << 20), "the large state took memory");
+    // The bound: back within 10% of where it started.
     assert!(
-        after - before < (peak - before) / 4,
-        "rss {} MB after, {} MB before, {} MB at the peak",
+        after * 10 <= before * 11,
+        "rss {:.1} MB after, {:.1} MB before, {:.1} MB at the peak",
         mb(after),
         mb(before),
         mb(peak)
