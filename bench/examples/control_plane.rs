@@ -66,6 +66,7 @@ fn big_state(base: &StateFile, services: usize, per: usize) -> StateFile {
     let nodes = total.div_ceil(250);
     for k in 0..nodes {
         s.nodes.push(RemoteNodeSpec {
+            owner: String::new(),
             name: format!("bench-node-{k}"),
             ip: Ipv4Addr::new(198, 19, (k / 250) as u8, 1 + (k % 250) as u8),
             pod_cidr: format!("{}/24", node_cidr(k)).parse().unwrap(),
@@ -93,6 +94,7 @@ fn big_state(base: &StateFile, services: usize, per: usize) -> StateFile {
             })
             .collect();
         s.services.push(ServiceSpec {
+            owner: String::new(),
             name: format!("bench/svc-{i}"),
             cluster_ip: Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 100, 0, 0)) + i as u32),
             ports: vec![ServicePortSpec {
@@ -250,7 +252,7 @@ async fn main() {
         .await
         .expect("connect to switchd");
     let base = c
-        .get_state(pb::GetStateRequest {})
+        .get_state(pb::GetStateRequest::default())
         .await
         .expect("GetState")
         .into_inner()
@@ -275,6 +277,7 @@ async fn main() {
     for run in 0..a.runs {
         if run > 0 {
             c.replace(pb::ReplaceRequest {
+                owner: String::new(),
                 state: Some(base_pb.clone()),
                 dry_run: false,
             })
@@ -284,6 +287,7 @@ async fn main() {
         let t = Instant::now();
         let r = c
             .replace(pb::ReplaceRequest {
+                owner: String::new(),
                 state: Some(big_pb.clone()),
                 dry_run: false,
             })
@@ -399,6 +403,7 @@ async fn main() {
     }
     // Leave switchd as it was.
     c.replace(pb::ReplaceRequest {
+        owner: String::new(),
         state: Some(base_pb),
         dry_run: false,
     })

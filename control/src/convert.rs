@@ -147,7 +147,15 @@ pub fn node(f: &str, n: &pb::Node) -> Result<RemoteNodeSpec, ApiError> {
         pod_cidr: cidr(&format!("{f}.pod_cidr"), &n.pod_cidr)?,
         vtep_mac: mac(&format!("{f}.vtep_mac"), &n.vtep_mac)?,
         mac: mac(&format!("{f}.mac"), &n.mac)?,
+        owner: owner(&format!("{f}.owner"), &n.owner)?,
     })
+}
+
+/// A writer's name from a request ("" and `config` are the node's config).
+pub fn owner(f: &str, o: &str) -> Result<String, ApiError> {
+    flowtable::names::owner(o)
+        .map(str::to_string)
+        .map_err(|r| invalid(f, r))
 }
 
 /// Another node as a message.
@@ -158,6 +166,7 @@ pub fn node_pb(n: &RemoteNodeSpec) -> pb::Node {
         pod_cidr: n.pod_cidr.to_string(),
         vtep_mac: n.vtep_mac.to_string(),
         mac: n.mac.to_string(),
+        owner: flowtable::names::owner_shown(&n.owner).into(),
     }
 }
 
@@ -168,6 +177,7 @@ pub fn pod(f: &str, p: &pb::Pod) -> Result<PodSpec, ApiError> {
         ip: ip(&format!("{f}.ip"), &p.ip)?,
         mac: mac(&format!("{f}.mac"), &p.mac)?,
         port: name(&format!("{f}.port"), &p.port)?,
+        owner: owner(&format!("{f}.owner"), &p.owner)?,
     })
 }
 
@@ -178,6 +188,7 @@ pub fn pod_pb(p: &PodSpec) -> pb::Pod {
         ip: p.ip.to_string(),
         mac: p.mac.to_string(),
         port: p.port.clone(),
+        owner: flowtable::names::owner_shown(&p.owner).into(),
     }
 }
 
@@ -240,6 +251,7 @@ pub fn service(f: &str, s: &pb::Service) -> Result<ServiceSpec, ApiError> {
         .collect::<Result<Vec<_>, ApiError>>()?;
     Ok(ServiceSpec {
         name: name_at(&|| format!("{f}.name"), &s.name)?,
+        owner: owner(&format!("{f}.owner"), &s.owner)?,
         cluster_ip: ip_at(&|| format!("{f}.cluster_ip"), &s.cluster_ip)?,
         ports,
         load_balancer_ips: ips("load_balancer_ips", &s.load_balancer_ips)?,
@@ -278,6 +290,7 @@ pub fn service(f: &str, s: &pb::Service) -> Result<ServiceSpec, ApiError> {
 pub fn service_pb(s: &ServiceSpec) -> pb::Service {
     pb::Service {
         name: s.name.clone(),
+        owner: flowtable::names::owner_shown(&s.owner).into(),
         cluster_ip: s.cluster_ip.to_string(),
         ports: s
             .ports
@@ -301,6 +314,82 @@ pub fn service_pb(s: &ServiceSpec) -> pb::Service {
         internal_traffic_policy: policy_name(s.internal_traffic_policy).into(),
         endpoints: s.endpoints.iter().map(endpoint_pb).collect(),
     }
+}
+
+/// One writer's objects in a Replace.
+#[derive(Debug, Clone, Default)]
+pub struct Objects {
+    /// Pods.
+    pub pods: Vec<PodSpec>,
+    /// Other nodes.
+    pub nodes: Vec<RemoteNodeSpec>,
+    /// Services.
+    pub services: Vec<ServiceSpec>,
+}
+
+/// The objects of a state message (what a writer other than the config replaces): its
+/// node, VXLAN and Service settings must be unset.
+pub fn objects(s: &pb::State) -> Result<Objects, ApiError> {
+    for (set, k) in [
+        (s.node.is_some(), "node"),
+        (s.vxlan.is_some(), "vxlan"),
+        (s.service_config.is_some(), "service_config"),
+    ] {
+        if set {
+            return Err(invalid(
+                &format!("state.{k}"),
+                "is the node config's (owner \"config\"); another owner's Replace leaves it unset",
+            ));
+        }
+    }
+    Ok(Objects {
+        pods: s
+            .pods
+            .iter()
+            .enumerate()
+            .map(|(i, p)| pod(&format!("state.pods[{i}]"), p))
+            .collect::<Result<_, _>>()?,
+        nodes: s
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| node(&format!("state.nodes[{i}]"), n))
+            .collect::<Result<_, _>>()?,
+        services: s
+            .services
+            .iter()
+            .enumerate()
+            .map(|(i, x)| service(&format!("state.services[{i}]"), x))
+            .collect::<Result<_, _>>()?,
+    })
+}
+
+/// Checks that every object of a Replace by `owner` (stored form) names that owner or none.
+pub fn owned_by(s: &pb::State, owner: &str) -> Result<(), ApiError> {
+    let check = |f: String, o: &str| -> Result<(), ApiError> {
+        match flowtable::names::owner(o) {
+            _ if o.is_empty() => Ok(()),
+            Ok(x) if x == owner => Ok(()),
+            _ => Err(invalid(
+                &f,
+                format!(
+                    "{} is not the owner of this Replace ({})",
+                    flowtable::names::quote(o),
+                    flowtable::names::owner_shown(owner)
+                ),
+            )),
+        }
+    };
+    for (i, p) in s.pods.iter().enumerate() {
+        check(format!("state.pods[{i}].owner"), &p.owner)?;
+    }
+    for (i, n) in s.nodes.iter().enumerate() {
+        check(format!("state.nodes[{i}].owner"), &n.owner)?;
+    }
+    for (i, x) in s.services.iter().enumerate() {
+        check(format!("state.services[{i}].owner"), &x.owner)?;
+    }
+    Ok(())
 }
 
 /// The whole state from its message.

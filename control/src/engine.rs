@@ -301,11 +301,15 @@ impl Engine {
         self.finish(base, pending, unchanged, start, current)
     }
 
-    /// Plans replacing the whole desired state with `state` (a resync): only what differs
-    /// changes; pods and nodes keep their order. `None` if nothing differs.
+    /// Plans replacing one writer's objects with those of `state` (a resync by `owner`; ""
+    /// is the node's config, which also gives this node, VXLAN and the Service settings):
+    /// `owner`'s objects not in `state` are deleted, other writers' objects are kept, and
+    /// every object in `state` becomes `owner`'s. Only what differs changes; pods and nodes
+    /// keep their order. `None` if nothing differs.
     pub fn plan_replace(
         &self,
         mut state: StateFile,
+        owner: &str,
         current: Option<&Snapshot>,
     ) -> Result<Option<Plan>, ApiError> {
         let start = Instant::now();
@@ -336,12 +340,23 @@ impl Engine {
                 ),
             });
         }
+        for p in &mut state.pods {
+            p.owner = owner.to_string();
+        }
+        for n in &mut state.nodes {
+            n.owner = owner.to_string();
+        }
+        for s in &mut state.services {
+            s.owner = owner.to_string();
+        }
         let mut next = (*self.base).clone();
-        next.node = state.node.clone();
-        next.vxlan = state.vxlan;
-        next.service_config = state.service_config.clone();
+        if owner.is_empty() {
+            next.node = state.node.clone();
+            next.vxlan = state.vxlan;
+            next.service_config = state.service_config.clone();
+        }
         next.pods
-            .retain(|p| state.pods.iter().any(|x| x.name == p.name));
+            .retain(|p| p.owner != owner || state.pods.iter().any(|x| x.name == p.name));
         for p in &state.pods {
             match next.pods.iter_mut().find(|x| x.name == p.name) {
                 Some(x) => *x = p.clone(),
@@ -349,7 +364,7 @@ impl Engine {
             }
         }
         next.nodes
-            .retain(|n| state.nodes.iter().any(|x| x.name == n.name));
+            .retain(|n| n.owner != owner || state.nodes.iter().any(|x| x.name == n.name));
         for n in &state.nodes {
             match next.nodes.iter_mut().find(|x| x.name == n.name) {
                 Some(x) => *x = n.clone(),
@@ -361,8 +376,8 @@ impl Engine {
         {
             let wanted: std::collections::HashSet<&str> =
                 state.services.iter().map(|s| s.name.as_str()).collect();
-            for n in self.services.keys() {
-                if !wanted.contains(n.as_str()) {
+            for (n, s) in self.services.iter() {
+                if s.owner == owner && !wanted.contains(n.as_str()) {
                     pending.insert(n.clone(), None);
                 }
             }
@@ -378,12 +393,12 @@ impl Engine {
         unchanged += next
             .pods
             .iter()
-            .filter(|p| self.base.pods.contains(p))
+            .filter(|p| p.owner == owner && self.base.pods.contains(p))
             .count() as u32;
         unchanged += next
             .nodes
             .iter()
-            .filter(|n| self.base.nodes.contains(n))
+            .filter(|n| n.owner == owner && self.base.nodes.contains(n))
             .count() as u32;
         let base = (next != *self.base).then_some(next);
         self.finish(base, pending, unchanged, start, current)
@@ -544,11 +559,11 @@ mod tests {
     fn replace_with_the_same_state_plans_nothing() {
         let e = engine();
         let mut s = e.state();
-        assert!(e.plan_replace(s.clone(), None).unwrap().is_none());
+        assert!(e.plan_replace(s.clone(), "", None).unwrap().is_none());
         s.pods.reverse();
         s.services.reverse();
         assert!(
-            e.plan_replace(s.clone(), None).unwrap().is_none(),
+            e.plan_replace(s.clone(), "", None).unwrap().is_none(),
             "order is not a change"
         );
     }

@@ -118,9 +118,27 @@ impl<D: Dataplane> Control<D> {
         self.run(dry_run, |e, cur| e.plan(ops, Some(cur)))
     }
 
-    /// Replaces the desired state (blocking); changes only what differs.
+    /// Replaces the node config's objects and settings (blocking; the state file, SIGHUP):
+    /// changes only what differs, other writers' objects are kept.
     pub fn replace(&self, state: StateFile, dry_run: bool) -> Result<pb::ApplyResult, ApiError> {
-        self.run(dry_run, |e, cur| e.plan_replace(state, Some(cur)))
+        self.run(dry_run, |e, cur| e.plan_replace(state, "", Some(cur)))
+    }
+
+    /// Replaces `owner`'s pods, nodes and Services with those of `objects` (blocking);
+    /// its node, VXLAN and Service settings are not used.
+    pub fn replace_owned(
+        &self,
+        objects: convert::Objects,
+        owner: &str,
+        dry_run: bool,
+    ) -> Result<pb::ApplyResult, ApiError> {
+        self.run(dry_run, |e, cur| {
+            let mut state = e.base().clone();
+            state.pods = objects.pods;
+            state.nodes = objects.nodes;
+            state.services = objects.services;
+            e.plan_replace(state, owner, Some(cur))
+        })
     }
 
     /// The desired state.
@@ -303,9 +321,19 @@ impl<D: Dataplane> SwitchService for Api<D> {
             .state
             .as_ref()
             .ok_or_else(|| Status::invalid_argument("state: is required"))?;
-        let state = convert::state(state)?;
+        let owner = convert::owner("owner", &req.owner)?;
+        convert::owned_by(state, &owner)?;
         let ctl = Arc::clone(&self.0);
-        tokio::task::spawn_blocking(move || ctl.replace(state, req.dry_run))
+        let dry_run = req.dry_run;
+        let run: Box<dyn FnOnce() -> Result<pb::ApplyResult, ApiError> + Send> = if owner.is_empty()
+        {
+            let state = convert::state(state)?;
+            Box::new(move || ctl.replace(state, dry_run))
+        } else {
+            let objects = convert::objects(state)?;
+            Box::new(move || ctl.replace_owned(objects, &owner, dry_run))
+        };
+        tokio::task::spawn_blocking(run)
             .await
             .map_err(|e| Status::internal(format!("replace failed: {e}")))?
             .map(|r| Response::new(pb::ReplaceResponse { result: Some(r) }))
@@ -378,14 +406,29 @@ impl<D: Dataplane> SwitchService for Api<D> {
 
     async fn get_state(
         &self,
-        _: Request<pb::GetStateRequest>,
+        req: Request<pb::GetStateRequest>,
     ) -> Result<Response<pb::GetStateResponse>, Status> {
-        self.read(|base, services, snap| {
+        let req = req.into_inner();
+        let owner = (!req.owner.is_empty())
+            .then(|| convert::owner("owner", &req.owner))
+            .transpose()?;
+        self.read(move |base, services, snap| {
             let mut state = (*base).clone();
             state.services = services.values().cloned().collect();
-            Ok(pb::GetStateResponse {
-                state: Some(convert::state_pb(&state, snap.generation)),
-            })
+            let mut msg = convert::state_pb(&state, snap.generation);
+            if let Some(o) = &owner {
+                // One writer's objects, as its Replace takes them.
+                let o = flowtable::names::owner_shown(o);
+                msg.pods.retain(|p| p.owner == o);
+                msg.nodes.retain(|n| n.owner == o);
+                msg.services.retain(|s| s.owner == o);
+                if o != flowtable::names::CONFIG_OWNER {
+                    msg.node = None;
+                    msg.vxlan = None;
+                    msg.service_config = None;
+                }
+            }
+            Ok(pb::GetStateResponse { state: Some(msg) })
         })
         .await
     }

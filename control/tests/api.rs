@@ -30,6 +30,7 @@ fn change(c: C) -> pb::Change {
 
 fn pod(name: &str, ip: &str, mac: &str, port: &str) -> pb::Pod {
     pb::Pod {
+        owner: "config".into(),
         name: name.into(),
         ip: ip.into(),
         mac: mac.into(),
@@ -39,6 +40,7 @@ fn pod(name: &str, ip: &str, mac: &str, port: &str) -> pb::Pod {
 
 fn node(name: &str, ip: &str, cidr: &str) -> pb::Node {
     pb::Node {
+        owner: "config".into(),
         name: name.into(),
         ip: ip.into(),
         pod_cidr: cidr.into(),
@@ -67,6 +69,7 @@ fn service(name: &str, ip: &str, port: u32, eps: Vec<pb::Endpoint>) -> pb::Servi
             node_port: 0,
         }],
         endpoints: eps,
+        owner: "config".into(),
         ..Default::default()
     }
 }
@@ -194,7 +197,7 @@ fn every_object_round_trips() {
 
         // GetState and Replace speak the same schema: replacing with it changes nothing.
         let state = c
-            .get_state(pb::GetStateRequest {})
+            .get_state(pb::GetStateRequest::default())
             .await
             .unwrap()
             .into_inner()
@@ -202,6 +205,7 @@ fn every_object_round_trips() {
             .unwrap();
         let r = c
             .replace(pb::ReplaceRequest {
+                owner: String::new(),
                 state: Some(state),
                 dry_run: false,
             })
@@ -398,6 +402,7 @@ fn invalid_changes_are_refused_with_field_and_reason() {
         // A state without its node.
         let e = c
             .replace(pb::ReplaceRequest {
+                owner: String::new(),
                 state: Some(pb::State::default()),
                 dry_run: false,
             })
@@ -517,6 +522,7 @@ fn replace_is_idempotent_and_changes_only_what_differs() {
         for _ in 0..3 {
             let r = c
                 .replace(pb::ReplaceRequest {
+                    owner: String::new(),
                     state: Some(control::convert::state_pb(&state, 0)),
                     dry_run: false,
                 })
@@ -536,6 +542,7 @@ fn replace_is_idempotent_and_changes_only_what_differs() {
         next.services[0].endpoints[1].ready = false;
         let r = c
             .replace(pb::ReplaceRequest {
+                owner: String::new(),
                 state: Some(control::convert::state_pb(&next, 0)),
                 dry_run: false,
             })
@@ -924,6 +931,7 @@ fn every_input_applies_the_same_rules() {
         // 2. The whole state through the API (a resync, switchctl apply -f).
         let replace =
             f.rt.block_on(c.replace(pb::ReplaceRequest {
+                owner: String::new(),
                 state: Some(convert::state_pb(&parsed, 0)),
                 dry_run: true,
             }))
@@ -982,4 +990,134 @@ fn every_input_applies_the_same_rules() {
         );
         assert!(file.len() < 600, "{what}: {file}");
     }
+}
+
+/// Each writer's Replace covers its own objects: the node config's resync (SIGHUP, `switchctl
+/// apply`) keeps the CNI plugin's pods, and a writer's Replace deletes only what it owns.
+#[test]
+fn a_replace_covers_only_its_writers_objects() {
+    let f = Fixture::new();
+    let mut c = f.client();
+    let state = StateFile::parse(STATE).unwrap();
+    let replace = |owner: &str, state: pb::State| pb::ReplaceRequest {
+        owner: owner.into(),
+        state: Some(state),
+        dry_run: false,
+    };
+    f.rt.block_on(async {
+        let mut p = pod(
+            "default/from-cni",
+            "10.244.1.9",
+            "02:00:0a:f4:01:09",
+            "nsw0123",
+        );
+        p.owner = "cni".into();
+        c.upsert_pod(pb::UpsertPodRequest { pod: Some(p) })
+            .await
+            .unwrap();
+        let pods = |r: pb::ListPodsResponse| -> Vec<(String, String)> {
+            r.pods.into_iter().map(|p| (p.name, p.owner)).collect()
+        };
+        let all = pods(
+            c.list_pods(pb::ListPodsRequest::default())
+                .await
+                .unwrap()
+                .into_inner(),
+        );
+        assert!(
+            all.contains(&("default/from-cni".into(), "cni".into())),
+            "{all:?}"
+        );
+        assert!(
+            all.contains(&("default/pod-a".into(), "config".into())),
+            "{all:?}"
+        );
+
+        // The config's resync with its state file, which does not list the CNI pod.
+        let r = c
+            .replace(replace("", control::convert::state_pb(&state, 0)))
+            .await
+            .unwrap()
+            .into_inner()
+            .result
+            .unwrap();
+        assert!(!r.changed, "{r:?}");
+        let mut fewer = state.clone();
+        fewer.pods.retain(|p| p.name != "default/pod-b");
+        c.replace(replace("config", control::convert::state_pb(&fewer, 0)))
+            .await
+            .unwrap();
+        let all = pods(
+            c.list_pods(pb::ListPodsRequest::default())
+                .await
+                .unwrap()
+                .into_inner(),
+        );
+        assert!(all.iter().any(|p| p.0 == "default/from-cni"), "{all:?}");
+        assert!(!all.iter().any(|p| p.0 == "default/pod-b"), "{all:?}");
+
+        // What a writer sees of its own, and replaces.
+        let mine = c
+            .get_state(pb::GetStateRequest {
+                owner: "cni".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .state
+            .unwrap();
+        assert!(mine.node.is_none() && mine.services.is_empty() && mine.nodes.is_empty());
+        assert_eq!(mine.pods.len(), 1, "{mine:?}");
+        let empty = pb::State::default();
+        let r = c
+            .replace(replace("cni", empty.clone()))
+            .await
+            .unwrap()
+            .into_inner()
+            .result
+            .unwrap();
+        assert_eq!(r.changes.len(), 1, "{r:?}");
+        assert_eq!(
+            (r.changes[0].name.as_str(), r.changes[0].action.as_str()),
+            ("default/from-cni", "deleted")
+        );
+        let all = pods(
+            c.list_pods(pb::ListPodsRequest::default())
+                .await
+                .unwrap()
+                .into_inner(),
+        );
+        assert_eq!(
+            all,
+            vec![("default/pod-a".to_string(), "config".to_string())]
+        );
+        // The CNI plugin's Replace of nothing leaves the config's Services.
+        let svcs = c
+            .list_services(pb::ListServicesRequest::default())
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(svcs.services.len(), state.services.len());
+
+        // Refused: a node section from another writer, an object of a third, a bad name.
+        let mut with_node = empty.clone();
+        with_node.node = control::convert::state_pb(&state, 0).node;
+        let mut foreign = empty.clone();
+        let mut p = pod("default/x", "10.244.1.10", "02:00:0a:f4:01:0a", "nsw0124");
+        p.owner = "agent".into();
+        foreign.pods.push(p);
+        for (owner, st, field) in [
+            ("cni", with_node, "state.node"),
+            ("cni", foreign, "state.pods[0].owner"),
+            ("Not_A_Label", empty.clone(), "owner"),
+        ] {
+            let e = c.replace(replace(owner, st)).await.unwrap_err();
+            assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+            assert!(
+                e.message().starts_with(&format!("{field}:")),
+                "{}",
+                e.message()
+            );
+        }
+    });
 }

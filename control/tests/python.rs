@@ -31,6 +31,7 @@ async fn rust_calls(mut sw: SwitchClient<Channel>) -> serde_json::Value {
     let before = names(sw.list_pods(list.clone()).await.unwrap().into_inner().pods);
     sw.upsert_pod(pb::UpsertPodRequest {
         pod: Some(pb::Pod {
+            owner: String::new(),
             name: "default/pod-py".into(),
             ip: "10.244.1.9".into(),
             mac: "02:00:0a:f4:01:09".into(),
@@ -78,6 +79,7 @@ async fn rust_calls(mut sw: SwitchClient<Channel>) -> serde_json::Value {
     let refused = sw
         .upsert_pod(pb::UpsertPodRequest {
             pod: Some(pb::Pod {
+                owner: String::new(),
                 name: "default/bad".into(),
                 ip: "10.244.9.9".into(),
                 mac: "02:00:0a:f4:09:09".into(),

@@ -57,6 +57,27 @@ pub fn dns1123_label(s: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The owner the node's config (state file, SIGHUP) writes as; stored as "".
+pub const CONFIG_OWNER: &str = "config";
+
+/// A writer's name as given in a request: "" or `config` (the node's config), else a
+/// DNS-1123 label (`cni`, `agent`). Returns the stored form ("" for the config).
+pub fn owner(s: &str) -> Result<&str, String> {
+    if s.is_empty() || s == CONFIG_OWNER {
+        return Ok("");
+    }
+    dns1123_label(s).map(|()| s)
+}
+
+/// The name shown for a stored owner ("" is `config`).
+pub fn owner_shown(s: &str) -> &str {
+    if s.is_empty() {
+        CONFIG_OWNER
+    } else {
+        s
+    }
+}
+
 /// A DNS-1123 subdomain (a node or pod name): at most 253 characters, DNS-1123 labels
 /// joined by '.'.
 pub fn dns1123_subdomain(s: &str) -> Result<(), String> {

@@ -78,6 +78,11 @@ impl Default for ServiceConfigSpec {
 pub struct ServiceSpec {
     /// `namespace/name`.
     pub name: String,
+    /// Which writer owns it ("" is the node's config: the state file and SIGHUP; others
+    /// name themselves, e.g. `cni`, `agent`). A Replace covers only its writer's objects. Not
+    /// part of the state file.
+    #[serde(skip)]
+    pub owner: String,
     /// The ClusterIP.
     pub cluster_ip: Ipv4Addr,
     /// Ports.
@@ -279,6 +284,11 @@ impl Default for VxlanSpec {
 pub struct PodSpec {
     /// Pod name (namespace/name, or any unique label).
     pub name: String,
+    /// Which writer owns it ("" is the node's config: the state file and SIGHUP; others
+    /// name themselves, e.g. `cni`, `agent`). A Replace covers only its writer's objects. Not
+    /// part of the state file.
+    #[serde(skip)]
+    pub owner: String,
     /// The pod's IP.
     pub ip: Ipv4Addr,
     /// The MAC of the pod's eth0.
@@ -293,6 +303,11 @@ pub struct PodSpec {
 pub struct RemoteNodeSpec {
     /// Node name.
     pub name: String,
+    /// Which writer owns it ("" is the node's config: the state file and SIGHUP; others
+    /// name themselves, e.g. `cni`, `agent`). A Replace covers only its writer's objects. Not
+    /// part of the state file.
+    #[serde(skip)]
+    pub owner: String,
     /// The node's underlay IP (its VTEP).
     pub ip: Ipv4Addr,
     /// The node's pod CIDR.

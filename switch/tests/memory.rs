@@ -22,6 +22,7 @@ fn big(base: &StateFile, services: usize) -> StateFile {
     let nodes = services.div_ceil(250);
     for k in 0..nodes {
         s.nodes.push(RemoteNodeSpec {
+            owner: String::new(),
             name: format!("mem-node-{k}"),
             ip: Ipv4Addr::new(198, 19, (k / 250) as u8, 1 + (k % 250) as u8),
             pod_cidr: format!("10.{}.{}.0/24", 128 + k / 256, k % 256)
@@ -38,6 +39,7 @@ fn big(base: &StateFile, services: usize) -> StateFile {
     for i in 0..services {
         let k = i / 250;
         s.services.push(ServiceSpec {
+            owner: String::new(),
             name: format!("mem/svc-{i}"),
             cluster_ip: Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 100, 0, 0)) + i as u32),
             ports: vec![ServicePortSpec {

@@ -514,6 +514,7 @@ async fn apply(cli: &Cli, file: &PathBuf, dry_run: bool) -> Result<(), Failure> 
     let mut c = client(cli).await?;
     let r = c
         .replace(pb::ReplaceRequest {
+            owner: String::new(),
             state: Some(control::convert::state_pb(&state, 0)),
             dry_run,
         })
@@ -616,11 +617,19 @@ async fn list(cli: &Cli, kind: Kind, name: &str) -> Result<(), Failure> {
                         n.pod_cidr.clone(),
                         n.vtep_mac.clone(),
                         n.mac.clone(),
+                        n.owner.clone(),
                     ]
                 })
                 .collect();
             table(
-                &["NAME", "IP", "POD CIDR", "VTEP MAC", "NEXT-HOP MAC"],
+                &[
+                    "NAME",
+                    "IP",
+                    "POD CIDR",
+                    "VTEP MAC",
+                    "NEXT-HOP MAC",
+                    "OWNER",
+                ],
                 &rows,
             );
         }
@@ -636,9 +645,17 @@ async fn list(cli: &Cli, kind: Kind, name: &str) -> Result<(), Failure> {
             let rows: Vec<Vec<String>> = r
                 .pods
                 .iter()
-                .map(|p| vec![p.name.clone(), p.ip.clone(), p.mac.clone(), p.port.clone()])
+                .map(|p| {
+                    vec![
+                        p.name.clone(),
+                        p.ip.clone(),
+                        p.mac.clone(),
+                        p.port.clone(),
+                        p.owner.clone(),
+                    ]
+                })
                 .collect();
-            table(&["NAME", "IP", "MAC", "PORT"], &rows);
+            table(&["NAME", "IP", "MAC", "PORT", "OWNER"], &rows);
         }
         Kind::Services => {
             let r = c
@@ -685,6 +702,7 @@ async fn list(cli: &Cli, kind: Kind, name: &str) -> Result<(), Failure> {
                         s.external_traffic_policy, s.internal_traffic_policy
                     ),
                     s.session_affinity.clone(),
+                    s.owner.clone(),
                 ]);
             }
             table(
@@ -696,6 +714,7 @@ async fn list(cli: &Cli, kind: Kind, name: &str) -> Result<(), Failure> {
                     "ENDPOINTS",
                     "POLICY (EXT/INT)",
                     "AFFINITY",
+                    "OWNER",
                 ],
                 &rows,
             );
