@@ -8,6 +8,7 @@
 //! Thread-safety: see each module; the server is shared by `Arc`.
 
 pub mod client;
+pub mod cni;
 pub mod convert;
 pub mod engine;
 pub mod error;
