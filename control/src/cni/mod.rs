@@ -9,6 +9,7 @@
 
 pub mod config;
 pub mod ipam;
+pub mod link;
 pub mod naming;
 pub mod result;
 pub mod spec;

@@ -1,0 +1,157 @@
+//! The plugin's netlink layer in a real network namespace (root): the veth pair, names,
+//! MACs, MTU, address and routes that ADD makes, CHECK's verdicts, DEL's idempotence.
+#![allow(missing_docs)]
+
+use control::cni::link::{self, Pod};
+use control::cni::naming::{host_ifname, pod_mac};
+use control::cni::spec::code;
+use flowtable::wire::MacAddr;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::process::Command;
+
+fn is_root() -> bool {
+    nix::unistd::Uid::effective().is_root()
+}
+
+/// A named netns, deleted on drop (also when the test fails).
+struct Netns(String);
+
+impl Netns {
+    fn new(tag: &str) -> Netns {
+        let name = format!("nswt-{tag}-{}", std::process::id());
+        let ok = Command::new("ip")
+            .args(["netns", "add", &name])
+            .status()
+            .unwrap();
+        assert!(ok.success(), "ip netns add {name}");
+        Netns(name)
+    }
+    fn path(&self) -> PathBuf {
+        PathBuf::from(format!("/run/netns/{}", self.0))
+    }
+    fn ip(&self, args: &[&str]) -> String {
+        let out = Command::new("ip")
+            .args(["-n", &self.0])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).to_string()
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+fn host_ip(args: &[&str]) -> String {
+    let out = Command::new("ip").args(args).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+#[test]
+fn add_check_del_make_and_remove_exactly_the_attachment() {
+    assert!(
+        is_root(),
+        "the CNI netlink test needs root (CI runs it as root)"
+    );
+    let ns = Netns::new("link");
+    let id = format!("cni-link-test-{}", std::process::id());
+    let pod = Pod {
+        host: host_ifname(&id, "eth0"),
+        ifname: "eth0".into(),
+        netns: ns.path(),
+        mac: pod_mac(Ipv4Addr::new(10, 244, 9, 5)),
+        gateway_mac: MacAddr([0x02, 0x00, 0x0a, 0xf4, 0x09, 0x01]),
+        ip: Ipv4Addr::new(10, 244, 9, 5),
+        prefix: 24,
+        gateway: Ipv4Addr::new(10, 244, 9, 1),
+        mtu: 1450,
+    };
+    // The host route is removed with the veth; a leftover from a crashed run would not be.
+    struct Cleanup(String);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = link::del(&self.0);
+        }
+    }
+    let _c = Cleanup(pod.host.clone());
+
+    link::add(&pod).unwrap();
+    let eth0 = ns.ip(&["-o", "link", "show", "eth0"]);
+    assert!(
+        eth0.contains("mtu 1450") && eth0.contains("02:00:0a:f4:09:05"),
+        "{eth0}"
+    );
+    assert!(eth0.contains("state UP") || eth0.contains(",UP"), "{eth0}");
+    let addr = ns.ip(&["-o", "-4", "addr", "show", "eth0"]);
+    assert!(addr.contains("10.244.9.5/24"), "{addr}");
+    let routes = ns.ip(&["route"]);
+    assert!(
+        routes.contains("default via 10.244.9.1 dev eth0"),
+        "{routes}"
+    );
+    assert!(ns.ip(&["-o", "link", "show", "lo"]).contains("UP"));
+    let host = host_ip(&["-o", "link", "show", &pod.host]);
+    assert!(
+        host.contains("mtu 1450") && host.contains("02:00:0a:f4:09:01"),
+        "{host}"
+    );
+    let hr = host_ip(&["route", "show", "10.244.9.5/32"]);
+    assert!(
+        hr.contains(&format!("dev {}", pod.host)) && hr.contains("scope link"),
+        "{hr}"
+    );
+    link::check(&pod).unwrap();
+
+    // CHECK names what someone changed.
+    let mut other = pod.clone();
+    other.mtu = 1400;
+    let e = link::check(&other).unwrap_err();
+    assert_eq!(e.code, code::CHECK_MISMATCH);
+    assert!(e.msg.contains("MTU"), "{e}");
+    assert!(ns.ip(&["route", "del", "default"]).is_empty());
+    let e = link::check(&pod).unwrap_err();
+    assert_eq!(e.code, code::CHECK_MISMATCH);
+    assert_eq!(
+        e.msg,
+        "the default route via 10.244.9.1 dev eth0 is missing"
+    );
+
+    // ADD again (a retry after a lost reply) replaces what is there.
+    link::add(&pod).unwrap();
+    link::check(&pod).unwrap();
+
+    // DEL removes both ends and the host route; twice is fine.
+    assert!(link::del(&pod.host).unwrap());
+    assert!(!link::del(&pod.host).unwrap());
+    assert!(ns.ip(&["-o", "link", "show", "eth0"]).is_empty());
+    assert!(host_ip(&["route", "show", "10.244.9.5/32"]).is_empty());
+    let e = link::check(&pod).unwrap_err();
+    assert!(e.msg.contains("is missing"), "{e}");
+}
+
+#[test]
+fn a_missing_netns_is_error_3_and_leaves_nothing() {
+    assert!(
+        is_root(),
+        "the CNI netlink test needs root (CI runs it as root)"
+    );
+    let id = format!("cni-gone-test-{}", std::process::id());
+    let pod = Pod {
+        host: host_ifname(&id, "eth0"),
+        ifname: "eth0".into(),
+        netns: PathBuf::from("/run/netns/nswt-does-not-exist"),
+        mac: pod_mac(Ipv4Addr::new(10, 244, 9, 6)),
+        gateway_mac: MacAddr([0x02, 0x00, 0x0a, 0xf4, 0x09, 0x01]),
+        ip: Ipv4Addr::new(10, 244, 9, 6),
+        prefix: 24,
+        gateway: Ipv4Addr::new(10, 244, 9, 1),
+        mtu: 1450,
+    };
+    let e = link::add(&pod).unwrap_err();
+    assert_eq!(e.code, code::UNKNOWN_CONTAINER, "{e}");
+    assert!(host_ip(&["-o", "link", "show", &pod.host]).is_empty());
+}
