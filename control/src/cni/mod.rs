@@ -11,5 +11,6 @@ pub mod config;
 pub mod ipam;
 pub mod link;
 pub mod naming;
+pub mod plugin;
 pub mod result;
 pub mod spec;
