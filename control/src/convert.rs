@@ -342,6 +342,11 @@ pub fn objects(s: &pb::State) -> Result<Objects, ApiError> {
             ));
         }
     }
+    lists(s)
+}
+
+/// The pods, nodes and Services of a state message.
+fn lists(s: &pb::State) -> Result<Objects, ApiError> {
     Ok(Objects {
         pods: s
             .pods
@@ -403,6 +408,11 @@ pub fn state(s: &pb::State) -> Result<StateFile, ApiError> {
     let vxlan = s.vxlan.unwrap_or_default();
     let cfg = s.service_config.clone().unwrap_or_default();
     let dcfg = ServiceConfigSpec::default();
+    let Objects {
+        pods,
+        nodes,
+        services,
+    } = lists(s)?;
     Ok(StateFile {
         node: NodeSpec {
             name: name(&f("name"), &n.name)?,
@@ -436,18 +446,8 @@ pub fn state(s: &pb::State) -> Result<StateFile, ApiError> {
                 p => port("state.vxlan.port", p)?,
             },
         },
-        pods: s
-            .pods
-            .iter()
-            .enumerate()
-            .map(|(i, p)| pod(&format!("state.pods[{i}]"), p))
-            .collect::<Result<_, _>>()?,
-        nodes: s
-            .nodes
-            .iter()
-            .enumerate()
-            .map(|(i, n)| node(&format!("state.nodes[{i}]"), n))
-            .collect::<Result<_, _>>()?,
+        pods,
+        nodes,
         service_config: ServiceConfigSpec {
             service_cidr: if cfg.service_cidr.is_empty() {
                 dcfg.service_cidr
@@ -462,12 +462,7 @@ pub fn state(s: &pb::State) -> Result<StateFile, ApiError> {
             hairpin_ip: opt_ip("state.service_config.hairpin_ip", &cfg.hairpin_ip)?
                 .unwrap_or(dcfg.hairpin_ip),
         },
-        services: s
-            .services
-            .iter()
-            .enumerate()
-            .map(|(i, x)| service(&format!("state.services[{i}]"), x))
-            .collect::<Result<_, _>>()?,
+        services,
     })
 }
 
