@@ -81,7 +81,8 @@ impl Switch {
         Ok(Switch { rt, client })
     }
 
-    fn call<T, F, Fut>(&mut self, what: &str, f: F) -> Result<T, Error>
+    /// One call: switchd's answer (a reply or its status), or an error if none came in time.
+    fn try_call<T, F, Fut>(&mut self, what: &str, f: F) -> Result<Result<T, tonic::Status>, Error>
     where
         F: FnOnce(SwitchServiceClient<Channel>) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
@@ -95,9 +96,16 @@ impl Switch {
                 code::TRY_AGAIN_LATER,
                 format!("switchd {what}: no answer within {SWITCH_TIMEOUT:?}"),
             )),
-            Ok(Err(s)) => Err(status_error(what, &s)),
-            Ok(Ok(r)) => Ok(r.into_inner()),
+            Ok(r) => Ok(r.map(tonic::Response::into_inner)),
         }
+    }
+
+    fn call<T, F, Fut>(&mut self, what: &str, f: F) -> Result<T, Error>
+    where
+        F: FnOnce(SwitchServiceClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        self.try_call(what, f)?.map_err(|s| status_error(what, &s))
     }
 
     fn node(&mut self) -> Result<NodeInfo, Error> {
@@ -129,13 +137,13 @@ impl Switch {
 
     fn pod(&mut self, name: &str) -> Result<Option<pb::Pod>, Error> {
         let n = name.to_string();
-        let r = self.call("ListPods", |mut c| async move {
+        let r = self.try_call("ListPods", |mut c| async move {
             c.list_pods(pb::ListPodsRequest { name: n }).await
-        });
+        })?;
         match r {
             Ok(r) => Ok(r.pods.into_iter().next()),
-            Err(e) if e.code == code::SWITCH_REFUSED => Ok(None),
-            Err(e) => Err(e),
+            Err(s) if s.code() == tonic::Code::NotFound => Ok(None),
+            Err(s) => Err(status_error("ListPods", &s)),
         }
     }
 
@@ -149,14 +157,14 @@ impl Switch {
 
     fn delete_pod(&mut self, name: &str) -> Result<(), Error> {
         let n = name.to_string();
-        let r = self.call("DeletePod", |mut c| async move {
+        let r = self.try_call("DeletePod", |mut c| async move {
             c.delete_pod(pb::DeletePodRequest { name: n }).await
-        });
+        })?;
         match r {
-            Ok(_) => Ok(()),
             // Already gone: DEL is idempotent.
-            Err(e) if e.details.contains("NotFound") => Ok(()),
-            Err(e) => Err(e),
+            Ok(_) => Ok(()),
+            Err(s) if s.code() == tonic::Code::NotFound => Ok(()),
+            Err(s) => Err(status_error("DeletePod", &s)),
         }
     }
 }
