@@ -58,6 +58,18 @@ pub struct Plan {
     tables: Arc<ServiceTables>,
 }
 
+impl Plan {
+    /// The pods, nodes and settings it leaves, if it changes them.
+    pub fn base(&self) -> Option<&StateFile> {
+        self.base.as_ref()
+    }
+
+    /// The Services it changes: the new spec, or `None` for a deleted one.
+    pub fn service_changes(&self) -> &[(String, Option<ServiceSpec>)] {
+        &self.services
+    }
+}
+
 /// The desired state and the live generation's Service tables.
 #[derive(Debug)]
 pub struct Engine {

@@ -12,6 +12,7 @@ pub mod cni;
 pub mod convert;
 pub mod engine;
 pub mod error;
+pub mod keep;
 pub mod listen;
 pub mod local;
 pub mod query;

@@ -13,6 +13,7 @@
 
 use crate::engine::{Engine, Op, Plan};
 use crate::error::ApiError;
+use crate::keep::{Keep, Kept};
 use crate::pb::switch_service_server::{SwitchService, SwitchServiceServer};
 use crate::{convert, pb, query};
 use flowtable::conntrack::Conntrack;
@@ -51,14 +52,22 @@ pub const PROGRAM_TIMEOUT: Duration = Duration::from_secs(2);
 pub struct Control<D: Dataplane> {
     engine: Mutex<Engine>,
     plane: D,
+    keep: Option<Keep>,
 }
 
 impl<D: Dataplane> Control<D> {
     /// Control over `plane`, whose live state is `engine`'s.
     pub fn new(engine: Engine, plane: D) -> Arc<Self> {
+        Control::kept(engine, plane, None)
+    }
+
+    /// Control over `plane` that keeps other writers' objects in `keep` for a restart
+    /// ([`crate::keep`]): a change is written there before it is published.
+    pub fn kept(engine: Engine, plane: D, keep: Option<Keep>) -> Arc<Self> {
         Arc::new(Control {
             engine: Mutex::new(engine),
             plane,
+            keep,
         })
     }
 
@@ -103,7 +112,27 @@ impl<D: Dataplane> Control<D> {
         let Some(snapshot) = plan.snapshot.take() else {
             return Err(ApiError::Unavailable("a plan without a snapshot".into()));
         };
-        let generation = self.plane.publish(snapshot)?;
+        // Kept first: a change the caller is told succeeded survives a restart.
+        if let Some(k) = &self.keep {
+            k.save(Kept::after(&engine, &plan)).map_err(|e| {
+                ApiError::Unavailable(format!(
+                    "not applied: the objects a restart keeps could not be written: {e}"
+                ))
+            })?;
+        }
+        let generation = match self.plane.publish(snapshot) {
+            Ok(g) => g,
+            Err(e) => {
+                if let Some(k) = &self.keep {
+                    if let Err(w) = k.save(Kept::of(&engine)) {
+                        eprintln!(
+                            "switchd: a refused change, and the kept objects not written back: {w}"
+                        );
+                    }
+                }
+                return Err(e);
+            }
+        };
         engine.commit(plan);
         drop(engine);
         let t = Instant::now();

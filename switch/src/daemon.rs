@@ -407,6 +407,16 @@ pub fn run(cfg: &Config) -> Result<(), DaemonError> {
     let began = Instant::now();
     crate::alloc::configure();
     let state = replay::read_state(&cfg.state)?;
+    // What other writers gave the switch before it stopped (the CNI plugin's pods, ...).
+    let keep_path = cfg
+        .persist
+        .as_ref()
+        .map(|p| Persist::node_dir(&p.run_dir, &state.node.name).join(control::keep::FILE));
+    // (--fresh: not restored; the file is rewritten once this switchd holds the node.)
+    let state = match &keep_path {
+        Some(path) if !cfg.fresh => restore_kept(state, path),
+        _ => state,
+    };
     let (engine, snap) = control::engine::Engine::new(state).map_err(|e| match e {
         ApiError::Invalid { field, reason } => {
             DaemonError::State(replay::ReplayError::StateInvalid {
@@ -626,7 +636,18 @@ pub fn run(cfg: &Config) -> Result<(), DaemonError> {
     let shared = Arc::new(Mutex::new(Shared {
         xdp: numbers(&xdp.stats()),
     }));
-    let ctl = Control::new(
+    // The file now says what this switchd has (what was left out is gone from it).
+    let keep = keep_path.map(|path| {
+        let now = control::keep::Kept::of(&engine);
+        let keep = control::keep::Keep::new(path, now.clone());
+        if let Err(e) = keep.write(&now) {
+            log(format!(
+                "the objects a restart keeps could not be written: {e}"
+            ));
+        }
+        keep
+    });
+    let ctl = Control::kept(
         engine,
         DaemonPlane {
             commits: Mutex::new(commit_tx),
@@ -637,6 +658,7 @@ pub fn run(cfg: &Config) -> Result<(), DaemonError> {
             shared: Arc::clone(&shared),
             start,
         },
+        keep,
     );
     let mut run = Running {
         xdp,
@@ -772,6 +794,53 @@ pub fn run(cfg: &Config) -> Result<(), DaemonError> {
     }
     log("stopped");
     Ok(())
+}
+
+/// The state file's `state` with the objects other writers gave an earlier switchd of this
+/// node (`control::keep`, kept in `path`). A file that cannot be read is moved aside
+/// (`.bad`) and the switch starts with the state file's objects only.
+fn restore_kept(state: flowtable::state::StateFile, path: &Path) -> flowtable::state::StateFile {
+    use control::keep::{restore, Kept};
+    match Kept::load(path) {
+        Ok(None) => state,
+        Ok(Some(kept)) => {
+            let (state, notes) = restore(state, kept.clone(), |p| xsk::ifindex(p).is_some());
+            let total: usize = kept
+                .owners
+                .values()
+                .map(|o| o.pods.len() + o.nodes.len() + o.services.len())
+                .sum();
+            let restored = state.pods.iter().filter(|p| !p.owner.is_empty()).count()
+                + state.nodes.iter().filter(|n| !n.owner.is_empty()).count()
+                + state
+                    .services
+                    .iter()
+                    .filter(|s| !s.owner.is_empty())
+                    .count();
+            log(format!(
+                "restored {restored} of {total} objects kept by {} in {}",
+                kept.owners.keys().cloned().collect::<Vec<_>>().join(", "),
+                path.display(),
+            ));
+            for n in notes {
+                log(format!("  left out {n}"));
+            }
+            state
+        }
+        Err(e) => {
+            let bad = path.with_extension("json.bad");
+            let moved = std::fs::rename(path, &bad).is_ok();
+            log(format!(
+                "the objects an earlier switchd kept are not restored: {e}{}",
+                if moved {
+                    format!(" (moved to {})", bad.display())
+                } else {
+                    String::new()
+                }
+            ));
+            state
+        }
+    }
 }
 
 /// Re-reads the state file and makes it the desired state; logs what happened.

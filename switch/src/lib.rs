@@ -9,6 +9,7 @@
 pub mod alloc;
 pub mod ctclock;
 pub mod daemon;
+pub mod fill;
 pub mod pcapio;
 pub mod plane;
 pub mod replay;

@@ -108,17 +108,20 @@ enum Cmd {
         /// (a restart must finish within it); past it the kernel gets every frame.
         #[arg(long, value_name = "SECONDS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=3600))]
         grace: u64,
-        /// Start afresh: remove the conntrack table and the pinned XDP state an earlier
-        /// switchd of this node left, instead of taking them over.
+        /// Start afresh: remove the conntrack table, the pinned XDP state and the kept
+        /// objects of other writers (CNI pods) an earlier switchd of this node left,
+        /// instead of taking them over.
         #[arg(long)]
         fresh: bool,
         /// Keep nothing across restarts: conntrack in process memory, the XDP program
-        /// detached when switchd exits (every restart then resets Service connections).
+        /// detached when switchd exits (every restart then resets Service connections),
+        /// other writers' objects (CNI pods) not kept.
         #[arg(long, conflicts_with_all = ["fresh"])]
         no_persist: bool,
     },
     /// Uninstall: detach the pinned XDP program and remove the state `run` leaves for the
-    /// next start (pinned links and maps, the conntrack table) of one node or of all.
+    /// next start (pinned links and maps, the conntrack table, the kept objects) of one
+    /// node or of all.
     Cleanup {
         #[command(flatten)]
         dirs: Dirs,
@@ -193,6 +196,17 @@ fn cleanup(dirs: &Dirs, node: Option<&str>) -> Result<(), String> {
         removed += gone.len();
     }
     for d in nodes(&dirs.run_dir) {
+        let kept = d.join(control::keep::FILE);
+        match std::fs::remove_file(&kept) {
+            Ok(()) => {
+                println!("removed the objects kept for a restart ({})", d.display());
+                removed += 1;
+            }
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(format!("{}: {e}", kept.display()))
+            }
+            Err(_) => {}
+        }
         if switch::shm::remove(&d).map_err(|e| e.to_string())? {
             println!("removed the conntrack table ({})", d.display());
             removed += 1;

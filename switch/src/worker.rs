@@ -3,7 +3,8 @@
 //!
 //! Design: a loop of rounds. Each round takes the control thread's commands (a port added or
 //! removed), reads the current snapshot generation (remapping ports when it changed), takes
-//! sent frames back from the completion rings, tops up the fill rings, and then, port by port,
+//! sent frames back from the completion rings, tops up the fill rings (each to its port's own
+//! target: a floor, more while the port receives bursts; `fill`), and then, port by port,
 //! takes up to 64 received frames, decides them with the pipeline as one batch and one
 //! snapshot, and queues them on the transmit rings of the ports they go to (one wakeup per port
 //! per batch). Frames never move: a received frame is transmitted from where it was received,
@@ -26,6 +27,7 @@
 //! through a `SnapshotReader`), the conntrack table (lock-free) and, twice a second, a report
 //! under a mutex that the control thread only reads (`try_lock`: the worker never waits).
 
+use crate::fill;
 use crate::xsk::{self, KernelStats, Mode, Socket, Umem, FRAME_SIZE};
 use crossbeam_queue::ArrayQueue;
 use flowtable::counters::Counters;
@@ -40,9 +42,7 @@ use std::time::{Duration, Instant};
 
 /// Most ports (sockets) one worker serves; also the XSKMAP's size.
 pub const MAX_PORTS: usize = 1024;
-/// Most frames one port keeps in its fill ring. With many ports each gets a fair share of
-/// half the UMEM instead (at least 16), so that no port is left without frames.
-pub const FILL_TARGET: u32 = xsk::RING_SIZE - BATCH_SIZE as u32;
+pub use crate::fill::FILL_TARGET;
 const NO_SLOT: u16 = u16::MAX;
 /// How long a `wakeup` worker waits by default for a batch to build up when a round found
 /// only a few frames: none (measured with bench/e2e: waiting 10-30 µs lowers CPU per packet
@@ -240,6 +240,10 @@ struct Slot {
     port: Port,
     /// Frames in the fill ring or received and not yet taken (owned by the kernel side).
     filled: u32,
+    /// How many frames its fill ring is topped up to (`fill`).
+    target: u32,
+    /// Its received-frame count at the last report (`fill::decayed`).
+    rx_mark: u64,
     /// Transmit descriptors written this batch, not yet submitted.
     pending: u32,
     counters: PortCounters,
@@ -332,7 +336,11 @@ pub struct Worker {
     reader: SnapshotReader,
     snap: Arc<Snapshot>,
     /// Frames each port's fill ring is kept at.
-    fill_target: u32,
+    /// The fill floors (`fill`): the uplink's, every other port's.
+    uplink_floor: u32,
+    floor: u32,
+    /// This worker's frames (its share of the UMEM).
+    home: u32,
     /// Most frames one port's transmit ring may hold.
     tx_cap: u32,
     port_to_slot: Vec<u16>,
@@ -389,7 +397,9 @@ impl Worker {
             pipeline,
             reader,
             snap,
-            fill_target: FILL_TARGET,
+            uplink_floor: FILL_TARGET,
+            floor: FILL_TARGET,
+            home: 0,
             tx_cap: xsk::RING_SIZE,
             port_to_slot: Vec::with_capacity(MAX_PORTS),
             slot_to_port: vec![None; MAX_PORTS],
@@ -421,6 +431,8 @@ impl Worker {
         self.slots[i] = Some(Slot {
             port,
             filled: 0,
+            target: 0,
+            rx_mark: 0,
             pending: 0,
             counters,
         });
@@ -564,8 +576,19 @@ impl Worker {
             revents: 0,
         });
         let home = self.fabric.home_frames(usize::from(self.id)).len() as u32;
-        let share = home / 2 / (self.active.len().max(1) as u32);
-        self.fill_target = share.clamp(16, FILL_TARGET);
+        let others = self.active.iter().filter(|&&i| i != 0).count() as u32;
+        self.home = home;
+        (self.uplink_floor, self.floor) = fill::floors(home, others);
+        for (i, slot) in self.slots.iter_mut().enumerate() {
+            let Some(slot) = slot else { continue };
+            // Slot 0 is the uplink's.
+            let floor = if i == 0 {
+                self.uplink_floor
+            } else {
+                self.floor
+            };
+            slot.target = slot.target.max(floor);
+        }
         // Handed-over frames belong to other workers: a port's transmit share is taken over
         // every worker's ports, so that no worker's ports can hold another's frames hostage.
         let all_ports = self
@@ -623,6 +646,12 @@ impl Worker {
                 let i = self.active[k] as usize;
                 let n = self.rx_batch(i);
                 if n > 0 {
+                    if let Some(slot) = self.slots[i].as_mut() {
+                        // What the kernel still has to receive into.
+                        let left = slot.port.sock.fill.in_flight();
+                        let free = self.free.len() as u32;
+                        slot.target = fill::grown(slot.target, left, free, self.home);
+                    }
                     // Give the kernel back as many frames as it just filled, at once: a round
                     // can take long (transmit wakeups run the receivers' stacks on this core).
                     self.refill_slot(i);
@@ -647,6 +676,7 @@ impl Worker {
                     }
                 }
                 self.close_gone();
+                self.decay_targets();
                 self.publish(false);
                 last_report = now;
             }
@@ -722,6 +752,16 @@ impl Worker {
         }
     }
 
+    /// Halves the fill target of every port but the uplink that received less than it since
+    /// the last report (`fill`).
+    fn decay_targets(&mut self) {
+        for slot in self.slots.iter_mut().skip(1).flatten() {
+            let rx = slot.counters.rx - slot.rx_mark;
+            slot.target = fill::decayed(slot.target, rx, self.floor);
+            slot.rx_mark = slot.counters.rx;
+        }
+    }
+
     /// Tops every fill ring up to its target from the free pool.
     fn refill(&mut self) {
         for k in 0..self.active.len() {
@@ -735,12 +775,19 @@ impl Worker {
         let Some(slot) = self.slots[i].as_mut() else {
             return;
         };
-        let want = self.fill_target.saturating_sub(slot.filled);
-        if want < (BATCH_SIZE as u32 / 2).min(self.fill_target / 2) && slot.filled > 0 {
+        let target = slot.target;
+        let floor = if i == 0 {
+            self.uplink_floor
+        } else {
+            self.floor
+        };
+        let free = self.free.len() as u32;
+        let want = fill::want(target, floor, slot.filled, free, self.home);
+        if want < (BATCH_SIZE as u32 / 2).min(target / 2) && slot.filled > 0 {
             return;
         }
         let fill = &mut slot.port.sock.fill;
-        let n = fill.free(want).min(self.free.len() as u32);
+        let n = fill.free(want).min(free);
         for k in 0..n {
             let idx = self.free.pop().unwrap_or_default();
             self.owner[idx as usize] = i as u16 + 1;

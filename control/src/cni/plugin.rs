@@ -249,15 +249,18 @@ fn add(env: &Env, conf: &NetConf) -> Result<Value, Error> {
 fn del(env: &Env, conf: &NetConf) -> Result<(), Error> {
     let host = host_ifname(&env.container_id, &env.ifname);
     let name = env.pod_name();
-    // switchd first (traffic stops), then the veth, then the address; each whatever the
-    // others found.
+    // switchd first (traffic stops), then the veth, then the address. The address is
+    // released only once switchd has let the pod go: while switchd still has it, another
+    // pod given the same address would be refused. So with switchd unreachable the DEL
+    // fails (11) and the runtime's retry finishes it.
     let switch = Switch::connect(&conf.socket).and_then(|mut sw| match sw.pod(&name)? {
         Some(p) if p.port == host => sw.delete_pod(&name),
         _ => Ok(()),
     });
     let veth = link::del(&host).map(|_| ());
+    switch?;
     let ipam = Delegate::new(conf, env).and_then(|d| d.call("DEL"));
-    switch.and(veth).and(ipam)
+    veth.and(ipam)
 }
 
 fn check(env: &Env, conf: &NetConf) -> Result<(), Error> {

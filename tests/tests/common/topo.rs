@@ -68,7 +68,10 @@ pub struct DelNs(pub String);
 
 impl Drop for DelNs {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.0])
+            .stderr(Stdio::null())
+            .status();
     }
 }
 
