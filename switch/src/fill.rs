@@ -7,10 +7,12 @@
 //! none (an idle port keeps its share), and small shares drop a TCP sender's bursts (a veth
 //! delivers a whole window while the worker is not running). So every port starts at a
 //! *floor* sized as if the worker had [`FILL_PORTS`] ports (1/`FILL_PORTS` of half its frames;
-//! the uplink, which carries every other node's traffic, an eighth of them). A port whose
-//! fill ring the kernel more than half emptied before a receive batch quadruples its target
-//! (up to [`FILL_TARGET`]: from the floor in three batches, so that a TCP sender's first
-//! bursts are not dropped) while the worker still has a quarter of its frames free; a port
+//! the uplink, which carries every other node's traffic, an eighth of them), more while the
+//! pool holds more than half the frames (out of that surplus only, so that what idle ports
+//! were given at their start never exceeds half the frames besides the floors). A port whose
+//! fill ring the kernel more than half emptied before a receive batch gets the whole ring
+//! ([`FILL_TARGET`], at once: a TCP sender's next burst is larger) while the worker still has
+//! a quarter of its frames free; a port
 //! that did not receive its target's worth in a report period halves it back towards the
 //! floor; above the floor a ring is topped up only while an eighth of the frames is free.
 //! The free pool, not a sum of shares, decides: frames stuck in idle rings stop growth
@@ -36,12 +38,18 @@ pub fn floors(home: u32, ports: u32) -> (u32, u32) {
     (uplink, other)
 }
 
+/// A new port's target: its `floor`, more out of what the pool (`free` of `home` frames)
+/// holds beyond half the frames (up to [`FILL_TARGET`]).
+pub fn initial(floor: u32, free: u32, home: u32) -> u32 {
+    free.saturating_sub(home / 2).clamp(floor, FILL_TARGET)
+}
+
 /// A port's target after a receive batch, its fill ring holding `left` frames the kernel has
-/// not received into yet: quadrupled (up to [`FILL_TARGET`]) if that is less than half of it
+/// not received into yet: the whole ring ([`FILL_TARGET`]) if that is less than half of it
 /// and `free` of the worker's `home` frames are more than a quarter.
 pub fn grown(target: u32, left: u32, free: u32, home: u32) -> u32 {
     if left < target / 2 && free > home / 4 {
-        (target * 4).min(FILL_TARGET)
+        FILL_TARGET
     } else {
         target
     }
@@ -91,8 +99,27 @@ mod tests {
         assert_eq!(floors(1024, 500), (128, 16));
     }
 
-    /// A TCP sender's bursts: a port whose batches empty its ring reaches the full ring in
-    /// three batches, and goes back to the floor once quiet.
+    /// The same with every port given its initial target from the pool: the first ones get
+    /// the surplus over half the frames, later ones their floor, and every one of
+    /// `FILL_PORTS` ports gets at least its floor.
+    #[test]
+    fn first_ports_get_the_surplus_and_every_port_its_floor() {
+        let (uplink, _) = floors(HOME, 1);
+        let mut free = HOME - uplink;
+        let mut given = Vec::new();
+        for n in 1..=FILL_PORTS {
+            let (_, floor) = floors(HOME, n);
+            let t = initial(floor, free, HOME).min(free);
+            assert!(t >= floor, "port {n} gets {t} of its floor {floor}");
+            free -= t;
+            given.push(t);
+        }
+        assert_eq!(&given[..3], &[FILL_TARGET, FILL_TARGET, FILL_TARGET]);
+        assert_eq!(given[FILL_PORTS as usize - 1], 64);
+    }
+
+    /// A TCP sender's bursts: a port whose batch emptied its ring gets the full ring at
+    /// once, and goes back to the floor once quiet.
     #[test]
     fn a_busy_port_grows_to_the_full_ring_and_a_quiet_one_shrinks_back() {
         let (_, floor) = floors(HOME, 3);
@@ -102,7 +129,7 @@ mod tests {
             t = grown(t, 0, HOME / 2, HOME);
             batches += 1;
         }
-        assert_eq!((t, batches), (FILL_TARGET, 3));
+        assert_eq!((t, batches), (FILL_TARGET, 1));
         // A trickle does not grow it.
         assert_eq!(grown(floor, floor - 3, HOME, HOME), floor);
         assert_eq!(grown(floor, floor / 2, HOME, HOME), floor);

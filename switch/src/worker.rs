@@ -579,6 +579,15 @@ impl Worker {
         let others = self.active.iter().filter(|&&i| i != 0).count() as u32;
         self.home = home;
         (self.uplink_floor, self.floor) = fill::floors(home, others);
+        // The pool as it will be once every ring has what it was promised (ports added
+        // together, at start, are filled after all of them are added).
+        let promised: u32 = self
+            .slots
+            .iter()
+            .flatten()
+            .map(|s| s.target.saturating_sub(s.filled))
+            .sum();
+        let mut free = (self.free.len() as u32).saturating_sub(promised);
         for (i, slot) in self.slots.iter_mut().enumerate() {
             let Some(slot) = slot else { continue };
             // Slot 0 is the uplink's.
@@ -587,6 +596,15 @@ impl Worker {
             } else {
                 self.floor
             };
+            if slot.target == 0 {
+                // A new port.
+                slot.target = if i == 0 {
+                    floor
+                } else {
+                    fill::initial(floor, free, home)
+                };
+                free = free.saturating_sub(slot.target);
+            }
             slot.target = slot.target.max(floor);
         }
         // Handed-over frames belong to other workers: a port's transmit share is taken over
