@@ -137,6 +137,8 @@ named_enum! {
         Rejected = "rejected",
         /// A backend's reply to a client outside the cluster, sent out of the uplink.
         ToExternal = "to_external",
+        /// Sent over the underlay to another node's own address (a host-network endpoint).
+        ToNode = "to_node",
     }
 }
 

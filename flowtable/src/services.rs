@@ -314,6 +314,8 @@ struct Context {
     pod_cidrs: Vec<(Ipv4Cidr, String)>,
     /// The same, indexed by node name.
     cidr_of: std::collections::BTreeMap<String, Ipv4Cidr>,
+    /// Every node's own address (this node's too), by name: host-network endpoints.
+    ip_of: std::collections::BTreeMap<String, Ipv4Addr>,
     node_ips: Vec<Ipv4Addr>,
     vxlan_port: u16,
     service_cidr: Ipv4Cidr,
@@ -330,6 +332,9 @@ impl Context {
                 .collect();
         Context {
             cidr_of: pod_cidrs.iter().map(|(c, n)| (n.clone(), *c)).collect(),
+            ip_of: std::iter::once((node.name.clone(), node.ip))
+                .chain(state.nodes.iter().map(|n| (n.name.clone(), n.ip)))
+                .collect(),
             pod_cidrs,
             node_name: node.name.clone(),
             node_ip: node.ip,
@@ -560,10 +565,15 @@ fn check_service(ctx: &Context, s: &ServiceSpec) -> Result<(), StateError> {
                 ),
             ));
         };
-        if !cidr.contains(e.ip) {
+        // A pod's address, or the node's own (a hostNetwork pod, an API server).
+        let host_network = ctx.ip_of.get(&e.node) == Some(&e.ip);
+        if !cidr.contains(e.ip) && !host_network {
             return Err(err(
                 f(&format!("endpoints[{ei}].ip")),
-                format!("{} is outside the pod CIDR {cidr} of node {}", e.ip, e.node),
+                format!(
+                    "{} is neither in the pod CIDR {cidr} of node {} nor that node's IP",
+                    e.ip, e.node
+                ),
             ));
         }
         if let Some(j) = seen.insert(u32::from(e.ip), ei) {

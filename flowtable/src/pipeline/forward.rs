@@ -8,6 +8,10 @@ use crate::snapshot::{Pod, Snapshot};
 use crate::wire::ethernet::{ethertype, EthernetFrame, HEADER_LEN as ETH_LEN};
 use crate::wire::icmp::kind;
 use crate::wire::ipv4;
+use crate::wire::MacAddr;
+
+/// "Fragmentation needed and DF set".
+const CODE_FRAG_NEEDED: u8 = 4;
 
 impl Pipeline {
     /// Routes the packet by destination. Callers guarantee a valid IPv4 header at offset 14.
@@ -27,8 +31,15 @@ impl Pipeline {
             // A local pod to its node: through the host port when there is one (the XDP
             // program passes such packets to the kernel itself when there is none). Others
             // reach the node at the host port's address; the node's own IP is the kernel's.
+            // A NodePort flow to a host-network endpoint here also takes the host port: its
+            // source is the gateway address, which the kernel routes back into the switch.
             if let Some(host) = snap.host() {
-                if hop == Hop::FromPod && pkt.port != host.port {
+                // (From the host port itself only a Service flow comes back to it, its
+                // source translated: the node reaching a host-network endpoint on itself.)
+                let src = pkt.data().get(ETH_LEN + 12..ETH_LEN + 16);
+                let hairpin = src.is_some_and(|s| s != host.ip.octets());
+                let from_pod = hop == Hop::FromPod && (pkt.port != host.port || hairpin);
+                if from_pod || hop == Hop::FromUplink {
                     return self.deliver(snap, pkt, host, hop);
                 }
             }
@@ -40,6 +51,12 @@ impl Pipeline {
         if hop == Hop::FromOverlay {
             // This node does not route between other nodes.
             return Outcome::Drop(DropReason::NotForThisNode);
+        }
+        if let Some(remote) = snap.remote_by_vtep(dst) {
+            // Another node's own address (a host-network endpoint, the node itself): over the
+            // underlay, not VXLAN. Its kernel replies to the pod address, which its switch
+            // sends back over VXLAN.
+            return self.underlay(snap, pkt, remote.next_hop_mac, hop);
         }
         match snap.remote_for(dst) {
             Some(remote) => self.encap(snap, pkt, remote, hop),
@@ -81,6 +98,45 @@ impl Pipeline {
             0,
             DropReason::TtlExceeded,
         ))
+    }
+
+    /// Out of the uplink to another node's address, as a router would (TTL - 1).
+    fn underlay(
+        &mut self,
+        snap: &Snapshot,
+        pkt: &mut Packet<'_>,
+        next_hop: MacAddr,
+        hop: Hop,
+    ) -> Outcome {
+        if let Some(o) = self.expire_ttl(snap, pkt, hop) {
+            return o;
+        }
+        let mtu = usize::from(snap.node.uplink_mtu);
+        if pkt.data().len().saturating_sub(ETH_LEN) > mtu {
+            let df = pkt.data().get(ETH_LEN + 6).is_some_and(|f| f & 0x40 != 0);
+            if df && hop != Hop::Generated {
+                return self.icmp_error(
+                    snap,
+                    pkt,
+                    kind::DEST_UNREACHABLE,
+                    CODE_FRAG_NEEDED,
+                    mtu as u32,
+                    DropReason::TooBig,
+                );
+            }
+            return Outcome::Drop(DropReason::TooBig);
+        }
+        let data = pkt.data_mut();
+        let (eth_hdr, body) = data.split_at_mut(ETH_LEN);
+        if hop != Hop::Generated {
+            ipv4::decrement_ttl(body);
+        }
+        if let Ok(mut eth) = EthernetFrame::new_checked(eth_hdr) {
+            eth.set_dst(next_hop);
+            eth.set_src(snap.node.uplink_mac);
+            eth.set_ethertype(ethertype::IPV4);
+        }
+        Outcome::Tx(PortId::UPLINK, Action::ToNode)
     }
 
     fn deliver(&mut self, snap: &Snapshot, pkt: &mut Packet<'_>, pod: &Pod, hop: Hop) -> Outcome {

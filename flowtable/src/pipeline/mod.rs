@@ -12,7 +12,8 @@
 //! - pod port: ARP for anything but the pod's own address is answered with the gateway MAC
 //!   (proxy ARP); IPv4 must carry the pod's own source IP and MAC (anti-spoofing), then is
 //!   routed: gateway address (ICMP echo answered), node address (kernel), a local pod
-//!   (delivered, TTL - 1), another node's pod CIDR (VXLAN-encapsulated, TTL - 1).
+//!   (delivered, TTL - 1), another node's pod CIDR (VXLAN-encapsulated, TTL - 1), another
+//!   node's own address (out of the uplink to it, TTL - 1: host-network endpoints).
 //! - uplink: VXLAN to this node's address and port is checked (VNI, known VTEP) and
 //!   decapsulated, then routed to a local pod; everything else is the node's and goes to the
 //!   kernel.
@@ -250,7 +251,11 @@ impl Pipeline {
         if !ip.verify_checksum() {
             return Outcome::Drop(DropReason::Ipv4BadChecksum);
         }
-        if src_mac != pod.mac || ip.src() != pod.ip {
+        // The host port is the node's kernel: it also answers from the node's own address
+        // (replies of a host-network Service endpoint on this node).
+        let own = ip.src() == pod.ip
+            || (ip.src() == snap.node.ip && snap.host().is_some_and(|h| h.port == pkt.port));
+        if src_mac != pod.mac || !own {
             return Outcome::Drop(DropReason::SpoofedSource);
         }
         // Strip Ethernet padding: what goes on is exactly the IP packet.
@@ -285,5 +290,7 @@ impl Pipeline {
 mod tests;
 #[cfg(test)]
 mod tests_conntrack;
+#[cfg(test)]
+mod tests_hostnet;
 #[cfg(test)]
 mod tests_services;

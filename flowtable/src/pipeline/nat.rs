@@ -512,6 +512,12 @@ impl Pipeline {
         if b.ip == key.src {
             // Hairpin: the pod reaches itself through its Service; make the reply come back.
             tr.src = svc.hairpin_ip.unwrap_or(snap.node.gateway_ip);
+        } else if b.ip == snap.node.ip {
+            // A host-network endpoint on this node: its kernel would answer a pod straight
+            // through the pod's veth, anyone else by its own routes, and itself not at all (a
+            // packet from its own address). The gateway address is none of these and routed
+            // into the host port, so the reply comes back through the switch.
+            tr.src = snap.node.gateway_ip;
         }
         if peer.is_some() && !local && !b.local {
             // From outside to a backend on another node (externalTrafficPolicy Cluster): the

@@ -700,10 +700,14 @@ fn host_port_carries_the_nodes_own_traffic() {
 fn host_port_is_anti_spoofed_and_not_a_pod_address() {
     let s = snap_with_host();
     let host = s.port_id("nsw0").unwrap();
-    // The host port may only send as the host address with the host MAC.
+    // The host port may only send as the host address or the node's own (the kernel's
+    // replies from a host-network endpoint), with the host MAC.
+    let f = udp_frame(HOST_MAC, GW_MAC, NODE1, REMOTE_POD, 64, b"x");
+    assert_eq!(run(&s, &f, host).0, Verdict::Transmit(PortId::UPLINK));
     for f in [
-        udp_frame(HOST_MAC, GW_MAC, NODE1, REMOTE_POD, 64, b"x"),
+        udp_frame(HOST_MAC, GW_MAC, NODE2, REMOTE_POD, 64, b"x"),
         udp_frame(HOST_MAC, GW_MAC, POD_A, REMOTE_POD, 64, b"x"),
+        udp_frame(MAC_A, GW_MAC, NODE1, REMOTE_POD, 64, b"x"),
         udp_frame(MAC_A, GW_MAC, HOST_IP, REMOTE_POD, 64, b"x"),
     ] {
         assert_eq!(

@@ -274,8 +274,10 @@ impl Pipeline {
             if !inner_ip.verify_checksum() {
                 return Outcome::Drop(DropReason::Ipv4BadChecksum);
             }
-            // A node may only send from its own pod CIDR (pods, its VTEP address, its SNAT).
-            if !sender_cidr.contains(inner_ip.src()) {
+            // A node may only send from its own pod CIDR (pods, its VTEP address, its SNAT)
+            // or its own underlay address (its kernel answering a pod: a host-network
+            // endpoint on that node).
+            if !sender_cidr.contains(inner_ip.src()) && inner_ip.src() != ip.src() {
                 return Outcome::Drop(DropReason::SpoofedSource);
             }
             (
