@@ -12,8 +12,8 @@ use crate::pb;
 use flowtable::cidr::Ipv4Cidr;
 use flowtable::names::quote;
 use flowtable::state::{
-    EndpointSpec, NodeSpec, PodSpec, Protocol, RemoteNodeSpec, ServiceConfigSpec, ServicePortSpec,
-    ServiceSpec, SessionAffinity, StateFile, TrafficPolicy, VxlanSpec,
+    EgressSpec, EndpointSpec, NodeSpec, PodSpec, Protocol, RemoteNodeSpec, ServiceConfigSpec,
+    ServicePortSpec, ServiceSpec, SessionAffinity, StateFile, TrafficPolicy, VxlanSpec,
 };
 use flowtable::wire::MacAddr;
 use std::net::Ipv4Addr;
@@ -334,6 +334,7 @@ pub fn objects(s: &pb::State) -> Result<Objects, ApiError> {
         (s.node.is_some(), "node"),
         (s.vxlan.is_some(), "vxlan"),
         (s.service_config.is_some(), "service_config"),
+        (s.egress.is_some(), "egress"),
     ] {
         if set {
             return Err(invalid(
@@ -463,6 +464,32 @@ pub fn state(s: &pb::State) -> Result<StateFile, ApiError> {
                 .unwrap_or(dcfg.hairpin_ip),
         },
         services,
+        egress: egress(s.egress.as_ref())?,
+    })
+}
+
+/// The `[egress]` section from its message (unset fields take the state file's defaults).
+fn egress(e: Option<&pb::Egress>) -> Result<EgressSpec, ApiError> {
+    let d = EgressSpec::default();
+    let Some(e) = e else {
+        return Ok(d);
+    };
+    // (Its limits are the snapshot's to check, as for the state file.)
+    Ok(EgressSpec {
+        masquerade: e.masquerade.unwrap_or(d.masquerade),
+        non_masquerade_cidrs: e
+            .non_masquerade_cidrs
+            .iter()
+            .enumerate()
+            .map(|(i, c)| cidr(&format!("state.egress.non_masquerade_cidrs[{i}]"), c))
+            .collect::<Result<_, _>>()?,
+        port_range: if e.port_range.is_empty() {
+            d.port_range
+        } else {
+            e.port_range
+                .parse()
+                .map_err(|r: String| invalid("state.egress.port_range", r))?
+        },
     })
 }
 
@@ -496,6 +523,16 @@ pub fn state_pb(s: &StateFile, generation: u64) -> pb::State {
         }),
         services: s.services.iter().map(service_pb).collect(),
         generation,
+        egress: Some(pb::Egress {
+            masquerade: Some(s.egress.masquerade),
+            non_masquerade_cidrs: s
+                .egress
+                .non_masquerade_cidrs
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
+            port_range: s.egress.port_range.to_string(),
+        }),
     }
 }
 

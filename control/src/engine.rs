@@ -366,6 +366,7 @@ impl Engine {
             next.node = state.node.clone();
             next.vxlan = state.vxlan;
             next.service_config = state.service_config.clone();
+            next.egress = state.egress.clone();
         }
         next.pods
             .retain(|p| p.owner != owner || state.pods.iter().any(|x| x.name == p.name));
@@ -469,6 +470,9 @@ impl Engine {
             }
             if b.service_config != self.base.service_config {
                 changes.push(change("service-config", "", "configured"));
+            }
+            if b.egress != self.base.egress {
+                changes.push(change("egress", "", "configured"));
             }
             for p in &b.pods {
                 match self.base.pods.iter().find(|x| x.name == p.name) {

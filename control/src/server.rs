@@ -455,6 +455,7 @@ impl<D: Dataplane> SwitchService for Api<D> {
                     msg.node = None;
                     msg.vxlan = None;
                     msg.service_config = None;
+                    msg.egress = None;
                 }
             }
             Ok(pb::GetStateResponse { state: Some(msg) })

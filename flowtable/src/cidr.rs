@@ -154,6 +154,16 @@ impl<V> PrefixTable<V> {
         self.levels[i].1.insert(cidr.addr, v);
     }
 
+    /// How many prefixes it holds.
+    pub fn len(&self) -> usize {
+        self.levels.iter().map(|(_, m)| m.len()).sum()
+    }
+
+    /// Whether it holds no prefix.
+    pub fn is_empty(&self) -> bool {
+        self.levels.is_empty()
+    }
+
     /// The value of the longest prefix containing `ip`.
     #[inline]
     pub fn lookup(&self, ip: Ipv4Addr) -> Option<&V> {

@@ -113,6 +113,19 @@ named_enum! {
         CtInvalidAckOverWindow = "ct_invalid_ack_over_window",
         /// Conntrack: a RST below the sequence its receiver acknowledged.
         CtInvalidRst = "ct_invalid_rst",
+        /// Leaving the cluster, but no route out of the uplink covers the destination.
+        NoNextHop = "no_next_hop",
+        /// Leaving the cluster, but the next hop's MAC is not known yet (resolution asked for).
+        NeighbourUnresolved = "neighbour_unresolved",
+        /// A new masqueraded flow found no free port for its destination in `egress.port_range`.
+        SnatPortsExhausted = "snat_ports_exhausted",
+        /// An IP fragment to be masqueraded (fragments are not reassembled).
+        EgressFragment = "egress_fragment",
+        /// To be masqueraded but neither TCP, UDP nor an ICMP echo (no port to tell it by).
+        EgressUnsupported = "egress_unsupported",
+        /// On a masquerade port of the node's IP without a flow, and no host port to give it
+        /// to the kernel by.
+        EgressNoFlow = "egress_no_flow",
     }
 }
 
@@ -139,6 +152,10 @@ named_enum! {
         ToExternal = "to_external",
         /// Sent over the underlay to another node's own address (a host-network endpoint).
         ToNode = "to_node",
+        /// A pod's packet out of the uplink, its source masqueraded to the node's IP.
+        Masqueraded = "masqueraded",
+        /// A pod's packet out of the uplink with its own address (`non_masquerade_cidrs`).
+        RoutedOut = "routed_out",
     }
 }
 
@@ -151,8 +168,10 @@ pub struct Counters {
     pub dnat: u64,
     /// Frames translated back from a backend to the Service (reverse NAT).
     pub reverse_nat: u64,
-    /// New Service flows (conntrack entries created).
+    /// New Service and masqueraded flows (conntrack entries created).
     pub new_flows: u64,
+    /// Frames whose source was masqueraded to the node's IP.
+    pub snat: u64,
     /// Partial TCP/UDP checksums (left by a sender's checksum offload) completed.
     pub checksums_completed: u64,
     actions: [u64; Action::COUNT],
@@ -166,6 +185,7 @@ impl Default for Counters {
             dnat: 0,
             reverse_nat: 0,
             new_flows: 0,
+            snat: 0,
             checksums_completed: 0,
             actions: [0; Action::COUNT],
             drops: [0; DropReason::COUNT],
@@ -220,6 +240,7 @@ impl Counters {
         self.dnat += o.dnat;
         self.reverse_nat += o.reverse_nat;
         self.new_flows += o.new_flows;
+        self.snat += o.snat;
         self.checksums_completed += o.checksums_completed;
         for (a, b) in self.actions.iter_mut().zip(o.actions.iter()) {
             *a += b;

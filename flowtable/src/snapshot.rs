@@ -175,6 +175,8 @@ pub struct Snapshot {
     /// Services, their ports, frontends and backends (shared between generations that did
     /// not change them).
     pub services: Arc<crate::services::ServiceTables>,
+    /// What leaves the cluster is masqueraded how.
+    pub egress: Arc<crate::egress::Egress>,
 }
 
 fn check_unicast(field: &str, m: MacAddr) -> Result<(), StateError> {
@@ -465,6 +467,7 @@ impl Snapshot {
         }
 
         let services = services()?;
+        let egress = Arc::new(crate::egress::Egress::build(state)?);
         let direct_routes = DirectRoutes::build(&remotes);
 
         Ok(Snapshot {
@@ -492,6 +495,7 @@ impl Snapshot {
             direct_routes,
             vtep_by_ip,
             services,
+            egress,
         })
     }
 

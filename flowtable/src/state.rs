@@ -32,6 +32,95 @@ pub struct StateFile {
     /// Services and their endpoints.
     #[serde(default)]
     pub services: Vec<ServiceSpec>,
+    /// Pods' traffic leaving the cluster.
+    #[serde(default)]
+    pub egress: EgressSpec,
+}
+
+/// Pods' traffic to destinations outside the cluster: masqueraded to the node's IP.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EgressSpec {
+    /// Translate the source of such traffic to the node's IP (Flannel's `ipMasq`); when off it
+    /// leaves the uplink with the pod's address.
+    #[serde(default = "yes")]
+    pub masquerade: bool,
+    /// Destinations never masqueraded, besides every pod CIDR and the Service CIDR (the
+    /// ip-masq-agent's `nonMasqueradeCIDRs`); at most [`MAX_NON_MASQUERADE_CIDRS`].
+    #[serde(default)]
+    pub non_masquerade_cidrs: Vec<Ipv4Cidr>,
+    /// The node's ports (and ICMP identifiers) masqueraded flows use; must not overlap the
+    /// kernel's ephemeral ports (`net.ipv4.ip_local_port_range`).
+    #[serde(default = "default_port_range")]
+    pub port_range: PortRange,
+}
+
+/// Most `egress.non_masquerade_cidrs`.
+pub const MAX_NON_MASQUERADE_CIDRS: usize = 256;
+
+fn default_port_range() -> PortRange {
+    PortRange {
+        first: 61000,
+        last: 65535,
+    }
+}
+
+impl Default for EgressSpec {
+    fn default() -> Self {
+        EgressSpec {
+            masquerade: true,
+            non_masquerade_cidrs: Vec::new(),
+            port_range: default_port_range(),
+        }
+    }
+}
+
+/// An inclusive range of ports, written `FIRST-LAST` (e.g. `61000-65535`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortRange {
+    /// The first port.
+    pub first: u16,
+    /// The last port (at least `first`).
+    pub last: u16,
+}
+
+impl PortRange {
+    /// How many ports the range holds.
+    pub fn len(&self) -> u32 {
+        u32::from(self.last) + 1 - u32::from(self.first)
+    }
+
+    /// Never empty (`first <= last` is checked on parsing); for clippy's sake.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// Whether `p` is in the range.
+    pub fn contains(&self, p: u16) -> bool {
+        (self.first..=self.last).contains(&p)
+    }
+}
+
+impl std::fmt::Display for PortRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.first, self.last)
+    }
+}
+
+impl std::str::FromStr for PortRange {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("{s:?} is not a port range FIRST-LAST (1024-65535)");
+        let (a, b) = s.split_once('-').ok_or_else(bad)?;
+        let first: u16 = a.trim().parse().map_err(|_| bad())?;
+        let last: u16 = b.trim().parse().map_err(|_| bad())?;
+        if first < 1024 || last < first {
+            return Err(format!(
+                "{s:?} must be FIRST-LAST with 1024 <= FIRST <= LAST <= 65535"
+            ));
+        }
+        Ok(PortRange { first, last })
+    }
 }
 
 /// Cluster-wide Service settings.
@@ -353,6 +442,7 @@ macro_rules! text_serde {
 
 text_serde!(MacAddr);
 text_serde!(Ipv4Cidr);
+text_serde!(PortRange);
 
 #[cfg(test)]
 mod tests {

@@ -7,8 +7,11 @@
 // - pod port: everything goes to the switch except ARP replies (the kernel's own neighbour
 //   resolution towards its pods) and, unless the node has a host port (then the switch
 //   delivers it there, reverse NAT included), IPv4 addressed to the node's IP;
-// - uplink: only VXLAN addressed to the node and Service frontends (NodePort, LoadBalancer and
-//   external IPs, listed in `frontends`) go to the switch; the rest is the node's.
+// - uplink: only VXLAN addressed to the node, Service frontends (NodePort, LoadBalancer and
+//   external IPs, listed in `frontends`) and what may be a masqueraded flow's (to the node's
+//   IP: TCP/UDP to a port in `egress`'s range, ICMP echo replies with an identifier in it,
+//   ICMP errors quoting a TCP/UDP packet from such a port) go to the switch; the rest is the
+//   node's.
 // Restarts: switchd pins the program's links and maps in bpffs, so they outlive it, and
 // beats `heartbeat` ten times a second. While the heartbeat is fresh, a frame for the switch
 // on a port whose socket is gone (switchd restarting) is dropped, held for the TCP/UDP
@@ -54,6 +57,12 @@ enum stat {
 	STAT_OTHER_QUEUE = 4,
 	STAT_UNSERVED = 5,
 	STAT_MAX = 6,
+};
+
+struct egress_cfg {
+	__u16 first; /* host byte order */
+	__u16 last;
+	__u32 on;    /* masquerading at all */
 };
 
 struct heartbeat {
@@ -102,6 +111,47 @@ struct {
 	__type(key, __u32);
 	__type(value, struct heartbeat);
 } heartbeat SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct egress_cfg);
+} egress SEC(".maps");
+
+static __always_inline int in_range(struct egress_cfg *e, __u16 port_be)
+{
+	__u16 p = bpf_ntohs(port_be);
+	return e && e->on && p >= e->first && p <= e->last;
+}
+
+/* ICMP to the node: an echo reply or an error that may be a masqueraded flow's. */
+static __always_inline int masqueraded_icmp(struct iphdr *ip, void *end, __u32 node_ip,
+					    struct egress_cfg *e)
+{
+	__u32 ihl = ip->ihl * 4;
+	if (ihl < sizeof(*ip))
+		return 0;
+	__u8 *icmp = (void *)ip + ihl;
+	if ((void *)(icmp + 8) > end)
+		return 0;
+	if (icmp[0] == 0) /* echo reply: the identifier */
+		return in_range(e, *(__u16 *)(icmp + 4));
+	if (icmp[0] != 3 && icmp[0] != 11 && icmp[0] != 12)
+		return 0;
+	struct iphdr *q = (void *)(icmp + 8);
+	if ((void *)(q + 1) > end || q->saddr != node_ip)
+		return 0;
+	if (q->protocol != IPPROTO_TCP && q->protocol != IPPROTO_UDP)
+		return 0;
+	__u32 qihl = q->ihl * 4;
+	if (qihl < sizeof(*q))
+		return 0;
+	__u16 *qports = (void *)q + qihl;
+	if ((void *)(qports + 2) > end)
+		return 0;
+	return in_range(e, qports[0]);
+}
 
 static __always_inline int count(__u32 what, int action)
 {
@@ -175,6 +225,12 @@ int nodeswitch_xdp(struct xdp_md *ctx)
 	/* Later fragments carry no ports: the kernel's (the switch does not NAT fragments). */
 	if (ip->frag_off & bpf_htons(0x1fff))
 		return count(STAT_PASSED, XDP_PASS);
+	struct egress_cfg *e = bpf_map_lookup_elem(&egress, &zero);
+	if (ip->protocol == IPPROTO_ICMP) {
+		if (ip->daddr == n->ip && masqueraded_icmp(ip, end, n->ip, e))
+			return to_switch(cfg);
+		return count(STAT_PASSED, XDP_PASS);
+	}
 	if (ip->protocol != IPPROTO_UDP && ip->protocol != IPPROTO_TCP)
 		return count(STAT_PASSED, XDP_PASS);
 	__u32 ihl = ip->ihl * 4;
@@ -185,6 +241,8 @@ int nodeswitch_xdp(struct xdp_md *ctx)
 		return count(STAT_PASSED, XDP_PASS);
 	__u16 dport = ports_hdr[1];
 	if (ip->protocol == IPPROTO_UDP && ip->daddr == n->ip && dport == n->vxlan_port)
+		return to_switch(cfg);
+	if (ip->daddr == n->ip && in_range(e, dport))
 		return to_switch(cfg);
 	struct frontend_key key = {
 		.ip = ip->daddr,

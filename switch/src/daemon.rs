@@ -193,6 +193,47 @@ pub enum DaemonError {
     /// The control API could not be served.
     #[error(transparent)]
     Control(#[from] control::client::TransportError),
+    /// The masquerade ports overlap the kernel's ephemeral ports.
+    #[error(
+        "egress.port_range {range} overlaps the kernel's ephemeral ports {kernel} \
+         (net.ipv4.ip_local_port_range): the node's own connections would collide with \
+         masqueraded ones; move one of them"
+    )]
+    PortRange {
+        /// The state's range.
+        range: flowtable::state::PortRange,
+        /// The kernel's, as `FIRST-LAST`.
+        kernel: String,
+    },
+    /// The uplink's routes and neighbours cannot be read.
+    #[error("reading the uplink's routes and neighbours over netlink: {0}")]
+    NextHops(std::io::Error),
+}
+
+/// Where the kernel's ephemeral port range is.
+const LOCAL_PORT_RANGE: &str = "/proc/sys/net/ipv4/ip_local_port_range";
+
+/// Refuses a masquerade range that overlaps the kernel's ephemeral ports (when it can read
+/// them; without the file there is no kernel range to collide with).
+fn check_port_range(snap: &Snapshot) -> Result<(), DaemonError> {
+    if !snap.egress.masquerade {
+        return Ok(());
+    }
+    let Ok(text) = std::fs::read_to_string(LOCAL_PORT_RANGE) else {
+        return Ok(());
+    };
+    let mut it = text.split_whitespace().map(str::parse::<u16>);
+    let (Some(Ok(lo)), Some(Ok(hi))) = (it.next(), it.next()) else {
+        return Ok(());
+    };
+    let r = snap.egress.ports;
+    if r.first <= hi && r.last >= lo {
+        return Err(DaemonError::PortRange {
+            range: r,
+            kernel: format!("{lo}-{hi}"),
+        });
+    }
+    Ok(())
 }
 
 impl DaemonError {
@@ -227,6 +268,13 @@ impl DaemonError {
             DaemonError::UplinkMac { state, real, .. } => ApiError::Invalid {
                 field: "node.uplink_mac".into(),
                 reason: format!("is {state} but the interface has {real}"),
+            },
+            DaemonError::PortRange { kernel, .. } => ApiError::Invalid {
+                field: "egress.port_range".into(),
+                reason: format!(
+                    "overlaps the kernel's ephemeral ports {kernel} \
+                     (net.ipv4.ip_local_port_range)"
+                ),
             },
             DaemonError::TooManyPorts(_) => ApiError::Invalid {
                 field: "pods".into(),
@@ -427,6 +475,11 @@ pub fn run(cfg: &Config) -> Result<(), DaemonError> {
         other => DaemonError::Worker(other.to_string()),
     })?;
     let ifaces = check_interfaces(&snap)?;
+    check_port_range(&snap)?;
+    // The uplink's next hops, for what leaves the cluster (kept current by its own thread).
+    let hops = flowtable::egress::NextHopsCell::new();
+    let _hop_watcher =
+        crate::nexthop::start(ifaces[0].1, hops.clone()).map_err(DaemonError::NextHops)?;
 
     // What an earlier switchd left: the conntrack region first (its lock says no other
     // switchd serves this node), then the pinned XDP state.
@@ -530,10 +583,12 @@ pub fn run(cfg: &Config) -> Result<(), DaemonError> {
     for id in 0..n_workers {
         let (tx, rx) = channel();
         let report = Arc::new(Mutex::new(Report::default()));
+        let mut pipeline = Pipeline::with_conntrack(Arc::clone(&ct));
+        pipeline.set_next_hops(hops.clone());
         let mut w = Worker::new(
             Arc::clone(&fabric),
             id as u16,
-            Pipeline::with_conntrack(Arc::clone(&ct)),
+            pipeline,
             cell.reader(),
             rx,
             Arc::clone(&stop),
@@ -873,6 +928,7 @@ fn reload(ctl: &Control<DaemonPlane>, path: &Path) {
 fn apply_snapshot(run: &mut Running, next: Snapshot) -> Result<(u64, String), DaemonError> {
     let cur = run.cell.load();
     // What needs a restart, or must match the interface, is refused before anything else.
+    check_port_range(&next)?;
     if next.ports()[0] != cur.ports()[0] {
         return Err(DaemonError::NoInterface {
             name: next.ports()[0].clone(),

@@ -10,6 +10,7 @@ pub mod alloc;
 pub mod ctclock;
 pub mod daemon;
 pub mod fill;
+pub mod nexthop;
 pub mod pcapio;
 pub mod plane;
 pub mod replay;

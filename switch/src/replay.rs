@@ -131,8 +131,10 @@ pub struct NatReport {
     pub dnat: u64,
     /// Frames translated back to the Service.
     pub reverse_nat: u64,
-    /// New Service flows.
+    /// New Service and masqueraded flows.
     pub new_flows: u64,
+    /// Frames masqueraded to the node's IP.
+    pub snat: u64,
 }
 
 /// Conntrack state after a replay.
@@ -208,6 +210,7 @@ impl NatReport {
             dnat: c.dnat,
             reverse_nat: c.reverse_nat,
             new_flows: c.new_flows,
+            snat: c.snat,
         }
     }
 }

@@ -2,8 +2,9 @@
 //!
 //! Design: one program object per daemon, attached to every port with a bpf_link
 //! ([`Xdp::attach`]). The program's maps say which interfaces are ports and in which role,
-//! which XSKMAP slot serves each, the node's IP and VXLAN port, and the Service frontends the
-//! uplink must hand to the switch; everything else is passed to the kernel.
+//! which XSKMAP slot serves each, the node's IP and VXLAN port, the Service frontends and the
+//! masquerade port range the uplink must hand to the switch; everything else is passed to the
+//! kernel.
 //!
 //! Restarts: with a pin directory (on bpffs, `--bpf-dir`), every map is pinned there by name
 //! and every link as `link-IFINDEX`, so they outlive the process. The next switchd loads its
@@ -30,7 +31,15 @@ use std::time::Duration;
 static OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/xsk_redirect.bpf.o"));
 
 /// The maps the program defines (each pinned under its name).
-const MAPS: [&str; 6] = ["xsks", "ports", "node", "frontends", "stats", "heartbeat"];
+const MAPS: [&str; 7] = [
+    "xsks",
+    "ports",
+    "node",
+    "frontends",
+    "stats",
+    "heartbeat",
+    "egress",
+];
 /// A pinned link's file name: this prefix and the interface's index.
 const LINK_PREFIX: &str = "link-";
 /// bpffs's `f_type` (`BPF_FS_MAGIC`).
@@ -291,6 +300,15 @@ impl Xdp {
                 .map_err(err("set node"))?;
             self.node = n;
         }
+        // The masquerade ports: replies to them on the node's IP come to the switch.
+        let e = &snap.egress;
+        let mut eg = [0u8; 8];
+        eg[..2].copy_from_slice(&e.ports.first.to_ne_bytes());
+        eg[2..4].copy_from_slice(&e.ports.last.to_ne_bytes());
+        eg[4..8].copy_from_slice(&u32::from(e.masquerade).to_ne_bytes());
+        self.map("egress")
+            .update(&0u32.to_ne_bytes(), &eg, MapFlags::ANY)
+            .map_err(err("set egress"))?;
         if self
             .programmed
             .as_ref()

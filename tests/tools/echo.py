@@ -8,6 +8,7 @@
 
 A client prints one JSON line {"ok": bool, "bytes": n, "seconds": t, "peer": ...} and exits
 0 only if the echo came back complete and identical (TCP: no progress for 30 s is a failure).
+A server appends "PROTO ADDRESS:PORT" of every peer to the file $ECHO_PEERS when it is set.
 """
 import json
 import os
@@ -15,6 +16,14 @@ import socket
 import sys
 import threading
 import time
+
+
+PEERS = open(os.environ["ECHO_PEERS"], "a", buffering=1) if os.environ.get("ECHO_PEERS") else None
+
+
+def note_peer(proto, addr):
+    if PEERS:
+        PEERS.write("%s %s:%d\n" % (proto, addr[0], addr[1]))
 
 
 def serve_tcp(port):
@@ -32,15 +41,23 @@ def serve_tcp(port):
                 c.sendall(data)
 
     while True:
-        c, _ = srv.accept()
+        c, addr = srv.accept()
+        note_peer("tcp", addr)
         threading.Thread(target=handle, args=(c,), daemon=True).start()
 
 
 def serve_udp(port):
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    # Room for a burst of many flows' datagrams (root may exceed rmem_max).
+    SO_RCVBUFFORCE = 33
+    try:
+        s.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 8 << 20)
+    except OSError:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
     s.bind(("0.0.0.0", port))
     while True:
         data, addr = s.recvfrom(65535)
+        note_peer("udp", addr)
         s.sendto(data, addr)
 
 

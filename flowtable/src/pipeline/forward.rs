@@ -72,6 +72,10 @@ impl Pipeline {
                 data[6..12].copy_from_slice(&uplink_mac.0);
                 Outcome::Tx(PortId::UPLINK, Action::ToExternal)
             }
+            // Leaving the cluster (the node's kernel never routes that through the switch).
+            None if hop == Hop::FromPod && snap.host().is_none_or(|h| h.port != pkt.port) => {
+                self.egress(snap, pkt, hop)
+            }
             None => Outcome::Drop(DropReason::NoRoute),
         }
     }

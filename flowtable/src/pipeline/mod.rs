@@ -26,6 +26,7 @@ mod arp;
 mod flowcache;
 mod forward;
 mod icmp;
+mod masquerade;
 mod nat;
 mod offload;
 mod vxlan;
@@ -129,6 +130,10 @@ pub struct Pipeline {
     touched: u8,
     ct: Arc<Conntrack>,
     cache: flowcache::FlowCache,
+    /// The uplink's next hops, for what leaves the cluster.
+    hops: crate::egress::NextHopsCell,
+    /// Masquerade destinations recently found without a free port.
+    full: masquerade::FullRanges,
 }
 
 /// Conntrack capacity of a pipeline made by [`Pipeline::new`] (tests, tools).
@@ -161,7 +166,15 @@ impl Pipeline {
             touched: 0,
             ct,
             cache: flowcache::FlowCache::default(),
+            hops: crate::egress::NextHopsCell::new(),
+            full: masquerade::FullRanges::default(),
         }
+    }
+
+    /// Has the pipeline resolve next hops out of the uplink from `hops` (shared with the
+    /// daemon, which keeps it current); a new pipeline has an empty one.
+    pub fn set_next_hops(&mut self, hops: crate::egress::NextHopsCell) {
+        self.hops = hops;
     }
 
     /// The conntrack table.
@@ -282,6 +295,9 @@ impl Pipeline {
                 return o;
             }
         }
+        if let Some(o) = self.unmasquerade(snap, pkt) {
+            return o;
+        }
         self.decap(snap, pkt)
     }
 }
@@ -290,6 +306,8 @@ impl Pipeline {
 mod tests;
 #[cfg(test)]
 mod tests_conntrack;
+#[cfg(test)]
+mod tests_egress;
 #[cfg(test)]
 mod tests_hostnet;
 #[cfg(test)]

@@ -530,6 +530,10 @@ fn malformed_frames_have_their_own_reasons() {
         ),
         (
             udp_frame(MAC_A, GW_MAC, POD_A, [8, 8, 8, 8], 64, b"x"),
+            DropReason::NoNextHop,
+        ),
+        (
+            udp_frame(MAC_A, GW_MAC, POD_A, [10, 96, 0, 99], 64, b"x"),
             DropReason::NoRoute,
         ),
         (
@@ -594,7 +598,7 @@ fn batch_uses_one_snapshot_and_counts_all() {
         [
             Verdict::Transmit(PORT_B),
             Verdict::Transmit(PORT_A),
-            Verdict::Drop(DropReason::NoRoute)
+            Verdict::Drop(DropReason::NoNextHop)
         ]
     );
     assert_eq!(p.counters().received, 3);
