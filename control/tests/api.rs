@@ -298,7 +298,7 @@ fn invalid_changes_are_refused_with_field_and_reason() {
         (change(C::UpsertService(pb::Service { ports: vec![pb::ServicePort { protocol: "ICMP".into(), port: 80, ..Default::default() }], ..service("default/x", "10.97.0.1", 80, vec![]) })), "changes[0].upsert_service.ports[0].protocol: unknown protocol 'ICMP' (TCP, UDP or SCTP)"),
         (change(C::UpsertService(pb::Service { ports: vec![pb::ServicePort { port: 80, node_port: 80, ..Default::default() }], ..service("default/x", "10.97.0.1", 80, vec![]) })), "services[default/x].ports[0].node_port: 80 is outside the NodePort range 30000-32767"),
         (change(C::UpsertService(service("default/x", "10.97.0.1", 80, vec![ep("10.244.7.1", "node7")]))), "services[default/x].endpoints[0].node: 'node7' is not this node nor a known node"),
-        (change(C::UpsertService(service("default/x", "10.97.0.1", 80, vec![ep("10.244.1.5", "node2")]))), "services[default/x].endpoints[0].ip: 10.244.1.5 is outside the pod CIDR 10.244.2.0/24 of node node2"),
+        (change(C::UpsertService(service("default/x", "10.97.0.1", 80, vec![ep("10.244.1.5", "node2")]))), "services[default/x].endpoints[0].ip: 10.244.1.5 is neither in the pod CIDR 10.244.2.0/24 of node node2 nor that node's IP"),
         (change(C::UpsertService(service("default/x", "10.97.0.1", 80, vec![ep("10.244.2.5", "node2"), ep("10.244.2.5", "node2")]))), "services[default/x].endpoints[1].ip: 10.244.2.5 is also endpoints[0]"),
         (change(C::UpsertService(service("default/x", "10.244.1.50", 80, vec![]))), "services[default/x].cluster_ip: 10.244.1.50 is outside the Service CIDR 10.96.0.0/12"),
         (change(C::UpsertService(service("default/x", "10.96.0.10", 80, vec![]))), "services[default/x].ports[0].port: 10.96.0.10:80/TCP is already served by Service default/web"),
@@ -1120,4 +1120,111 @@ fn a_replace_covers_only_its_writers_objects() {
             );
         }
     });
+}
+
+/// `[egress]` through the API: what a Replace gives is what GetState returns, and every bad
+/// value is refused naming its field, as the state file refuses it.
+#[test]
+fn egress_settings_round_trip_and_are_refused_by_field() {
+    let f = Fixture::new();
+    let mut c = f.client();
+    let base = StateFile::parse(STATE).unwrap();
+    let with = |e: pb::Egress| {
+        let mut s = control::convert::state_pb(&base, 0);
+        s.egress = Some(e);
+        pb::ReplaceRequest {
+            owner: String::new(),
+            state: Some(s),
+            dry_run: false,
+        }
+    };
+    f.rt.block_on(async {
+        let want = pb::Egress {
+            masquerade: Some(false),
+            non_masquerade_cidrs: vec!["192.168.0.0/16".into(), "10.244.0.0/16".into()],
+            port_range: "62000-63000".into(),
+        };
+        c.replace(with(want.clone())).await.unwrap();
+        let got = c
+            .get_state(pb::GetStateRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .state
+            .unwrap()
+            .egress
+            .unwrap();
+        assert_eq!(got, want);
+        // Unset fields are the defaults.
+        c.replace(with(pb::Egress::default())).await.unwrap();
+        let got = c
+            .get_state(pb::GetStateRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .state
+            .unwrap()
+            .egress
+            .unwrap();
+        assert_eq!(
+            (got.masquerade, got.port_range.as_str()),
+            (Some(true), "61000-65535")
+        );
+
+        for (e, field, why) in [
+            (
+                pb::Egress {
+                    port_range: "100-200".into(),
+                    ..Default::default()
+                },
+                "state.egress.port_range",
+                "1024 <= FIRST",
+            ),
+            (
+                pb::Egress {
+                    port_range: "30000-40000".into(),
+                    ..Default::default()
+                },
+                "egress.port_range",
+                "NodePort range",
+            ),
+            (
+                pb::Egress {
+                    non_masquerade_cidrs: vec!["10.0.0.1/8".into()],
+                    ..Default::default()
+                },
+                "state.egress.non_masquerade_cidrs[0]",
+                "10.0.0.0/8",
+            ),
+            (
+                pb::Egress {
+                    non_masquerade_cidrs: vec!["10.0.0.0/8".into(); 257],
+                    ..Default::default()
+                },
+                "egress.non_masquerade_cidrs",
+                "at most 256",
+            ),
+        ] {
+            let err = c.replace(with(e)).await.unwrap_err();
+            assert_eq!(err.code(), Code::InvalidArgument, "{field}");
+            assert!(err.message().contains(field), "{field}: {}", err.message());
+            assert!(err.message().contains(why), "{why}: {}", err.message());
+        }
+        // Another owner's Replace leaves it unset.
+        let mut s = pb::State::default();
+        s.egress = Some(pb::Egress::default());
+        let err = c
+            .replace(pb::ReplaceRequest {
+                owner: "agent".into(),
+                state: Some(s),
+                dry_run: false,
+            })
+            .await
+            .unwrap_err();
+        assert!(err.message().contains("state.egress"), "{}", err.message());
+    });
+    // The state file refuses the same as the API.
+    let text = format!("{STATE}\n[egress]\nport_range = \"30000-40000\"\n");
+    let e = control::engine::Engine::new(StateFile::parse(&text).unwrap()).unwrap_err();
+    assert!(e.to_string().contains("egress.port_range"), "{e}");
 }
