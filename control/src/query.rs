@@ -13,6 +13,7 @@ use crate::error::ApiError;
 use crate::pb;
 use etherparse::{NetSlice, PacketBuilder, SlicedPacket, TransportSlice};
 use flowtable::conntrack::{Conntrack, EntryInfo, Timeouts};
+use flowtable::egress::Leaving;
 use flowtable::maglev;
 use flowtable::packet::{Packet, PortId, DEFAULT_HEADROOM};
 use flowtable::pipeline::{Pipeline, Verdict};
@@ -287,7 +288,17 @@ fn locate(snap: &Snapshot, ip: Ipv4Addr) -> String {
             r.name, r.pod_cidr, r.ip
         );
     }
-    "outside the cluster".into()
+    if let Some(r) = snap.remote_by_vtep(ip) {
+        return format!("node {}'s own address (over the underlay)", r.name);
+    }
+    match snap.egress.leaving(ip) {
+        Leaving::Cluster => "in the cluster's ranges, but nothing has it".into(),
+        Leaving::Routed => "outside the cluster: out of the uplink with the pod's address".into(),
+        Leaving::Masqueraded => format!(
+            "outside the cluster: masqueraded to {} (ports {}), out of the uplink",
+            snap.node.ip, snap.egress.ports
+        ),
+    }
 }
 
 /// The decision chain for a packet through `snap`, with the live conntrack table consulted
@@ -295,6 +306,7 @@ fn locate(snap: &Snapshot, ip: Ipv4Addr) -> String {
 pub fn explain(
     snap: &Snapshot,
     live: Option<&Arc<Conntrack>>,
+    hops: Option<flowtable::egress::NextHopsCell>,
     req: &pb::ExplainRequest,
 ) -> Result<pb::ExplainResponse, ApiError> {
     let src = convert::ip("src", &req.src)?;
@@ -472,6 +484,10 @@ pub fn explain(
     )?;
     let mut pipeline =
         Pipeline::with_conntrack(Arc::new(Conntrack::new(1024, Timeouts::default())));
+    if let Some(h) = hops {
+        // The workers' next hops (a miss is noted for resolution, as theirs are).
+        pipeline.set_next_hops(h);
+    }
     let mut buf = vec![0u8; 4096];
     buf[DEFAULT_HEADROOM..DEFAULT_HEADROOM + frame.len()].copy_from_slice(&frame);
     let mut pkt =

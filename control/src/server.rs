@@ -43,6 +43,10 @@ pub trait Dataplane: Send + Sync + 'static {
     fn conntrack(&self) -> Option<Arc<Conntrack>>;
     /// The counters now.
     fn stats(&self) -> pb::Stats;
+    /// The uplink's next hops the workers use, if the dataplane learns them.
+    fn next_hops(&self) -> Option<flowtable::egress::NextHopsCell> {
+        None
+    }
 }
 
 /// How long a write waits for every worker to run its generation.
@@ -580,9 +584,11 @@ impl<D: Dataplane> SwitchService for Api<D> {
     ) -> Result<Response<pb::ExplainResponse>, Status> {
         let snap = self.0.plane.current();
         let ct = self.0.plane.conntrack();
+        let hops = self.0.plane.next_hops();
         Ok(Response::new(query::explain(
             &snap,
             ct.as_ref(),
+            hops,
             req.get_ref(),
         )?))
     }

@@ -1211,8 +1211,10 @@ fn egress_settings_round_trip_and_are_refused_by_field() {
             assert!(err.message().contains(why), "{why}: {}", err.message());
         }
         // Another owner's Replace leaves it unset.
-        let mut s = pb::State::default();
-        s.egress = Some(pb::Egress::default());
+        let s = pb::State {
+            egress: Some(pb::Egress::default()),
+            ..Default::default()
+        };
         let err = c
             .replace(pb::ReplaceRequest {
                 owner: "agent".into(),

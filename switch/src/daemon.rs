@@ -712,6 +712,7 @@ pub fn run(cfg: &Config) -> Result<(), DaemonError> {
             reports: reports.clone(),
             shared: Arc::clone(&shared),
             start,
+            hops: hops.clone(),
         },
         keep,
     );

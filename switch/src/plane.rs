@@ -57,6 +57,8 @@ pub struct DaemonPlane {
     pub shared: Arc<Mutex<Shared>>,
     /// When the daemon started.
     pub start: Instant,
+    /// The uplink's next hops the workers use.
+    pub hops: flowtable::egress::NextHopsCell,
 }
 
 /// A serializable value's numeric fields, flattened (`a.b` for nested ones).
@@ -89,6 +91,10 @@ pub fn numbers(v: &impl serde::Serialize) -> HashMap<String, u64> {
 }
 
 impl Dataplane for DaemonPlane {
+    fn next_hops(&self) -> Option<flowtable::egress::NextHopsCell> {
+        Some(self.hops.clone())
+    }
+
     fn publish(&self, next: Snapshot) -> Result<u64, ApiError> {
         let cur = self.cell.load();
         if next.ports() == cur.ports()

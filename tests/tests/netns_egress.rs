@@ -121,6 +121,15 @@ fn pods_reach_the_outside_masqueraded_to_their_node() {
         "{second}"
     );
 
+    // switchctl explain follows the same next hop and translation.
+    let (rc, out, err) = t.ctl(1, &["explain", "udp", "10.244.1.2:5000", "203.0.113.10:53"]);
+    eprintln!("{out}");
+    assert_eq!(rc, 0, "{err}");
+    assert!(
+        out.contains("masqueraded") && out.contains("198.18.0.1"),
+        "{out}"
+    );
+
     let s = t.stats(1);
     assert!(
         s["actions"]["masqueraded"].as_u64().unwrap() > 0,

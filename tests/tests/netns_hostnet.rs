@@ -2,7 +2,7 @@
 //! (10.96.0.1:443) whose endpoint is a TCP server on node2's own address (198.18.0.2:6443, as
 //! an API server is), reached from a pod on each node and from node1's kernel, and a Service
 //! whose endpoint is node1's own address, reached from a pod on node1 and from node1 itself;
-//! both also by NodePort from outside the cluster.
+//! both also by NodePort from outside the cluster, the first by its LoadBalancer IP too.
 //! Real kernel TCP on both ends; payloads checked byte for byte.
 
 #![allow(missing_docs)]
@@ -16,6 +16,7 @@ const SERVICES: &str = r#"
 name = "default/kubernetes"
 cluster_ip = "10.96.0.1"
 ports = [{ name = "https", protocol = "TCP", port = 443, target_port = 6443, node_port = 30443 }]
+load_balancer_ips = ["198.18.1.10"]
 endpoints = [{ ip = "198.18.0.2", node = "node2" }]
 
 [[services]]
@@ -62,6 +63,12 @@ fn services_reach_endpoints_on_node_addresses() {
     t.echo("ext", "tcp", "198.18.0.1", 30443, 100_000);
     t.echo("ext", "tcp", "198.18.0.2", 30443, 100_000);
     t.echo("ext", "tcp", "198.18.0.1", 30444, 100_000);
+    // A LoadBalancer IP, routed to node1 by the outside client (as a cloud balancer would).
+    t.ok(
+        "ext",
+        &["ip", "route", "add", "198.18.1.10/32", "via", "198.18.0.1"],
+    );
+    t.echo("ext", "tcp", "198.18.1.10", 443, 100_000);
 
     let s = t.stats(1);
     assert!(
