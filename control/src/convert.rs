@@ -146,7 +146,7 @@ pub fn node(f: &str, n: &pb::Node) -> Result<RemoteNodeSpec, ApiError> {
         ip: ip(&format!("{f}.ip"), &n.ip)?,
         pod_cidr: cidr(&format!("{f}.pod_cidr"), &n.pod_cidr)?,
         vtep_mac: mac(&format!("{f}.vtep_mac"), &n.vtep_mac)?,
-        mac: mac(&format!("{f}.mac"), &n.mac)?,
+        mac: opt_mac(&format!("{f}.mac"), &n.mac)?,
         owner: owner(&format!("{f}.owner"), &n.owner)?,
     })
 }
@@ -165,7 +165,7 @@ pub fn node_pb(n: &RemoteNodeSpec) -> pb::Node {
         ip: n.ip.to_string(),
         pod_cidr: n.pod_cidr.to_string(),
         vtep_mac: n.vtep_mac.to_string(),
-        mac: n.mac.to_string(),
+        mac: n.mac.map(|m| m.to_string()).unwrap_or_default(),
         owner: flowtable::names::owner_shown(&n.owner).into(),
     }
 }

@@ -475,7 +475,7 @@ pub fn explain(
     let frame = build_frame(
         snap,
         in_port,
-        remote_src.map(|r| (r.ip, r.next_hop_mac, r.vtep_mac)),
+        remote_src.map(|r| (r.ip, r.next_hop_mac.unwrap_or_default(), r.vtep_mac)),
         src,
         dst,
         sport,

@@ -68,8 +68,8 @@ pub struct RemoteNode {
     pub pod_cidr: Ipv4Cidr,
     /// Its VTEP MAC (inner destination).
     pub vtep_mac: MacAddr,
-    /// Next-hop MAC on the uplink (outer destination).
-    pub next_hop_mac: MacAddr,
+    /// Next-hop MAC on the uplink (outer destination), when the state gives it.
+    pub next_hop_mac: Option<MacAddr>,
     /// Precomputed outer headers towards this node (see [`crate::pipeline::OuterTemplate`]).
     pub outer: crate::pipeline::OuterTemplate,
 }
@@ -433,11 +433,14 @@ impl Snapshot {
                 ));
             }
             check_unicast(&f("vtep_mac"), r.vtep_mac)?;
-            check_unicast(&f("mac"), r.mac)?;
+            if let Some(m) = r.mac {
+                check_unicast(&f("mac"), m)?;
+            }
             routes.insert(r.pod_cidr, i as u32);
             let outer = crate::pipeline::OuterTemplate::new(
                 n.uplink_mac,
-                r.mac,
+                // (Resolved per packet when absent: see the pipeline's `remote_mac`.)
+                r.mac.unwrap_or_default(),
                 n.ip,
                 r.ip,
                 state.vxlan.port,
@@ -822,7 +825,7 @@ mod tests {
                 "nodes[0].vtep_mac",
             ),
             (
-                Box::new(move |s| s.nodes[0].mac = mac("00:00:00:00:00:00")),
+                Box::new(move |s| s.nodes[0].mac = Some(mac("00:00:00:00:00:00"))),
                 "nodes[0].mac",
             ),
             (

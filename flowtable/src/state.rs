@@ -403,8 +403,10 @@ pub struct RemoteNodeSpec {
     pub pod_cidr: Ipv4Cidr,
     /// The node's VTEP MAC: the inner destination MAC of frames sent to it.
     pub vtep_mac: MacAddr,
-    /// Next-hop MAC on the uplink towards the node: the outer destination MAC.
-    pub mac: MacAddr,
+    /// Next-hop MAC on the uplink towards the node: the outer destination MAC. Absent: the
+    /// switch resolves it from the node's routing and neighbour tables, as for egress.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<MacAddr>,
 }
 
 /// Error from parsing a state file.

@@ -374,7 +374,12 @@ fn main() -> ExitCode {
             for r in s.remotes() {
                 println!(
                     "node {:<24} {:<15} pod_cidr {} vtep {} next-hop {}",
-                    r.name, r.ip, r.pod_cidr, r.vtep_mac, r.next_hop_mac
+                    r.name,
+                    r.ip,
+                    r.pod_cidr,
+                    r.vtep_mac,
+                    r.next_hop_mac
+                        .map_or("resolved from the node's tables".into(), |m| m.to_string())
                 );
             }
         }),

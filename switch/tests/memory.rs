@@ -31,9 +31,11 @@ fn big(base: &StateFile, services: usize) -> StateFile {
             vtep_mac: format!("02:01:00:00:{:02x}:{:02x}", k / 256, k % 256)
                 .parse()
                 .unwrap(),
-            mac: format!("02:02:00:00:{:02x}:{:02x}", k / 256, k % 256)
-                .parse()
-                .unwrap(),
+            mac: Some(
+                format!("02:02:00:00:{:02x}:{:02x}", k / 256, k % 256)
+                    .parse()
+                    .unwrap(),
+            ),
         });
     }
     for i in 0..services {

@@ -213,3 +213,31 @@ fn an_exhausted_port_range_keeps_the_flows_that_have_a_port() {
     // The node's own traffic is untouched by the full range.
     t.echo("n1", "udp", OUTSIDE, 5353, 100);
 }
+
+#[test]
+fn a_node_listed_without_its_mac_is_reached_through_the_kernels_neighbour_table() {
+    if skip_unless_root("the next-hop namespace test") {
+        return;
+    }
+    let mut t = Topo::up(["switch", "switch"]);
+    // node1 is told node2's address but not its MAC (as an agent that reads Node objects
+    // would be): the switch asks node1's kernel to resolve it and keep it resolved.
+    let text = std::fs::read_to_string(state(1)).unwrap();
+    let without = text.replace("mac = \"02:00:c6:12:00:02\"\n", "");
+    assert_ne!(without, text);
+    let p = t.dir.path().join("node1-no-mac.toml");
+    std::fs::write(&p, without).unwrap();
+    t.switchd(1, &p);
+    t.switchd(2, &state(2));
+    t.serve("d", "tcp", 8080);
+    t.echo("a", "tcp", "10.244.2.3", 8080, 1_000_000);
+    assert!(t.ping("a", "10.244.2.2", &[]), "ping a -> c");
+    let neigh = t.ok(
+        "n1",
+        &["ip", "neigh", "show", "198.18.0.2", "dev", "uplink"],
+    );
+    assert!(
+        neigh.contains("02:00:c6:12:00:02"),
+        "node1's kernel resolved node2: {neigh}"
+    );
+}

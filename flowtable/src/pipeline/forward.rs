@@ -56,7 +56,11 @@ impl Pipeline {
             // Another node's own address (a host-network endpoint, the node itself): over the
             // underlay, not VXLAN. Its kernel replies to the pod address, which its switch
             // sends back over VXLAN.
-            return self.underlay(snap, pkt, remote.next_hop_mac, hop);
+            let mac = match self.remote_mac(remote) {
+                Ok(m) => m.or(remote.next_hop_mac).unwrap_or_default(),
+                Err(r) => return Outcome::Drop(r),
+            };
+            return self.underlay(snap, pkt, mac, hop);
         }
         match snap.remote_for(dst) {
             Some(remote) => self.encap(snap, pkt, remote, hop),

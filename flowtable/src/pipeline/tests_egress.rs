@@ -365,3 +365,35 @@ fn non_masquerade_destinations_leave_with_the_pods_address() {
     assert_eq!(v, Verdict::Transmit(PortId::UPLINK));
     assert_eq!(decode(&out).0, POD_A);
 }
+
+#[test]
+fn a_remote_node_without_a_mac_is_reached_through_the_learned_next_hop() {
+    const NODE2_MAC: [u8; 6] = [2, 0, 0xc6, 0x12, 0, 2];
+    let without = STATE.replace("mac = \"02:00:c6:12:00:02\"\n", "");
+    assert_ne!(without, STATE);
+    let mut h = H::with(&without, "");
+    let to_d = udp(FROM_A, POD_A, [10, 244, 2, 3], (5000, 8080), 64);
+    // Not resolved yet: dropped, named, and asked for.
+    let (v, _) = h.send(PORT_A, &to_d);
+    assert_eq!(v, Verdict::Drop(DropReason::NeighbourUnresolved));
+    assert_eq!(
+        h.hops.load().take_missed(),
+        vec![Ipv4Addr::new(198, 18, 0, 2)]
+    );
+    h.hops.store(NextHops::new(
+        &[("198.18.0.0/24".parse().unwrap(), None)],
+        &[(
+            Ipv4Addr::new(198, 18, 0, 2),
+            crate::wire::MacAddr(NODE2_MAC),
+        )],
+        None,
+    ));
+    // VXLAN to a pod there, and the underlay to the node itself, both to its MAC.
+    let (v, out) = h.send(PORT_A, &to_d);
+    assert_eq!(v, Verdict::Transmit(PortId::UPLINK));
+    assert_eq!((&out[0..6], &out[6..12]), (&NODE2_MAC[..], &NODE1_MAC[..]));
+    assert_eq!(u16::from_be_bytes([out[36], out[37]]), 8472);
+    let (v, out) = h.send(PORT_A, &udp(FROM_A, POD_A, [198, 18, 0, 2], (5000, 53), 64));
+    assert_eq!(v, Verdict::Transmit(PortId::UPLINK));
+    assert_eq!(&out[0..6], &NODE2_MAC[..]);
+}

@@ -206,6 +206,10 @@ impl Pipeline {
         if pkt.headroom() < OVERHEAD {
             return Outcome::Drop(DropReason::NoHeadroom);
         }
+        let next_hop = match self.remote_mac(remote) {
+            Ok(m) => m,
+            Err(r) => return Outcome::Drop(r),
+        };
         let ident = self.next_ident();
         let t = &remote.outer;
         {
@@ -218,7 +222,31 @@ impl Pipeline {
         }
         pkt.push_front(OVERHEAD);
         t.write(pkt.data_mut(), inner_len, tos, df, ident, src_port(hash));
+        if let (Some(m), Some(d)) = (next_hop, pkt.data_mut().get_mut(0..6)) {
+            d.copy_from_slice(&m.0);
+        }
         Outcome::Tx(PortId::UPLINK, Action::Encapsulated)
+    }
+
+    /// The outer destination MAC towards `remote` when the state does not give it (`None`:
+    /// the template's own): the next hop the node's tables name for its address.
+    #[inline]
+    pub(super) fn remote_mac(
+        &self,
+        remote: &RemoteNode,
+    ) -> Result<Option<crate::wire::MacAddr>, DropReason> {
+        if remote.next_hop_mac.is_some() {
+            return Ok(None);
+        }
+        let hops = self.hops.load();
+        match hops.resolve(remote.ip) {
+            Ok(m) => Ok(Some(m)),
+            Err(crate::egress::Miss::NoRoute) => Err(DropReason::NoNextHop),
+            Err(crate::egress::Miss::NoNeighbour(n)) => {
+                hops.note_miss(n);
+                Err(DropReason::NeighbourUnresolved)
+            }
+        }
     }
 
     /// An IPv4 frame from the uplink: decapsulate VXLAN addressed to this node, pass the rest
