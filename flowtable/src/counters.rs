@@ -126,6 +126,8 @@ named_enum! {
         /// On a masquerade port of the node's IP without a flow, and no host port to give it
         /// to the kernel by.
         EgressNoFlow = "egress_no_flow",
+        /// An ICMP error a pod sent out of the cluster about no masqueraded flow of its own.
+        EgressIcmpUntracked = "egress_icmp_untracked",
     }
 }
 

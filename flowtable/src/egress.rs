@@ -42,7 +42,9 @@ pub struct Egress {
 /// What becomes of a pod's packet to an address that is no pod, Service or node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Leaving {
-    /// Inside the cluster's ranges (an unknown pod CIDR, an unused Service IP): no route.
+    /// Inside the cluster's ranges (an unknown pod CIDR, an unused Service IP), or an
+    /// address no router forwards (0/8, loopback, multicast, reserved, broadcast, the hairpin
+    /// address): no route.
     Cluster,
     /// Out of the uplink with the pod's address.
     Routed,
@@ -83,6 +85,15 @@ impl Egress {
             cluster.insert(n.pod_cidr, ());
         }
         cluster.insert(state.service_config.service_cidr, ());
+        for (net, len) in [([0, 0, 0, 0], 8), ([127, 0, 0, 0], 8), ([224, 0, 0, 0], 3)] {
+            // (224.0.0.0/3: multicast, reserved and the limited broadcast.)
+            if let Some(c) = Ipv4Cidr::new(Ipv4Addr::from(net), len) {
+                cluster.insert(c, ());
+            }
+        }
+        if let Some(c) = Ipv4Cidr::new(state.service_config.hairpin_ip, 32) {
+            cluster.insert(c, ());
+        }
         let mut keep = PrefixTable::default();
         for c in &e.non_masquerade_cidrs {
             keep.insert(*c, ());
@@ -136,11 +147,22 @@ pub enum Miss {
     NoNeighbour(Ipv4Addr),
 }
 
+/// Where the node's kernel routes a prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Via {
+    /// Out of the uplink through this gateway.
+    Gateway(Ipv4Addr),
+    /// Out of the uplink, on its link: the destination is its own next hop.
+    OnLink,
+    /// Elsewhere (another interface, blackhole, unreachable): not the uplink's to send.
+    Elsewhere,
+}
+
 /// The uplink's routes and neighbours, as the node's kernel has them.
 #[derive(Debug)]
 pub struct NextHops {
-    /// Destination prefix -> gateway (`None`: on the uplink's link, the destination itself).
-    routes: PrefixTable<Option<Ipv4Addr>>,
+    /// Destination prefix -> how the kernel routes it (longest prefix wins, as there).
+    routes: PrefixTable<Via>,
     neighbours: HashMap<u32, MacAddr>,
     /// Neighbours a worker wanted and did not find (0 = empty slot).
     missed: Arc<[AtomicU32; MISS_SLOTS]>,
@@ -150,7 +172,7 @@ impl NextHops {
     /// Builds the table from routes out of the uplink and the uplink's resolved neighbours;
     /// `missed` carries over the previous table's miss log.
     pub fn new(
-        routes: &[(Ipv4Cidr, Option<Ipv4Addr>)],
+        routes: &[(Ipv4Cidr, Via)],
         neighbours: &[(Ipv4Addr, MacAddr)],
         previous: Option<&NextHops>,
     ) -> NextHops {
@@ -177,9 +199,9 @@ impl NextHops {
     #[inline]
     pub fn resolve(&self, dst: Ipv4Addr) -> Result<MacAddr, Miss> {
         let hop = match self.routes.lookup(dst) {
-            Some(Some(gw)) => *gw,
-            Some(None) => dst,
-            None => return Err(Miss::NoRoute),
+            Some(Via::Gateway(gw)) => *gw,
+            Some(Via::OnLink) => dst,
+            Some(Via::Elsewhere) | None => return Err(Miss::NoRoute),
         };
         self.neighbours
             .get(&u32::from(hop))
@@ -256,13 +278,19 @@ mod tests {
         let peer_mac: MacAddr = "02:00:00:00:00:64".parse().unwrap();
         let h = NextHops::new(
             &[
-                ("0.0.0.0/0".parse().unwrap(), Some(ip("198.18.0.254"))),
-                ("198.18.0.0/24".parse().unwrap(), None),
+                (
+                    "0.0.0.0/0".parse().unwrap(),
+                    Via::Gateway(ip("198.18.0.254")),
+                ),
+                ("198.18.0.0/24".parse().unwrap(), Via::OnLink),
+                ("203.0.113.128/25".parse().unwrap(), Via::Elsewhere),
             ],
             &[(ip("198.18.0.254"), gw_mac), (ip("198.18.0.100"), peer_mac)],
             None,
         );
         assert_eq!(h.resolve(ip("203.0.113.10")), Ok(gw_mac));
+        // A more specific route elsewhere shadows the uplink's default, as in the kernel.
+        assert_eq!(h.resolve(ip("203.0.113.200")), Err(Miss::NoRoute));
         assert_eq!(h.resolve(ip("198.18.0.100")), Ok(peer_mac));
         assert_eq!(
             h.resolve(ip("198.18.0.7")),
@@ -308,7 +336,14 @@ mod tests {
         let e = Egress::build(&s).unwrap();
         assert_eq!(e.leaving(ip("203.0.113.10")), Leaving::Masqueraded);
         assert_eq!(e.leaving(ip("192.168.3.4")), Leaving::Routed);
-        for inside in ["10.0.0.9", "10.96.0.1"] {
+        for inside in [
+            "10.0.0.9",
+            "10.96.0.1",
+            "127.0.0.1",
+            "224.0.0.251",
+            "255.255.255.255",
+            "169.254.42.1",
+        ] {
             assert_eq!(e.leaving(ip(inside)), Leaving::Cluster, "{inside}");
         }
         assert_eq!(e.ports.len(), 4536);

@@ -310,6 +310,9 @@ pub fn frontend_key(ip: Ipv4Addr, port: u16, protocol: u8) -> u64 {
 struct Context {
     node_name: String,
     node_ip: Ipv4Addr,
+    /// Whether this node has a host port (its kernel behind the switch: host-network
+    /// endpoints on this node need it).
+    host_port: bool,
     /// Pod CIDRs by node name, this node's first.
     pod_cidrs: Vec<(Ipv4Cidr, String)>,
     /// The same, indexed by node name.
@@ -338,6 +341,7 @@ impl Context {
             pod_cidrs,
             node_name: node.name.clone(),
             node_ip: node.ip,
+            host_port: node.host_port.is_some(),
             node_ips: state.nodes.iter().map(|n| n.ip).collect(),
             vxlan_port: state.vxlan.port,
             service_cidr: state.service_config.service_cidr,
@@ -573,6 +577,16 @@ fn check_service(ctx: &Context, s: &ServiceSpec) -> Result<(), StateError> {
                 format!(
                     "{} is neither in the pod CIDR {cidr} of node {} nor that node's IP",
                     e.ip, e.node
+                ),
+            ));
+        }
+        if host_network && e.node == ctx.node_name && !ctx.host_port {
+            return Err(err(
+                f(&format!("endpoints[{ei}].ip")),
+                format!(
+                    "{} is this node's IP: reaching its kernel through the switch needs a host \
+                     port (node.host_port)",
+                    e.ip
                 ),
             ));
         }

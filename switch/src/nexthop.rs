@@ -3,22 +3,27 @@
 //! Design: one thread ("nexthops") with its own single-threaded tokio runtime. It dumps the
 //! main table's IPv4 routes out of the uplink and the uplink's resolved IPv4 neighbours,
 //! builds a [`NextHops`] and publishes it in the [`NextHopsCell`] the workers read, whenever
-//! what it dumped differs from the last. It dumps again when the kernel announces a route or
-//! neighbour change (rtnetlink multicast), and every [`REFRESH`] in any case (a missed
-//! announcement costs at most that). Neighbours the workers could not resolve (the cell's
-//! miss log, read every [`MISS_POLL`]) are added to the kernel's table as *managed* entries
-//! (`NTF_EXT_MANAGED`): the kernel resolves them and keeps them resolved, as it would for its
-//! own traffic, and the next dump publishes their MAC. Route gateways without a neighbour
-//! entry are asked for the same way at once, so the first packet to leave finds its MAC.
+//! what it dumped differs from the last. Routes are taken as the kernel chooses them: per
+//! prefix the lowest metric; a prefix routed elsewhere (another interface, blackhole,
+//! unreachable) shadows the uplink's shorter ones; of a multipath route the first uplink
+//! hop. It dumps again when the kernel announces a route or neighbour change (rtnetlink
+//! multicast), and every [`REFRESH`] in any case (a missed announcement costs at most that).
+//! Route gateways are added to the kernel's table as *managed* entries (`NTF_EXT_MANAGED`):
+//! the kernel resolves them and keeps them resolved, as it would for its own traffic. Other
+//! neighbours the workers could not resolve (the cell's miss log, read every [`MISS_POLL`])
+//! are asked for once (`NTF_USE`: an ordinary entry the kernel ages out), at most
+//! [`MAX_ASKS`] a second, so a pod scanning the uplink's subnet cannot fill the node's
+//! neighbour table.
 //! Thread-safety: the thread owns its netlink sockets; it shares only the cell (lock-free)
 //! and a stop flag.
 
 use flowtable::cidr::Ipv4Cidr;
-use flowtable::egress::{NextHops, NextHopsCell};
+use flowtable::egress::{NextHops, NextHopsCell, Via};
 use flowtable::wire::MacAddr;
 use futures::{StreamExt, TryStreamExt};
 use rtnetlink::packet_route::neighbour::{
-    NeighbourAddress, NeighbourAttribute, NeighbourExtFlags, NeighbourMessage, NeighbourState,
+    NeighbourAddress, NeighbourAttribute, NeighbourExtFlags, NeighbourFlags, NeighbourMessage,
+    NeighbourState,
 };
 use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteType};
 use rtnetlink::{Handle, IpVersion, MulticastGroup, RouteMessageBuilder};
@@ -36,11 +41,13 @@ pub const MISS_POLL: Duration = Duration::from_millis(50);
 const MAIN_TABLE: u8 = 254;
 /// How long an asked-for neighbour is not asked for again.
 const ASK_AGAIN: Duration = Duration::from_secs(1);
+/// Most on-link neighbours asked for per [`ASK_AGAIN`].
+pub const MAX_ASKS: usize = 64;
 
 /// What a dump found: routes out of the uplink and its resolved neighbours.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 struct Tables {
-    routes: Vec<(Ipv4Cidr, Option<Ipv4Addr>)>,
+    routes: Vec<(Ipv4Cidr, Via)>,
     neighbours: BTreeMap<Ipv4Addr, MacAddr>,
 }
 
@@ -120,6 +127,7 @@ async fn watch(
     let mut dirty = true;
     let mut next_refresh = Instant::now();
     let mut ready = Some(ready);
+    let mut announcements = true;
     while !stop.load(Ordering::Relaxed) {
         if dirty || Instant::now() >= next_refresh {
             dirty = false;
@@ -132,11 +140,14 @@ async fn watch(
                         let missing: BTreeSet<Ipv4Addr> = t
                             .routes
                             .iter()
-                            .filter_map(|(_, g)| *g)
+                            .filter_map(|(_, v)| match v {
+                                Via::Gateway(g) => Some(*g),
+                                _ => None,
+                            })
                             .filter(|g| !t.neighbours.contains_key(g))
                             .collect();
                         for g in missing {
-                            ask(&handle, ifindex, g, &mut asked).await;
+                            ask(&handle, ifindex, g, true, &mut asked).await;
                         }
                         last = Some(t);
                     }
@@ -147,15 +158,31 @@ async fn watch(
                 let _ = r.send(Ok(()));
             }
         }
-        for ip in cell.load().take_missed() {
-            ask(&handle, ifindex, ip, &mut asked).await;
-        }
         asked.retain(|_, t| t.elapsed() < ASK_AGAIN);
+        for ip in cell.load().take_missed() {
+            let gateway = last
+                .as_ref()
+                .is_some_and(|t| t.routes.iter().any(|(_, v)| *v == Via::Gateway(ip)));
+            if gateway || asked.len() < MAX_ASKS {
+                ask(&handle, ifindex, ip, gateway, &mut asked).await;
+            }
+        }
         // Wait for an announcement or the next miss poll.
-        if let Ok(Some(_)) = tokio::time::timeout(MISS_POLL, events.next()).await {
-            dirty = true;
-            // Take the burst that usually follows at once.
-            while let Ok(Some(_)) = tokio::time::timeout(Duration::ZERO, events.next()).await {}
+        if !announcements {
+            tokio::time::sleep(MISS_POLL).await;
+            continue;
+        }
+        match tokio::time::timeout(MISS_POLL, events.next()).await {
+            Ok(Some(_)) => {
+                dirty = true;
+                // Take the burst that usually follows at once.
+                while let Ok(Some(_)) = tokio::time::timeout(Duration::ZERO, events.next()).await {}
+            }
+            Ok(None) => {
+                log("route and neighbour announcements stopped: reading them every 5 s".into());
+                announcements = false;
+            }
+            Err(_) => {}
         }
     }
 }
@@ -166,17 +193,28 @@ fn publish(cell: &NextHopsCell, t: &Tables) {
     cell.store(NextHops::new(&t.routes, &neighbours, Some(&prev)));
 }
 
-/// Asks the kernel to resolve `ip` on the uplink and keep it resolved (a managed entry).
-async fn ask(h: &Handle, ifindex: u32, ip: Ipv4Addr, asked: &mut BTreeMap<Ipv4Addr, Instant>) {
+/// Asks the kernel to resolve `ip` on the uplink: a gateway as a managed entry (kept
+/// resolved), anything else once.
+async fn ask(
+    h: &Handle,
+    ifindex: u32,
+    ip: Ipv4Addr,
+    gateway: bool,
+    asked: &mut BTreeMap<Ipv4Addr, Instant>,
+) {
     if asked.contains_key(&ip) {
         return;
     }
     asked.insert(ip, Instant::now());
     let mut req = h.neighbours().add(ifindex, IpAddr::V4(ip));
     req.message_mut().header.state = NeighbourState::None;
-    req.message_mut()
-        .attributes
-        .push(NeighbourAttribute::ExtFlags(NeighbourExtFlags::Managed));
+    if gateway {
+        req.message_mut()
+            .attributes
+            .push(NeighbourAttribute::ExtFlags(NeighbourExtFlags::Managed));
+    } else {
+        req.message_mut().header.flags = NeighbourFlags::Use;
+    }
     if let Err(e) = req.replace().execute().await {
         log(format!("asking the kernel to resolve {ip}: {e}"));
     }
@@ -190,12 +228,19 @@ async fn dump(h: &Handle, ifindex: u32) -> Result<Tables, rtnetlink::Error> {
         .try_collect()
         .await?;
     let mut t = Tables::default();
+    // Per prefix, the route of the lowest metric (the one the kernel uses).
+    let mut best: BTreeMap<Ipv4Cidr, (u32, Via)> = BTreeMap::new();
     for r in &routes {
-        if let Some(x) = route_of(r, ifindex) {
-            t.routes.push(x);
+        if let Some((cidr, metric, via)) = route_of(r, ifindex) {
+            match best.get(&cidr) {
+                Some((m, _)) if *m <= metric => {}
+                _ => {
+                    best.insert(cidr, (metric, via));
+                }
+            }
         }
     }
-    t.routes.sort();
+    t.routes = best.into_iter().map(|(c, (_, v))| (c, v)).collect();
     let neighbours: Vec<NeighbourMessage> = h
         .neighbours()
         .get()
@@ -211,8 +256,8 @@ async fn dump(h: &Handle, ifindex: u32) -> Result<Tables, rtnetlink::Error> {
     Ok(t)
 }
 
-/// A unicast route of the main table out of the uplink: (destination, gateway).
-fn route_of(r: &RouteMessage, ifindex: u32) -> Option<(Ipv4Cidr, Option<Ipv4Addr>)> {
+/// A route of the main table: (destination, metric, where it goes).
+fn route_of(r: &RouteMessage, ifindex: u32) -> Option<(Ipv4Cidr, u32, Via)> {
     let table = r
         .attributes
         .iter()
@@ -221,25 +266,46 @@ fn route_of(r: &RouteMessage, ifindex: u32) -> Option<(Ipv4Cidr, Option<Ipv4Addr
             _ => None,
         })
         .unwrap_or(u32::from(r.header.table));
-    if table != u32::from(MAIN_TABLE) || r.header.kind != RouteType::Unicast {
+    if table != u32::from(MAIN_TABLE) {
         return None;
     }
     let mut oif = None;
     let mut dst = Ipv4Addr::UNSPECIFIED;
     let mut gw = None;
+    let mut metric = 0;
     for a in &r.attributes {
         match a {
             RouteAttribute::Oif(i) => oif = Some(*i),
             RouteAttribute::Destination(RouteAddress::Inet(d)) => dst = *d,
             RouteAttribute::Gateway(RouteAddress::Inet(g)) => gw = Some(*g),
+            RouteAttribute::Priority(p) => metric = *p,
+            RouteAttribute::MultiPath(hops) if oif.is_none() => {
+                // The first hop out of the uplink (the switch does not balance paths).
+                if let Some(h) = hops.iter().find(|h| h.interface_index == ifindex) {
+                    oif = Some(ifindex);
+                    gw = h.attributes.iter().find_map(|a| match a {
+                        RouteAttribute::Gateway(RouteAddress::Inet(g)) => Some(*g),
+                        _ => None,
+                    });
+                }
+            }
             _ => {}
         }
     }
-    if oif != Some(ifindex) {
-        return None;
-    }
     let cidr = Ipv4Cidr::new(dst, r.header.destination_prefix_length)?;
-    Some((cidr, gw))
+    let via = match (r.header.kind, oif, gw) {
+        (RouteType::Unicast, Some(i), Some(g)) if i == ifindex => Via::Gateway(g),
+        (RouteType::Unicast, Some(i), None) if i == ifindex => Via::OnLink,
+        // Broadcast, local, anycast and multicast routes live in other tables or are not
+        // forwarding decisions; the rest (another interface, blackhole, unreachable,
+        // prohibit) is not the uplink's.
+        (
+            RouteType::Broadcast | RouteType::Local | RouteType::Anycast | RouteType::Multicast,
+            ..,
+        ) => return None,
+        _ => Via::Elsewhere,
+    };
+    Some((cidr, metric, via))
 }
 
 /// A resolved IPv4 neighbour on the uplink: (address, MAC).

@@ -103,6 +103,10 @@ impl Dataplane for DaemonPlane {
             // (a new uplink MAC is checked against the interface by the control thread)
             && next.node.uplink_mac == cur.node.uplink_mac
             && Arc::ptr_eq(&next.services.frontends, &cur.services.frontends)
+            // (the masquerade range is in the XDP program's maps, and checked against the
+            // kernel's ephemeral ports)
+            && next.egress.ports == cur.egress.ports
+            && next.egress.masquerade == cur.egress.masquerade
         {
             // Nothing for the control thread to do (no port to bind or detach, the XDP
             // program's maps stay as they are): publish from here. Every publish happens

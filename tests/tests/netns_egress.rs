@@ -19,7 +19,10 @@ const OUTSIDE: &str = "203.0.113.10";
 fn state_with(t: &Topo, n: u8, extra: &str) -> PathBuf {
     let mut s = std::fs::read_to_string(state(n)).unwrap();
     s.push_str(extra);
-    let p = t.dir.path().join(format!("node{n}-egress.toml"));
+    let tag = extra
+        .bytes()
+        .fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b)));
+    let p = t.dir.path().join(format!("node{n}-egress-{tag:08x}.toml"));
     std::fs::write(&p, s).unwrap();
     p
 }
@@ -212,6 +215,28 @@ fn an_exhausted_port_range_keeps_the_flows_that_have_a_port() {
     assert!(exhausted >= 9000, "{drops:?}");
     // The node's own traffic is untouched by the full range.
     t.echo("n1", "udp", OUTSIDE, 5353, 100);
+
+    // A range over the kernel's ephemeral ports is refused while switchd runs, naming it;
+    // another range takes effect at once (the XDP program steers its replies).
+    let overlap = state_with(&t, 1, "\n[egress]\nport_range = \"40000-41000\"\n");
+    let (rc, _, err) = t.ctl(1, &["apply", "-f", overlap.to_str().unwrap()]);
+    assert_ne!(rc, 0);
+    assert!(
+        err.contains("egress.port_range") && err.contains("ip_local_port_range"),
+        "{err}"
+    );
+    let moved = state_with(&t, 1, "\n[egress]\nport_range = \"63000-63999\"\n");
+    let (rc, _, err) = t.ctl(1, &["apply", "-f", moved.to_str().unwrap()]);
+    assert_eq!(rc, 0, "{err}");
+    let peers = serve_outside(&mut t, "udp", 5354);
+    t.echo("b", "udp", OUTSIDE, 5354, 100);
+    let port: u16 = std::fs::read_to_string(&peers)
+        .unwrap()
+        .split(':')
+        .nth(1)
+        .and_then(|p| p.trim().parse().ok())
+        .unwrap();
+    assert!((63000..=63999).contains(&port), "{port}");
 }
 
 #[test]

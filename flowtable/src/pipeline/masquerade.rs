@@ -174,9 +174,14 @@ impl Pipeline {
             // Translated before routing (the flow cache), or the node's own.
             Action::Masqueraded
         } else if proto == protocol::ICMP && self.is_icmp_error(pkt) {
-            // An error the pod sends about a flow it was sent (quote already translated when
-            // it is a masqueraded flow's): it leaves from the node's address.
+            // An error the pod sends about a masqueraded flow's reply: its quote translated
+            // back, it leaves from the node's address. One about anything else would speak
+            // for the node's own flows: dropped.
+            let before = self.counters.reverse_nat;
             let _ = self.nat_error_quote(snap, pkt);
+            if self.counters.reverse_nat == before {
+                return Outcome::Drop(DropReason::EgressIcmpUntracked);
+            }
             masquerade_source(pkt.data_mut(), node_ip);
             Action::Masqueraded
         } else {
@@ -229,6 +234,10 @@ impl Pipeline {
         let Some(l4) = l4_of(data)? else {
             return Ok(None);
         };
+        if l4.key.proto != protocol::TCP && l4.key.proto != protocol::UDP {
+            // SCTP: its CRC32c covers the ports, and its replies are not steered here.
+            return Err(DropReason::EgressUnsupported);
+        }
         if l4.fragment {
             return Err(DropReason::EgressFragment);
         }
@@ -257,6 +266,10 @@ impl Pipeline {
             return Err(DropReason::EgressUnsupported);
         };
         let key = flow.key;
+        if key.proto == protocol::ICMP && !is_echo_request(pkt.data()) {
+            // An echo reply from a pod answers nothing from outside: there is no way in.
+            return Err(DropReason::EgressUnsupported);
+        }
         if let Some(hit) = self.ct.lookup(&key).filter(|h| h.dir == Dir::Original) {
             match self.track_flow(pkt, &flow, hit.entry, hit.version, Dir::Original) {
                 Ok(true) => {
@@ -321,7 +334,10 @@ impl Pipeline {
         match &flow.l4 {
             Some(_) => rewrite(pkt.data_mut(), ETH_LEN, &flow.key, to),
             None => {
-                let hl = usize::from(pkt.data()[ETH_LEN] & 0x0f) * 4;
+                let hl = pkt
+                    .data()
+                    .get(ETH_LEN)
+                    .map_or(20, |b| usize::from(b & 0x0f) * 4);
                 rewrite_echo(pkt.data_mut(), ETH_LEN + hl, &flow.key, to);
             }
         }
@@ -429,7 +445,10 @@ impl Pipeline {
         match &flow.l4 {
             Some(_) => rewrite(pkt.data_mut(), ETH_LEN, &flow.key, &back),
             None => {
-                let hl = usize::from(pkt.data()[ETH_LEN] & 0x0f) * 4;
+                let hl = pkt
+                    .data()
+                    .get(ETH_LEN)
+                    .map_or(20, |b| usize::from(b & 0x0f) * 4);
                 rewrite_echo(pkt.data_mut(), ETH_LEN + hl, &flow.key, &back);
             }
         }
@@ -451,6 +470,12 @@ impl Pipeline {
         }
         Outcome::Tx(port, Action::ToKernel)
     }
+}
+
+/// Whether an IPv4 frame carries an ICMP echo request.
+fn is_echo_request(data: &[u8]) -> bool {
+    let hl = data.get(ETH_LEN).map_or(0, |b| usize::from(b & 0x0f) * 4);
+    data.get(ETH_LEN + hl) == Some(&kind::ECHO_REQUEST)
 }
 
 /// Sets a packet's source address to `to` (IPv4 checksum updated; for ICMP, whose checksum

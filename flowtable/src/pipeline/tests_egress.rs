@@ -3,7 +3,7 @@
 //! on the range handed to the kernel. Frames built and decoded with etherparse.
 
 use super::*;
-use crate::egress::{NextHops, NextHopsCell};
+use crate::egress::{NextHops, NextHopsCell, Via};
 use crate::state::StateFile;
 use etherparse::{Icmpv4Type, PacketBuilder, SlicedPacket, TransportSlice};
 use std::net::Ipv4Addr;
@@ -37,8 +37,11 @@ impl H {
         let hops = NextHopsCell::new();
         hops.store(NextHops::new(
             &[
-                ("0.0.0.0/0".parse().unwrap(), Some(Ipv4Addr::from(ROUTER))),
-                ("198.18.0.0/24".parse().unwrap(), None),
+                (
+                    "0.0.0.0/0".parse().unwrap(),
+                    Via::Gateway(Ipv4Addr::from(ROUTER)),
+                ),
+                ("198.18.0.0/24".parse().unwrap(), Via::OnLink),
             ],
             &[(Ipv4Addr::from(ROUTER), crate::wire::MacAddr(ROUTER_MAC))],
             None,
@@ -381,7 +384,7 @@ fn a_remote_node_without_a_mac_is_reached_through_the_learned_next_hop() {
         vec![Ipv4Addr::new(198, 18, 0, 2)]
     );
     h.hops.store(NextHops::new(
-        &[("198.18.0.0/24".parse().unwrap(), None)],
+        &[("198.18.0.0/24".parse().unwrap(), Via::OnLink)],
         &[(
             Ipv4Addr::new(198, 18, 0, 2),
             crate::wire::MacAddr(NODE2_MAC),
@@ -396,4 +399,50 @@ fn a_remote_node_without_a_mac_is_reached_through_the_learned_next_hop() {
     let (v, out) = h.send(PORT_A, &udp(FROM_A, POD_A, [198, 18, 0, 2], (5000, 53), 64));
     assert_eq!(v, Verdict::Transmit(PortId::UPLINK));
     assert_eq!(&out[0..6], &NODE2_MAC[..]);
+}
+
+#[test]
+fn a_pod_cannot_speak_for_the_node_or_leave_without_a_port() {
+    let mut h = H::new();
+    // An ICMP error about no flow of the pod's (here: quoting the node's own UDP flow) would
+    // leave from the node's address: dropped.
+    let quoted = udp(([0; 6], [0; 6]), NODE1, OUTSIDE, (40000, 53), 64);
+    let mut forged = Vec::new();
+    PacketBuilder::ethernet2(MAC_A, GW_MAC)
+        .ipv4(POD_A, OUTSIDE, 64)
+        .icmpv4(Icmpv4Type::DestinationUnreachable(
+            etherparse::icmpv4::DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: 576 },
+        ))
+        .write(&mut forged, &quoted[14..42])
+        .unwrap();
+    let (v, _) = h.send(PORT_A, &forged);
+    assert_eq!(v, Verdict::Drop(DropReason::EgressIcmpUntracked));
+    // An echo reply from a pod answers nothing; SCTP cannot be told apart on the way back.
+    let (v, _) = h.send(PORT_A, &echo(FROM_A, POD_A, OUTSIDE, 9, true));
+    assert_eq!(v, Verdict::Drop(DropReason::EgressUnsupported));
+    let mut sctp = udp(FROM_A, POD_A, OUTSIDE, (5000, 5000), 64);
+    sctp[23] = 132;
+    let c = {
+        let mut hdr = sctp[14..34].to_vec();
+        hdr[10] = 0;
+        hdr[11] = 0;
+        etherparse::Ipv4Header::from_slice(&hdr)
+            .unwrap()
+            .0
+            .calc_header_checksum()
+    };
+    sctp[24..26].copy_from_slice(&c.to_be_bytes());
+    let (v, _) = h.send(PORT_A, &sctp);
+    assert_eq!(v, Verdict::Drop(DropReason::EgressUnsupported));
+    // Addresses no router forwards never leave.
+    for dst in [
+        [127, 0, 0, 1],
+        [224, 0, 0, 251],
+        [255, 255, 255, 255],
+        [169, 254, 42, 1],
+    ] {
+        let (v, _) = h.send(PORT_A, &udp(FROM_A, POD_A, dst, (1, 2), 64));
+        assert_eq!(v, Verdict::Drop(DropReason::NoRoute), "{dst:?}");
+    }
+    assert_eq!(h.p.counters().new_flows, 0);
 }

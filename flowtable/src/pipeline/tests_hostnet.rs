@@ -143,6 +143,20 @@ fn endpoints_at_node_addresses_are_accepted_and_others_named() {
 }
 
 #[test]
+fn an_endpoint_on_this_nodes_address_needs_a_host_port() {
+    let no_host = STATE
+        .lines()
+        .filter(|l| !l.starts_with("host_port") && !l.starts_with("host_mac"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert_ne!(no_host.len(), STATE.len());
+    let text = format!("{no_host}\n{SERVICES}");
+    let e = Snapshot::build(&StateFile::parse(&text).unwrap(), 1).unwrap_err();
+    assert_eq!(e.field, "services[default/local-api].endpoints[0].ip");
+    assert!(e.reason.contains("needs a host port"), "{}", e.reason);
+}
+
+#[test]
 fn a_pod_reaches_an_endpoint_on_another_nodes_address_over_the_underlay() {
     let mut h = H::new();
     let (v, out) = h.send(
