@@ -1,0 +1,10 @@
+//! nodeswitch-agent's logic: the Kubernetes API's Nodes, Services and EndpointSlices turned
+//! into what this node's switchd programs, as kube-proxy and Flannel's daemon do for theirs.
+//!
+//! Design: [`model`] is a pure function from the cluster's objects (k8s-openapi's types, the
+//! shapes the API server emits) to the agent's desired objects (other nodes, Services with
+//! their endpoints), owned by `agent`, plus the objects it left out and why; it does no I/O
+//! and is tested in memory. Watching the API server and writing switchd come on top of it.
+//! Thread-safety: the model is plain data; nothing here is shared.
+
+pub mod model;
