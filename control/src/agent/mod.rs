@@ -4,7 +4,8 @@
 //! Design: [`model`] is a pure function from the cluster's objects (k8s-openapi's types, the
 //! shapes the API server emits) to the agent's desired objects (other nodes, Services with
 //! their endpoints), owned by `agent`, plus the objects it left out and why; it does no I/O
-//! and is tested in memory. Watching the API server and writing switchd come on top of it.
-//! Thread-safety: the model is plain data; nothing here is shared.
+//! and is tested in memory. [`sync`] watches the API server and keeps switchd in step.
+//! Thread-safety: the model is plain data; the loop is one task (see [`sync`]).
 
 pub mod model;
+pub mod sync;

@@ -25,7 +25,12 @@ pub struct Fixture {
 
 impl Fixture {
     pub fn new() -> Fixture {
-        let (engine, snap) = Engine::new(StateFile::parse(STATE).unwrap()).unwrap();
+        Fixture::with_state(STATE)
+    }
+
+    /// A server over `text` as the node's config.
+    pub fn with_state(text: &str) -> Fixture {
+        let (engine, snap) = Engine::new(StateFile::parse(text).unwrap()).unwrap();
         let plane = LocalPlane::new(snap, Arc::new(Conntrack::new(1 << 16, Timeouts::default())));
         let ctl = Control::new(engine, plane);
         let dir = tempfile::tempdir().unwrap();

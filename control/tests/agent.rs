@@ -1,0 +1,267 @@
+//! nodeswitch-agent end to end, without root: the real binary against the stand-in API server
+//! (`tests/tools/apiserver.py`, Kubernetes' list/watch/PATCH wire protocol) and a switchd
+//! control server over an in-memory dataplane. A fresh start programs the cluster's nodes
+//! and Services; the agent publishes its VTEP MAC on its Node; an endpoint turning
+//! terminating is programmed; a watch expired with 410 Gone is relisted and resumed; an
+//! agent restart writes nothing new.
+#![allow(missing_docs)]
+
+mod common;
+
+use common::Fixture;
+use control::pb;
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// This node's config: no other nodes, no Services (the agent brings them).
+const CONFIG: &str = r#"
+[node]
+name = "node1"
+ip = "198.18.0.1"
+pod_cidr = "10.244.1.0/24"
+gateway_mac = "02:00:0a:f4:01:01"
+uplink_mac = "02:00:c6:12:00:01"
+vtep_mac = "02:00:00:00:ff:01"
+
+[[pods]]
+name = "default/pod-b"
+ip = "10.244.1.3"
+mac = "02:00:0a:f4:01:03"
+port = "veth-b"
+"#;
+
+struct Api {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Api {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Api {
+    fn start() -> Api {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/tools/apiserver.py");
+        let mut child = Command::new("python3")
+            .args([script, "0"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port = line
+            .trim()
+            .strip_prefix("listening ")
+            .unwrap()
+            .parse()
+            .unwrap();
+        Api { child, port }
+    }
+
+    fn call(&self, method: &str, path: &str, body: &Value) -> (u16, Value) {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        let data = body.to_string();
+        write!(
+            s,
+            "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{data}",
+            data.len()
+        )
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        let code = out[9..12].parse().unwrap();
+        let body = out.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        (code, serde_json::from_str(body).unwrap_or(Value::Null))
+    }
+
+    fn put(&self, obj: Value) {
+        assert_eq!(self.call("POST", "/_test/put", &obj).0, 200);
+    }
+}
+
+fn node(name: &str, ip: &str, cidr: &str, mac: Option<&str>) -> Value {
+    let mut n = json!({
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name}},
+        "spec": {"podCIDR": cidr, "podCIDRs": [cidr]},
+        "status": {"addresses": [{"type": "InternalIP", "address": ip},
+                                 {"type": "Hostname", "address": name}]}
+    });
+    if let Some(m) = mac {
+        n["metadata"]["annotations"] = json!({"nodeswitch.io/vtep-mac": m});
+    }
+    n
+}
+
+fn web_slice(node2_terminating: bool) -> Value {
+    json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": "web-x1", "namespace": "default",
+                     "labels": {"kubernetes.io/service-name": "web"}},
+        "addressType": "IPv4",
+        "ports": [{"name": "http", "protocol": "TCP", "port": 8080}],
+        "endpoints": [
+            {"addresses": ["10.244.1.3"], "conditions": {"ready": true}, "nodeName": "node1"},
+            {"addresses": ["10.244.2.3"], "nodeName": "node2",
+             "conditions": {"ready": !node2_terminating, "serving": true,
+                            "terminating": node2_terminating}}
+        ]
+    })
+}
+
+fn agent(api: &Api, f: &Fixture) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_nodeswitch-agent"))
+        .args(["--node", "node1", "--server"])
+        .arg(format!("http://127.0.0.1:{}", api.port))
+        .arg("--socket")
+        .arg(&f.path)
+        .spawn()
+        .expect("nodeswitch-agent")
+}
+
+/// The agent's objects in switchd, polled until `done` holds (10 s at most).
+fn wait_for(f: &Fixture, what: &str, done: impl Fn(&pb::State) -> bool) -> pb::State {
+    let mut c = f.client();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let s =
+            f.rt.block_on(c.get_state(pb::GetStateRequest {
+                owner: "agent".into(),
+            }))
+            .unwrap()
+            .into_inner()
+            .state
+            .unwrap();
+        if done(&s) {
+            return s;
+        }
+        assert!(Instant::now() < deadline, "{what}: switchd holds {s:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn the_agent_programs_switchd_from_the_api_server_and_follows_it() {
+    let api = Api::start();
+    api.put(node("node1", "198.18.0.1", "10.244.1.0/24", None));
+    api.put(node(
+        "node2",
+        "198.18.0.2",
+        "10.244.2.0/24",
+        Some("02:00:00:00:ff:02"),
+    ));
+    api.put(node("node3", "198.18.0.3", "10.244.3.0/24", None));
+    api.put(json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "web", "namespace": "default"},
+        "spec": {"type": "NodePort", "clusterIP": "10.96.0.10", "ports": [
+            {"name": "http", "protocol": "TCP", "port": 80, "targetPort": "http", "nodePort": 30080}]}
+    }));
+    api.put(json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "headless", "namespace": "default"},
+        "spec": {"clusterIP": "None", "ports": [{"port": 80}]}
+    }));
+    api.put(web_slice(false));
+    let f = Fixture::with_state(CONFIG);
+    let mut a = agent(&api, &f);
+
+    // A fresh start: node2 (node3 has published no VTEP MAC yet) and default/web with both
+    // endpoints, its named targetPort resolved from the slice.
+    let s = wait_for(&f, "the first sync", |s| {
+        s.services
+            .iter()
+            .any(|x| x.name == "default/web" && x.endpoints.len() == 2)
+    });
+    let nodes: Vec<&str> = s.nodes.iter().map(|n| n.name.as_str()).collect();
+    assert_eq!(nodes, ["node2"]);
+    assert_eq!(s.nodes[0].mac, "", "left for switchd to resolve");
+    let web = s.services.iter().find(|x| x.name == "default/web").unwrap();
+    assert_eq!(
+        (
+            web.ports[0].port,
+            web.ports[0].target_port,
+            web.ports[0].node_port
+        ),
+        (80, 8080, 30080)
+    );
+    assert_eq!(
+        s.services.len(),
+        1,
+        "the headless Service is not programmed"
+    );
+
+    // Its VTEP MAC, on its own Node (switchd's node.vtep_mac).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, n) = api.call("GET", "/api/v1/nodes/node1", &Value::Null);
+        if n["metadata"]["annotations"]["nodeswitch.io/vtep-mac"] == "02:00:00:00:ff:01" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "node1 not annotated: {n}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // An endpoint turns terminating.
+    api.put(web_slice(true));
+    wait_for(&f, "the terminating endpoint", |s| {
+        s.services.iter().any(|x| {
+            x.endpoints.iter().any(|e| {
+                e.ip == "10.244.2.3" && e.terminating == Some(true) && e.ready == Some(false)
+            })
+        })
+    });
+
+    // Node3's agent publishes its MAC: node3 is programmed.
+    api.put(node(
+        "node3",
+        "198.18.0.3",
+        "10.244.3.0/24",
+        Some("02:00:00:00:ff:03"),
+    ));
+    wait_for(&f, "node3", |s| s.nodes.len() == 2);
+
+    // The watches expire (etcd compaction): 410 Gone, a relist, and changes still arrive.
+    assert_eq!(api.call("POST", "/_test/compact", &json!({})).0, 200);
+    api.put(web_slice(false));
+    wait_for(&f, "a change after 410 Gone", |s| {
+        s.services.iter().any(|x| {
+            x.endpoints
+                .iter()
+                .all(|e| e.ready != Some(false) && e.terminating != Some(true))
+        })
+    });
+    let (_, asked) = api.call("GET", "/_test/requests", &Value::Null);
+    let relists = asked
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| {
+            let p = r[1].as_str().unwrap_or("");
+            p.starts_with("/apis/discovery.k8s.io/v1/endpointslices") && !p.contains("watch=")
+        })
+        .count();
+    assert!(
+        relists >= 2,
+        "the slices were listed again after 410: {asked}"
+    );
+
+    // A restart of the agent with nothing changed writes nothing new.
+    let g = f.generation();
+    let _ = a.kill();
+    let _ = a.wait();
+    let mut a = agent(&api, &f);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(f.generation(), g, "no new generation from a restart");
+    let _ = a.kill();
+    let _ = a.wait();
+}
