@@ -1,0 +1,275 @@
+//! Two nodes driven only by the Kubernetes API: each node's switchd starts from its node
+//! config alone (no other nodes, no Services), its nodeswitch-agent programs it from the
+//! stand-in API server (`tests/tools/apiserver.py`), and real kernel TCP/UDP in the pods
+//! follows: pod to pod across nodes (the other node known only from its Node object: VTEP
+//! MAC from the annotation its agent published, next-hop MAC from the kernel), ClusterIPs
+//! and a NodePort; an endpoint removed from a slice gets no more connections; the API server
+//! frozen for 10 s leaves forwarding alone and a change made meanwhile is programmed after;
+//! an invalid Service is left out while the others are programmed. Needs root.
+
+#![allow(missing_docs)]
+mod common;
+
+use common::topo::{root_dir, skip_unless_root, state, Topo};
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Processes killed when the test ends, however it ends.
+struct Procs(Vec<Child>);
+
+impl Drop for Procs {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn start_api(procs: &mut Procs) -> (u16, u32) {
+    let mut child = Command::new("python3")
+        .arg(root_dir().join("tests/tools/apiserver.py"))
+        .arg("0")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let port = line
+        .trim()
+        .strip_prefix("listening ")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let pid = child.id();
+    procs.0.push(child);
+    (port, pid)
+}
+
+fn call(port: u16, method: &str, path: &str, body: &Value) -> u16 {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let data = body.to_string();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{data}",
+        data.len()
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out[9..12].parse().unwrap()
+}
+
+fn put(port: u16, obj: Value) {
+    assert_eq!(call(port, "POST", "/_test/put", &obj), 200, "{obj}");
+}
+
+/// Node `n`'s demo config without its other nodes and Services.
+fn node_config(t: &Topo, n: u8) -> PathBuf {
+    let mut s =
+        flowtable::state::StateFile::parse(&std::fs::read_to_string(state(n)).unwrap()).unwrap();
+    s.nodes.clear();
+    s.services.clear();
+    let p = t.dir.path().join(format!("node{n}-config.toml"));
+    std::fs::write(&p, s.to_toml()).unwrap();
+    p
+}
+
+fn agent(procs: &mut Procs, port: u16, n: u8, dir: &Path) {
+    let bin = common::topo::switchd_bin().with_file_name("nodeswitch-agent");
+    let c = Command::new(bin)
+        .args(["--node", &format!("node{n}"), "--server"])
+        .arg(format!("http://127.0.0.1:{port}"))
+        .arg("--socket")
+        .arg(dir.join(format!("n{n}.sock")))
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("nodeswitch-agent");
+    procs.0.push(c);
+}
+
+fn node(name: &str, ip: &str, cidr: &str) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": name},
+        "spec": {"podCIDR": cidr, "podCIDRs": [cidr]},
+        "status": {"addresses": [{"type": "InternalIP", "address": ip}]}
+    })
+}
+
+fn web_slice(endpoints: &[(&str, &str)]) -> Value {
+    let eps: Vec<Value> = endpoints
+        .iter()
+        .map(|(ip, n)| json!({"addresses": [ip], "conditions": {"ready": true}, "nodeName": n}))
+        .collect();
+    json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": "web-1", "namespace": "default",
+                     "labels": {"kubernetes.io/service-name": "web"}},
+        "addressType": "IPv4",
+        "ports": [{"name": "http", "protocol": "TCP", "port": 8080}],
+        "endpoints": eps
+    })
+}
+
+/// Waits until `switchctl list KIND` on node `n` shows `want`.
+fn wait_listed(t: &Topo, n: u8, kind: &str, want: &str) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (_, out, _) = t.ctl(n, &["list", kind]);
+        if out.contains(want) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node{n} never listed {want} in {kind}: {out}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn endpoints_of(t: &Topo, n: u8) -> String {
+    t.ctl(n, &["get", "services", "default/web"]).1
+}
+
+#[test]
+fn two_nodes_follow_the_api_server() {
+    if skip_unless_root("the agent namespace test") {
+        return;
+    }
+    let mut t = Topo::up(["switch", "switch"]);
+    let (c1, c2) = (node_config(&t, 1), node_config(&t, 2));
+    t.switchd(1, &c1);
+    t.switchd(2, &c2);
+    let mut procs = Procs(Vec::new());
+    let (port, api_pid) = start_api(&mut procs);
+    put(port, node("node1", "198.18.0.1", "10.244.1.0/24"));
+    put(port, node("node2", "198.18.0.2", "10.244.2.0/24"));
+    put(
+        port,
+        json!({"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "web", "namespace": "default"},
+            "spec": {"type": "NodePort", "clusterIP": "10.96.0.10", "ports": [
+                {"name": "http", "protocol": "TCP", "port": 80, "targetPort": "http", "nodePort": 30080}]}}),
+    );
+    put(
+        port,
+        web_slice(&[("10.244.1.3", "node1"), ("10.244.2.3", "node2")]),
+    );
+    put(
+        port,
+        json!({"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "echo", "namespace": "default"},
+            "spec": {"clusterIP": "10.96.0.53", "ports": [
+                {"name": "dns", "protocol": "UDP", "port": 53, "targetPort": 5353}]}}),
+    );
+    put(
+        port,
+        json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": "echo-1", "namespace": "default",
+                         "labels": {"kubernetes.io/service-name": "echo"}},
+            "addressType": "IPv4",
+            "ports": [{"name": "dns", "protocol": "UDP", "port": 5353}],
+            "endpoints": [{"addresses": ["10.244.2.2"], "nodeName": "node2"}]}),
+    );
+    agent(&mut procs, port, 1, t.dir.path());
+    agent(&mut procs, port, 2, t.dir.path());
+    // Each node learns the other once its agent has published its VTEP MAC.
+    wait_listed(&t, 1, "nodes", "node2");
+    wait_listed(&t, 2, "nodes", "node1");
+    wait_listed(&t, 1, "services", "default/echo");
+    wait_listed(&t, 2, "services", "default/echo");
+
+    let b_peers = t.dir.path().join("b-peers");
+    let env = format!("ECHO_PEERS={}", b_peers.display());
+    let echo = root_dir().join("tests/tools/echo.py");
+    t.spawn(
+        "b",
+        &[
+            "env",
+            &env,
+            "python3",
+            echo.to_str().unwrap(),
+            "serve-tcp",
+            "8080",
+        ],
+    );
+    t.wait_listening("b", 8080);
+    t.serve("d", "tcp", 8080);
+    t.serve("c", "udp", 5353);
+
+    t.echo("a", "tcp", "10.244.2.3", 8080, 1_000_000);
+    t.echo("c", "tcp", "10.244.1.3", 8080, 100_000);
+    for _ in 0..4 {
+        t.echo("a", "tcp", "10.96.0.10", 80, 60_000);
+        t.echo("c", "tcp", "10.96.0.10", 80, 60_000);
+    }
+    t.echo("a", "udp", "10.96.0.53", 53, 512);
+    t.echo("ext", "tcp", "198.18.0.2", 30080, 60_000);
+
+    // pod-b leaves the slice: no new connection reaches it.
+    put(port, web_slice(&[("10.244.2.3", "node2")]));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while endpoints_of(&t, 1).contains("10.244.1.3") || endpoints_of(&t, 2).contains("10.244.1.3") {
+        assert!(Instant::now() < deadline, "pod-b still an endpoint");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let before = std::fs::read_to_string(&b_peers)
+        .unwrap_or_default()
+        .lines()
+        .count();
+    for _ in 0..10 {
+        t.echo("a", "tcp", "10.96.0.10", 80, 10_000);
+    }
+    let after = std::fs::read_to_string(&b_peers)
+        .unwrap_or_default()
+        .lines()
+        .count();
+    assert_eq!(before, after, "a removed endpoint got new connections");
+
+    // The API server frozen for 10 s: forwarding goes on; a change made then is programmed
+    // once it answers again.
+    let kill = |sig: &str| {
+        assert!(Command::new("kill")
+            .args([sig, &api_pid.to_string()])
+            .status()
+            .unwrap()
+            .success())
+    };
+    kill("-STOP");
+    let frozen = Instant::now();
+    while frozen.elapsed() < Duration::from_secs(10) {
+        t.echo("a", "tcp", "10.96.0.10", 80, 10_000);
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    kill("-CONT");
+    // An invalid Service (its ClusterIP is outside the Service CIDR) and a valid one at once.
+    put(
+        port,
+        json!({"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "bad", "namespace": "default"},
+            "spec": {"clusterIP": "10.200.0.1", "ports": [{"port": 80}]}}),
+    );
+    put(
+        port,
+        web_slice(&[("10.244.1.3", "node1"), ("10.244.2.3", "node2")]),
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !endpoints_of(&t, 1).contains("10.244.1.3") {
+        assert!(
+            Instant::now() < deadline,
+            "the change after the freeze was not programmed"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (_, listed, _) = t.ctl(1, &["list", "services"]);
+    assert!(!listed.contains("default/bad"), "{listed}");
+    t.echo("a", "tcp", "10.96.0.10", 80, 60_000);
+}
