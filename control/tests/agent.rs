@@ -118,14 +118,49 @@ fn web_slice(node2_terminating: bool) -> Value {
     })
 }
 
-fn agent(api: &Api, f: &Fixture) -> Child {
+fn agent(api: &Api, f: &Fixture, healthz: u16) -> Child {
     Command::new(env!("CARGO_BIN_EXE_nodeswitch-agent"))
         .args(["--node", "node1", "--server"])
         .arg(format!("http://127.0.0.1:{}", api.port))
         .arg("--socket")
         .arg(&f.path)
+        .arg("--healthz-address")
+        .arg(format!("127.0.0.1:{healthz}"))
+        .args(["--healthz-bound-seconds", "1"])
         .spawn()
         .expect("nodeswitch-agent")
+}
+
+/// `GET path` on the agent's healthz port: (status, body); waits for it to listen.
+fn healthz(port: u16, path: &str) -> (u16, String) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut s = loop {
+        match TcpStream::connect(("127.0.0.1", port)) {
+            Ok(s) => break s,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "healthz: {e}");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    };
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let code = out[9..12].parse().unwrap();
+    (
+        code,
+        out.split_once("\r\n\r\n")
+            .map_or("", |(_, b)| b)
+            .to_string(),
+    )
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// The agent's objects in switchd, polled until `done` holds (10 s at most).
@@ -172,8 +207,9 @@ fn the_agent_programs_switchd_from_the_api_server_and_follows_it() {
         "spec": {"clusterIP": "None", "ports": [{"port": 80}]}
     }));
     api.put(web_slice(false));
-    let f = Fixture::with_state(CONFIG);
-    let mut a = agent(&api, &f);
+    let mut f = Fixture::with_state(CONFIG);
+    let hz = free_port();
+    let mut a = agent(&api, &f, hz);
 
     // A fresh start: node2 (node3 has published no VTEP MAC yet) and default/web with both
     // endpoints, its named targetPort resolved from the slice.
@@ -199,6 +235,13 @@ fn the_agent_programs_switchd_from_the_api_server_and_follows_it() {
         1,
         "the headless Service is not programmed"
     );
+    // Healthy once programmed, as kube-proxy answers.
+    let (code, body) = healthz(hz, "/healthz");
+    assert_eq!(code, 200, "{body}");
+    let h: Value = serde_json::from_str(&body).unwrap();
+    assert!(h["lastUpdated"].as_str().unwrap().ends_with('Z'), "{h}");
+    assert_eq!(healthz(hz, "/livez").0, 200);
+    assert_eq!(healthz(hz, "/metrics-not-here").0, 404);
 
     // Its VTEP MAC, on its own Node (switchd's node.vtep_mac).
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -259,9 +302,17 @@ fn the_agent_programs_switchd_from_the_api_server_and_follows_it() {
     let g = f.generation();
     let _ = a.kill();
     let _ = a.wait();
-    let mut a = agent(&api, &f);
+    let mut a = agent(&api, &f, hz);
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(f.generation(), g, "no new generation from a restart");
+
+    // switchd gone: a change cannot be programmed, and after the bound /healthz says so.
+    f.server = None;
+    api.put(web_slice(true));
+    std::thread::sleep(Duration::from_millis(2500));
+    let (code, body) = healthz(hz, "/healthz");
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("waited"), "{body}");
     let _ = a.kill();
     let _ = a.wait();
 }

@@ -7,5 +7,6 @@
 //! and is tested in memory. [`sync`] watches the API server and keeps switchd in step.
 //! Thread-safety: the model is plain data; the loop is one task (see [`sync`]).
 
+pub mod health;
 pub mod model;
 pub mod sync;

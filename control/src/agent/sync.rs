@@ -51,6 +51,31 @@ pub struct Status {
     pub syncs: AtomicU64,
     /// Syncs that failed (switchd unreachable, refused beyond the bound).
     pub errors: AtomicU64,
+    /// Unix milliseconds since when a change has waited to be programmed (0: none waits).
+    pub pending_since_ms: AtomicU64,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Status {
+    /// Health as kube-proxy reports it: healthy once a first sync was programmed and while
+    /// no change has waited longer than `bound`. The reason when not.
+    pub fn health(&self, bound: Duration) -> Result<(), String> {
+        let last = self.last_sync_ms.load(Ordering::Relaxed);
+        if last == 0 {
+            return Err("no sync programmed yet".into());
+        }
+        let pending = self.pending_since_ms.load(Ordering::Relaxed);
+        let waited = now_ms().saturating_sub(pending);
+        if pending != 0 && waited > bound.as_millis() as u64 {
+            return Err(format!("a change has waited {waited} ms to be programmed"));
+        }
+        Ok(())
+    }
 }
 
 fn log(msg: impl std::fmt::Display) {
@@ -244,6 +269,12 @@ pub async fn run(client: kube::Client, cfg: Config, status: Arc<Status>) {
     let mut reported = std::collections::BTreeSet::new();
     loop {
         changed.notified().await;
+        let _ = status.pending_since_ms.compare_exchange(
+            0,
+            now_ms(),
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
         if !(n_ok.load(Ordering::Acquire)
             && s_ok.load(Ordering::Acquire)
             && e_ok.load(Ordering::Acquire))
@@ -268,15 +299,14 @@ pub async fn run(client: kube::Client, cfg: Config, status: Arc<Status>) {
         }
         let key = (d.nodes.clone(), d.services.clone());
         if last.as_ref() == Some(&key) {
+            status.pending_since_ms.store(0, Ordering::Relaxed);
             continue;
         }
         match write(&mut sw, d).await {
             Ok(w) => {
                 status.syncs.fetch_add(1, Ordering::Relaxed);
-                let ms = SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .map_or(0, |d| d.as_millis() as u64);
-                status.last_sync_ms.store(ms, Ordering::Relaxed);
+                status.last_sync_ms.store(now_ms(), Ordering::Relaxed);
+                status.pending_since_ms.store(0, Ordering::Relaxed);
                 log(format!(
                     "programmed {} nodes, {} Services in {} ms",
                     w.nodes.len(),

@@ -27,6 +27,12 @@ struct Args {
     /// How long changes are gathered before one write to switchd (milliseconds).
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(0..=10_000))]
     sync_window_ms: u64,
+    /// Where /healthz and /livez are served ("" for nowhere).
+    #[arg(long, default_value = "0.0.0.0:10266")]
+    healthz_address: String,
+    /// /healthz fails once a change has waited this long to be programmed (seconds).
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    healthz_bound_seconds: u64,
 }
 
 fn main() -> ExitCode {
@@ -63,7 +69,26 @@ fn main() -> ExitCode {
             socket: args.socket.clone(),
             window: Duration::from_millis(args.sync_window_ms),
         };
-        sync::run(client, cfg, Arc::new(Status::default())).await;
+        let status = Arc::new(Status::default());
+        if !args.healthz_address.is_empty() {
+            match tokio::net::TcpListener::bind(&args.healthz_address).await {
+                Ok(l) => {
+                    tokio::spawn(control::agent::health::serve(
+                        l,
+                        Arc::clone(&status),
+                        Duration::from_secs(args.healthz_bound_seconds),
+                    ));
+                }
+                Err(e) => {
+                    eprintln!(
+                        "nodeswitch-agent: error: --healthz-address {}: {e}",
+                        args.healthz_address
+                    );
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+        sync::run(client, cfg, status).await;
         ExitCode::SUCCESS
     })
 }

@@ -1,0 +1,114 @@
+//! The agent's `/healthz` and `/livez`, as kube-proxy serves them on its healthz port.
+//!
+//! Design: a plain HTTP/1.1 responder on a TCP listener: `GET /healthz` answers 200 with
+//! `{"lastUpdated": ..., "currentTime": ...}` (RFC 3339, UTC) while [`Status::health`] is
+//! fine, 503 with the reason otherwise; `/livez` answers 200 while the process serves. A
+//! request is read up to its header's end, at most 8 KiB, within 5 s; anything else is 404
+//! or 400. Thread-safety: one task per connection, reading the shared [`Status`] atomics.
+
+use super::sync::Status;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+/// Longest request header read.
+const MAX_REQUEST: usize = 8192;
+
+fn rfc3339(ms: u64) -> String {
+    let secs = ms / 1000;
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Serves `/healthz` and `/livez` on `listener` until the process ends.
+pub async fn serve(listener: TcpListener, status: Arc<Status>, bound: Duration) {
+    loop {
+        let Ok((mut conn, _)) = listener.accept().await else {
+            continue;
+        };
+        let status = Arc::clone(&status);
+        tokio::spawn(async move {
+            let mut buf = Vec::with_capacity(512);
+            let read = tokio::time::timeout(Duration::from_secs(5), async {
+                let mut chunk = [0u8; 1024];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < MAX_REQUEST {
+                    match conn.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return false,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                true
+            })
+            .await;
+            let line = String::from_utf8_lossy(&buf);
+            let mut words = line.split_whitespace();
+            let (code, body) = match (read, words.next(), words.next()) {
+                (Ok(true), Some("GET"), Some(path)) => match path.split('?').next() {
+                    Some("/healthz") => {
+                        let now = SystemTime::now()
+                            .duration_since(UNIX_EPOCH)
+                            .map_or(0, |d| d.as_millis() as u64);
+                        let last = status.last_sync_ms.load(Ordering::Relaxed);
+                        let body = serde_json::json!({
+                            "lastUpdated": if last == 0 { String::new() } else { rfc3339(last) },
+                            "currentTime": rfc3339(now),
+                        });
+                        match status.health(bound) {
+                            Ok(()) => ("200 OK", body.to_string()),
+                            Err(why) => {
+                                let mut b = body;
+                                b["reason"] = why.into();
+                                ("503 Service Unavailable", b.to_string())
+                            }
+                        }
+                    }
+                    Some("/livez") => ("200 OK", "ok".into()),
+                    _ => ("404 Not Found", "404 page not found".into()),
+                },
+                _ => ("400 Bad Request", "bad request".into()),
+            };
+            let ctype = if body.starts_with('{') {
+                "application/json"
+            } else {
+                "text/plain; charset=utf-8"
+            };
+            let resp = format!(
+                "HTTP/1.1 {code}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n\
+                 Connection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = conn.write_all(resp.as_bytes()).await;
+            let _ = conn.shutdown().await;
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn dates_are_rfc3339_utc() {
+        assert_eq!(super::rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(super::rfc3339(1_796_083_200_000), "2026-12-01T00:00:00Z");
+        assert_eq!(
+            super::rfc3339(951_782_400_000 + 3_723_000),
+            "2000-02-29T01:02:03Z"
+        );
+    }
+}
