@@ -316,3 +316,73 @@ fn the_agent_programs_switchd_from_the_api_server_and_follows_it() {
     let _ = a.kill();
     let _ = a.wait();
 }
+
+/// An interface of this machine with a unicast MAC, to stand for the uplink.
+fn some_uplink() -> Option<String> {
+    let mut names: Vec<String> = std::fs::read_dir("/sys/class/net")
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+        .collect();
+    names.sort();
+    names.into_iter().find(|n| {
+        std::fs::read_to_string(format!("/sys/class/net/{n}/address")).is_ok_and(|m| {
+            let m = m.trim();
+            m.len() == 17
+                && m != "00:00:00:00:00:00"
+                && u8::from_str_radix(&m[..2], 16).is_ok_and(|b| b & 1 == 0)
+        })
+    })
+}
+
+#[test]
+fn node_config_waits_for_the_pod_cidr_and_writes_the_three_files() {
+    let Some(uplink) = some_uplink() else {
+        eprintln!("skipped: no interface with a unicast MAC to stand for the uplink");
+        return;
+    };
+    let api = Api::start();
+    let mut n = node("node7", "198.18.0.7", "10.244.7.0/24", None);
+    n["spec"] = json!({});
+    api.put(n);
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("cni/10-nodeswitch.conflist");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_nodeswitch-agent"))
+        .args(["--node", "node7", "--server"])
+        .arg(format!("http://127.0.0.1:{}", api.port))
+        .args([
+            "node-config",
+            "--uplink",
+            &uplink,
+            "--dns",
+            "10.96.0.10",
+            "--wait-seconds",
+            "20",
+        ])
+        .arg("--out-dir")
+        .arg(dir.path())
+        .arg("--cni-conf")
+        .arg(&conf)
+        .spawn()
+        .unwrap();
+    // The controller-manager assigns the pod CIDR a moment after the node registers.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "it waits for the pod CIDR"
+    );
+    api.put(node("node7", "198.18.0.7", "10.244.7.0/24", None));
+    let status = child.wait().unwrap();
+    assert!(status.success());
+    let state = std::fs::read_to_string(dir.path().join("node.toml")).unwrap();
+    let s = flowtable::state::StateFile::parse(&state).unwrap();
+    assert_eq!(
+        (s.node.name.as_str(), s.node.uplink.as_str()),
+        ("node7", uplink.as_str())
+    );
+    assert_eq!(s.node.pod_cidr.to_string(), "10.244.7.0/24");
+    control::engine::Engine::new(s).expect("switchd accepts it");
+    let env = std::fs::read_to_string(dir.path().join("node.env")).unwrap();
+    assert!(env.contains("NODESWITCH_HOST_IP=10.244.7.0\n"), "{env}");
+    let c: Value = serde_json::from_str(&std::fs::read_to_string(&conf).unwrap()).unwrap();
+    assert_eq!(c["plugins"][0]["dns"]["nameservers"][0], "10.96.0.10");
+}

@@ -9,4 +9,5 @@
 
 pub mod health;
 pub mod model;
+pub mod nodeconfig;
 pub mod sync;
