@@ -273,3 +273,162 @@ fn two_nodes_follow_the_api_server() {
     assert!(!listed.contains("default/bad"), "{listed}");
     t.echo("a", "tcp", "10.96.0.10", 80, 60_000);
 }
+
+#[test]
+fn the_manifests_init_step_sets_a_node_up() {
+    if skip_unless_root("the init-step namespace test") {
+        return;
+    }
+    // A node of its own: a namespace with an uplink, its API server on its loopback.
+    let p = common::topo::unique_prefix();
+    let ns = format!("{p}-k");
+    let sh = |args: &[&str]| {
+        let o = Command::new("ip")
+            .args(["netns", "exec", &ns])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    struct DelNs(String);
+    impl Drop for DelNs {
+        fn drop(&mut self) {
+            let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+        }
+    }
+    assert!(Command::new("ip")
+        .args(["netns", "add", &ns])
+        .status()
+        .unwrap()
+        .success());
+    let _del = DelNs(ns.clone());
+    sh(&["ip", "link", "set", "lo", "up"]);
+    sh(&[
+        "ip",
+        "link",
+        "add",
+        "eth0",
+        "address",
+        "02:00:c6:12:00:05",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0p",
+    ]);
+    sh(&["ip", "addr", "add", "198.18.0.5/24", "dev", "eth0"]);
+    sh(&["ip", "link", "set", "eth0", "up"]);
+    let mut procs = Procs(Vec::new());
+    let mut api = Command::new("ip")
+        .args(["netns", "exec", &ns, "python3"])
+        .arg(root_dir().join("tests/tools/apiserver.py"))
+        .arg("0")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(api.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let port: u16 = line
+        .trim()
+        .strip_prefix("listening ")
+        .unwrap()
+        .parse()
+        .unwrap();
+    procs.0.push(api);
+    let node = node("node5", "198.18.0.5", "10.244.5.0/24");
+    let put = serde_json::to_string(&node).unwrap();
+    sh(&[
+        "python3",
+        "-c",
+        &format!(
+            "import urllib.request as u; u.urlopen(u.Request('http://127.0.0.1:{port}/_test/put', \
+             data={put:?}.encode(), method='POST')).read()"
+        ),
+    ]);
+
+    // The init step's script, exactly as the manifest ships it.
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("setup.sh");
+    let manifest = root_dir().join("examples/kubernetes/nodeswitch.yaml");
+    let o = Command::new("python3")
+        .args(["-c", "import sys, yaml\nfor d in yaml.safe_load_all(open(sys.argv[1])):\n    if d and d['kind'] == 'ConfigMap': open(sys.argv[2], 'w').write(d['data']['setup.sh'])"])
+        .arg(&manifest)
+        .arg(&script)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters: [{{name: s, cluster: {{server: \"http://127.0.0.1:{port}\"}}}}]\n\
+             users: [{{name: u, user: {{}}}}]\ncontexts: [{{name: c, context: {{cluster: s, user: u}}}}]\n\
+             current-context: c\n"
+        ),
+    )
+    .unwrap();
+    let bin = common::topo::switchd_bin();
+    let bindir = bin.parent().unwrap();
+    let path = format!(
+        "{}:{}",
+        bindir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let run = |what: &str| {
+        let o = Command::new("ip")
+            .args(["netns", "exec", &ns, "env"])
+            .args([
+                "NODE_NAME=node5",
+                "UPLINK=eth0",
+                "CLUSTER_CIDR=10.244.0.0/16",
+            ])
+            .args(["SERVICE_CIDR=10.96.0.0/12", "DNS=10.96.0.10"])
+            .arg(format!("KUBECONFIG={}", kubeconfig.display()))
+            .arg(format!("RUN={}", dir.path().join("run").display()))
+            .arg(format!("HOSTFS={}", dir.path().join("host").display()))
+            .arg(format!(
+                "CNI_PLUGIN={}",
+                bindir.join("nodeswitch-cni").display()
+            ))
+            .arg(format!("PATH={path}"))
+            .arg("sh")
+            .arg(&script)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "{what}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    };
+    run("the init step");
+    // Run again (a pod restart): the same result, no error.
+    run("the init step again");
+
+    let state = std::fs::read_to_string(dir.path().join("run/node.toml")).unwrap();
+    let s = flowtable::state::StateFile::parse(&state).unwrap();
+    assert_eq!(
+        (s.node.name.as_str(), s.node.uplink.as_str()),
+        ("node5", "eth0")
+    );
+    assert_eq!(s.node.uplink_mac.to_string(), "02:00:c6:12:00:05");
+    flowtable::snapshot::Snapshot::build(&s, 1).expect("switchd accepts it");
+    let link = sh(&["ip", "-o", "link", "show", "nsw-host"]);
+    assert!(link.contains("02:01:0a:f4:05:01"), "{link}");
+    let routes = sh(&["ip", "route", "show", "dev", "nsw-host"]);
+    for want in ["10.244.0.0/16", "10.96.0.0/12", "src 10.244.5.0"] {
+        assert!(routes.contains(want), "{want}: {routes}");
+    }
+    let conf =
+        std::fs::read_to_string(dir.path().join("host/etc/cni/net.d/10-nodeswitch.conflist"))
+            .unwrap();
+    assert!(conf.contains("10.244.5.0/24"), "{conf}");
+    assert!(dir.path().join("host/opt/cni/bin/nodeswitch").exists());
+}
