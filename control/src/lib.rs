@@ -7,6 +7,7 @@
 //! runs it. Reads ([`query`]) describe one snapshot. The data path never waits on any of it.
 //! Thread-safety: see each module; the server is shared by `Arc`.
 
+#[cfg(feature = "agent")]
 pub mod agent;
 pub mod client;
 pub mod cni;

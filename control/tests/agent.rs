@@ -254,6 +254,39 @@ fn the_agent_programs_switchd_from_the_api_server_and_follows_it() {
         std::thread::sleep(Duration::from_millis(50));
     }
 
+    // A Service switchd refuses is left out, the others stay, and it gets a Warning Event.
+    api.put(json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "bad", "namespace": "default"},
+        "spec": {"clusterIP": "10.200.0.1", "ports": [{"name": "x", "port": 80}]}
+    }));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let event = loop {
+        let (_, evs) = api.call("GET", "/_test/events", &Value::Null);
+        let found = evs.as_array().and_then(|a| {
+            a.iter()
+                .find(|e| e["regarding"]["name"] == "bad" && e["regarding"]["kind"] == "Service")
+                .cloned()
+        });
+        if let Some(e) = found {
+            break e;
+        }
+        assert!(Instant::now() < deadline, "no Event for default/bad: {evs}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(
+        (event["type"].as_str(), event["reason"].as_str()),
+        (Some("Warning"), Some("NotProgrammed")),
+        "{event}"
+    );
+    assert!(
+        event["note"].as_str().unwrap().contains("Service CIDR"),
+        "{event}"
+    );
+    assert_eq!(event["reportingController"], "nodeswitch-agent");
+    let s = wait_for(&f, "the others still programmed", |s| s.services.len() == 1);
+    assert_eq!(s.services[0].name, "default/web");
+
     // An endpoint turns terminating.
     api.put(web_slice(true));
     wait_for(&f, "the terminating endpoint", |s| {

@@ -15,9 +15,10 @@ Served as kube-apiserver does:
        with a Status of code 410 (Gone), as etcd compaction makes the real server send.
   GET  /api/v1/nodes/NAME, PATCH /api/v1/nodes/NAME (application/merge-patch+json or
        strategic-merge-patch+json, merged as a JSON merge patch).
+  POST /apis/events.k8s.io/v1/namespaces/NS/events, PATCH .../events/NAME: Events (stored).
 Test controls (not Kubernetes'): POST /_test/put with an object (created or replaced), POST
 /_test/delete with {kind, namespace, name}, POST /_test/compact (every watch from before now
-gets 410), GET /_test/requests (what was asked, for assertions).
+gets 410), GET /_test/requests (what was asked), GET /_test/events (the Events), for assertions.
 """
 import json
 import sys
@@ -38,6 +39,7 @@ lock = threading.Condition()
 rv = 1
 compacted = 0
 objects = {}   # (resource, namespace, name) -> object
+kevents = []   # events.k8s.io/v1 Events the clients created (and patched)
 events = []    # (rv, resource, type, object)
 requests = []
 
@@ -132,6 +134,9 @@ class Handler(BaseHTTPRequestHandler):
         requests.append(("GET", self.path))
         if self.path == "/_test/requests":
             return self.send_json(200, requests)
+        if self.path == "/_test/events":
+            with lock:
+                return self.send_json(200, list(kevents))
         if self.path in ("/version", "/version/"):
             return self.send_json(200, {"major": "1", "minor": "33", "gitVersion": "v1.33.0"})
         res, ns, name, q = self.route()
@@ -213,8 +218,25 @@ class Handler(BaseHTTPRequestHandler):
         except (BrokenPipeError, ConnectionResetError):
             pass
 
+    def event_path(self):
+        parts = [p for p in urllib.parse.urlsplit(self.path).path.split("/") if p]
+        # apis events.k8s.io v1 namespaces NS events [NAME]
+        if parts[:3] == ["apis", "events.k8s.io", "v1"] and len(parts) >= 6 and \
+                parts[3] == "namespaces" and parts[5] == "events":
+            return parts[4], parts[6] if len(parts) > 6 else None
+        return None
+
     def do_PATCH(self):
         requests.append(("PATCH", self.path))
+        ev = self.event_path()
+        if ev is not None and ev[1] is not None:
+            patch = self.body()
+            with lock:
+                for e in kevents:
+                    if e["metadata"]["namespace"] == ev[0] and e["metadata"]["name"] == ev[1]:
+                        merge(e, patch)
+                        return self.send_json(200, e)
+            return self.send_json(404, status(404, "NotFound", 'events "%s" not found' % ev[1]))
         res, ns, name, _ = self.route()
         if res != "nodes" or name is None:
             return self.send_json(405, status(405, "MethodNotAllowed", "only Nodes are patched here"))
@@ -234,6 +256,17 @@ class Handler(BaseHTTPRequestHandler):
     def do_POST(self):
         global compacted
         requests.append(("POST", self.path))
+        ev = self.event_path()
+        if ev is not None:
+            e = self.body()
+            md = e.setdefault("metadata", {})
+            md["namespace"] = ev[0]
+            if "name" not in md:
+                md["name"] = md.get("generateName", "event.") + str(bump())
+            with lock:
+                md["resourceVersion"] = str(bump())
+                kevents.append(e)
+            return self.send_json(201, e)
         if self.path == "/_test/put":
             put(self.body())
             return self.send_json(200, {})

@@ -21,7 +21,10 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::{reflector, watcher, WatchStreamExt};
+use kube::Resource;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -203,12 +206,50 @@ async fn publish_vtep_mac(
     }
 }
 
-/// Writes `d` as the agent's objects, leaving out what switchd refuses (logged); returns
-/// what was written.
+/// Objects switchd refused, as they were then: left out up front while they stay the same
+/// (no failed write per sync for a Service nobody fixes).
+#[derive(Debug, Default)]
+struct Refused {
+    services: BTreeMap<String, (flowtable::state::ServiceSpec, String)>,
+    nodes: BTreeMap<String, (flowtable::state::RemoteNodeSpec, String)>,
+}
+
+impl Refused {
+    /// Takes out of `d` what was refused as it is now; forgets what changed or went.
+    fn apply(&mut self, d: &mut Desired) {
+        self.services
+            .retain(|n, (spec, _)| d.services.iter().any(|s| &s.name == n && s == spec));
+        self.nodes
+            .retain(|n, (spec, _)| d.nodes.iter().any(|x| &x.name == n && x == spec));
+        let mut skipped = Vec::new();
+        d.services.retain(|s| match self.services.get(&s.name) {
+            Some((_, why)) => {
+                skipped.push(("Service", s.name.clone(), why.clone()));
+                false
+            }
+            None => true,
+        });
+        d.nodes.retain(|x| match self.nodes.get(&x.name) {
+            Some((_, why)) => {
+                skipped.push(("Node", x.name.clone(), why.clone()));
+                false
+            }
+            None => true,
+        });
+        for (kind, name, reason) in skipped {
+            d.skipped.push(model::Skipped { kind, name, reason });
+        }
+    }
+}
+
+/// Writes `d` as the agent's objects, leaving out what switchd refuses (remembered in
+/// `refused`); returns what was written.
 async fn write(
     sw: &mut SwitchClient<tonic::transport::Channel>,
     mut d: Desired,
+    refused: &mut Refused,
 ) -> Result<Desired, tonic::Status> {
+    refused.apply(&mut d);
     for _ in 0..MAX_REFUSALS {
         let state = pb::State {
             nodes: d.nodes.iter().map(crate::convert::node_pb).collect(),
@@ -228,11 +269,23 @@ async fn write(
                 let Some((kind, name)) = refused_object(e.message()) else {
                     return Err(e);
                 };
-                log(format!("switchd refuses {kind} {name}: {}", e.message()));
+                let why = e.message().to_string();
                 let before = d.nodes.len() + d.services.len();
                 match kind {
-                    "Service" => d.services.retain(|s| s.name != name),
-                    _ => d.nodes.retain(|n| n.name != name),
+                    "Service" => {
+                        if let Some(s) = d.services.iter().find(|s| s.name == name) {
+                            refused
+                                .services
+                                .insert(name.clone(), (s.clone(), why.clone()));
+                        }
+                        d.services.retain(|s| s.name != name);
+                    }
+                    _ => {
+                        if let Some(n) = d.nodes.iter().find(|n| n.name == name) {
+                            refused.nodes.insert(name.clone(), (n.clone(), why.clone()));
+                        }
+                        d.nodes.retain(|n| n.name != name);
+                    }
                 }
                 if d.nodes.len() + d.services.len() == before {
                     return Err(e);
@@ -240,7 +293,7 @@ async fn write(
                 d.skipped.push(model::Skipped {
                     kind,
                     name,
-                    reason: e.message().to_string(),
+                    reason: why,
                 });
             }
             Err(e) => return Err(e),
@@ -253,8 +306,78 @@ fn owned<K: Clone>(v: Vec<Arc<K>>) -> Vec<K> {
     v.into_iter().map(|a| (*a).clone()).collect()
 }
 
+/// The reason of the Events on objects the agent does not program.
+pub const NOT_PROGRAMMED: &str = "NotProgrammed";
+/// Longest Event note (the API's limit is 1 KiB).
+const MAX_NOTE: usize = 1000;
+
+/// A Warning Event on the object `s` names, when the stores still hold it (Nodes, Services,
+/// EndpointSlices), published off the loop.
+fn report(
+    recorder: &Recorder,
+    s: &model::Skipped,
+    nodes: &reflector::Store<Node>,
+    services: &reflector::Store<Service>,
+    slices: &reflector::Store<EndpointSlice>,
+) {
+    let (ns, name) = match s.name.split_once('/') {
+        Some((ns, n)) => (Some(ns.to_string()), n.to_string()),
+        None => (None, s.name.clone()),
+    };
+    let find =
+        |o: &kube::api::ObjectMeta| o.name.as_deref() == Some(name.as_str()) && o.namespace == ns;
+    let reference = match s.kind {
+        "Service" => services
+            .state()
+            .iter()
+            .find(|o| find(&o.metadata))
+            .map(|o| o.object_ref(&())),
+        "EndpointSlice" => slices
+            .state()
+            .iter()
+            .find(|o| find(&o.metadata))
+            .map(|o| o.object_ref(&())),
+        _ => nodes
+            .state()
+            .iter()
+            .find(|o| o.metadata.name.as_deref() == Some(name.as_str()))
+            .map(|o| o.object_ref(&())),
+    };
+    let Some(mut reference) = reference else {
+        return;
+    };
+    if reference.namespace.is_none() {
+        // (Events on cluster-scoped objects live in `default`, as kubectl shows them.)
+        reference.namespace = Some("default".into());
+    }
+    let mut note: String = s.reason.chars().take(MAX_NOTE).collect();
+    if note.len() < s.reason.len() {
+        note.push('…');
+    }
+    let ev = Event {
+        type_: EventType::Warning,
+        reason: NOT_PROGRAMMED.into(),
+        note: Some(note),
+        action: "Program".into(),
+        secondary: None,
+    };
+    let recorder = recorder.clone();
+    tokio::spawn(async move {
+        if let Err(e) = recorder.publish(&ev, &reference).await {
+            log(format!("publishing an Event: {e}"));
+        }
+    });
+}
+
 /// Runs the agent until the process ends.
 pub async fn run(client: kube::Client, cfg: Config, status: Arc<Status>) {
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "nodeswitch-agent".into(),
+            instance: Some(cfg.node.clone()),
+        },
+    );
     let changed = Arc::new(Notify::new());
     let nodes_api: Api<Node> = Api::all(client.clone());
     let (nodes, n_ok) = reflect(nodes_api.clone(), Arc::clone(&changed));
@@ -267,6 +390,7 @@ pub async fn run(client: kube::Client, cfg: Config, status: Arc<Status>) {
     }
     let mut last: Option<(Vec<_>, Vec<_>)> = None;
     let mut reported = std::collections::BTreeSet::new();
+    let mut refused = Refused::default();
     loop {
         changed.notified().await;
         let _ = status.pending_since_ms.compare_exchange(
@@ -295,6 +419,7 @@ pub async fn run(client: kube::Client, cfg: Config, status: Arc<Status>) {
                     "not programmed: {} {}: {}",
                     s.kind, s.name, s.reason
                 ));
+                report(&recorder, s, &nodes, &services, &slices);
             }
         }
         let key = (d.nodes.clone(), d.services.clone());
@@ -302,8 +427,17 @@ pub async fn run(client: kube::Client, cfg: Config, status: Arc<Status>) {
             status.pending_since_ms.store(0, Ordering::Relaxed);
             continue;
         }
-        match write(&mut sw, d).await {
+        match write(&mut sw, d, &mut refused).await {
             Ok(w) => {
+                for s in &w.skipped {
+                    if reported.insert((s.kind, s.name.clone(), s.reason.clone())) {
+                        log(format!(
+                            "switchd refuses {} {}: {}",
+                            s.kind, s.name, s.reason
+                        ));
+                        report(&recorder, s, &nodes, &services, &slices);
+                    }
+                }
                 status.syncs.fetch_add(1, Ordering::Relaxed);
                 status.last_sync_ms.store(now_ms(), Ordering::Relaxed);
                 status.pending_since_ms.store(0, Ordering::Relaxed);
