@@ -6,14 +6,17 @@
 //! agent restart writes nothing new.
 #![allow(missing_docs)]
 
+#[path = "../../tests/tests/common/apiserver.rs"]
+mod apiserver;
 mod common;
 
+use apiserver::Api;
 use common::Fixture;
 use control::pb;
 use serde_json::{json, Value};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 /// This node's config: no other nodes, no Services (the agent brings them).
@@ -32,61 +35,6 @@ ip = "10.244.1.3"
 mac = "02:00:0a:f4:01:03"
 port = "veth-b"
 "#;
-
-struct Api {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for Api {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Api {
-    fn start() -> Api {
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/tools/apiserver.py");
-        let mut child = Command::new("python3")
-            .args([script, "0"])
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("python3");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let port = line
-            .trim()
-            .strip_prefix("listening ")
-            .unwrap()
-            .parse()
-            .unwrap();
-        Api { child, port }
-    }
-
-    fn call(&self, method: &str, path: &str, body: &Value) -> (u16, Value) {
-        let mut s = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
-        let data = body.to_string();
-        write!(
-            s,
-            "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
-             Content-Length: {}\r\nConnection: close\r\n\r\n{data}",
-            data.len()
-        )
-        .unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).unwrap();
-        let code = out[9..12].parse().unwrap();
-        let body = out.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-        (code, serde_json::from_str(body).unwrap_or(Value::Null))
-    }
-
-    fn put(&self, obj: Value) {
-        assert_eq!(self.call("POST", "/_test/put", &obj).0, 200);
-    }
-}
 
 fn node(name: &str, ip: &str, cidr: &str, mac: Option<&str>) -> Value {
     let mut n = json!({
@@ -186,7 +134,10 @@ fn wait_for(f: &Fixture, what: &str, done: impl Fn(&pb::State) -> bool) -> pb::S
 
 #[test]
 fn the_agent_programs_switchd_from_the_api_server_and_follows_it() {
-    let api = Api::start();
+    let api = Api::start(
+        std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/..")),
+        None,
+    );
     api.put(node("node1", "198.18.0.1", "10.244.1.0/24", None));
     api.put(node(
         "node2",
@@ -373,7 +324,10 @@ fn node_config_waits_for_the_pod_cidr_and_writes_the_three_files() {
         eprintln!("skipped: no interface with a unicast MAC to stand for the uplink");
         return;
     };
-    let api = Api::start();
+    let api = Api::start(
+        std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/..")),
+        None,
+    );
     let mut n = node("node7", "198.18.0.7", "10.244.7.0/24", None);
     n["spec"] = json!({});
     api.put(n);

@@ -10,10 +10,9 @@
 #![allow(missing_docs)]
 mod common;
 
+use common::apiserver::Api;
 use common::topo::{root_dir, skip_unless_root, state, Topo};
 use serde_json::{json, Value};
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -28,47 +27,6 @@ impl Drop for Procs {
             let _ = c.wait();
         }
     }
-}
-
-fn start_api(procs: &mut Procs) -> (u16, u32) {
-    let mut child = Command::new("python3")
-        .arg(root_dir().join("tests/tools/apiserver.py"))
-        .arg("0")
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("python3");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let port = line
-        .trim()
-        .strip_prefix("listening ")
-        .unwrap()
-        .parse()
-        .unwrap();
-    let pid = child.id();
-    procs.0.push(child);
-    (port, pid)
-}
-
-fn call(port: u16, method: &str, path: &str, body: &Value) -> u16 {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    let data = body.to_string();
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n{data}",
-        data.len()
-    )
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out[9..12].parse().unwrap()
-}
-
-fn put(port: u16, obj: Value) {
-    assert_eq!(call(port, "POST", "/_test/put", &obj), 200, "{obj}");
 }
 
 /// Node `n`'s demo config without its other nodes and Services.
@@ -89,6 +47,8 @@ fn agent(procs: &mut Procs, port: u16, n: u8, dir: &Path) {
         .arg(format!("http://127.0.0.1:{port}"))
         .arg("--socket")
         .arg(dir.join(format!("n{n}.sock")))
+        // (Two agents in one namespace: any free port for their /healthz.)
+        .args(["--healthz-address", "127.0.0.1:0"])
         .stderr(Stdio::inherit())
         .spawn()
         .expect("nodeswitch-agent");
@@ -149,29 +109,24 @@ fn two_nodes_follow_the_api_server() {
     t.switchd(1, &c1);
     t.switchd(2, &c2);
     let mut procs = Procs(Vec::new());
-    let (port, api_pid) = start_api(&mut procs);
-    put(port, node("node1", "198.18.0.1", "10.244.1.0/24"));
-    put(port, node("node2", "198.18.0.2", "10.244.2.0/24"));
-    put(
-        port,
-        json!({"apiVersion": "v1", "kind": "Service",
+    let api = Api::start(&root_dir(), None);
+    let (port, api_pid) = (api.port, api.pid());
+    api.put(node("node1", "198.18.0.1", "10.244.1.0/24"));
+    api.put(node("node2", "198.18.0.2", "10.244.2.0/24"));
+    api.put(json!({"apiVersion": "v1", "kind": "Service",
             "metadata": {"name": "web", "namespace": "default"},
             "spec": {"type": "NodePort", "clusterIP": "10.96.0.10", "ports": [
                 {"name": "http", "protocol": "TCP", "port": 80, "targetPort": "http", "nodePort": 30080}]}}),
     );
-    put(
-        port,
-        web_slice(&[("10.244.1.3", "node1"), ("10.244.2.3", "node2")]),
-    );
-    put(
-        port,
-        json!({"apiVersion": "v1", "kind": "Service",
+    api.put(web_slice(&[
+        ("10.244.1.3", "node1"),
+        ("10.244.2.3", "node2"),
+    ]));
+    api.put(json!({"apiVersion": "v1", "kind": "Service",
             "metadata": {"name": "echo", "namespace": "default"},
             "spec": {"clusterIP": "10.96.0.53", "ports": [
-                {"name": "dns", "protocol": "UDP", "port": 53, "targetPort": 5353}]}}),
-    );
-    put(
-        port,
+                {"name": "dns", "protocol": "UDP", "port": 53, "targetPort": 5353}]}}));
+    api.put(
         json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
             "metadata": {"name": "echo-1", "namespace": "default",
                          "labels": {"kubernetes.io/service-name": "echo"}},
@@ -215,7 +170,7 @@ fn two_nodes_follow_the_api_server() {
     t.echo("ext", "tcp", "198.18.0.2", 30080, 60_000);
 
     // pod-b leaves the slice: no new connection reaches it.
-    put(port, web_slice(&[("10.244.2.3", "node2")]));
+    api.put(web_slice(&[("10.244.2.3", "node2")]));
     let deadline = Instant::now() + Duration::from_secs(15);
     while endpoints_of(&t, 1).contains("10.244.1.3") || endpoints_of(&t, 2).contains("10.244.1.3") {
         assert!(Instant::now() < deadline, "pod-b still an endpoint");
@@ -251,16 +206,13 @@ fn two_nodes_follow_the_api_server() {
     }
     kill("-CONT");
     // An invalid Service (its ClusterIP is outside the Service CIDR) and a valid one at once.
-    put(
-        port,
-        json!({"apiVersion": "v1", "kind": "Service",
+    api.put(json!({"apiVersion": "v1", "kind": "Service",
             "metadata": {"name": "bad", "namespace": "default"},
-            "spec": {"clusterIP": "10.200.0.1", "ports": [{"port": 80}]}}),
-    );
-    put(
-        port,
-        web_slice(&[("10.244.1.3", "node1"), ("10.244.2.3", "node2")]),
-    );
+            "spec": {"clusterIP": "10.200.0.1", "ports": [{"port": 80}]}}));
+    api.put(web_slice(&[
+        ("10.244.1.3", "node1"),
+        ("10.244.2.3", "node2"),
+    ]));
     let deadline = Instant::now() + Duration::from_secs(30);
     while !endpoints_of(&t, 1).contains("10.244.1.3") {
         assert!(
@@ -323,25 +275,8 @@ fn the_manifests_init_step_sets_a_node_up() {
     ]);
     sh(&["ip", "addr", "add", "198.18.0.5/24", "dev", "eth0"]);
     sh(&["ip", "link", "set", "eth0", "up"]);
-    let mut procs = Procs(Vec::new());
-    let mut api = Command::new("ip")
-        .args(["netns", "exec", &ns, "python3"])
-        .arg(root_dir().join("tests/tools/apiserver.py"))
-        .arg("0")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(api.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let port: u16 = line
-        .trim()
-        .strip_prefix("listening ")
-        .unwrap()
-        .parse()
-        .unwrap();
-    procs.0.push(api);
+    let api = Api::start(&root_dir(), Some(&ns));
+    let port = api.port;
     let node = node("node5", "198.18.0.5", "10.244.5.0/24");
     let put = serde_json::to_string(&node).unwrap();
     sh(&[

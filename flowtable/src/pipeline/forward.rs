@@ -119,20 +119,8 @@ impl Pipeline {
         if let Some(o) = self.expire_ttl(snap, pkt, hop) {
             return o;
         }
-        let mtu = usize::from(snap.node.uplink_mtu);
-        if pkt.data().len().saturating_sub(ETH_LEN) > mtu {
-            let df = pkt.data().get(ETH_LEN + 6).is_some_and(|f| f & 0x40 != 0);
-            if df && hop != Hop::Generated {
-                return self.icmp_error(
-                    snap,
-                    pkt,
-                    kind::DEST_UNREACHABLE,
-                    CODE_FRAG_NEEDED,
-                    mtu as u32,
-                    DropReason::TooBig,
-                );
-            }
-            return Outcome::Drop(DropReason::TooBig);
+        if let Some(o) = self.exceeds_uplink_mtu(snap, pkt, hop) {
+            return o;
         }
         let data = pkt.data_mut();
         let (eth_hdr, body) = data.split_at_mut(ETH_LEN);
@@ -145,6 +133,33 @@ impl Pipeline {
             eth.set_ethertype(ethertype::IPV4);
         }
         Outcome::Tx(PortId::UPLINK, Action::ToNode)
+    }
+
+    /// For a packet leaving the uplink as it is (not encapsulated): `Some` if it is larger
+    /// than the uplink's MTU (fragmentation needed to its sender when DF is set, as a router
+    /// answers; else dropped).
+    pub(super) fn exceeds_uplink_mtu(
+        &mut self,
+        snap: &Snapshot,
+        pkt: &mut Packet<'_>,
+        hop: Hop,
+    ) -> Option<Outcome> {
+        let mtu = usize::from(snap.node.uplink_mtu);
+        if pkt.data().len().saturating_sub(ETH_LEN) <= mtu {
+            return None;
+        }
+        let df = pkt.data().get(ETH_LEN + 6).is_some_and(|f| f & 0x40 != 0);
+        if df && hop != Hop::Generated {
+            return Some(self.icmp_error(
+                snap,
+                pkt,
+                kind::DEST_UNREACHABLE,
+                CODE_FRAG_NEEDED,
+                mtu as u32,
+                DropReason::TooBig,
+            ));
+        }
+        Some(Outcome::Drop(DropReason::TooBig))
     }
 
     fn deliver(&mut self, snap: &Snapshot, pkt: &mut Packet<'_>, pod: &Pod, hop: Hop) -> Outcome {

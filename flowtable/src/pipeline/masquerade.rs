@@ -71,8 +71,6 @@ impl FullRanges {
         self.0[Self::slot(t)] = (t, now.saturating_add(1));
     }
 }
-/// "Fragmentation needed and DF set".
-const CODE_FRAG_NEEDED: u8 = 4;
 
 /// An ICMP echo's tuple: the identifier is the "port" (sport for a request, dport for a
 /// reply, so a reply's tuple is the request's reversed).
@@ -152,20 +150,8 @@ impl Pipeline {
         if let Some(o) = self.expire_ttl(snap, pkt, hop) {
             return o;
         }
-        let mtu = usize::from(snap.node.uplink_mtu);
-        if pkt.data().len().saturating_sub(ETH_LEN) > mtu {
-            let df = pkt.data().get(ETH_LEN + 6).is_some_and(|f| f & 0x40 != 0);
-            if df {
-                return self.icmp_error(
-                    snap,
-                    pkt,
-                    kind::DEST_UNREACHABLE,
-                    CODE_FRAG_NEEDED,
-                    mtu as u32,
-                    DropReason::TooBig,
-                );
-            }
-            return Outcome::Drop(DropReason::TooBig);
+        if let Some(o) = self.exceeds_uplink_mtu(snap, pkt, hop) {
+            return o;
         }
         let node_ip = snap.node.ip;
         let action = if leaving == Leaving::Routed {

@@ -225,4 +225,5 @@ pub fn tshark_fields(tshark: &Path, file: &Path, fields: &[&str]) -> Vec<String>
         .map(str::to_string)
         .collect()
 }
+pub mod apiserver;
 pub mod topo;
