@@ -157,7 +157,9 @@ impl Pipeline {
         let action = if leaving == Leaving::Routed {
             Action::RoutedOut
         } else if src == node_ip {
-            // Translated before routing (the flow cache), or the node's own.
+            // Translated before routing: a pod's ICMP error about a masqueraded flow's reply,
+            // whose quote and source the Service NAT's error translation already rewrote (a
+            // pod cannot send from the node's address: anti-spoofing).
             Action::Masqueraded
         } else if proto == protocol::ICMP && self.is_icmp_error(pkt) {
             // An error the pod sends about a masqueraded flow's reply: its quote translated
