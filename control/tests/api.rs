@@ -1122,6 +1122,18 @@ fn a_replace_covers_only_its_writers_objects() {
     });
 }
 
+/// The egress settings switchd holds now.
+async fn egress_of(c: &mut SwitchClient<tonic::transport::Channel>) -> pb::Egress {
+    let state = c
+        .get_state(pb::GetStateRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .state
+        .unwrap();
+    state.egress.expect("GetState gives the egress settings")
+}
+
 /// `[egress]` through the API: what a Replace gives is what GetState returns, and every bad
 /// value is refused naming its field, as the state file refuses it.
 #[test]
@@ -1145,27 +1157,11 @@ fn egress_settings_round_trip_and_are_refused_by_field() {
             port_range: "62000-63000".into(),
         };
         c.replace(with(want.clone())).await.unwrap();
-        let got = c
-            .get_state(pb::GetStateRequest::default())
-            .await
-            .unwrap()
-            .into_inner()
-            .state
-            .unwrap()
-            .egress
-            .unwrap();
+        let got = egress_of(&mut c).await;
         assert_eq!(got, want);
         // Unset fields are the defaults.
         c.replace(with(pb::Egress::default())).await.unwrap();
-        let got = c
-            .get_state(pb::GetStateRequest::default())
-            .await
-            .unwrap()
-            .into_inner()
-            .state
-            .unwrap()
-            .egress
-            .unwrap();
+        let got = egress_of(&mut c).await;
         assert_eq!(
             (got.masquerade, got.port_range.as_str()),
             (Some(true), "61000-65535")
