@@ -57,6 +57,18 @@ pub struct Control<D: Dataplane> {
     engine: Mutex<Engine>,
     plane: D,
     keep: Option<Keep>,
+    instance: String,
+}
+
+/// A name for one control server, different for every one a machine starts (process id,
+/// start time, a counter): a writer that sees it change knows its objects may be gone.
+fn new_instance() -> String {
+    static COUNT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let n = COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{}-{nanos:x}-{n}", std::process::id())
 }
 
 impl<D: Dataplane> Control<D> {
@@ -72,6 +84,7 @@ impl<D: Dataplane> Control<D> {
             engine: Mutex::new(engine),
             plane,
             keep,
+            instance: new_instance(),
         })
     }
 
@@ -650,6 +663,7 @@ impl<D: Dataplane> SwitchService for Api<D> {
             api: API.into(),
             node: snap.node.name.clone(),
             generation: snap.generation,
+            instance: self.0.instance.clone(),
         }))
     }
 }

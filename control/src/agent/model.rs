@@ -79,10 +79,19 @@ fn v4(s: &str) -> Option<Ipv4Addr> {
 
 /// A node's IPv4 InternalIP and pod CIDR, known even when it cannot be programmed (to place
 /// endpoints without `nodeName`).
-struct Placed {
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Placed {
     name: String,
     ip: Option<Ipv4Addr>,
     cidr: Option<Ipv4Cidr>,
+}
+
+/// What the nodes give every Service's endpoints: where each node is, and which nodes are
+/// programmed (this one included).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Placement {
+    placed: Vec<Placed>,
+    known: BTreeSet<String>,
 }
 
 fn place(n: &Node) -> Placed {
@@ -115,7 +124,66 @@ pub fn desired(
     slices: &[EndpointSlice],
 ) -> Desired {
     let mut out = Desired::default();
-    let placed: Vec<Placed> = nodes.iter().map(place).collect();
+    let (at, mut specs, mut skipped) = self::nodes(this_node, nodes.iter());
+    out.nodes.append(&mut specs);
+    out.skipped.append(&mut skipped);
+
+    // Slices by Service.
+    let mut by_service: BTreeMap<String, Vec<&EndpointSlice>> = BTreeMap::new();
+    for s in slices {
+        if let Some(svc) = slice_service(s) {
+            by_service.entry(svc).or_default().push(s);
+        }
+    }
+    for s in services {
+        let name = service_name(s);
+        let slices = by_service.get(&name).map_or(&[][..], Vec::as_slice);
+        match service(&name, s, slices, &at) {
+            Ok(Some((spec, mut left))) => {
+                out.services.push(spec);
+                out.skipped.append(&mut left);
+            }
+            Ok(None) => {}
+            Err(reason) => out.skipped.push(Skipped {
+                kind: "Service",
+                name,
+                reason,
+            }),
+        }
+    }
+    out.services.sort_by(|a, b| a.name.cmp(&b.name));
+    out
+}
+
+/// A Service's name as switchd knows it (`namespace/name`).
+pub(crate) fn service_name(s: &Service) -> String {
+    full_name(s.metadata.namespace.as_ref(), s.metadata.name.as_ref())
+}
+
+/// An object's `namespace/name` (its name alone when cluster-scoped).
+pub(crate) fn object_name(m: &kube::api::ObjectMeta) -> String {
+    full_name(m.namespace.as_ref(), m.name.as_ref())
+}
+
+/// The Service (`namespace/name`) an EndpointSlice is for, if it is one the agent reads
+/// (labelled with its Service, IPv4).
+pub(crate) fn slice_service(s: &EndpointSlice) -> Option<String> {
+    let svc = s
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(SERVICE_NAME_LABEL))?;
+    (s.address_type == "IPv4").then(|| full_name(s.metadata.namespace.as_ref(), Some(svc)))
+}
+
+/// The other nodes (sorted by name), what they give the endpoints, and the nodes left out.
+pub(crate) fn nodes<'a>(
+    this_node: &str,
+    nodes: impl Iterator<Item = &'a Node>,
+) -> (Placement, Vec<RemoteNodeSpec>, Vec<Skipped>) {
+    let nodes: Vec<&Node> = nodes.collect();
+    let mut out = Desired::default();
+    let placed: Vec<Placed> = nodes.iter().map(|n| place(n)).collect();
     let mut known: BTreeSet<String> = BTreeSet::new();
     known.insert(this_node.to_string());
     for (n, p) in nodes.iter().zip(&placed) {
@@ -161,60 +229,18 @@ pub fn desired(
         });
     }
     out.nodes.sort_by(|a, b| a.name.cmp(&b.name));
-
-    // Slices by Service.
-    let mut by_service: BTreeMap<String, Vec<&EndpointSlice>> = BTreeMap::new();
-    for s in slices {
-        let Some(svc) = s
-            .metadata
-            .labels
-            .as_ref()
-            .and_then(|l| l.get(SERVICE_NAME_LABEL))
-        else {
-            continue;
-        };
-        if s.address_type != "IPv4" {
-            continue;
-        }
-        by_service
-            .entry(full_name(s.metadata.namespace.as_ref(), Some(svc)))
-            .or_default()
-            .push(s);
-    }
-    for s in services {
-        let name = full_name(s.metadata.namespace.as_ref(), s.metadata.name.as_ref());
-        match service(
-            &name,
-            s,
-            by_service.get(&name).map_or(&[][..], Vec::as_slice),
-            &placed,
-            &known,
-        ) {
-            Ok(Some((spec, mut left))) => {
-                out.services.push(spec);
-                out.skipped.append(&mut left);
-            }
-            Ok(None) => {}
-            Err(reason) => out.skipped.push(Skipped {
-                kind: "Service",
-                name,
-                reason,
-            }),
-        }
-    }
-    out.services.sort_by(|a, b| a.name.cmp(&b.name));
-    out
+    (Placement { placed, known }, out.nodes, out.skipped)
 }
 
 /// One Service: `Ok(None)` if it is not for this proxy at all (headless, ExternalName,
 /// another proxy's), `Err` with the reason if it cannot be programmed.
-fn service(
+pub(crate) fn service(
     name: &str,
     s: &Service,
     slices: &[&EndpointSlice],
-    nodes: &[Placed],
-    known: &BTreeSet<String>,
+    at: &Placement,
 ) -> Result<Option<(ServiceSpec, Vec<Skipped>)>, String> {
+    let (nodes, known) = (&at.placed, &at.known);
     if s.metadata
         .labels
         .as_ref()

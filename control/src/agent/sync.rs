@@ -1,38 +1,51 @@
 //! The agent's loop: watch the API server, keep this node's switchd in step.
 //!
-//! Design: three kube-runtime reflectors (Nodes, Services, EndpointSlices; each a list,
-//! then a watch resumed from its resourceVersion, relisted on `410 Gone` or any watch
-//! error, with backoff) keep in-memory stores and signal every change. The loop waits until
-//! all three have listed once (so a start never programs a partial cluster), then, after
-//! each change, waits out a short window that coalesces bursts (kube-proxy's minSyncPeriod
-//! idea), computes the [`model::desired`] state from the stores and, when it differs from
-//! what was last programmed, writes it with one `Replace` of the agent's own objects: the
-//! engine applies only what differs, and leaves the node config's and the CNI plugin's
-//! objects alone. An object switchd refuses is left out, logged, and the rest is written
-//! again (bounded). Its own VTEP MAC is published on its Node (a merge PATCH of its
-//! annotation) so that the other agents can program this node. An API server that goes away
-//! leaves switchd forwarding with the last state; the reflectors reconnect with backoff.
-//! Thread-safety: one task owns the loop; the reflectors' stores are read-only snapshots.
+//! Design: three kube-runtime watchers (Nodes, Services, EndpointSlices; each a list, then
+//! a watch resumed from its resourceVersion, relisted on `410 Gone` or any watch error, with
+//! backoff) send their events to one loop, which applies them to the [`Cluster`] (the
+//! objects and the desired state, recomputed per object). Nothing is written until all three
+//! have listed once (a start never programs a partial cluster). The first write is a
+//! `Replace` of everything the agent owns: the engine applies only what differs (a restarted
+//! agent causes no churn) and leaves the node config's and the CNI plugin's objects alone.
+//! After it, each change is written as one `Apply` of the objects that changed, compared
+//! with what the agent last wrote. Writes are at least `window` apart (kube-proxy's
+//! minSyncPeriod): a change after a quiet spell is written at once, the changes of a burst
+//! are gathered into the next write. A `Replace` again after a relist, after a write that
+//! failed or found switchd out of step (a delete of an object it no longer has), and when
+//! switchd's control server is another than before (its `Version.instance`, polled every
+//! 250 ms: a restarted switchd keeps the agent's objects, but they may be older than the
+//! agent's). An object switchd refuses is left out (and an earlier version of it removed),
+//! reported once as a Warning Event, and not offered again until it changes; the rest is
+//! written. Its own VTEP MAC is published on its Node (a merge PATCH of its annotation) so
+//! that the other agents can program this node. An API server that goes away leaves switchd
+//! forwarding with the last state; the watchers reconnect with backoff.
+//! Thread-safety: one task owns the loop and the cluster; the watchers and the instance
+//! poll are tasks that only send to it.
 
-use super::model::{self, Desired, OWNER, VTEP_MAC_ANNOTATION};
+use super::cluster::{Cluster, Watched};
+use super::model::{self, OWNER, VTEP_MAC_ANNOTATION};
 use crate::pb;
 use crate::pb::switch_service_client::SwitchServiceClient as SwitchClient;
+use flowtable::state::{RemoteNodeSpec, ServiceSpec};
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Node, Service};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::{reflector, watcher, WatchStreamExt};
+use kube::runtime::{watcher, WatchStreamExt};
 use kube::Resource;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use tokio::sync::Notify;
+use tokio::sync::mpsc;
 
-/// How many objects one sync may leave out for switchd's refusals before it gives up.
+/// How many objects one write may leave out for switchd's refusals before it gives up.
 const MAX_REFUSALS: usize = 64;
+/// How often switchd's control server is asked whether it is still the same one.
+const INSTANCE_POLL: Duration = Duration::from_millis(250);
+/// How long a failed write waits before it is tried again.
+const RETRY: Duration = Duration::from_millis(500);
 
 /// What the agent is told.
 #[derive(Debug, Clone)]
@@ -41,7 +54,7 @@ pub struct Config {
     pub node: String,
     /// switchd's control socket.
     pub socket: PathBuf,
-    /// How long changes are gathered before one write.
+    /// The shortest time between two writes (changes within it are gathered).
     pub window: Duration,
 }
 
@@ -85,12 +98,8 @@ fn log(msg: impl std::fmt::Display) {
     eprintln!("nodeswitch-agent: {msg}");
 }
 
-/// A reflector for `api`'s objects, signalling `changed` on every event; returns its store
-/// and a flag that is set once it has listed.
-fn reflect<K>(
-    api: Api<K>,
-    changed: Arc<Notify>,
-) -> (reflector::Store<K>, Arc<std::sync::atomic::AtomicBool>)
+/// A watcher of `api`'s objects, each event sent to the loop as `wrap` makes it.
+fn watch<K>(api: Api<K>, tx: mpsc::UnboundedSender<Input>, wrap: fn(watcher::Event<K>) -> Watched)
 where
     K: kube::Resource<DynamicType = ()>
         + Clone
@@ -100,38 +109,110 @@ where
         + Sync
         + 'static,
 {
-    let (store, writer) = reflector::store();
-    let listed = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let l = Arc::clone(&listed);
     let kind = K::kind(&()).to_string();
-    let stream = reflector(writer, watcher(api, watcher::Config::default())).default_backoff();
+    let stream = watcher(api, watcher::Config::default()).default_backoff();
     tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
         while let Some(ev) = stream.next().await {
             match ev {
-                Ok(watcher::Event::InitDone) => {
-                    l.store(true, Ordering::Release);
-                    changed.notify_one();
+                Ok(e) => {
+                    if tx.send(Input::Watched(wrap(e))).is_err() {
+                        return;
+                    }
                 }
-                Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => {}
-                Ok(_) => changed.notify_one(),
                 Err(e) => log(format!("watching {kind}: {e} (retrying)")),
             }
         }
     });
-    (store, listed)
 }
 
-/// The objects a refusal names (`services[ns/name]...`, `nodes[name]...`), if any.
-fn refused_object(message: &str) -> Option<(&'static str, String)> {
-    for (prefix, kind) in [("services[", "Service"), ("nodes[", "Node")] {
-        if let Some(rest) = message.split(prefix).nth(1) {
-            if let Some(name) = rest.split(']').next() {
-                return Some((kind, name.to_string()));
+/// What the loop is sent.
+#[derive(Debug)]
+enum Input {
+    /// A watch event.
+    Watched(Watched),
+    /// switchd's control server is another one (or answers again): write everything.
+    Resync(String),
+}
+
+/// Polls switchd's `Version` and sends a resync when its instance changes.
+fn poll_instance(socket: PathBuf, tx: mpsc::UnboundedSender<Input>) {
+    tokio::spawn(async move {
+        let mut seen: Option<String> = None;
+        let mut client: Option<SwitchClient<tonic::transport::Channel>> = None;
+        loop {
+            tokio::time::sleep(INSTANCE_POLL).await;
+            if client.is_none() {
+                client = crate::client::connect(&socket).await.ok();
             }
+            let Some(c) = client.as_mut() else { continue };
+            match c.version(pb::VersionRequest {}).await {
+                Ok(r) => {
+                    let now = r.into_inner().instance;
+                    if let Some(old) = seen.as_ref().filter(|o| **o != now) {
+                        let why = format!("switchd restarted (instance {old} -> {now})");
+                        if tx.send(Input::Resync(why)).is_err() {
+                            return;
+                        }
+                    }
+                    seen = Some(now);
+                }
+                Err(_) => client = None,
+            }
+        }
+    });
+}
+
+/// The object a refusal names: `changes[i]` (the i-th change of the write), or
+/// `services[ns/name]`, `nodes[name]`.
+fn refused_object(message: &str, ops: &[Op]) -> Option<(&'static str, String)> {
+    let at = |prefix: &str| {
+        message
+            .split(prefix)
+            .nth(1)
+            .and_then(|rest| rest.split(']').next())
+            .map(str::to_string)
+    };
+    if let Some(i) = at("changes[").and_then(|i| i.parse::<usize>().ok()) {
+        return ops.get(i).map(Op::object);
+    }
+    for (prefix, kind) in [("services[", "Service"), ("nodes[", "Node")] {
+        if let Some(name) = at(prefix) {
+            return Some((kind, name));
         }
     }
     None
+}
+
+/// One change the agent writes.
+#[derive(Debug, Clone)]
+enum Op {
+    UpsertNode(RemoteNodeSpec),
+    DeleteNode(String),
+    UpsertService(ServiceSpec),
+    DeleteService(String),
+}
+
+impl Op {
+    fn object(&self) -> (&'static str, String) {
+        match self {
+            Op::UpsertNode(n) => ("Node", n.name.clone()),
+            Op::DeleteNode(n) => ("Node", n.clone()),
+            Op::UpsertService(s) => ("Service", s.name.clone()),
+            Op::DeleteService(n) => ("Service", n.clone()),
+        }
+    }
+
+    fn pb(&self) -> pb::Change {
+        use pb::change::Change as C;
+        let c = match self {
+            Op::UpsertNode(n) => C::UpsertNode(crate::convert::node_pb(n)),
+            Op::DeleteNode(n) => C::DeleteNode(n.clone()),
+            Op::UpsertService(s) => C::UpsertService(crate::convert::service_pb(s)),
+            Op::DeleteService(n) => C::DeleteService(n.clone()),
+        };
+        pb::Change { change: Some(c) }
+    }
 }
 
 /// Connects to switchd, retrying with backoff until it answers.
@@ -206,104 +287,285 @@ async fn publish_vtep_mac(
     }
 }
 
-/// Objects switchd refused, as they were then: left out up front while they stay the same
-/// (no failed write per sync for a Service nobody fixes).
+/// Objects switchd refused, as they were then: left out while they stay the same (no failed
+/// write per sync for a Service nobody fixes). Forgotten when the object changes or goes,
+/// so it holds at most the cluster's objects.
 #[derive(Debug, Default)]
 struct Refused {
-    services: BTreeMap<String, (flowtable::state::ServiceSpec, String)>,
-    nodes: BTreeMap<String, (flowtable::state::RemoteNodeSpec, String)>,
+    services: BTreeMap<String, ServiceSpec>,
+    nodes: BTreeMap<String, RemoteNodeSpec>,
 }
 
 impl Refused {
-    /// Takes out of `d` what was refused as it is now; forgets what changed or went.
-    fn apply(&mut self, d: &mut Desired) {
-        self.services
-            .retain(|n, (spec, _)| d.services.iter().any(|s| &s.name == n && s == spec));
-        self.nodes
-            .retain(|n, (spec, _)| d.nodes.iter().any(|x| &x.name == n && x == spec));
-        let mut skipped = Vec::new();
-        d.services.retain(|s| match self.services.get(&s.name) {
-            Some((_, why)) => {
-                skipped.push(("Service", s.name.clone(), why.clone()));
-                false
+    /// `want` as it may be written: `None` if it was refused as it is; forgets a refusal of
+    /// an earlier version.
+    fn service<'a>(&mut self, name: &str, want: Option<&'a ServiceSpec>) -> Option<&'a ServiceSpec> {
+        match (self.services.get(name), want) {
+            (Some(r), Some(w)) if r == w => None,
+            (Some(_), w) => {
+                self.services.remove(name);
+                w
             }
-            None => true,
-        });
-        d.nodes.retain(|x| match self.nodes.get(&x.name) {
-            Some((_, why)) => {
-                skipped.push(("Node", x.name.clone(), why.clone()));
-                false
+            (None, w) => w,
+        }
+    }
+
+    /// As [`Refused::service`], for a node.
+    fn node<'a>(&mut self, name: &str, want: Option<&'a RemoteNodeSpec>) -> Option<&'a RemoteNodeSpec> {
+        match (self.nodes.get(name), want) {
+            (Some(r), Some(w)) if r == w => None,
+            (Some(_), w) => {
+                self.nodes.remove(name);
+                w
             }
-            None => true,
-        });
-        for (kind, name, reason) in skipped {
-            d.skipped.push(model::Skipped { kind, name, reason });
+            (None, w) => w,
         }
     }
 }
 
-/// Writes `d` as the agent's objects, leaving out what switchd refuses (remembered in
-/// `refused`); returns what was written.
-async fn write(
-    sw: &mut SwitchClient<tonic::transport::Channel>,
-    mut d: Desired,
-    refused: &mut Refused,
-) -> Result<Desired, tonic::Status> {
-    refused.apply(&mut d);
-    for _ in 0..MAX_REFUSALS {
-        let state = pb::State {
-            nodes: d.nodes.iter().map(crate::convert::node_pb).collect(),
-            services: d.services.iter().map(crate::convert::service_pb).collect(),
-            ..Default::default()
-        };
-        let r = sw
-            .replace(pb::ReplaceRequest {
-                state: Some(state),
-                dry_run: false,
-                owner: OWNER.into(),
-            })
-            .await;
-        match r {
-            Ok(_) => return Ok(d),
-            Err(e) if e.code() == tonic::Code::InvalidArgument => {
-                let Some((kind, name)) = refused_object(e.message()) else {
-                    return Err(e);
-                };
-                let why = e.message().to_string();
-                let before = d.nodes.len() + d.services.len();
-                match kind {
-                    "Service" => {
-                        if let Some(s) = d.services.iter().find(|s| s.name == name) {
-                            refused
-                                .services
-                                .insert(name.clone(), (s.clone(), why.clone()));
-                        }
-                        d.services.retain(|s| s.name != name);
-                    }
-                    _ => {
-                        if let Some(n) = d.nodes.iter().find(|n| n.name == name) {
-                            refused.nodes.insert(name.clone(), (n.clone(), why.clone()));
-                        }
-                        d.nodes.retain(|n| n.name != name);
-                    }
-                }
-                if d.nodes.len() + d.services.len() == before {
-                    return Err(e);
-                }
-                d.skipped.push(model::Skipped {
-                    kind,
-                    name,
-                    reason: why,
-                });
-            }
-            Err(e) => return Err(e),
-        }
-    }
-    Err(tonic::Status::invalid_argument("too many refused objects"))
+/// What the agent last wrote to switchd: what switchd holds of the agent's, as far as the
+/// agent knows.
+#[derive(Debug, Default)]
+struct Written {
+    nodes: BTreeMap<String, RemoteNodeSpec>,
+    services: BTreeMap<String, ServiceSpec>,
 }
 
-fn owned<K: Clone>(v: Vec<Arc<K>>) -> Vec<K> {
-    v.into_iter().map(|a| (*a).clone()).collect()
+impl Written {
+    fn commit(&mut self, op: &Op) {
+        match op {
+            Op::UpsertNode(n) => {
+                self.nodes.insert(n.name.clone(), n.clone());
+            }
+            Op::DeleteNode(n) => {
+                self.nodes.remove(n);
+            }
+            Op::UpsertService(s) => {
+                self.services.insert(s.name.clone(), s.clone());
+            }
+            Op::DeleteService(n) => {
+                self.services.remove(n);
+            }
+        }
+    }
+}
+
+/// The agent's side of switchd: the connection, what was written, what was refused.
+struct Writer {
+    sw: SwitchClient<tonic::transport::Channel>,
+    written: Written,
+    refused: Refused,
+    /// Services and whether the nodes have changed since they were last written.
+    stale: BTreeSet<String>,
+    nodes_stale: bool,
+    /// The next write is a Replace (start, relist, switchd out of step).
+    full: bool,
+}
+
+/// How a write ended.
+enum Wrote {
+    /// Nothing differed.
+    Nothing,
+    /// Written: how many objects changed, and whether it was a Replace.
+    Changed(usize, bool),
+}
+
+impl Writer {
+    /// The incremental changes from what was written to what `cluster` wants.
+    fn ops(&mut self, cluster: &Cluster) -> Vec<Op> {
+        let mut ops = Vec::new();
+        if self.nodes_stale {
+            let names: BTreeSet<String> = cluster
+                .nodes()
+                .keys()
+                .chain(self.written.nodes.keys())
+                .cloned()
+                .collect();
+            for n in names {
+                let want = self.refused.node(&n, cluster.nodes().get(&n));
+                match (want, self.written.nodes.get(&n)) {
+                    (Some(w), have) if have != Some(w) => ops.push(Op::UpsertNode(w.clone())),
+                    (None, Some(_)) => ops.push(Op::DeleteNode(n)),
+                    _ => {}
+                }
+            }
+        }
+        for n in &self.stale {
+            let want = self.refused.service(n, cluster.services().get(n));
+            match (want, self.written.services.get(n)) {
+                (Some(w), have) if have != Some(w) => ops.push(Op::UpsertService(w.clone())),
+                (None, Some(_)) => ops.push(Op::DeleteService(n.clone())),
+                _ => {}
+            }
+        }
+        ops
+    }
+
+    /// Writes what changed (or everything, after a resync), leaving out what switchd
+    /// refuses; `refusals` gets what it refused now.
+    async fn write(
+        &mut self,
+        cluster: &Cluster,
+        refusals: &mut Vec<model::Skipped>,
+    ) -> Result<Wrote, tonic::Status> {
+        if self.full {
+            return self.replace(cluster, refusals).await;
+        }
+        let mut ops = self.ops(cluster);
+        if ops.is_empty() {
+            self.stale.clear();
+            self.nodes_stale = false;
+            return Ok(Wrote::Nothing);
+        }
+        for _ in 0..MAX_REFUSALS {
+            let r = self
+                .sw
+                .apply(pb::ApplyRequest {
+                    changes: ops.iter().map(Op::pb).collect(),
+                    dry_run: false,
+                })
+                .await;
+            match r {
+                Ok(_) => {
+                    for op in &ops {
+                        self.written.commit(op);
+                    }
+                    self.stale.clear();
+                    self.nodes_stale = false;
+                    return Ok(Wrote::Changed(ops.len(), false));
+                }
+                Err(e) if e.code() == tonic::Code::NotFound => {
+                    // switchd does not hold what the agent wrote: write everything.
+                    log(format!("switchd is out of step ({}): writing everything", e.message()));
+                    self.full = true;
+                    return self.replace(cluster, refusals).await;
+                }
+                Err(e) if e.code() == tonic::Code::InvalidArgument => {
+                    let Some((kind, name)) = refused_object(e.message(), &ops) else {
+                        return Err(e);
+                    };
+                    self.refuse(cluster, kind, &name, e.message(), refusals);
+                    // Without it: an earlier version written is deleted.
+                    let before = ops.len();
+                    ops.retain(|o| o.object() != (kind, name.clone()));
+                    if ops.len() == before {
+                        return Err(e);
+                    }
+                    let have = match kind {
+                        "Service" => self.written.services.contains_key(&name),
+                        _ => self.written.nodes.contains_key(&name),
+                    };
+                    if have {
+                        ops.push(match kind {
+                            "Service" => Op::DeleteService(name),
+                            _ => Op::DeleteNode(name),
+                        });
+                    }
+                    if ops.is_empty() {
+                        return Ok(Wrote::Nothing);
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(tonic::Status::invalid_argument("too many refused objects"))
+    }
+
+    /// Remembers that switchd refused `kind` `name` as the cluster wants it now.
+    fn refuse(
+        &mut self,
+        cluster: &Cluster,
+        kind: &'static str,
+        name: &str,
+        why: &str,
+        refusals: &mut Vec<model::Skipped>,
+    ) {
+        match kind {
+            "Service" => {
+                if let Some(s) = cluster.services().get(name) {
+                    self.refused.services.insert(name.to_string(), s.clone());
+                }
+            }
+            _ => {
+                if let Some(n) = cluster.nodes().get(name) {
+                    self.refused.nodes.insert(name.to_string(), n.clone());
+                }
+            }
+        }
+        refusals.push(model::Skipped {
+            kind,
+            name: name.to_string(),
+            reason: why.to_string(),
+        });
+    }
+
+    /// Writes everything the cluster wants with one Replace of the agent's objects.
+    async fn replace(
+        &mut self,
+        cluster: &Cluster,
+        refusals: &mut Vec<model::Skipped>,
+    ) -> Result<Wrote, tonic::Status> {
+        self.refused.services.retain(|n, s| cluster.services().get(n) == Some(s));
+        self.refused.nodes.retain(|n, s| cluster.nodes().get(n) == Some(s));
+        for _ in 0..MAX_REFUSALS {
+            let nodes: Vec<&RemoteNodeSpec> = cluster
+                .nodes()
+                .values()
+                .filter(|n| !self.refused.nodes.contains_key(&n.name))
+                .collect();
+            let services: Vec<&ServiceSpec> = cluster
+                .services()
+                .values()
+                .filter(|s| !self.refused.services.contains_key(&s.name))
+                .collect();
+            let state = pb::State {
+                nodes: nodes.iter().map(|n| crate::convert::node_pb(n)).collect(),
+                services: services.iter().map(|s| crate::convert::service_pb(s)).collect(),
+                ..Default::default()
+            };
+            let r = self
+                .sw
+                .replace(pb::ReplaceRequest {
+                    state: Some(state),
+                    dry_run: false,
+                    owner: OWNER.into(),
+                })
+                .await;
+            match r {
+                Ok(r) => {
+                    self.written.nodes = nodes.iter().map(|n| (n.name.clone(), (*n).clone())).collect();
+                    self.written.services =
+                        services.iter().map(|s| (s.name.clone(), (*s).clone())).collect();
+                    self.full = false;
+                    self.stale.clear();
+                    self.nodes_stale = false;
+                    let changed = r.into_inner().result.map_or(0, |r| r.changes.len());
+                    return Ok(if changed == 0 {
+                        Wrote::Nothing
+                    } else {
+                        Wrote::Changed(changed, true)
+                    });
+                }
+                Err(e) if e.code() == tonic::Code::InvalidArgument => {
+                    let Some((kind, name)) = refused_object(e.message(), &[]) else {
+                        return Err(e);
+                    };
+                    let known = match kind {
+                        "Service" => cluster.services().contains_key(&name)
+                            && !self.refused.services.contains_key(&name),
+                        _ => cluster.nodes().contains_key(&name)
+                            && !self.refused.nodes.contains_key(&name),
+                    };
+                    if !known {
+                        return Err(e);
+                    }
+                    self.refuse(cluster, kind, &name, e.message(), refusals);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(tonic::Status::invalid_argument("too many refused objects"))
+    }
 }
 
 /// The reason of the Events on objects the agent does not program.
@@ -311,37 +573,14 @@ pub const NOT_PROGRAMMED: &str = "NotProgrammed";
 /// Longest Event note (the API's limit is 1 KiB).
 const MAX_NOTE: usize = 1000;
 
-/// A Warning Event on the object `s` names, when the stores still hold it (Nodes, Services,
-/// EndpointSlices), published off the loop.
-fn report(
-    recorder: &Recorder,
-    s: &model::Skipped,
-    nodes: &reflector::Store<Node>,
-    services: &reflector::Store<Service>,
-    slices: &reflector::Store<EndpointSlice>,
-) {
-    let (ns, name) = match s.name.split_once('/') {
-        Some((ns, n)) => (Some(ns.to_string()), n.to_string()),
-        None => (None, s.name.clone()),
-    };
-    let find =
-        |o: &kube::api::ObjectMeta| o.name.as_deref() == Some(name.as_str()) && o.namespace == ns;
+/// A Warning Event on the object `s` names, when the cluster still holds it, published off
+/// the loop; and its log line.
+fn report(recorder: &Recorder, s: &model::Skipped, cluster: &Cluster) {
+    log(format!("not programmed: {} {}: {}", s.kind, s.name, s.reason));
     let reference = match s.kind {
-        "Service" => services
-            .state()
-            .iter()
-            .find(|o| find(&o.metadata))
-            .map(|o| o.object_ref(&())),
-        "EndpointSlice" => slices
-            .state()
-            .iter()
-            .find(|o| find(&o.metadata))
-            .map(|o| o.object_ref(&())),
-        _ => nodes
-            .state()
-            .iter()
-            .find(|o| o.metadata.name.as_deref() == Some(name.as_str()))
-            .map(|o| o.object_ref(&())),
+        "Service" => cluster.service_object(&s.name).map(|o| o.object_ref(&())),
+        "EndpointSlice" => cluster.slice_object(&s.name).map(|o| o.object_ref(&())),
+        _ => cluster.node_object(&s.name).map(|o| o.object_ref(&())),
     };
     let Some(mut reference) = reference else {
         return;
@@ -378,85 +617,109 @@ pub async fn run(client: kube::Client, cfg: Config, status: Arc<Status>) {
             instance: Some(cfg.node.clone()),
         },
     );
-    let changed = Arc::new(Notify::new());
+    let (tx, mut rx) = mpsc::unbounded_channel();
     let nodes_api: Api<Node> = Api::all(client.clone());
-    let (nodes, n_ok) = reflect(nodes_api.clone(), Arc::clone(&changed));
-    let (services, s_ok) = reflect(Api::<Service>::all(client.clone()), Arc::clone(&changed));
-    let (slices, e_ok) = reflect(Api::<EndpointSlice>::all(client), Arc::clone(&changed));
-    let mut sw = switchd(&cfg.socket).await;
+    watch(nodes_api.clone(), tx.clone(), Watched::Node);
+    watch(Api::all(client.clone()), tx.clone(), Watched::Service);
+    watch(Api::all(client), tx.clone(), Watched::Slice);
+    let sw = switchd(&cfg.socket).await;
     {
         let (api, c, mut s) = (nodes_api.clone(), cfg.clone(), sw.clone());
         tokio::spawn(async move { publish_vtep_mac(&api, &c, &mut s).await });
     }
-    let mut last: Option<(Vec<_>, Vec<_>)> = None;
-    let mut reported = std::collections::BTreeSet::new();
-    let mut refused = Refused::default();
+    poll_instance(cfg.socket.clone(), tx);
+    let mut cluster = Cluster::new(&cfg.node);
+    let mut w = Writer {
+        sw,
+        written: Written::default(),
+        refused: Refused::default(),
+        stale: BTreeSet::new(),
+        nodes_stale: false,
+        full: true,
+    };
+    let mut last_write: Option<Instant> = None;
+    let mut retry = false;
     loop {
-        changed.notified().await;
+        let take = |input: Input, cluster: &mut Cluster, w: &mut Writer| match input {
+            Input::Watched(ev) => {
+                let relist = matches!(
+                    &ev,
+                    Watched::Node(watcher::Event::InitDone)
+                        | Watched::Service(watcher::Event::InitDone)
+                        | Watched::Slice(watcher::Event::InitDone)
+                );
+                cluster.apply(ev);
+                if relist && w.written.services.len() + w.written.nodes.len() > 0 {
+                    // A relist: switchd may hold what the cluster no longer has.
+                    w.full = true;
+                }
+            }
+            Input::Resync(why) => {
+                log(format!("{why}: writing everything"));
+                w.full = true;
+            }
+        };
+        if retry {
+            tokio::time::sleep(RETRY).await;
+        } else {
+            let Some(input) = rx.recv().await else { return };
+            take(input, &mut cluster, &mut w);
+        }
         let _ = status.pending_since_ms.compare_exchange(
             0,
             now_ms(),
             Ordering::Relaxed,
             Ordering::Relaxed,
         );
-        if !(n_ok.load(Ordering::Acquire)
-            && s_ok.load(Ordering::Acquire)
-            && e_ok.load(Ordering::Acquire))
-        {
-            continue;
+        // Writes at least a window apart: what comes meanwhile goes into the next one.
+        if let Some(t) = last_write {
+            tokio::time::sleep_until((t + cfg.window).into()).await;
         }
-        tokio::time::sleep(cfg.window).await;
-        let began = Instant::now();
-        let d = model::desired(
-            &cfg.node,
-            &owned(nodes.state()),
-            &owned(services.state()),
-            &owned(slices.state()),
-        );
-        for s in &d.skipped {
-            if reported.insert((s.kind, s.name.clone(), s.reason.clone())) {
-                log(format!(
-                    "not programmed: {} {}: {}",
-                    s.kind, s.name, s.reason
-                ));
-                report(&recorder, s, &nodes, &services, &slices);
-            }
+        while let Ok(input) = rx.try_recv() {
+            take(input, &mut cluster, &mut w);
         }
-        let key = (d.nodes.clone(), d.services.clone());
-        if last.as_ref() == Some(&key) {
+        if !cluster.listed() {
             status.pending_since_ms.store(0, Ordering::Relaxed);
             continue;
         }
-        match write(&mut sw, d, &mut refused).await {
-            Ok(w) => {
-                for s in &w.skipped {
-                    if reported.insert((s.kind, s.name.clone(), s.reason.clone())) {
-                        log(format!(
-                            "switchd refuses {} {}: {}",
-                            s.kind, s.name, s.reason
-                        ));
-                        report(&recorder, s, &nodes, &services, &slices);
-                    }
-                }
-                status.syncs.fetch_add(1, Ordering::Relaxed);
+        let began = Instant::now();
+        let changed = cluster.refresh();
+        w.stale.extend(changed.services.iter().cloned());
+        w.nodes_stale |= changed.nodes;
+        for s in &changed.skipped {
+            report(&recorder, s, &cluster);
+        }
+        let mut refusals = Vec::new();
+        let r = w.write(&cluster, &mut refusals).await;
+        for s in &refusals {
+            report(&recorder, s, &cluster);
+        }
+        match r {
+            Ok(wrote) => {
+                retry = false;
                 status.last_sync_ms.store(now_ms(), Ordering::Relaxed);
                 status.pending_since_ms.store(0, Ordering::Relaxed);
-                log(format!(
-                    "programmed {} nodes, {} Services in {} ms",
-                    w.nodes.len(),
-                    w.services.len(),
-                    began.elapsed().as_millis()
-                ));
-                last = Some(key);
+                if let Wrote::Changed(n, full) = wrote {
+                    last_write = Some(Instant::now());
+                    status.syncs.fetch_add(1, Ordering::Relaxed);
+                    if full {
+                        log(format!(
+                            "programmed {} nodes, {} Services ({n} changed) in {} ms",
+                            w.written.nodes.len(),
+                            w.written.services.len(),
+                            began.elapsed().as_millis()
+                        ));
+                    }
+                }
             }
             Err(e) => {
+                retry = true;
+                w.full = true;
                 status.errors.fetch_add(1, Ordering::Relaxed);
                 log(format!("writing switchd: {} (retrying)", e.message()));
                 if e.code() == tonic::Code::Unavailable || e.code() == tonic::Code::Unknown {
-                    sw = switchd(&cfg.socket).await;
+                    w.sw = switchd(&cfg.socket).await;
                 }
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                changed.notify_one();
             }
         }
     }
