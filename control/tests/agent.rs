@@ -238,7 +238,8 @@ fn the_agent_programs_switchd_from_the_api_server_and_follows_it() {
     let s = wait_for(&f, "the others still programmed", |s| s.services.len() == 1);
     assert_eq!(s.services[0].name, "default/web");
 
-    // An endpoint turns terminating.
+    // An endpoint turns terminating: one write, one new generation.
+    let g = f.generation();
     api.put(web_slice(true));
     wait_for(&f, "the terminating endpoint", |s| {
         s.services.iter().any(|x| {
@@ -247,6 +248,8 @@ fn the_agent_programs_switchd_from_the_api_server_and_follows_it() {
             })
         })
     });
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(f.generation(), g + 1, "one change, one generation");
 
     // Node3's agent publishes its MAC: node3 is programmed.
     api.put(node(
@@ -281,6 +284,64 @@ fn the_agent_programs_switchd_from_the_api_server_and_follows_it() {
         relists >= 2,
         "the slices were listed again after 410: {asked}"
     );
+
+    // The Service's port renamed (in the Service and, as the controller writes it, in its
+    // slice) and a NodePort added on a second port.
+    api.put(json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "web", "namespace": "default"},
+        "spec": {"type": "NodePort", "clusterIP": "10.96.0.10", "ports": [
+            {"name": "web", "protocol": "TCP", "port": 80, "targetPort": "web", "nodePort": 30080},
+            {"name": "admin", "protocol": "TCP", "port": 9090, "targetPort": 9090,
+             "nodePort": 30090}]}
+    }));
+    let mut slice = web_slice(false);
+    slice["ports"] = json!([{"name": "web", "protocol": "TCP", "port": 8081},
+                            {"name": "admin", "protocol": "TCP", "port": 9090}]);
+    api.put(slice);
+    let s = wait_for(&f, "the renamed port and the new NodePort", |s| {
+        s.services
+            .iter()
+            .any(|x| x.name == "default/web" && x.ports.len() == 2 && x.ports[0].target_port == 8081)
+    });
+    let ports: Vec<(&str, u32, u32, u32)> = s.services[0]
+        .ports
+        .iter()
+        .map(|p| (p.name.as_str(), p.port, p.target_port, p.node_port))
+        .collect();
+    assert_eq!(ports, [("web", 80, 8081, 30080), ("admin", 9090, 0, 30090)]);
+
+    // A node registers before the controller-manager gives it a pod CIDR: left out, then
+    // programmed when the CIDR appears.
+    let mut n4 = node("node4", "198.18.0.4", "10.244.4.0/24", Some("02:00:00:00:ff:04"));
+    n4["spec"] = json!({});
+    api.put(n4);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(wait_for(&f, "node4 not yet", |_| true).nodes.len(), 2);
+    api.put(node("node4", "198.18.0.4", "10.244.4.0/24", Some("02:00:00:00:ff:04")));
+    let s = wait_for(&f, "node4 with its pod CIDR", |s| s.nodes.len() == 3);
+    let n4 = s.nodes.iter().find(|n| n.name == "node4").unwrap();
+    assert_eq!((n4.ip.as_str(), n4.pod_cidr.as_str()), ("198.18.0.4", "10.244.4.0/24"));
+
+    // switchd restarts without the agent's objects (this stand-in keeps nothing): the agent
+    // sees another instance and writes everything again, unasked by the API server.
+    f.server = None;
+    let _ = std::fs::remove_file(&f.path);
+    let (engine, snap) =
+        control::engine::Engine::new(flowtable::state::StateFile::parse(CONFIG).unwrap()).unwrap();
+    let plane = control::local::LocalPlane::new(
+        snap,
+        std::sync::Arc::new(flowtable::conntrack::Conntrack::new(
+            1 << 12,
+            flowtable::conntrack::Timeouts::default(),
+        )),
+    );
+    f.ctl = control::server::Control::new(engine, plane);
+    f.server = Some(control::client::spawn_unix(std::sync::Arc::clone(&f.ctl), &f.path).unwrap());
+    let s = wait_for(&f, "everything again after switchd's restart", |s| {
+        s.nodes.len() == 3 && s.services.len() == 1
+    });
+    assert_eq!(s.services[0].ports.len(), 2);
 
     // A restart of the agent with nothing changed writes nothing new.
     let g = f.generation();

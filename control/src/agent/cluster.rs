@@ -330,3 +330,147 @@ fn event<K: kube::Resource>(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{json, Value};
+
+    fn node(name: &str, cidr: Option<&str>) -> Node {
+        let mut n = json!({
+            "metadata": {"name": name,
+                         "annotations": {"nodeswitch.io/vtep-mac": "02:00:00:00:ff:02"}},
+            "spec": {},
+            "status": {"addresses": [{"type": "InternalIP", "address": "198.18.0.2"}]}
+        });
+        if let Some(c) = cidr {
+            n["spec"] = json!({"podCIDR": c});
+        }
+        serde_json::from_value(n).unwrap()
+    }
+
+    fn service(name: &str, ip: &str) -> Service {
+        serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": "ns"},
+            "spec": {"clusterIP": ip, "ports": [{"name": "http", "port": 80}]}
+        }))
+        .unwrap()
+    }
+
+    fn slice(name: &str, svc: &str, ips: &[&str]) -> EndpointSlice {
+        let eps: Vec<Value> = ips.iter().map(|ip| json!({"addresses": [ip]})).collect();
+        serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": "ns",
+                         "labels": {"kubernetes.io/service-name": svc}},
+            "addressType": "IPv4",
+            "ports": [{"name": "http", "port": 8080}],
+            "endpoints": eps
+        }))
+        .unwrap()
+    }
+
+    /// A listed cluster: node1 (this one), node2 with 10.244.2.0/24, Services a, b, c with a
+    /// slice each (an endpoint on node2, found by its pod CIDR).
+    fn cluster() -> Cluster {
+        let mut c = Cluster::new("node1");
+        c.apply(Watched::Node(Event::Init));
+        c.apply(Watched::Node(Event::InitApply(node("node1", Some("10.244.1.0/24")))));
+        c.apply(Watched::Node(Event::InitApply(node("node2", Some("10.244.2.0/24")))));
+        c.apply(Watched::Node(Event::InitDone));
+        c.apply(Watched::Service(Event::Init));
+        c.apply(Watched::Slice(Event::Init));
+        for (i, n) in ["a", "b", "c"].iter().enumerate() {
+            let ip = format!("10.96.0.{}", i + 1);
+            c.apply(Watched::Service(Event::InitApply(service(n, &ip))));
+            let ep = format!("10.244.2.{}", i + 1);
+            c.apply(Watched::Slice(Event::InitApply(slice(&format!("{n}-1"), n, &[&ep]))));
+        }
+        assert!(!c.listed(), "slices and Services still listing");
+        c.apply(Watched::Service(Event::InitDone));
+        c.apply(Watched::Slice(Event::InitDone));
+        assert!(c.listed());
+        let first = c.refresh();
+        assert!(first.nodes);
+        assert_eq!(first.services, ["ns/a", "ns/b", "ns/c"]);
+        c
+    }
+
+    #[test]
+    fn a_slice_change_recomputes_its_service_only() {
+        let mut c = cluster();
+        assert_eq!(c.refresh(), Changed::default(), "nothing new, nothing changed");
+        c.apply(Watched::Slice(Event::Apply(slice(
+            "b-1",
+            "b",
+            &["10.244.2.2", "10.244.2.9"],
+        ))));
+        let ch = c.refresh();
+        assert_eq!((ch.nodes, ch.services), (false, vec!["ns/b".to_string()]));
+        assert_eq!(c.services()["ns/b"].endpoints.len(), 2);
+        // The same slice again (a resync of the controller): marked, but not changed.
+        c.apply(Watched::Slice(Event::Apply(slice(
+            "b-1",
+            "b",
+            &["10.244.2.2", "10.244.2.9"],
+        ))));
+        assert!(c.refresh().services.is_empty());
+    }
+
+    #[test]
+    fn a_relabelled_slice_moves_between_services_and_a_deleted_one_leaves() {
+        let mut c = cluster();
+        c.apply(Watched::Slice(Event::Apply(slice("a-1", "c", &["10.244.2.1"]))));
+        assert_eq!(c.refresh().services, ["ns/a", "ns/c"]);
+        assert!(c.services()["ns/a"].endpoints.is_empty());
+        assert_eq!(c.services()["ns/c"].endpoints.len(), 2);
+        c.apply(Watched::Slice(Event::Delete(slice("a-1", "c", &[]))));
+        assert_eq!(c.refresh().services, ["ns/c"]);
+        assert_eq!(c.services()["ns/c"].endpoints.len(), 1);
+    }
+
+    #[test]
+    fn a_node_update_recomputes_services_only_when_it_moves_endpoints() {
+        let mut c = cluster();
+        // A status update (another condition, the same addresses and CIDR): nothing.
+        let mut n2 = node("node2", Some("10.244.2.0/24"));
+        n2.metadata.labels = Some([("x".to_string(), "y".to_string())].into());
+        c.apply(Watched::Node(Event::Apply(n2)));
+        assert_eq!(c.refresh(), Changed::default());
+        // node2 loses its pod CIDR: it is left out (reported once), and so are the
+        // endpoints it held.
+        c.apply(Watched::Node(Event::Apply(node("node2", None))));
+        let ch = c.refresh();
+        assert!(ch.nodes && c.nodes().is_empty());
+        assert_eq!(ch.services, ["ns/a", "ns/b", "ns/c"]);
+        assert!(ch
+            .skipped
+            .iter()
+            .any(|s| s.kind == "Node" && s.reason.contains("pod CIDR")));
+        c.apply(Watched::Node(Event::Apply(node("node2", None))));
+        assert!(c.refresh().skipped.is_empty(), "a reason is reported once");
+        // It appears again: programmed, and the Services get their endpoints back.
+        c.apply(Watched::Node(Event::Apply(node("node2", Some("10.244.2.0/24")))));
+        let ch = c.refresh();
+        assert!(ch.nodes);
+        assert_eq!(ch.services.len(), 3);
+        assert_eq!(c.services()["ns/a"].endpoints[0].node, "node2");
+    }
+
+    #[test]
+    fn a_relist_forgets_what_the_server_no_longer_has() {
+        let mut c = cluster();
+        c.apply(Watched::Service(Event::Init));
+        c.apply(Watched::Service(Event::InitApply(service("a", "10.96.0.1"))));
+        c.apply(Watched::Service(Event::InitApply(service("v6", "fd00::1"))));
+        c.apply(Watched::Service(Event::InitDone));
+        let ch = c.refresh();
+        assert_eq!(ch.services, ["ns/b", "ns/c"]);
+        assert_eq!(c.services().keys().collect::<Vec<_>>(), ["ns/a"]);
+        assert_eq!(ch.skipped.len(), 1, "{:?}", ch.skipped);
+        assert!(ch.skipped[0].reason.contains("IPv6"));
+        // Its reason is kept while it holds, and dropped with the Service.
+        c.apply(Watched::Service(Event::Delete(service("v6", "fd00::1"))));
+        c.refresh();
+        assert!(c.service_skips.is_empty());
+    }
+}
