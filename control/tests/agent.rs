@@ -66,8 +66,31 @@ fn web_slice(node2_terminating: bool) -> Value {
     })
 }
 
-fn agent(api: &Api, f: &Fixture, healthz: u16) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_nodeswitch-agent"))
+/// A running agent, killed when dropped (also when a test fails).
+struct Agent(Child);
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl std::ops::Deref for Agent {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Agent {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+fn agent(api: &Api, f: &Fixture, healthz: u16) -> Agent {
+    Agent(Command::new(env!("CARGO_BIN_EXE_nodeswitch-agent"))
         .args(["--node", "node1", "--server"])
         .arg(format!("http://127.0.0.1:{}", api.port))
         .arg("--socket")
@@ -76,7 +99,7 @@ fn agent(api: &Api, f: &Fixture, healthz: u16) -> Child {
         .arg(format!("127.0.0.1:{healthz}"))
         .args(["--healthz-bound-seconds", "1"])
         .spawn()
-        .expect("nodeswitch-agent")
+        .expect("nodeswitch-agent"))
 }
 
 /// `GET path` on the agent's healthz port: (status, body); waits for it to listen.
@@ -350,10 +373,19 @@ fn the_agent_programs_switchd_from_the_api_server_and_follows_it() {
     let mut a = agent(&api, &f, hz);
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(f.generation(), g, "no new generation from a restart");
+    // ... and it follows the next change.
+    api.put(web_slice(true));
+    wait_for(&f, "a change after the agent's restart", |s| {
+        s.services.iter().any(|x| {
+            x.endpoints
+                .iter()
+                .any(|e| e.ready == Some(false) && e.terminating == Some(true))
+        })
+    });
 
     // switchd gone: a change cannot be programmed, and after the bound /healthz says so.
     f.server = None;
-    api.put(web_slice(true));
+    api.put(web_slice(false));
     std::thread::sleep(Duration::from_millis(2500));
     let (code, body) = healthz(hz, "/healthz");
     assert_eq!(code, 503, "{body}");

@@ -20,6 +20,7 @@ Test controls (not Kubernetes'): POST /_test/put with an object (created or repl
 /_test/delete with {kind, namespace, name}, POST /_test/compact (every watch from before now
 gets 410), GET /_test/requests (what was asked), GET /_test/events (the Events), for assertions.
 """
+import bisect
 import json
 import sys
 import threading
@@ -38,9 +39,11 @@ BY_KIND = {v[0]: k for k, v in KINDS.items()}
 lock = threading.Condition()
 rv = 1
 compacted = 0
-objects = {}   # (resource, namespace, name) -> object
+objects = {}   # (resource, namespace, name) -> object (replaced on a change, never mutated)
+keys = {k: [] for k in KINDS}  # resource -> its objects' keys, sorted (pages of a list)
 kevents = []   # events.k8s.io/v1 Events the clients created (and patched)
-events = []    # (rv, resource, type, object)
+events = []    # (rv, resource, type, object), in rv order
+event_rvs = []  # their rvs (a watch finds where to resume by bisection)
 requests = []
 
 
@@ -60,8 +63,11 @@ def put(obj):
         md.setdefault("uid", "uid-%s-%s-%s" % key)
         md.setdefault("creationTimestamp", "2026-12-01T00:00:00Z")
         kind = "MODIFIED" if key in objects else "ADDED"
+        if key not in objects:
+            bisect.insort(keys[res], key)
         objects[key] = obj
-        events.append((new, res, kind, json.loads(json.dumps(obj))))
+        events.append((new, res, kind, obj))
+        event_rvs.append(new)
         lock.notify_all()
 
 
@@ -72,9 +78,11 @@ def delete(kind, namespace, name):
         obj = objects.pop(key, None)
         if obj is None:
             return False
+        keys[res].pop(bisect.bisect_left(keys[res], key))
         new = bump()
-        obj["metadata"]["resourceVersion"] = str(new)
+        obj = dict(obj, metadata=dict(obj["metadata"], resourceVersion=str(new)))
         events.append((new, res, "DELETED", obj))
+        event_rvs.append(new)
         lock.notify_all()
         return True
 
@@ -151,19 +159,20 @@ class Handler(BaseHTTPRequestHandler):
         if q.get("watch") in ("true", "1"):
             return self.watch(res, ns, q)
         kind, api, _ = KINDS[res]
-        with lock:
-            items = sorted((k, v) for k, v in objects.items()
-                           if k[0] == res and (ns is None or k[1] == ns))
-            now = rv
         start = int(q.get("continue") or 0)
         limit = int(q.get("limit") or 0)
-        page = items[start:start + limit] if limit else items[start:]
+        with lock:
+            ks = keys[res] if ns is None else [k for k in keys[res] if k[1] == ns]
+            page = ks[start:start + limit] if limit else ks[start:]
+            items = [objects[k] for k in page]
+            total = len(ks)
+            now = rv
         md = {"resourceVersion": str(now)}
-        if limit and start + limit < len(items):
+        if limit and start + limit < total:
             md["continue"] = str(start + limit)
-            md["remainingItemCount"] = len(items) - start - limit
+            md["remainingItemCount"] = total - start - limit
         self.send_json(200, {"kind": kind + "List", "apiVersion": api, "metadata": md,
-                             "items": [json.loads(json.dumps(v)) for _, v in page]})
+                             "items": items})
 
     def watch(self, res, ns, q):
         since = int(q.get("resourceVersion") or 0)
@@ -189,16 +198,23 @@ class Handler(BaseHTTPRequestHandler):
                 self.wfile.write(b"0\r\n\r\n")
                 return
             seen = since
+
+            def collect():
+                # Under the lock: the events after `seen`, or None once compacted past it.
+                if compacted > seen:
+                    return None
+                i = bisect.bisect_right(event_rvs, seen)
+                return [e for e in events[i:] if e[1] == res and
+                        (ns is None or e[3]["metadata"].get("namespace") == ns)]
+
             while time.time() < deadline:
                 with lock:
-                    if compacted > seen:
-                        pending = None
-                    else:
-                        pending = [e for e in events if e[0] > seen and e[1] == res and
-                                   (ns is None or e[3]["metadata"].get("namespace") == ns)]
+                    pending = collect()
                     if pending == []:
                         lock.wait(0.2)
-                        now = rv
+                        pending = collect()
+                    # Every event up to `upto` is in `pending`: a bookmark may say so.
+                    upto = rv
                 if pending is None:
                     send({"type": "ERROR", "object": status(
                         410, "Expired", "too old resource version: %d (%d)" % (seen, compacted))})
@@ -208,12 +224,10 @@ class Handler(BaseHTTPRequestHandler):
                     seen = max(seen, e[0])
                 if bookmarks and time.time() - last_bookmark > 1:
                     last_bookmark = time.time()
-                    with lock:
-                        now = rv
                     send({"type": "BOOKMARK", "object": {
                         "kind": kind, "apiVersion": api,
-                        "metadata": {"resourceVersion": str(now)}}})
-                    seen = max(seen, now)
+                        "metadata": {"resourceVersion": str(upto)}}})
+                    seen = max(seen, upto)
             self.wfile.write(b"0\r\n\r\n")
         except (BrokenPipeError, ConnectionResetError):
             pass
