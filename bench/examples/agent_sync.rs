@@ -156,7 +156,10 @@ impl ApiServer {
         .unwrap();
         let mut out = String::new();
         s.read_to_string(&mut out).unwrap();
-        assert!(out.starts_with("HTTP/1.1 200") || out.starts_with("HTTP/1.0 200"), "{out}");
+        assert!(
+            out.starts_with("HTTP/1.1 200") || out.starts_with("HTTP/1.0 200"),
+            "{out}"
+        );
     }
 }
 
@@ -271,10 +274,7 @@ async fn main() {
     let mut child = agent(&a, &api, &log2);
     tokio::time::sleep(Duration::from_secs(3)).await;
     let g2 = generation(&mut c).await;
-    println!(
-        "agent restart: {} new generations (expected 0)",
-        g2 - g1
-    );
+    println!("agent restart: {} new generations (expected 0)", g2 - g1);
 
     // 3. Single changes: one endpoint of a random Service made not ready, then ready again
     // (every change a real one).

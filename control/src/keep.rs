@@ -2,11 +2,19 @@
 //! Services), kept in a file so that a restart of switchd keeps it.
 //!
 //! Design: the state file holds the config's objects; every other writer's objects live only
-//! in switchd's memory, and a runtime does not ADD its pods again after a restart. So after
-//! every committed change that changes them, the server writes them whole to
-//! `RUN_DIR/NODE/objects.json` (`{"format": 1, "owners": {"cni": {"pods": [...], "nodes":
-//! [...], "services": [...]}}}`, the objects in the state file's schema), by a temporary file,
-//! fsync and rename: a reader finds the old file or the new one, never a part of one. At
+//! in switchd's memory, and a runtime does not ADD its pods again after a restart. They are
+//! kept as a snapshot, `RUN_DIR/NODE/objects.json` (`{"format": 1, "owners": {"cni":
+//! {"pods": [...], "nodes": [...], "services": [...]}}}`, the objects in the state file's
+//! schema, written by a temporary file, fsync and rename: a reader finds the old file or the
+//! new one, never a part of one), and a journal, `objects.journal`: before a change that
+//! changes them is published, the objects it creates, changes or deletes are appended to the
+//! journal as JSON lines and synced, so the cost of a change is the size of the change, not
+//! of everything kept (an agent's 10,000 Services). Once the journal outgrows the snapshot
+//! (and 1 MiB), the next change writes a new snapshot and empties the journal. Reading
+//! replays the journal over the snapshot; a last line without its newline (a write cut short
+//! by a crash, never acknowledged) is ignored, any other bad line makes the whole unreadable.
+//! Replaying twice gives the same objects (each line says what an object is, or that it is
+//! gone), so a crash between a new snapshot and emptying the journal loses nothing. At
 //! start, [`restore`] adds them to the state file's: an object the config names is the
 //! config's (as after a SIGHUP that lists it), a pod whose interface is gone is dropped (its
 //! runtime removed the sandbox while switchd was down), and a writer whose objects no longer
@@ -26,6 +34,27 @@ use std::sync::Mutex;
 
 /// The file's name under the node's run directory.
 pub const FILE: &str = "objects.json";
+/// The journal's name, next to it.
+pub const JOURNAL: &str = "objects.journal";
+/// The journal is compacted into the snapshot once it is larger than this and the snapshot.
+const JOURNAL_MIN: u64 = 1 << 20;
+
+/// One line of the journal: an object as it is now (with its owner), or its removal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+enum Record {
+    Pod(String, PodSpec),
+    Node(String, RemoteNodeSpec),
+    Service(String, ServiceSpec),
+    DeletePod(String),
+    DeleteNode(String),
+    DeleteService(String),
+}
+
+/// The journal next to the snapshot at `path`.
+pub fn journal_path(path: &Path) -> PathBuf {
+    path.with_file_name(JOURNAL)
+}
 
 /// Largest file read back (a whole cluster's Services fit many times over).
 pub const MAX_FILE: u64 = 256 << 20;
@@ -157,8 +186,93 @@ impl Kept {
         Ok(k)
     }
 
-    /// Reads `path`: `Ok(None)` if there is no file.
+    /// Reads the snapshot at `path` and replays its journal: `Ok(None)` if there is neither.
     pub fn load(path: &Path) -> Result<Option<Kept>, String> {
+        let snapshot = Kept::load_snapshot(path)?;
+        let jpath = journal_path(path);
+        let text = match std::fs::read(&jpath) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(snapshot),
+            Err(e) => return Err(format!("{}: {e}", jpath.display())),
+        };
+        if text.len() as u64 > MAX_FILE {
+            return Err(format!("{}: larger than {MAX_FILE} bytes", jpath.display()));
+        }
+        // A last line without its newline was cut short by a crash: never acknowledged.
+        let whole = text
+            .iter()
+            .rposition(|b| *b == b'\n')
+            .map_or(&text[..0], |i| &text[..=i]);
+        let mut records = Vec::new();
+        for (i, line) in whole.split(|b| *b == b'\n').enumerate() {
+            if line.is_empty() {
+                continue;
+            }
+            let r: Record = serde_json::from_slice(line)
+                .map_err(|e| format!("{} line {}: {e}", jpath.display(), i + 1))?;
+            records.push(r);
+        }
+        if snapshot.is_none() && records.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(snapshot.unwrap_or_default().replay(records)?))
+    }
+
+    /// The objects after `records`, in order.
+    fn replay(self, records: Vec<Record>) -> Result<Kept, String> {
+        let mut pods: BTreeMap<String, (String, PodSpec)> = BTreeMap::new();
+        let mut nodes: BTreeMap<String, (String, RemoteNodeSpec)> = BTreeMap::new();
+        let mut services: BTreeMap<String, (String, ServiceSpec)> = BTreeMap::new();
+        for (owner, o) in self.owners {
+            for p in o.pods {
+                pods.insert(p.name.clone(), (owner.clone(), p));
+            }
+            for n in o.nodes {
+                nodes.insert(n.name.clone(), (owner.clone(), n));
+            }
+            for x in o.services {
+                services.insert(x.name.clone(), (owner.clone(), x));
+            }
+        }
+        for r in records {
+            match r {
+                Record::Pod(o, p) => {
+                    pods.insert(p.name.clone(), (o, p));
+                }
+                Record::Node(o, n) => {
+                    nodes.insert(n.name.clone(), (o, n));
+                }
+                Record::Service(o, x) => {
+                    services.insert(x.name.clone(), (o, x));
+                }
+                Record::DeletePod(n) => {
+                    pods.remove(&n);
+                }
+                Record::DeleteNode(n) => {
+                    nodes.remove(&n);
+                }
+                Record::DeleteService(n) => {
+                    services.remove(&n);
+                }
+            }
+        }
+        let mut out = Kept::default();
+        for (o, p) in pods.into_values() {
+            out.owners.entry(o).or_default().pods.push(p);
+        }
+        for (o, n) in nodes.into_values() {
+            out.owners.entry(o).or_default().nodes.push(n);
+        }
+        for (o, x) in services.into_values() {
+            out.owners.entry(o).or_default().services.push(x);
+        }
+        // Owners and objects are checked as a snapshot's are.
+        let text = serde_json::to_string(&out).map_err(|e| e.to_string())?;
+        Kept::parse(&text)
+    }
+
+    /// Reads the snapshot alone: `Ok(None)` if there is none.
+    fn load_snapshot(path: &Path) -> Result<Option<Kept>, String> {
         let file = match std::fs::File::open(path) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -178,13 +292,16 @@ impl Kept {
 
 /// Writes `kept` to `path` atomically (temporary file in the same directory, fsync, rename,
 /// fsync of the directory); with no objects the file is removed.
-pub fn write(path: &Path, kept: &Kept) -> std::io::Result<()> {
+pub fn write(path: &Path, kept: &Kept) -> std::io::Result<u64> {
     let dir = path.parent().unwrap_or(Path::new("."));
+    let gone = |p: &Path| match std::fs::remove_file(p) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    };
     if kept.owners.values().all(Objects::is_empty) {
-        return match std::fs::remove_file(path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
-        };
+        gone(path)?;
+        gone(&journal_path(path))?;
+        return Ok(0);
     }
     std::fs::create_dir_all(dir)?;
     let tmp = dir.join(format!(".{FILE}.tmp"));
@@ -195,49 +312,177 @@ pub fn write(path: &Path, kept: &Kept) -> std::io::Result<()> {
         f.sync_all()?;
     }
     std::fs::rename(&tmp, path)?;
-    std::fs::File::open(dir)?.sync_all()
+    // The snapshot holds what the journal said: it is emptied (replaying it again would
+    // change nothing, so a crash before this loses nothing).
+    gone(&journal_path(path))?;
+    std::fs::File::open(dir)?.sync_all()?;
+    Ok(text.len() as u64)
 }
 
-/// Where the server keeps other writers' objects, and what it last wrote there.
+/// Where the server keeps other writers' objects: the snapshot and the journal.
 #[derive(Debug)]
 pub struct Keep {
     path: PathBuf,
-    last: Mutex<Kept>,
+    inner: Mutex<Journal>,
+}
+
+/// The open journal and the sizes that decide when it is compacted.
+#[derive(Debug, Default)]
+struct Journal {
+    file: Option<std::fs::File>,
+    bytes: u64,
+    snapshot: u64,
+}
+
+fn owned(owner: &str) -> bool {
+    !owner.is_empty()
 }
 
 impl Keep {
-    /// Keeps objects in `path`; `written` is what the file holds now.
-    pub fn new(path: PathBuf, written: Kept) -> Keep {
+    /// Keeps objects in `path` (and its journal).
+    pub fn new(path: PathBuf) -> Keep {
+        let bytes = std::fs::metadata(journal_path(&path)).map_or(0, |m| m.len());
+        let snapshot = std::fs::metadata(&path).map_or(0, |m| m.len());
         Keep {
             path,
-            last: Mutex::new(written),
+            inner: Mutex::new(Journal {
+                file: None,
+                bytes,
+                snapshot,
+            }),
         }
     }
 
-    /// The file.
+    /// The snapshot's file.
     pub fn path(&self) -> &Path {
         &self.path
     }
 
-    /// Writes `now` whatever the file holds (at start, so that it says what this switchd
-    /// has).
+    /// Writes `now` as the snapshot and empties the journal (at start, so that the files say
+    /// what this switchd has, and after a refused change).
     pub fn write(&self, now: &Kept) -> Result<(), String> {
-        write(&self.path, now).map_err(|e| format!("{}: {e}", self.path.display()))?;
-        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
-        last.clone_from(now);
+        let mut j = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        j.file = None;
+        let n = write(&self.path, now).map_err(|e| format!("{}: {e}", self.path.display()))?;
+        j.bytes = 0;
+        j.snapshot = n;
         Ok(())
     }
 
-    /// Writes `now` if it differs from what was last written.
-    pub fn save(&self, now: Kept) -> Result<(), String> {
-        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
-        if *last == now {
+    /// Records what `plan` changes of the objects kept (those whose owner is not the
+    /// config), before it is published: appended to the journal and synced, or, once the
+    /// journal has outgrown the snapshot, a new snapshot.
+    pub fn save(&self, engine: &Engine, plan: &Plan) -> Result<(), String> {
+        let records = changes(engine, plan);
+        if records.is_empty() {
             return Ok(());
         }
-        write(&self.path, &now).map_err(|e| format!("{}: {e}", self.path.display()))?;
-        *last = now;
+        let mut text = Vec::new();
+        for r in &records {
+            serde_json::to_writer(&mut text, r).map_err(|e| e.to_string())?;
+            text.push(b'\n');
+        }
+        let deletes = records.iter().any(|r| {
+            matches!(
+                r,
+                Record::DeletePod(_) | Record::DeleteNode(_) | Record::DeleteService(_)
+            )
+        });
+        let mut j = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if j.bytes + text.len() as u64 > JOURNAL_MIN.max(j.snapshot)
+            || (deletes && nothing_after(engine, plan))
+        {
+            drop(j);
+            return self.write(&Kept::after(engine, plan));
+        }
+        let jpath = journal_path(&self.path);
+        let err = |e: std::io::Error| format!("{}: {e}", jpath.display());
+        if j.file.is_none() {
+            if let Some(dir) = jpath.parent() {
+                std::fs::create_dir_all(dir).map_err(err)?;
+            }
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&jpath)
+                .map_err(err)?;
+            j.file = Some(f);
+        }
+        let r = j
+            .file
+            .as_mut()
+            .map_or(Ok(()), |f| f.write_all(&text).and_then(|()| f.sync_data()));
+        if let Err(e) = r {
+            // A part of a line may be there: a snapshot makes the files whole again.
+            j.file = None;
+            drop(j);
+            let msg = err(e);
+            return self
+                .write(&Kept::after(engine, plan))
+                .map_err(|w| format!("{msg}; {w}"));
+        }
+        j.bytes += text.len() as u64;
         Ok(())
     }
+}
+
+/// Whether nothing is kept once `plan` is committed (the files then go).
+fn nothing_after(engine: &Engine, plan: &Plan) -> bool {
+    let base = plan.base().unwrap_or(engine.base());
+    let changed = plan.service_changes();
+    let names: BTreeSet<&str> = changed.iter().map(|(n, _)| n.as_str()).collect();
+    !base.pods.iter().any(|p| owned(&p.owner))
+        && !base.nodes.iter().any(|n| owned(&n.owner))
+        && !changed
+            .iter()
+            .any(|(_, s)| s.as_ref().is_some_and(|s| owned(&s.owner)))
+        && !engine
+            .services()
+            .iter()
+            .any(|(n, s)| owned(&s.owner) && !names.contains(n.as_str()))
+}
+
+/// The journal lines for what `plan` changes of the objects not the config's.
+fn changes(engine: &Engine, plan: &Plan) -> Vec<Record> {
+    let mut out = Vec::new();
+    if let Some(b) = plan.base() {
+        let old = engine.base();
+        for p in &b.pods {
+            let before = old.pods.iter().find(|x| x.name == p.name);
+            if owned(&p.owner) && before != Some(p) {
+                out.push(Record::Pod(p.owner.clone(), p.clone()));
+            } else if !owned(&p.owner) && before.is_some_and(|x| owned(&x.owner)) {
+                out.push(Record::DeletePod(p.name.clone()));
+            }
+        }
+        for p in old.pods.iter().filter(|p| owned(&p.owner)) {
+            if !b.pods.iter().any(|x| x.name == p.name) {
+                out.push(Record::DeletePod(p.name.clone()));
+            }
+        }
+        for n in &b.nodes {
+            let before = old.nodes.iter().find(|x| x.name == n.name);
+            if owned(&n.owner) && before != Some(n) {
+                out.push(Record::Node(n.owner.clone(), n.clone()));
+            } else if !owned(&n.owner) && before.is_some_and(|x| owned(&x.owner)) {
+                out.push(Record::DeleteNode(n.name.clone()));
+            }
+        }
+        for n in old.nodes.iter().filter(|n| owned(&n.owner)) {
+            if !b.nodes.iter().any(|x| x.name == n.name) {
+                out.push(Record::DeleteNode(n.name.clone()));
+            }
+        }
+    }
+    for (name, s) in plan.service_changes() {
+        let was = engine.services().get(name).is_some_and(|x| owned(&x.owner));
+        match s {
+            Some(s) if owned(&s.owner) => out.push(Record::Service(s.owner.clone(), s.clone())),
+            _ if was => out.push(Record::DeleteService(name.clone())),
+            _ => {}
+        }
+    }
+    out
 }
 
 /// The state to start with: the config's `state` and the `kept` objects that still apply.
@@ -379,8 +624,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("node1").join(FILE);
         let (_, e) = owned("cni");
-        let keep = Keep::new(path.clone(), Kept::default());
-        keep.save(Kept::of(&e)).unwrap();
+        let keep = Keep::new(path.clone());
+        keep.write(&Kept::of(&e)).unwrap();
         assert_eq!(Kept::load(&path).unwrap().unwrap(), Kept::of(&e));
         let names: Vec<_> = std::fs::read_dir(path.parent().unwrap())
             .unwrap()
@@ -388,7 +633,7 @@ mod tests {
             .collect();
         assert_eq!(names, vec![std::ffi::OsString::from(FILE)]);
         let (_, none) = owned("");
-        keep.save(Kept::of(&none)).unwrap();
+        keep.write(&Kept::of(&none)).unwrap();
         assert!(!path.exists());
         assert_eq!(Kept::load(&path).unwrap(), None);
     }

@@ -131,7 +131,7 @@ impl<D: Dataplane> Control<D> {
         };
         // Kept first: a change the caller is told succeeded survives a restart.
         if let Some(k) = &self.keep {
-            k.save(Kept::after(&engine, &plan)).map_err(|e| {
+            k.save(&engine, &plan).map_err(|e| {
                 ApiError::Unavailable(format!(
                     "not applied: the objects a restart keeps could not be written: {e}"
                 ))
@@ -141,7 +141,7 @@ impl<D: Dataplane> Control<D> {
             Ok(g) => g,
             Err(e) => {
                 if let Some(k) = &self.keep {
-                    if let Err(w) = k.save(Kept::of(&engine)) {
+                    if let Err(w) = k.write(&Kept::of(&engine)) {
                         eprintln!(
                             "switchd: a refused change, and the kept objects not written back: {w}"
                         );

@@ -90,16 +90,18 @@ impl std::ops::DerefMut for Agent {
 }
 
 fn agent(api: &Api, f: &Fixture, healthz: u16) -> Agent {
-    Agent(Command::new(env!("CARGO_BIN_EXE_nodeswitch-agent"))
-        .args(["--node", "node1", "--server"])
-        .arg(format!("http://127.0.0.1:{}", api.port))
-        .arg("--socket")
-        .arg(&f.path)
-        .arg("--healthz-address")
-        .arg(format!("127.0.0.1:{healthz}"))
-        .args(["--healthz-bound-seconds", "1"])
-        .spawn()
-        .expect("nodeswitch-agent"))
+    Agent(
+        Command::new(env!("CARGO_BIN_EXE_nodeswitch-agent"))
+            .args(["--node", "node1", "--server"])
+            .arg(format!("http://127.0.0.1:{}", api.port))
+            .arg("--socket")
+            .arg(&f.path)
+            .arg("--healthz-address")
+            .arg(format!("127.0.0.1:{healthz}"))
+            .args(["--healthz-bound-seconds", "1"])
+            .spawn()
+            .expect("nodeswitch-agent"),
+    )
 }
 
 /// `GET path` on the agent's healthz port: (status, body); waits for it to listen.
@@ -323,9 +325,9 @@ fn the_agent_programs_switchd_from_the_api_server_and_follows_it() {
                             {"name": "admin", "protocol": "TCP", "port": 9090}]);
     api.put(slice);
     let s = wait_for(&f, "the renamed port and the new NodePort", |s| {
-        s.services
-            .iter()
-            .any(|x| x.name == "default/web" && x.ports.len() == 2 && x.ports[0].target_port == 8081)
+        s.services.iter().any(|x| {
+            x.name == "default/web" && x.ports.len() == 2 && x.ports[0].target_port == 8081
+        })
     });
     let ports: Vec<(&str, u32, u32, u32)> = s.services[0]
         .ports
@@ -336,15 +338,28 @@ fn the_agent_programs_switchd_from_the_api_server_and_follows_it() {
 
     // A node registers before the controller-manager gives it a pod CIDR: left out, then
     // programmed when the CIDR appears.
-    let mut n4 = node("node4", "198.18.0.4", "10.244.4.0/24", Some("02:00:00:00:ff:04"));
+    let mut n4 = node(
+        "node4",
+        "198.18.0.4",
+        "10.244.4.0/24",
+        Some("02:00:00:00:ff:04"),
+    );
     n4["spec"] = json!({});
     api.put(n4);
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(wait_for(&f, "node4 not yet", |_| true).nodes.len(), 2);
-    api.put(node("node4", "198.18.0.4", "10.244.4.0/24", Some("02:00:00:00:ff:04")));
+    api.put(node(
+        "node4",
+        "198.18.0.4",
+        "10.244.4.0/24",
+        Some("02:00:00:00:ff:04"),
+    ));
     let s = wait_for(&f, "node4 with its pod CIDR", |s| s.nodes.len() == 3);
     let n4 = s.nodes.iter().find(|n| n.name == "node4").unwrap();
-    assert_eq!((n4.ip.as_str(), n4.pod_cidr.as_str()), ("198.18.0.4", "10.244.4.0/24"));
+    assert_eq!(
+        (n4.ip.as_str(), n4.pod_cidr.as_str()),
+        ("198.18.0.4", "10.244.4.0/24")
+    );
 
     // switchd restarts without the agent's objects (this stand-in keeps nothing): the agent
     // sees another instance and writes everything again, unasked by the API server.

@@ -694,7 +694,7 @@ pub fn run(cfg: &Config) -> Result<(), DaemonError> {
     // The file now says what this switchd has (what was left out is gone from it).
     let keep = keep_path.map(|path| {
         let now = control::keep::Kept::of(&engine);
-        let keep = control::keep::Keep::new(path, now.clone());
+        let keep = control::keep::Keep::new(path);
         if let Err(e) = keep.write(&now) {
             log(format!(
                 "the objects a restart keeps could not be written: {e}"
@@ -885,7 +885,9 @@ fn restore_kept(state: flowtable::state::StateFile, path: &Path) -> flowtable::s
         }
         Err(e) => {
             let bad = path.with_extension("json.bad");
+            let journal = control::keep::journal_path(path);
             let moved = std::fs::rename(path, &bad).is_ok();
+            let _ = std::fs::rename(&journal, journal.with_extension("journal.bad"));
             log(format!(
                 "the objects an earlier switchd kept are not restored: {e}{}",
                 if moved {

@@ -196,16 +196,20 @@ fn cleanup(dirs: &Dirs, node: Option<&str>) -> Result<(), String> {
         removed += gone.len();
     }
     for d in nodes(&dirs.run_dir) {
-        let kept = d.join(control::keep::FILE);
-        match std::fs::remove_file(&kept) {
-            Ok(()) => {
-                println!("removed the objects kept for a restart ({})", d.display());
-                removed += 1;
+        let mut gone = false;
+        for f in [control::keep::FILE, control::keep::JOURNAL] {
+            let kept = d.join(f);
+            match std::fs::remove_file(&kept) {
+                Ok(()) => gone = true,
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(format!("{}: {e}", kept.display()))
+                }
+                Err(_) => {}
             }
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                return Err(format!("{}: {e}", kept.display()))
-            }
-            Err(_) => {}
+        }
+        if gone {
+            println!("removed the objects kept for a restart ({})", d.display());
+            removed += 1;
         }
         if switch::shm::remove(&d).map_err(|e| e.to_string())? {
             println!("removed the conntrack table ({})", d.display());

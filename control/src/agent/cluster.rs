@@ -24,8 +24,10 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::watcher::Event;
 use std::collections::{BTreeMap, BTreeSet};
 
-/// One watch event of one of the three kinds.
+/// One watch event of one of the three kinds (moved once, from a watcher to the loop: the
+/// size of a Node is no cost worth a box).
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)]
 pub enum Watched {
     /// A Node's.
     Node(Event<Node>),
@@ -228,8 +230,12 @@ impl Cluster {
                 specs.into_iter().map(|n| (n.name.clone(), n)).collect();
             out.nodes = specs != self.want_nodes;
             self.want_nodes = specs;
-            out.skipped
-                .extend(skips.iter().filter(|s| !self.node_skips.contains(s)).cloned());
+            out.skipped.extend(
+                skips
+                    .iter()
+                    .filter(|s| !self.node_skips.contains(s))
+                    .cloned(),
+            );
             self.node_skips = skips;
             if placement != self.placement {
                 self.placement = placement;
@@ -260,10 +266,12 @@ impl Cluster {
                 self.service_skips.insert(name.clone(), skips);
             }
             let changed = match want {
-                Some(s) => self.want_services.get(&name) != Some(&s) && {
-                    self.want_services.insert(name.clone(), s);
-                    true
-                },
+                Some(s) => {
+                    self.want_services.get(&name) != Some(&s) && {
+                        self.want_services.insert(name.clone(), s);
+                        true
+                    }
+                }
                 None => self.want_services.remove(&name).is_some(),
             };
             if changed {
@@ -301,10 +309,7 @@ impl Cluster {
 }
 
 /// Applies a watch event to a kind's objects: returns the new map when a relist completed.
-fn event<K: kube::Resource>(
-    objs: &mut Objects<K>,
-    ev: Event<K>,
-) -> Option<BTreeMap<String, K>> {
+fn event<K: kube::Resource>(objs: &mut Objects<K>, ev: Event<K>) -> Option<BTreeMap<String, K>> {
     match ev {
         Event::Apply(o) => {
             objs.by_name.insert(name_of(o.meta()), o);
@@ -374,8 +379,14 @@ mod tests {
     fn cluster() -> Cluster {
         let mut c = Cluster::new("node1");
         c.apply(Watched::Node(Event::Init));
-        c.apply(Watched::Node(Event::InitApply(node("node1", Some("10.244.1.0/24")))));
-        c.apply(Watched::Node(Event::InitApply(node("node2", Some("10.244.2.0/24")))));
+        c.apply(Watched::Node(Event::InitApply(node(
+            "node1",
+            Some("10.244.1.0/24"),
+        ))));
+        c.apply(Watched::Node(Event::InitApply(node(
+            "node2",
+            Some("10.244.2.0/24"),
+        ))));
         c.apply(Watched::Node(Event::InitDone));
         c.apply(Watched::Service(Event::Init));
         c.apply(Watched::Slice(Event::Init));
@@ -383,7 +394,11 @@ mod tests {
             let ip = format!("10.96.0.{}", i + 1);
             c.apply(Watched::Service(Event::InitApply(service(n, &ip))));
             let ep = format!("10.244.2.{}", i + 1);
-            c.apply(Watched::Slice(Event::InitApply(slice(&format!("{n}-1"), n, &[&ep]))));
+            c.apply(Watched::Slice(Event::InitApply(slice(
+                &format!("{n}-1"),
+                n,
+                &[&ep],
+            ))));
         }
         assert!(!c.listed(), "slices and Services still listing");
         c.apply(Watched::Service(Event::InitDone));
@@ -398,7 +413,11 @@ mod tests {
     #[test]
     fn a_slice_change_recomputes_its_service_only() {
         let mut c = cluster();
-        assert_eq!(c.refresh(), Changed::default(), "nothing new, nothing changed");
+        assert_eq!(
+            c.refresh(),
+            Changed::default(),
+            "nothing new, nothing changed"
+        );
         c.apply(Watched::Slice(Event::Apply(slice(
             "b-1",
             "b",
@@ -419,7 +438,11 @@ mod tests {
     #[test]
     fn a_relabelled_slice_moves_between_services_and_a_deleted_one_leaves() {
         let mut c = cluster();
-        c.apply(Watched::Slice(Event::Apply(slice("a-1", "c", &["10.244.2.1"]))));
+        c.apply(Watched::Slice(Event::Apply(slice(
+            "a-1",
+            "c",
+            &["10.244.2.1"],
+        ))));
         assert_eq!(c.refresh().services, ["ns/a", "ns/c"]);
         assert!(c.services()["ns/a"].endpoints.is_empty());
         assert_eq!(c.services()["ns/c"].endpoints.len(), 2);
@@ -449,7 +472,10 @@ mod tests {
         c.apply(Watched::Node(Event::Apply(node("node2", None))));
         assert!(c.refresh().skipped.is_empty(), "a reason is reported once");
         // It appears again: programmed, and the Services get their endpoints back.
-        c.apply(Watched::Node(Event::Apply(node("node2", Some("10.244.2.0/24")))));
+        c.apply(Watched::Node(Event::Apply(node(
+            "node2",
+            Some("10.244.2.0/24"),
+        ))));
         let ch = c.refresh();
         assert!(ch.nodes);
         assert_eq!(ch.services.len(), 3);
@@ -460,7 +486,10 @@ mod tests {
     fn a_relist_forgets_what_the_server_no_longer_has() {
         let mut c = cluster();
         c.apply(Watched::Service(Event::Init));
-        c.apply(Watched::Service(Event::InitApply(service("a", "10.96.0.1"))));
+        c.apply(Watched::Service(Event::InitApply(service(
+            "a",
+            "10.96.0.1",
+        ))));
         c.apply(Watched::Service(Event::InitApply(service("v6", "fd00::1"))));
         c.apply(Watched::Service(Event::InitDone));
         let ch = c.refresh();

@@ -128,6 +128,7 @@ where
 
 /// What the loop is sent.
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)]
 enum Input {
     /// A watch event.
     Watched(Watched),
@@ -299,7 +300,11 @@ struct Refused {
 impl Refused {
     /// `want` as it may be written: `None` if it was refused as it is; forgets a refusal of
     /// an earlier version.
-    fn service<'a>(&mut self, name: &str, want: Option<&'a ServiceSpec>) -> Option<&'a ServiceSpec> {
+    fn service<'a>(
+        &mut self,
+        name: &str,
+        want: Option<&'a ServiceSpec>,
+    ) -> Option<&'a ServiceSpec> {
         match (self.services.get(name), want) {
             (Some(r), Some(w)) if r == w => None,
             (Some(_), w) => {
@@ -311,7 +316,11 @@ impl Refused {
     }
 
     /// As [`Refused::service`], for a node.
-    fn node<'a>(&mut self, name: &str, want: Option<&'a RemoteNodeSpec>) -> Option<&'a RemoteNodeSpec> {
+    fn node<'a>(
+        &mut self,
+        name: &str,
+        want: Option<&'a RemoteNodeSpec>,
+    ) -> Option<&'a RemoteNodeSpec> {
         match (self.nodes.get(name), want) {
             (Some(r), Some(w)) if r == w => None,
             (Some(_), w) => {
@@ -436,7 +445,10 @@ impl Writer {
                 }
                 Err(e) if e.code() == tonic::Code::NotFound => {
                     // switchd does not hold what the agent wrote: write everything.
-                    log(format!("switchd is out of step ({}): writing everything", e.message()));
+                    log(format!(
+                        "switchd is out of step ({}): writing everything",
+                        e.message()
+                    ));
                     self.full = true;
                     return self.replace(cluster, refusals).await;
                 }
@@ -505,8 +517,12 @@ impl Writer {
         cluster: &Cluster,
         refusals: &mut Vec<model::Skipped>,
     ) -> Result<Wrote, tonic::Status> {
-        self.refused.services.retain(|n, s| cluster.services().get(n) == Some(s));
-        self.refused.nodes.retain(|n, s| cluster.nodes().get(n) == Some(s));
+        self.refused
+            .services
+            .retain(|n, s| cluster.services().get(n) == Some(s));
+        self.refused
+            .nodes
+            .retain(|n, s| cluster.nodes().get(n) == Some(s));
         for _ in 0..MAX_REFUSALS {
             let nodes: Vec<&RemoteNodeSpec> = cluster
                 .nodes()
@@ -520,7 +536,10 @@ impl Writer {
                 .collect();
             let state = pb::State {
                 nodes: nodes.iter().map(|n| crate::convert::node_pb(n)).collect(),
-                services: services.iter().map(|s| crate::convert::service_pb(s)).collect(),
+                services: services
+                    .iter()
+                    .map(|s| crate::convert::service_pb(s))
+                    .collect(),
                 ..Default::default()
             };
             let r = self
@@ -533,9 +552,14 @@ impl Writer {
                 .await;
             match r {
                 Ok(r) => {
-                    self.written.nodes = nodes.iter().map(|n| (n.name.clone(), (*n).clone())).collect();
-                    self.written.services =
-                        services.iter().map(|s| (s.name.clone(), (*s).clone())).collect();
+                    self.written.nodes = nodes
+                        .iter()
+                        .map(|n| (n.name.clone(), (*n).clone()))
+                        .collect();
+                    self.written.services = services
+                        .iter()
+                        .map(|s| (s.name.clone(), (*s).clone()))
+                        .collect();
                     self.full = false;
                     self.stale.clear();
                     self.nodes_stale = false;
@@ -551,10 +575,14 @@ impl Writer {
                         return Err(e);
                     };
                     let known = match kind {
-                        "Service" => cluster.services().contains_key(&name)
-                            && !self.refused.services.contains_key(&name),
-                        _ => cluster.nodes().contains_key(&name)
-                            && !self.refused.nodes.contains_key(&name),
+                        "Service" => {
+                            cluster.services().contains_key(&name)
+                                && !self.refused.services.contains_key(&name)
+                        }
+                        _ => {
+                            cluster.nodes().contains_key(&name)
+                                && !self.refused.nodes.contains_key(&name)
+                        }
                     };
                     if !known {
                         return Err(e);
@@ -576,7 +604,10 @@ const MAX_NOTE: usize = 1000;
 /// A Warning Event on the object `s` names, when the cluster still holds it, published off
 /// the loop; and its log line.
 fn report(recorder: &Recorder, s: &model::Skipped, cluster: &Cluster) {
-    log(format!("not programmed: {} {}: {}", s.kind, s.name, s.reason));
+    log(format!(
+        "not programmed: {} {}: {}",
+        s.kind, s.name, s.reason
+    ));
     let reference = match s.kind {
         "Service" => cluster.service_object(&s.name).map(|o| o.object_ref(&())),
         "EndpointSlice" => cluster.slice_object(&s.name).map(|o| o.object_ref(&())),
