@@ -8,6 +8,7 @@
 //! each is measured alone.
 #![allow(missing_docs)]
 
+use bench::{ms, node_cidr, percentile};
 use control::pb;
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -51,11 +52,6 @@ fn args() -> Args {
         }
     }
     a
-}
-
-/// Node k's pod CIDR: 10.128.0.0/9 carved into /24s (away from the demo's 10.244/16).
-fn node_cidr(k: usize) -> Ipv4Addr {
-    Ipv4Addr::new(10, 128 + (k / 256) as u8, (k % 256) as u8, 0)
 }
 
 fn node(k: usize) -> Value {
@@ -161,16 +157,6 @@ impl ApiServer {
             "{out}"
         );
     }
-}
-
-fn percentile(v: &mut [f64], p: f64) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
-    v[i.min(v.len() - 1)]
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
 }
 
 type Client = pb::switch_service_client::SwitchServiceClient<tonic::transport::Channel>;

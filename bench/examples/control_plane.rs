@@ -6,6 +6,7 @@
 //! network namespace, in full and as kube-proxy's partial update of one Service's chains.
 #![allow(missing_docs)]
 
+use bench::{ms, node_cidr, percentile};
 use control::pb;
 use flowtable::state::{
     EndpointSpec, Protocol, RemoteNodeSpec, ServicePortSpec, ServiceSpec, StateFile,
@@ -51,11 +52,6 @@ fn args() -> Args {
         }
     }
     a
-}
-
-/// Remote node k's pod CIDR: 10.128.0.0/9 carved into /24s (away from the demo's 10.244/16).
-fn node_cidr(k: usize) -> Ipv4Addr {
-    Ipv4Addr::new(10, 128 + (k / 256) as u8, (k % 256) as u8, 0)
 }
 
 /// The big state: the running node's own state, plus enough nodes to hold every endpoint at
@@ -235,16 +231,6 @@ fn iptables_restore(netns: &str, text: &str, noflush: bool) -> Duration {
         String::from_utf8_lossy(&out.stderr)
     );
     start.elapsed()
-}
-
-fn percentile(v: &mut [f64], p: f64) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
-    v[i.min(v.len() - 1)]
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
 }
 
 #[tokio::main(flavor = "current_thread")]

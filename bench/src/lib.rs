@@ -224,3 +224,21 @@ fn tcp_flags(
         .unwrap_or_else(|e| panic!("{e}"));
     v
 }
+
+/// Remote node k's pod CIDR for the control-plane benchmarks: 10.128.0.0/9 carved into /24s
+/// (away from the demo's 10.244/16).
+pub fn node_cidr(k: usize) -> std::net::Ipv4Addr {
+    std::net::Ipv4Addr::new(10, 128 + (k / 256) as u8, (k % 256) as u8, 0)
+}
+
+/// The `p` quantile (0..=1) of `v`, which it sorts.
+pub fn percentile(v: &mut [f64], p: f64) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
+    v[i.min(v.len() - 1)]
+}
+
+/// `d` in milliseconds.
+pub fn ms(d: std::time::Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}

@@ -297,38 +297,20 @@ struct Refused {
     nodes: BTreeMap<String, RemoteNodeSpec>,
 }
 
-impl Refused {
-    /// `want` as it may be written: `None` if it was refused as it is; forgets a refusal of
-    /// an earlier version.
-    fn service<'a>(
-        &mut self,
-        name: &str,
-        want: Option<&'a ServiceSpec>,
-    ) -> Option<&'a ServiceSpec> {
-        match (self.services.get(name), want) {
-            (Some(r), Some(w)) if r == w => None,
-            (Some(_), w) => {
-                self.services.remove(name);
-                w
-            }
-            (None, w) => w,
+/// `want` as it may be written, given what of it was `refused`: `None` if it was refused as
+/// it is; a refusal of an earlier version is forgotten.
+fn unrefused<'a, T: PartialEq>(
+    refused: &mut BTreeMap<String, T>,
+    name: &str,
+    want: Option<&'a T>,
+) -> Option<&'a T> {
+    match (refused.get(name), want) {
+        (Some(r), Some(w)) if r == w => None,
+        (Some(_), w) => {
+            refused.remove(name);
+            w
         }
-    }
-
-    /// As [`Refused::service`], for a node.
-    fn node<'a>(
-        &mut self,
-        name: &str,
-        want: Option<&'a RemoteNodeSpec>,
-    ) -> Option<&'a RemoteNodeSpec> {
-        match (self.nodes.get(name), want) {
-            (Some(r), Some(w)) if r == w => None,
-            (Some(_), w) => {
-                self.nodes.remove(name);
-                w
-            }
-            (None, w) => w,
-        }
+        (None, w) => w,
     }
 }
 
@@ -391,7 +373,7 @@ impl Writer {
                 .cloned()
                 .collect();
             for n in names {
-                let want = self.refused.node(&n, cluster.nodes().get(&n));
+                let want = unrefused(&mut self.refused.nodes, &n, cluster.nodes().get(&n));
                 match (want, self.written.nodes.get(&n)) {
                     (Some(w), have) if have != Some(w) => ops.push(Op::UpsertNode(w.clone())),
                     (None, Some(_)) => ops.push(Op::DeleteNode(n)),
@@ -400,7 +382,7 @@ impl Writer {
             }
         }
         for n in &self.stale {
-            let want = self.refused.service(n, cluster.services().get(n));
+            let want = unrefused(&mut self.refused.services, n, cluster.services().get(n));
             match (want, self.written.services.get(n)) {
                 (Some(w), have) if have != Some(w) => ops.push(Op::UpsertService(w.clone())),
                 (None, Some(_)) => ops.push(Op::DeleteService(n.clone())),
