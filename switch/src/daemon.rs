@@ -1144,6 +1144,14 @@ fn write_stats(
                 r.ports.iter().map(|p| p.rx_not_a_port).sum::<u64>(),
             ),
             ("handoff_full", r.handoff_full),
+            (
+                "kernel_rx_ring_full",
+                r.ports.iter().map(|p| p.kernel.rx_ring_full).sum::<u64>(),
+            ),
+            (
+                "kernel_rx_dropped",
+                r.ports.iter().map(|p| p.kernel.rx_dropped).sum::<u64>(),
+            ),
         ]),
         checksums_completed: c.checksums_completed,
         ports,

@@ -167,7 +167,10 @@ impl Dataplane for DaemonPlane {
             for p in &r.ports {
                 add("tx_ring_full", p.tx_ring_full);
                 add("rx_not_a_port", p.rx_not_a_port);
-                port_drops += p.tx_ring_full + p.rx_not_a_port;
+                add("kernel_rx_ring_full", p.kernel.rx_ring_full);
+                add("kernel_rx_dropped", p.kernel.rx_dropped);
+                port_drops +=
+                    p.tx_ring_full + p.rx_not_a_port + p.kernel.rx_ring_full + p.kernel.rx_dropped;
                 ports.push(pb::PortStats {
                     name: p.name.clone(),
                     worker: id as u32,
