@@ -14,9 +14,11 @@ pub mod cni;
 pub mod convert;
 pub mod engine;
 pub mod error;
+pub mod http;
 pub mod keep;
 pub mod listen;
 pub mod local;
+pub mod metrics;
 pub mod query;
 pub mod server;
 

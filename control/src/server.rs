@@ -14,6 +14,7 @@
 use crate::engine::{Engine, Op, Plan};
 use crate::error::ApiError;
 use crate::keep::{Keep, Kept};
+use crate::metrics::Writes;
 use crate::pb::switch_service_server::{SwitchService, SwitchServiceServer};
 use crate::{convert, pb, query};
 use flowtable::conntrack::Conntrack;
@@ -58,6 +59,7 @@ pub struct Control<D: Dataplane> {
     plane: D,
     keep: Option<Keep>,
     instance: String,
+    writes: Writes,
 }
 
 /// A name for one control server, different for every one a machine starts (process id,
@@ -85,7 +87,13 @@ impl<D: Dataplane> Control<D> {
             plane,
             keep,
             instance: new_instance(),
+            writes: Writes::default(),
         })
+    }
+
+    /// The write latencies and results, for the metrics endpoint.
+    pub fn writes(&self) -> &Writes {
+        &self.writes
     }
 
     /// The dataplane.
@@ -104,9 +112,30 @@ impl<D: Dataplane> Control<D> {
         dry_run: bool,
         plan: impl FnOnce(&Engine, &Snapshot) -> Result<Option<Plan>, ApiError>,
     ) -> Result<pb::ApplyResult, ApiError> {
+        let r = self.write(dry_run, plan);
+        if !dry_run {
+            self.writes.count(match &r {
+                Ok(a) if a.changed => "applied",
+                Ok(_) => "unchanged",
+                Err(_) => "refused",
+            });
+        }
+        r
+    }
+
+    fn write(
+        &self,
+        dry_run: bool,
+        plan: impl FnOnce(&Engine, &Snapshot) -> Result<Option<Plan>, ApiError>,
+    ) -> Result<pb::ApplyResult, ApiError> {
         let mut engine = self.engine()?;
         let current = self.plane.current();
-        let Some(mut plan) = plan(&engine, &current)? else {
+        let t = Instant::now();
+        let planned = plan(&engine, &current);
+        if !dry_run {
+            self.writes.planned.observe(t.elapsed().as_secs_f64());
+        }
+        let Some(mut plan) = planned? else {
             return Ok(pb::ApplyResult {
                 generation: self.plane.current().generation,
                 changed: false,
@@ -154,6 +183,7 @@ impl<D: Dataplane> Control<D> {
         drop(engine);
         let t = Instant::now();
         self.plane.wait_programmed(generation, PROGRAM_TIMEOUT)?;
+        self.writes.programmed.observe(t.elapsed().as_secs_f64());
         reply.programmed_micros = t.elapsed().as_micros() as u64;
         reply.generation = generation;
         Ok(reply)

@@ -34,7 +34,7 @@ use crate::replay::{self, ConntrackReport, NatReport};
 use crate::worker::{Command, Fabric, PollMode, Port, Report, Worker, MAX_PORTS};
 use crate::xdp::{Pinned, Role, Xdp, XdpError, XdpStats};
 use crate::xsk::{self, Mode, Socket, Umem, XskError};
-use control::server::Control;
+use control::server::{Control, Dataplane as _};
 use control::ApiError;
 use flowtable::conntrack::{Conntrack, Timeouts};
 use flowtable::pipeline::Pipeline;
@@ -76,6 +76,12 @@ pub struct Config {
     pub persist: Option<Persist>,
     /// Start without taking over what an earlier switchd left.
     pub fresh: bool,
+    /// Where to serve /metrics, /healthz and /livez over HTTP, if anywhere.
+    pub metrics: Option<std::net::SocketAddr>,
+    /// The health checks' bound on a worker's report age and generation lag.
+    pub health_bound: Duration,
+    /// This build's version (the metrics' `nodeswitch_build_info`).
+    pub version: String,
 }
 
 /// Where the state a restart keeps lives: the conntrack region under `run_dir/NODE/`, the
@@ -166,6 +172,9 @@ pub enum DaemonError {
     /// Removing an earlier switchd's state (`--fresh`) failed.
     #[error("removing the pinned XDP state in {0}: {1}")]
     Cleanup(PathBuf, std::io::Error),
+    /// The metrics and health endpoint could not be served.
+    #[error("--metrics {0}: {1}")]
+    Metrics(std::net::SocketAddr, std::io::Error),
     /// Too many ports.
     #[error("{0} ports: at most {MAX_PORTS} are supported")]
     TooManyPorts(usize),
@@ -744,6 +753,35 @@ pub fn run(cfg: &Config) -> Result<(), DaemonError> {
                 "control API on tcp {} (TLS, client certificates from {})",
                 h.addr().map(|a| a.to_string()).unwrap_or_default(),
                 tls.ca.display()
+            ));
+            Some(h)
+        }
+        None => None,
+    };
+    let _http = match cfg.metrics {
+        Some(addr) => {
+            let stats: Arc<dyn Fn() -> control::pb::Stats + Send + Sync> = {
+                let ctl = Arc::clone(&ctl);
+                Arc::new(move || ctl.plane().stats())
+            };
+            let exporter = control::metrics::Exporter::new(
+                &cfg.version,
+                Box::new({
+                    let stats = Arc::clone(&stats);
+                    move || stats()
+                }),
+                ctl.writes(),
+            );
+            let handler = crate::health::handler(
+                stats,
+                Arc::new(crate::health::Health::new(cfg.health_bound)),
+                Arc::new(exporter),
+            );
+            let h = control::http::HttpServer::spawn(addr, "switchd-metrics", handler)
+                .map_err(|e| DaemonError::Metrics(addr, e))?;
+            log(format!(
+                "metrics on http://{0}/metrics, health checks on /healthz and /livez",
+                h.addr()
             ));
             Some(h)
         }

@@ -10,6 +10,7 @@ pub mod alloc;
 pub mod ctclock;
 pub mod daemon;
 pub mod fill;
+pub mod health;
 pub mod nexthop;
 pub mod pcapio;
 pub mod plane;

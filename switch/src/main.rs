@@ -86,6 +86,15 @@ enum Cmd {
         /// need two sockets.
         #[arg(long, value_name = "PATH", default_value = control::client::DEFAULT_SOCKET)]
         control_socket: PathBuf,
+        /// Serve Prometheus metrics (/metrics) and health checks (/healthz, /livez) over HTTP
+        /// at this address (host:port), e.g. 127.0.0.1:9962. No TLS, no authentication:
+        /// bind it where only scrapers and probes reach.
+        #[arg(long, value_name = "ADDR")]
+        metrics: Option<std::net::SocketAddr>,
+        /// /healthz answers 503 once a worker has not reported for this many seconds, or has
+        /// run an older snapshot than the published one for as long.
+        #[arg(long, value_name = "SECONDS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=3600))]
+        health_bound: u64,
         /// Serve no control API (SIGHUP reloads of the state file still work).
         #[arg(long, conflicts_with = "control_socket")]
         no_control: bool,
@@ -238,6 +247,8 @@ fn main() -> ExitCode {
             zero_copy,
             stats,
             control_socket,
+            metrics,
+            health_bound,
             no_control,
             control_tcp,
             tls_cert,
@@ -272,6 +283,9 @@ fn main() -> ExitCode {
                     grace: std::time::Duration::from_secs(grace),
                 }),
                 fresh,
+                metrics,
+                health_bound: std::time::Duration::from_secs(health_bound),
+                version: VERSION.into(),
             };
             return match switch::daemon::run(&cfg) {
                 Ok(()) => ExitCode::SUCCESS,

@@ -196,6 +196,10 @@ impl Dataplane for DaemonPlane {
                     + port_drops,
                 handed_off: r.handed_off,
                 free_frames: r.free_frames as u64,
+                report_age_secs: r
+                    .at
+                    .map_or(self.start.elapsed(), |t| t.elapsed())
+                    .as_secs_f64(),
             });
         }
         ports.sort_by(|a, b| a.name.cmp(&b.name));

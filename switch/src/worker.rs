@@ -234,6 +234,8 @@ pub struct Report {
     pub handoff_full: u64,
     /// Frames handed to other workers.
     pub handed_off: u64,
+    /// When the worker published this report.
+    pub at: Option<Instant>,
 }
 
 struct Slot {
@@ -355,7 +357,13 @@ pub struct Worker {
     storage: Vec<Packet<'static>>,
     tx_no_socket: u64,
     kernel_undeliverable: u64,
+    /// Test hook ([`STALL_ENV`]): while this file exists the worker stops working.
+    stall: Option<std::path::PathBuf>,
 }
+
+/// The environment variable naming a file that, while it exists, stalls every worker at its
+/// next report (no frames served, no report published): how tests make a worker lag.
+pub const STALL_ENV: &str = "NODESWITCH_TEST_STALL_FILE";
 
 impl Worker {
     /// Worker `id` of `fabric` (its home frames free), serving no port yet.
@@ -412,6 +420,7 @@ impl Worker {
             storage: Vec::with_capacity(BATCH_SIZE),
             tx_no_socket: 0,
             kernel_undeliverable: 0,
+            stall: std::env::var_os(STALL_ENV).map(Into::into),
         }
     }
 
@@ -697,6 +706,11 @@ impl Worker {
                 self.decay_targets();
                 self.publish(false);
                 last_report = now;
+                if let Some(f) = &self.stall {
+                    while f.exists() && !self.stop.load(Ordering::Relaxed) {
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                }
             }
             if self.poll == PollMode::Busy {
                 std::hint::spin_loop();
@@ -1042,6 +1056,7 @@ impl Worker {
         r.ports_gone = self.ports_gone;
         r.handoff_full = self.handoff_full;
         r.handed_off = self.handed_off;
+        r.at = Some(Instant::now());
     }
 }
 

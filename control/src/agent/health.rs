@@ -2,19 +2,16 @@
 //!
 //! Design: a plain HTTP/1.1 responder on a TCP listener: `GET /healthz` answers 200 with
 //! `{"lastUpdated": ..., "currentTime": ...}` (RFC 3339, UTC) while [`Status::health`] is
-//! fine, 503 with the reason otherwise; `/livez` answers 200 while the process serves. A
-//! request is read up to its header's end, at most 8 KiB, within 5 s; anything else is 404
-//! or 400. Thread-safety: one task per connection, reading the shared [`Status`] atomics.
+//! fine, 503 with the reason otherwise; `/livez` answers 200 while the process serves; the
+//! HTTP side is [`crate::http`]'s. Thread-safety: one task per connection, reading the
+//! shared [`Status`] atomics.
 
 use super::sync::Status;
+use crate::http::Reply;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
-
-/// Longest request header read.
-const MAX_REQUEST: usize = 8192;
 
 fn rfc3339(ms: u64) -> String {
     let secs = ms / 1000;
@@ -39,65 +36,28 @@ fn rfc3339(ms: u64) -> String {
 
 /// Serves `/healthz` and `/livez` on `listener` until the process ends.
 pub async fn serve(listener: TcpListener, status: Arc<Status>, bound: Duration) {
-    loop {
-        let Ok((mut conn, _)) = listener.accept().await else {
-            continue;
-        };
-        let status = Arc::clone(&status);
-        tokio::spawn(async move {
-            let mut buf = Vec::with_capacity(512);
-            let read = tokio::time::timeout(Duration::from_secs(5), async {
-                let mut chunk = [0u8; 1024];
-                while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < MAX_REQUEST {
-                    match conn.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return false,
-                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                    }
+    let handler = move |path: &str| match path {
+        "/healthz" => {
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            let last = status.last_sync_ms.load(Ordering::Relaxed);
+            let mut body = serde_json::json!({
+                "lastUpdated": if last == 0 { String::new() } else { rfc3339(last) },
+                "currentTime": rfc3339(now),
+            });
+            match status.health(bound) {
+                Ok(()) => Reply::json("200 OK", &body),
+                Err(why) => {
+                    body["reason"] = why.into();
+                    Reply::json("503 Service Unavailable", &body)
                 }
-                true
-            })
-            .await;
-            let line = String::from_utf8_lossy(&buf);
-            let mut words = line.split_whitespace();
-            let (code, body) = match (read, words.next(), words.next()) {
-                (Ok(true), Some("GET"), Some(path)) => match path.split('?').next() {
-                    Some("/healthz") => {
-                        let now = SystemTime::now()
-                            .duration_since(UNIX_EPOCH)
-                            .map_or(0, |d| d.as_millis() as u64);
-                        let last = status.last_sync_ms.load(Ordering::Relaxed);
-                        let body = serde_json::json!({
-                            "lastUpdated": if last == 0 { String::new() } else { rfc3339(last) },
-                            "currentTime": rfc3339(now),
-                        });
-                        match status.health(bound) {
-                            Ok(()) => ("200 OK", body.to_string()),
-                            Err(why) => {
-                                let mut b = body;
-                                b["reason"] = why.into();
-                                ("503 Service Unavailable", b.to_string())
-                            }
-                        }
-                    }
-                    Some("/livez") => ("200 OK", "ok".into()),
-                    _ => ("404 Not Found", "404 page not found".into()),
-                },
-                _ => ("400 Bad Request", "bad request".into()),
-            };
-            let ctype = if body.starts_with('{') {
-                "application/json"
-            } else {
-                "text/plain; charset=utf-8"
-            };
-            let resp = format!(
-                "HTTP/1.1 {code}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n\
-                 Connection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = conn.write_all(resp.as_bytes()).await;
-            let _ = conn.shutdown().await;
-        });
-    }
+            }
+        }
+        "/livez" => Reply::text("200 OK", "ok"),
+        _ => Reply::not_found(),
+    };
+    crate::http::serve(listener, Arc::new(handler)).await
 }
 
 #[cfg(test)]

@@ -91,6 +91,8 @@ pub struct Topo {
     pub bpf: PathBuf,
     /// Every switchd's --run-dir (the conntrack regions).
     pub run_dir: PathBuf,
+    /// Environment variables every switchd started from now on gets.
+    pub switchd_env: Vec<(String, String)>,
 }
 
 pub struct Daemon {
@@ -116,6 +118,7 @@ impl Topo {
             _serial: serial,
             p,
             children: Vec::new(),
+            switchd_env: Vec::new(),
             daemons: Vec::new(),
             dir,
             bpf,
@@ -244,6 +247,7 @@ impl Topo {
             .arg(self.dir.path().join(format!("n{n}.sock")))
             .args(self.persist_args())
             .args(extra)
+            .envs(self.switchd_env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("log"))
             .spawn()
