@@ -108,6 +108,7 @@ fn big_state(base: &StateFile, services: usize, per: usize) -> StateFile {
             affinity_timeout_seconds: 10800,
             external_traffic_policy: Default::default(),
             internal_traffic_policy: Default::default(),
+            health_check_node_port: None,
             endpoints,
         });
     }

@@ -282,6 +282,10 @@ pub fn service(f: &str, s: &pb::Service) -> Result<ServiceSpec, ApiError> {
             &format!("{f}.internal_traffic_policy"),
             &s.internal_traffic_policy,
         )?,
+        health_check_node_port: opt_port(
+            &format!("{f}.health_check_node_port"),
+            s.health_check_node_port,
+        )?,
         endpoints: endpoints(&format!("{f}.endpoints"), &s.endpoints)?,
     })
 }
@@ -312,6 +316,7 @@ pub fn service_pb(s: &ServiceSpec) -> pb::Service {
         affinity_timeout_seconds: s.affinity_timeout_seconds,
         external_traffic_policy: policy_name(s.external_traffic_policy).into(),
         internal_traffic_policy: policy_name(s.internal_traffic_policy).into(),
+        health_check_node_port: s.health_check_node_port.map(u32::from).unwrap_or(0),
         endpoints: s.endpoints.iter().map(endpoint_pb).collect(),
     }
 }

@@ -8,6 +8,9 @@
 //! connection is closed at once. No keep-alive, no request body, no TLS: these endpoints are
 //! for probes and scrapers on the node or the pod network.
 //!
+//! [`HttpServer`] serves one listener from a thread of its own; [`HttpPool`] many, opened and
+//! closed one by one, from one thread.
+//!
 //! Thread-safety: the handler is shared (`Arc`) by the connection tasks and must be cheap and
 //! non-blocking or briefly blocking (it runs on the runtime's thread).
 
@@ -187,6 +190,62 @@ impl Drop for HttpServer {
         }
         if let Some(t) = self.thread.take() {
             let _ = t.join();
+        }
+    }
+}
+
+/// Many listeners served by one thread and runtime, each opened and closed on its own (the
+/// health-check node ports: one per Service that has one).
+pub struct HttpPool {
+    rt: tokio::runtime::Runtime,
+    tasks: std::collections::HashMap<SocketAddr, tokio::task::AbortHandle>,
+}
+
+impl HttpPool {
+    /// A pool whose thread is named `name`.
+    pub fn new(name: &str) -> std::io::Result<Self> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name(name)
+            .enable_all()
+            .build()?;
+        Ok(HttpPool {
+            rt,
+            tasks: Default::default(),
+        })
+    }
+
+    /// Binds `addr` and serves `handler` on it (replacing what it served before).
+    pub fn open(&mut self, addr: SocketAddr, handler: Arc<Handler>) -> std::io::Result<()> {
+        self.close(addr);
+        let listener = {
+            let _guard = self.rt.enter();
+            let std = std::net::TcpListener::bind(addr)?;
+            std.set_nonblocking(true)?;
+            TcpListener::from_std(std)?
+        };
+        let task = self.rt.spawn(serve(listener, handler));
+        self.tasks.insert(addr, task.abort_handle());
+        Ok(())
+    }
+
+    /// Stops serving `addr` (its listener closes; connections being answered finish).
+    pub fn close(&mut self, addr: SocketAddr) {
+        if let Some(t) = self.tasks.remove(&addr) {
+            t.abort();
+        }
+    }
+
+    /// The addresses served.
+    pub fn addrs(&self) -> impl Iterator<Item = &SocketAddr> {
+        self.tasks.keys()
+    }
+}
+
+impl Drop for HttpPool {
+    fn drop(&mut self) {
+        for (_, t) in self.tasks.drain() {
+            t.abort();
         }
     }
 }

@@ -95,14 +95,7 @@ impl Exporter {
 
     /// The exposition now.
     pub fn render(&self) -> String {
-        let mut out = String::with_capacity(16 * 1024);
-        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
-            // Writing into a String does not fail; a collector error leaves a cut exposition,
-            // which a scraper must not take for a complete one.
-            out.clear();
-            out.push_str("# EOF\n");
-        }
-        out
+        render(&self.registry)
     }
 }
 
@@ -151,6 +144,29 @@ fn family<M: EncodeMetric>(
         v.encode(m.encode_family(labels)?)?;
     }
     Ok(())
+}
+
+/// One unlabelled sample of `name` (for other collectors: the agent's).
+pub fn single<M: EncodeMetric>(
+    enc: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    kind: MetricType,
+    v: M,
+) -> Result<(), std::fmt::Error> {
+    family(enc, name, help, kind, vec![(Vec::new(), v)])
+}
+
+/// An exposition of `registry` (OpenMetrics text), or a bare `# EOF` if a collector failed.
+pub fn render(registry: &Registry) -> String {
+    let mut out = String::with_capacity(16 * 1024);
+    if prometheus_client::encoding::text::encode(&mut out, registry).is_err() {
+        // Writing into a String does not fail; a collector error leaves a cut exposition,
+        // which a scraper must not take for a complete one.
+        out.clear();
+        out.push_str("# EOF\n");
+    }
+    out
 }
 
 fn counter(v: u64) -> ConstCounter<u64> {

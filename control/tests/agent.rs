@@ -218,6 +218,29 @@ fn the_agent_programs_switchd_from_the_api_server_and_follows_it() {
     assert!(h["lastUpdated"].as_str().unwrap().ends_with('Z'), "{h}");
     assert_eq!(healthz(hz, "/livez").0, 200);
     assert_eq!(healthz(hz, "/metrics-not-here").0, 404);
+    // Its metrics: the first sync programmed, its latency observed, the headless Service
+    // counted as not programmed.
+    let (code, text) = healthz(hz, "/metrics");
+    assert_eq!(code, 200, "{text}");
+    let sample = |name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("{name} not in {text}"))
+    };
+    assert!(sample("nodeswitch_agent_syncs_total") >= 1.0, "{text}");
+    assert!(
+        sample("nodeswitch_agent_sync_duration_seconds_count") >= 1.0,
+        "{text}"
+    );
+    assert!(
+        sample("nodeswitch_agent_objects_not_programmed_total") >= 1.0,
+        "{text}"
+    );
+    assert!(
+        sample("nodeswitch_agent_last_sync_timestamp_seconds") > 1.7e9,
+        "{text}"
+    );
+    assert!(text.ends_with("# EOF\n"));
 
     // Its VTEP MAC, on its own Node (switchd's node.vtep_mac).
     let deadline = Instant::now() + Duration::from_secs(10);

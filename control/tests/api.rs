@@ -303,6 +303,8 @@ fn invalid_changes_are_refused_with_field_and_reason() {
         (change(C::UpsertService(service("default/x", "10.244.1.50", 80, vec![]))), "services[default/x].cluster_ip: 10.244.1.50 is outside the Service CIDR 10.96.0.0/12"),
         (change(C::UpsertService(service("default/x", "10.96.0.10", 80, vec![]))), "services[default/x].ports[0].port: 10.96.0.10:80/TCP is already served by Service default/web"),
         (change(C::UpsertService(pb::Service { session_affinity: "Sticky".into(), ..service("default/x", "10.97.0.1", 80, vec![]) })), "changes[0].upsert_service.session_affinity: unknown session affinity 'Sticky'"),
+        (change(C::UpsertService(pb::Service { health_check_node_port: 70000, external_traffic_policy: "Local".into(), ..service("default/x", "10.97.0.1", 80, vec![]) })), "changes[0].upsert_service.health_check_node_port: 70000 is outside 1..=65535"),
+        (change(C::UpsertService(pb::Service { health_check_node_port: 32000, ..service("default/x", "10.97.0.1", 80, vec![]) })), "services[default/x].health_check_node_port: needs external_traffic_policy = \"Local\""),
         (change(C::UpsertService(pb::Service { external_traffic_policy: "Nearest".into(), ..service("default/x", "10.97.0.1", 80, vec![]) })), "changes[0].upsert_service.external_traffic_policy: unknown traffic policy 'Nearest'"),
         (change(C::UpsertService(pb::Service { load_balancer_ips: vec!["198.18.0.2".into()], ..service("default/x", "10.97.0.1", 80, vec![]) })), "services[default/x].load_balancer_ips[0]: 198.18.0.2 is a node's address"),
         (change(C::SetEndpoints(pb::SetEndpointsRequest { service: "default/web".into(), endpoints: vec![ep("10.244.2.5", "")] })), "changes[0].set_endpoints.endpoints[0].node: is required"),

@@ -246,8 +246,21 @@ pub struct Service {
     pub external_local: bool,
     /// internalTrafficPolicy is Local.
     pub internal_local: bool,
+    /// Its health-check node port, if it has one.
+    pub health_check_node_port: Option<u16>,
     /// Indices of its ports in the snapshot.
     pub ports: Vec<u32>,
+}
+
+/// A health-check node port this node serves (`ServiceTables::health_checks`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheck {
+    /// The TCP port on the node's IP.
+    pub port: u16,
+    /// The Service, `namespace/name`.
+    pub service: String,
+    /// Its ready endpoints on this node.
+    pub local_endpoints: u32,
 }
 
 impl Service {
@@ -260,6 +273,7 @@ impl Service {
                 .then_some(s.affinity_timeout_seconds),
             external_local: s.external_traffic_policy == TrafficPolicy::Local,
             internal_local: s.internal_traffic_policy == TrafficPolicy::Local,
+            health_check_node_port: s.health_check_node_port,
             ports,
         }
     }
@@ -273,6 +287,7 @@ impl Default for Service {
             affinity_timeout: None,
             external_local: false,
             internal_local: false,
+            health_check_node_port: None,
             ports: Vec::new(),
         }
     }
@@ -617,6 +632,33 @@ fn check_service(ctx: &Context, s: &ServiceSpec) -> Result<(), StateError> {
             }
         }
     }
+    if let Some(hc) = s.health_check_node_port {
+        let f = || path(s, "health_check_node_port");
+        if s.external_traffic_policy != TrafficPolicy::Local {
+            return Err(err(
+                f(),
+                "needs external_traffic_policy = \"Local\" (only then does a node's answer \
+                 depend on its endpoints)"
+                    .into(),
+            ));
+        }
+        if !(30000..=32767).contains(&hc) {
+            return Err(err(
+                f(),
+                format!("{hc} is outside the NodePort range 30000-32767"),
+            ));
+        }
+        if let Some(pi) = s
+            .ports
+            .iter()
+            .position(|p| p.node_port == Some(hc) && p.protocol == crate::state::Protocol::Tcp)
+        {
+            return Err(err(
+                f(),
+                format!("{hc} is also ports[{pi}].node_port (TCP)"),
+            ));
+        }
+    }
     Ok(())
 }
 
@@ -803,10 +845,70 @@ impl ServiceTables {
                 ));
             }
         }
+        if upserted.iter().any(|s| s.health_check_node_port.is_some())
+            || !Arc::ptr_eq(&t.frontends, &self.frontends)
+        {
+            t.check_health_ports(&ctx)?;
+        }
         if t.stale > 1024 && t.stale > t.backend_ips.len() + t.frontend_ips.len() {
             t.rebuild_filter();
         }
         Ok(t)
+    }
+
+    /// Health-check node ports are unique and no Service's TCP node port.
+    fn check_health_ports(&self, ctx: &Context) -> Result<(), StateError> {
+        let mut seen: FastMap<u16, &str> = FastMap::default();
+        for svc in self.iter() {
+            let Some(hc) = svc.health_check_node_port else {
+                continue;
+            };
+            let field = format!("services[{}].health_check_node_port", svc.name);
+            if let Some(other) = seen.insert(hc, &svc.name) {
+                return Err(err(
+                    field,
+                    format!("{hc} is also the health-check node port of Service {other}"),
+                ));
+            }
+            if let Some(f) = self.frontends.get(&frontend_key(ctx.node_ip, hc, 6)) {
+                let owner = self
+                    .ports
+                    .get(f.port as usize)
+                    .and_then(|p| self.services.get(p.service as usize))
+                    .map(|o| o.name.as_str())
+                    .unwrap_or_default();
+                return Err(err(
+                    field,
+                    format!("{hc}/TCP is a node port of Service {owner}"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The health-check node ports this node serves, by port, with each Service's ready
+    /// local endpoints (counted on its first port: every port has the Service's endpoints).
+    pub fn health_checks(&self) -> Vec<HealthCheck> {
+        let mut v: Vec<HealthCheck> = self
+            .iter()
+            .filter_map(|svc| {
+                let port = svc.health_check_node_port?;
+                let local_endpoints = svc
+                    .ports
+                    .first()
+                    .and_then(|&pi| self.ports.get(pi as usize))
+                    .map_or(0, |p| {
+                        p.backends.iter().filter(|b| b.local && b.ready).count() as u32
+                    });
+                Some(HealthCheck {
+                    port,
+                    service: svc.name.clone(),
+                    local_endpoints,
+                })
+            })
+            .collect();
+        v.sort_by_key(|h| h.port);
+        v
     }
 
     /// The slot of the Service named `name`.
@@ -1110,6 +1212,76 @@ mod tests {
 
     fn full(state: &StateFile) -> ServiceTables {
         build(state).unwrap()
+    }
+
+    #[test]
+    fn health_check_node_ports_are_checked_and_count_local_ready_endpoints() {
+        let state = StateFile::parse(STATE).unwrap();
+        let t = full(&state);
+        let lb = |hc: u16| {
+            let mut s = state
+                .services
+                .iter()
+                .find(|s| s.name == "default/lb-local")
+                .unwrap()
+                .clone();
+            s.health_check_node_port = Some(hc);
+            s
+        };
+        let next = t.update(&[], &[&lb(32000)]).unwrap();
+        let spec = lb(32000);
+        let local = spec
+            .endpoints
+            .iter()
+            .filter(|e| e.node == "node1" && e.ready)
+            .count() as u32;
+        assert_eq!(
+            next.health_checks(),
+            vec![HealthCheck {
+                port: 32000,
+                service: "default/lb-local".into(),
+                local_endpoints: local
+            }]
+        );
+        let mut none = lb(32000);
+        for e in &mut none.endpoints {
+            e.ready = false;
+        }
+        assert_eq!(
+            next.update(&[], &[&none]).unwrap().health_checks()[0].local_endpoints,
+            0
+        );
+        // Refused: outside the range, without the Local policy, on a TCP node port of its own
+        // or of another Service, twice.
+        let e = t.update(&[], &[&lb(8080)]).unwrap_err();
+        assert_eq!(e.field, "services[default/lb-local].health_check_node_port");
+        assert!(e.reason.contains("outside the NodePort range"), "{e}");
+        let mut cluster = lb(32000);
+        cluster.external_traffic_policy = TrafficPolicy::Cluster;
+        let e = t.update(&[], &[&cluster]).unwrap_err();
+        assert!(e.reason.contains("external_traffic_policy"), "{e}");
+        let e = t.update(&[], &[&lb(30090)]).unwrap_err();
+        assert!(e.reason.contains("ports[0].node_port"), "{e}");
+        let e = t.update(&[], &[&lb(30080)]).unwrap_err();
+        assert!(e.reason.contains("node port of Service default/web"), "{e}");
+        let mut twin = lb(32000);
+        twin.name = "default/lb-twin".into();
+        twin.cluster_ip = Ipv4Addr::new(10, 96, 9, 77);
+        twin.load_balancer_ips.clear();
+        for p in &mut twin.ports {
+            p.node_port = Some(30999);
+        }
+        let e = next.update(&[], &[&twin]).unwrap_err();
+        assert!(e.reason.contains("also the health-check node port"), "{e}");
+        // A NodePort added on the health-check port is refused too.
+        let mut web = state.services[0].clone();
+        web.ports[0].node_port = Some(32000);
+        let e = next.update(&[], &[&web]).unwrap_err();
+        assert!(
+            e.reason
+                .contains("32000/TCP is a node port of Service default/web"),
+            "{e}"
+        );
     }
 
     #[test]

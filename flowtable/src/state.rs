@@ -195,6 +195,11 @@ pub struct ServiceSpec {
     /// internalTrafficPolicy.
     #[serde(default)]
     pub internal_traffic_policy: TrafficPolicy,
+    /// healthCheckNodePort (needs externalTrafficPolicy Local): the node answers HTTP on its
+    /// IP at this TCP port, 200 while it has a ready local endpoint, 503 otherwise, so a load
+    /// balancer sends the Service's traffic only to nodes that serve it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check_node_port: Option<u16>,
     /// Endpoints, as in EndpointSlices.
     #[serde(default)]
     pub endpoints: Vec<EndpointSpec>,

@@ -809,7 +809,17 @@ pub fn run(cfg: &Config) -> Result<(), DaemonError> {
     // change is trimmed after one tick, once every worker has let the old snapshot go.
     let (mut seen_gen, mut trimmed_gen) = (run.cell.load().generation, run.cell.load().generation);
     let mut failure = None;
+    let mut health_checks = crate::healthcheck::HealthChecks::default();
+    let mut checked_gen = None;
     while !term.load(Ordering::Relaxed) {
+        let live = run.cell.load();
+        if checked_gen != Some(live.generation) {
+            checked_gen = Some(live.generation);
+            for msg in health_checks.sync(live.node.ip, &live.services.health_checks()) {
+                log(msg);
+            }
+        }
+        drop(live);
         match commits.recv_timeout(Duration::from_millis(20)) {
             Ok(c) => {
                 let r = apply_snapshot(&mut run, c.next);

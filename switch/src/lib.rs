@@ -11,6 +11,7 @@ pub mod ctclock;
 pub mod daemon;
 pub mod fill;
 pub mod health;
+pub mod healthcheck;
 pub mod nexthop;
 pub mod pcapio;
 pub mod plane;

@@ -57,6 +57,7 @@ fn big(base: &StateFile, services: usize) -> StateFile {
             affinity_timeout_seconds: 10800,
             external_traffic_policy: Default::default(),
             internal_traffic_policy: Default::default(),
+            health_check_node_port: None,
             endpoints: vec![EndpointSpec {
                 ip: format!("10.{}.{}.{}", 128 + k / 256, k % 256, 2 + i % 250)
                     .parse()

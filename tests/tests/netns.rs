@@ -436,9 +436,18 @@ fn wireshark_reads_the_overlay_and_hostile_frames_are_counted() {
     }
 
     // 3000 hostile frames from pod-a: random bytes, truncated and corrupted IPv4, bad lengths.
-    let before = t.stats(1)["received"].as_u64().unwrap();
+    // Frames the kernel drops before the switch sees them (its socket's rings full on a
+    // loaded machine) are counted too: together they are every frame sent.
+    let kernel_drops = |s: &serde_json::Value| {
+        ["kernel_rx_ring_full", "kernel_rx_dropped"]
+            .iter()
+            .map(|k| s["worker_drops"][k].as_u64().unwrap_or(0))
+            .sum::<u64>()
+    };
+    let s0 = t.stats(1);
+    let (before, kernel_before) = (s0["received"].as_u64().unwrap(), kernel_drops(&s0));
     let fuzz = r#"
-import os, random, socket
+import os, random, socket, time
 s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
 s.bind(("eth0", 0))
 random.seed(7)
@@ -457,6 +466,8 @@ for i in range(3000):
         sent += 1
     except OSError:
         pass
+    if i % 200 == 199:
+        time.sleep(0.01)  # bursts well under the rings' size
 print(sent)
 "#;
     let out = t.ok("a", &["python3", "-c", fuzz]);
@@ -469,9 +480,15 @@ print(sent)
     assert!(t.ping("a", "10.244.2.3", &[]), "still forwarding");
     let s = t.stats(1);
     let received = s["received"].as_u64().unwrap() - before;
+    let lost = kernel_drops(&s) - kernel_before;
     assert!(
-        received >= sent,
-        "every frame reached the pipeline ({received} of {sent})"
+        received + lost >= sent,
+        "every frame reached the pipeline or was counted dropped before it ({received} and \
+         {lost} of {sent})"
+    );
+    assert!(
+        received * 10 >= sent * 9,
+        "{received} of {sent} reached the pipeline"
     );
     let dropped: u64 = s["drops"]
         .as_object()

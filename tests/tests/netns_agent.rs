@@ -5,7 +5,9 @@
 //! MAC from the annotation its agent published, next-hop MAC from the kernel), ClusterIPs
 //! and a NodePort; an endpoint removed from a slice gets no more connections; the API server
 //! frozen for 10 s leaves forwarding alone and a change made meanwhile is programmed after;
-//! an invalid Service is left out while the others are programmed. Needs root.
+//! an invalid Service is left out while the others are programmed; a Service port renamed
+//! (targetPort by name), a NodePort added and a Node's pod CIDR reappearing are followed by
+//! the traffic. Needs root.
 
 #![allow(missing_docs)]
 mod common;
@@ -224,6 +226,76 @@ fn two_nodes_follow_the_api_server() {
     let (_, listed, _) = t.ctl(1, &["list", "services"]);
     assert!(!listed.contains("default/bad"), "{listed}");
     t.echo("a", "tcp", "10.96.0.10", 80, 60_000);
+
+    // The Service's port renamed, then its slice (as the EndpointSlice controller follows):
+    // the targetPort by name resolves to the renamed slice port, and traffic follows.
+    let web = |name: &str, extra: Value| {
+        let mut port = json!({"name": name, "protocol": "TCP", "port": 80, "targetPort": name,
+                              "nodePort": 30080});
+        if let Some(p) = extra.as_object() {
+            for (k, v) in p {
+                port[k] = v.clone();
+            }
+        }
+        json!({"apiVersion": "v1", "kind": "Service",
+               "metadata": {"name": "web", "namespace": "default"},
+               "spec": {"type": "NodePort", "clusterIP": "10.96.0.10", "ports": [port]}})
+    };
+    api.put(web("www", json!({})));
+    let mut slice = web_slice(&[("10.244.1.3", "node1"), ("10.244.2.3", "node2")]);
+    slice["ports"][0]["name"] = "www".into();
+    api.put(slice);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    for n in [1, 2] {
+        loop {
+            let (_, out, _) = t.ctl(n, &["get", "services", "default/web", "-o", "json"]);
+            if out.contains("\"www\"") && out.contains("10.244.2.3") && out.contains("10.244.1.3") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "node{n}: {out}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    for _ in 0..4 {
+        t.echo("a", "tcp", "10.96.0.10", 80, 10_000);
+    }
+    t.echo("ext", "tcp", "198.18.0.1", 30080, 10_000);
+
+    // A NodePort added to the UDP Service: the outside client reaches it on either node.
+    api.put(json!({"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "echo", "namespace": "default"},
+            "spec": {"type": "NodePort", "clusterIP": "10.96.0.53", "ports": [
+                {"name": "dns", "protocol": "UDP", "port": 53, "targetPort": 5353,
+                 "nodePort": 30053}]}}));
+    for n in [1, 2] {
+        wait_listed(&t, n, "services", "30053");
+    }
+    t.echo("ext", "udp", "198.18.0.1", 30053, 512);
+    t.echo("ext", "udp", "198.18.0.2", 30053, 512);
+
+    // node2's pod CIDR taken away (node1 forgets the route), then it appears again: pod to
+    // pod across the nodes follows it.
+    let mut bare = node("node2", "198.18.0.2", "10.244.2.0/24");
+    bare["spec"] = json!({});
+    let published = |t: &Topo| t.ctl(1, &["list", "nodes"]).1;
+    let annotations =
+        api.call("GET", "/api/v1/nodes/node2", &Value::Null).1["metadata"]["annotations"].clone();
+    assert!(
+        annotations.is_object(),
+        "node2's agent published its VTEP MAC"
+    );
+    bare["metadata"]["annotations"] = annotations.clone();
+    api.put(bare);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while published(&t).contains("10.244.2.0/24") {
+        assert!(Instant::now() < deadline, "node2's CIDR still routed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut back = node("node2", "198.18.0.2", "10.244.2.0/24");
+    back["metadata"]["annotations"] = annotations;
+    api.put(back);
+    wait_listed(&t, 1, "nodes", "10.244.2.0/24");
+    t.echo("a", "tcp", "10.244.2.3", 8080, 100_000);
 }
 
 #[test]

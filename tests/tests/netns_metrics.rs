@@ -2,7 +2,10 @@
 //! traffic on the two-node topology, the exposition is parsed by the Prometheus client
 //! library's own OpenMetrics and text parsers and its values equal what `switchctl stats`
 //! reports; `/healthz` and `/livez` answer 200, then 503 with the reason while a worker is
-//! stalled (the worker test hook), then 200 again. Needs root.
+//! stalled (the worker test hook), then 200 again. A LoadBalancer Service with the Local
+//! policy gets its health-check node port answered from the outside client as kube-proxy
+//! answers it: 200 on the node with a ready endpoint, 503 on the other and once the
+//! endpoint is not ready, closed once the Service is gone. Needs root.
 
 #![allow(missing_docs)]
 mod common;
@@ -14,17 +17,20 @@ use std::time::{Duration, Instant};
 const ADDR: &str = "127.0.0.1:9962";
 
 fn get(t: &Topo, path: &str, metrics: bool) -> serde_json::Value {
+    fetch(t, "n1", &format!("http://{ADDR}{path}"), metrics)
+}
+
+fn fetch(t: &Topo, host: &str, url: &str, metrics: bool) -> serde_json::Value {
     let tool = root_dir().join("tests/tools/scrape.py");
-    let url = format!("http://{ADDR}{path}");
-    let mut args = vec!["/usr/bin/python3", tool.to_str().unwrap(), &url];
+    let mut args = vec!["/usr/bin/python3", tool.to_str().unwrap(), url];
     if metrics {
         args.push("--metrics");
     }
-    let out = t.run("n1", &args);
+    let out = t.run(host, &args);
     let text = String::from_utf8_lossy(&out.stdout);
     serde_json::from_str(text.trim()).unwrap_or_else(|e| {
         panic!(
-            "GET {path}: {e}: {text}{}",
+            "GET {url}: {e}: {text}{}",
             String::from_utf8_lossy(&out.stderr)
         )
     })
@@ -194,4 +200,79 @@ fn metrics_match_the_stats_and_health_follows_the_workers() {
         std::thread::sleep(Duration::from_millis(200));
     }
     assert!(t.ping("a", "10.244.2.3", &[]), "forwarding resumed");
+}
+
+/// Node `n`'s demo state with `extra` appended, written in the topology's directory.
+fn state_with(t: &Topo, n: u8, name: &str, extra: &str) -> std::path::PathBuf {
+    let mut s = std::fs::read_to_string(state(n)).unwrap();
+    s.push_str(extra);
+    let p = t.dir.path().join(format!("node{n}-{name}.toml"));
+    std::fs::write(&p, s).unwrap();
+    p
+}
+
+const LB_LOCAL: &str = r#"
+[[services]]
+name = "shop/lb"
+cluster_ip = "10.96.0.70"
+external_traffic_policy = "Local"
+health_check_node_port = 32100
+ports = [{ protocol = "TCP", port = 80, target_port = 8080, node_port = 30100 }]
+endpoints = [{ ip = "10.244.1.3", node = "node1", ready = READY }]
+"#;
+
+#[test]
+fn health_check_node_ports_answer_as_kube_proxy() {
+    if skip_unless_root("the health-check node port namespace test") {
+        return;
+    }
+    let mut t = Topo::up(["switch", "switch"]);
+    let ready = LB_LOCAL.replace("READY", "true");
+    let s1 = state_with(&t, 1, "lb", &ready);
+    t.switchd(1, &s1);
+    t.switchd(2, &state_with(&t, 2, "lb", &ready));
+    let hc = |t: &Topo, node: &str| fetch(t, "ext", &format!("http://{node}:32100/"), false);
+    let body = |v: &serde_json::Value| -> serde_json::Value {
+        serde_json::from_str(v["body"].as_str().unwrap_or("null")).unwrap()
+    };
+    // node1 has the ready endpoint, node2 none.
+    let r = hc(&t, "198.18.0.1");
+    assert_eq!(r["status"], 200, "{r}");
+    assert_eq!(
+        body(&r),
+        serde_json::json!({"service": {"namespace": "shop", "name": "lb"}, "localEndpoints": 1})
+    );
+    let r = hc(&t, "198.18.0.2");
+    assert_eq!(r["status"], 503, "{r}");
+    assert_eq!(body(&r)["localEndpoints"], 0);
+    // The endpoint not ready: node1 answers 503 too.
+    let unready = state_with(&t, 1, "lb-unready", &LB_LOCAL.replace("READY", "false"));
+    let (rc, _, err) = t.ctl(1, &["apply", "-f", unready.to_str().unwrap()]);
+    assert_eq!(rc, 0, "{err}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let r = loop {
+        let r = hc(&t, "198.18.0.1");
+        if r["status"] == 503 || Instant::now() > deadline {
+            break r;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(r["status"], 503, "{r}");
+    assert_eq!(body(&r)["localEndpoints"], 0);
+    // The Service gone: the port closes (the node's kernel refuses the connection).
+    let (rc, _, err) = t.ctl(1, &["apply", "-f", state(1).to_str().unwrap()]);
+    assert_eq!(rc, 0, "{err}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while hc(&t, "198.18.0.1")["status"] != 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the health-check port stayed open"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log = std::fs::read_to_string(&t.daemons[0].log).unwrap();
+    assert!(
+        log.contains("health-check node port 198.18.0.1:32100 for Service shop/lb"),
+        "{log}"
+    );
 }

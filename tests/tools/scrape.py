@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""GETs a URL and prints one JSON line {"status": code, "type": content_type, "body": text};
+"""GETs a URL and prints one JSON line {"status": code, "type": content_type, "body": text}
+({"status": 0, "error": why} if it cannot connect);
 with --metrics the body is parsed by the Prometheus client library's OpenMetrics parser
 (python3-prometheus-client, the reference implementation) and its Prometheus text-format
 parser, and "samples" lists [name, labels, value] of every sample (a parse error fails).
@@ -18,6 +19,9 @@ def main(url, metrics):
             status, ctype, body = r.status, r.headers.get("Content-Type"), r.read().decode()
     except urllib.error.HTTPError as e:
         status, ctype, body = e.code, e.headers.get("Content-Type"), e.read().decode()
+    except (urllib.error.URLError, OSError) as e:
+        print(json.dumps({"status": 0, "error": str(e)}))
+        return 0
     out = {"status": status, "type": ctype, "body": body}
     if metrics:
         from prometheus_client.openmetrics import parser as om

@@ -427,6 +427,14 @@ pub(crate) fn service(
             affinity_timeout_seconds,
             external_traffic_policy,
             internal_traffic_policy: policy(spec.internal_traffic_policy.as_deref()),
+            // Kubernetes allocates it only with the Local policy; nothing to serve otherwise.
+            health_check_node_port: (external_traffic_policy == TrafficPolicy::Local)
+                .then(|| {
+                    spec.health_check_node_port
+                        .and_then(|p| u16::try_from(p).ok())
+                })
+                .flatten()
+                .filter(|&p| p != 0),
             endpoints,
         },
         left,

@@ -59,8 +59,13 @@ pub struct Config {
 }
 
 /// What the loop reports (for health and metrics): the last write and its outcome.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Status {
+    /// Seconds from a change's arrival to switchd running it (a watch event to programmed).
+    pub latency: prometheus_client::metrics::histogram::Histogram,
+    /// Objects not programmed: skipped (headless, IPv6, another proxy's) or refused by
+    /// switchd (each reported as an Event).
+    pub not_programmed: AtomicU64,
     /// Unix milliseconds of the last successful sync (0: none yet).
     pub last_sync_ms: AtomicU64,
     /// Syncs that programmed a change.
@@ -75,6 +80,22 @@ fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Default for Status {
+    fn default() -> Self {
+        Status {
+            // 500 us .. 16 s.
+            latency: prometheus_client::metrics::histogram::Histogram::new(
+                prometheus_client::metrics::histogram::exponential_buckets(0.000_5, 2.0, 16),
+            ),
+            not_programmed: AtomicU64::new(0),
+            last_sync_ms: AtomicU64::new(0),
+            syncs: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            pending_since_ms: AtomicU64::new(0),
+        }
+    }
 }
 
 impl Status {
@@ -651,6 +672,8 @@ pub async fn run(client: kube::Client, cfg: Config, status: Arc<Status>) {
         full: true,
     };
     let mut last_write: Option<Instant> = None;
+    // Since when the change being gathered has waited.
+    let mut waiting: Option<Instant> = None;
     let mut retry = false;
     loop {
         let take = |input: Input, cluster: &mut Cluster, w: &mut Writer| match input {
@@ -684,6 +707,7 @@ pub async fn run(client: kube::Client, cfg: Config, status: Arc<Status>) {
             Ordering::Relaxed,
             Ordering::Relaxed,
         );
+        waiting.get_or_insert_with(Instant::now);
         // Writes at least a window apart: what comes meanwhile goes into the next one.
         if let Some(t) = last_write {
             tokio::time::sleep_until((t + cfg.window).into()).await;
@@ -693,6 +717,7 @@ pub async fn run(client: kube::Client, cfg: Config, status: Arc<Status>) {
         }
         if !cluster.listed() {
             status.pending_since_ms.store(0, Ordering::Relaxed);
+            waiting = None;
             continue;
         }
         let began = Instant::now();
@@ -700,11 +725,13 @@ pub async fn run(client: kube::Client, cfg: Config, status: Arc<Status>) {
         w.stale.extend(changed.services.iter().cloned());
         w.nodes_stale |= changed.nodes;
         for s in &changed.skipped {
+            status.not_programmed.fetch_add(1, Ordering::Relaxed);
             report(&recorder, s, &cluster);
         }
         let mut refusals = Vec::new();
         let r = w.write(&cluster, &mut refusals).await;
         for s in &refusals {
+            status.not_programmed.fetch_add(1, Ordering::Relaxed);
             report(&recorder, s, &cluster);
         }
         match r {
@@ -712,8 +739,12 @@ pub async fn run(client: kube::Client, cfg: Config, status: Arc<Status>) {
                 retry = false;
                 status.last_sync_ms.store(now_ms(), Ordering::Relaxed);
                 status.pending_since_ms.store(0, Ordering::Relaxed);
+                let since = waiting.take();
                 if let Wrote::Changed(n, full) = wrote {
                     last_write = Some(Instant::now());
+                    if let Some(t) = since {
+                        status.latency.observe(t.elapsed().as_secs_f64());
+                    }
                     status.syncs.fetch_add(1, Ordering::Relaxed);
                     if full {
                         log(format!(
