@@ -408,6 +408,44 @@ impl Collector for Counters {
             MetricType::Gauge,
             vec![(none(), gauge(ct("assured")))],
         )?;
+        let mut census: Vec<_> = s
+            .conntrack
+            .iter()
+            .filter_map(|(k, v)| Some((k.strip_prefix("census.")?, *v)))
+            .collect();
+        census.sort();
+        let tcp: Vec<(&str, u64)> = census
+            .iter()
+            .filter_map(|(k, v)| Some((k.strip_prefix("tcp.")?, *v)))
+            .collect();
+        if !tcp.is_empty() {
+            let mut protocols: Vec<(String, u64)> = census
+                .iter()
+                .filter(|(k, _)| !k.starts_with("tcp."))
+                .map(|(k, v)| (escape(k), *v))
+                .collect();
+            protocols.push(("tcp".into(), tcp.iter().map(|(_, v)| v).sum()));
+            protocols.sort();
+            family(
+                &mut enc,
+                "nodeswitch_conntrack_tcp_entries",
+                "TCP connections in the conntrack table, by state (as conntrack -L names them).",
+                MetricType::Gauge,
+                tcp.iter()
+                    .map(|(k, v)| (vec![("state", escape(k))], gauge(*v)))
+                    .collect(),
+            )?;
+            family(
+                &mut enc,
+                "nodeswitch_conntrack_entries_by_protocol",
+                "Entries in the conntrack table by protocol (affinity: session-affinity records).",
+                MetricType::Gauge,
+                protocols
+                    .into_iter()
+                    .map(|(k, v)| (vec![("protocol", k)], gauge(v)))
+                    .collect(),
+            )?;
+        }
         family(
             &mut enc,
             "nodeswitch_conntrack_events",
@@ -487,7 +525,13 @@ mod tests {
             }],
             conntrack_entries: 9,
             conntrack_capacity: 1024,
-            conntrack: [("expired".to_string(), 11)].into(),
+            conntrack: [
+                ("expired".to_string(), 11),
+                ("census.tcp.established".to_string(), 5),
+                ("census.tcp.syn_sent".to_string(), 2),
+                ("census.udp".to_string(), 4),
+            ]
+            .into(),
             xdp: [("redirected".to_string(), 99)].into(),
             ..Default::default()
         }
@@ -507,6 +551,9 @@ mod tests {
             "nodeswitch_port_packets_total{port=\"veth-a\",worker=\"0\",direction=\"rx\"} 60",
             "nodeswitch_port_drops_total{port=\"veth-a\",worker=\"0\",reason=\"kernel_rx_ring_full\"} 7",
             "nodeswitch_conntrack_events_total{event=\"expired\"} 11",
+            "nodeswitch_conntrack_tcp_entries{state=\"established\"} 5",
+            "nodeswitch_conntrack_entries_by_protocol{protocol=\"tcp\"} 7",
+            "nodeswitch_conntrack_entries_by_protocol{protocol=\"udp\"} 4",
             "nodeswitch_xdp_packets_total{verdict=\"redirected\"} 99",
             "nodeswitch_generation 4",
             "nodeswitch_published_generation 5",

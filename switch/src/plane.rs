@@ -61,6 +61,22 @@ pub struct DaemonPlane {
     pub hops: flowtable::egress::NextHopsCell,
 }
 
+/// The table's census as `census.tcp.STATE`, `census.udp`, `census.icmp`, `census.other`,
+/// `census.affinity` (the metrics' entries by protocol and TCP state).
+pub fn census(c: &flowtable::conntrack::Census, out: &mut HashMap<String, u64>) {
+    for st in flowtable::conntrack::TcpState::ALL {
+        out.insert(format!("census.tcp.{}", st.name()), c.tcp[st as usize]);
+    }
+    for (k, v) in [
+        ("udp", c.udp),
+        ("icmp", c.icmp),
+        ("other", c.other),
+        ("affinity", c.affinity),
+    ] {
+        out.insert(format!("census.{k}"), v);
+    }
+}
+
 /// A serializable value's numeric fields, flattened (`a.b` for nested ones).
 pub fn numbers(v: &impl serde::Serialize) -> HashMap<String, u64> {
     fn walk(prefix: &str, v: &serde_json::Value, out: &mut HashMap<String, u64>) {
@@ -227,7 +243,11 @@ impl Dataplane for DaemonPlane {
             workers,
             conntrack_entries: self.ct.len() as u64,
             conntrack_capacity: self.ct.capacity() as u64,
-            conntrack: numbers(&ConntrackReport::of(&self.ct)),
+            conntrack: {
+                let mut m = numbers(&ConntrackReport::of(&self.ct));
+                census(&self.ct.census(), &mut m);
+                m
+            },
             nat: numbers(&NatReport::of(&total)),
             xdp,
         }

@@ -72,6 +72,8 @@ fn metrics_match_the_stats_and_health_follows_the_workers() {
     assert!(t.ping("a", "10.244.2.3", &[]));
     t.serve("d", "tcp", 8080);
     t.echo("a", "tcp", "10.244.2.3", 8080, 100_000);
+    // Through a ClusterIP: conntrack entries, counted by state.
+    t.echo("a", "tcp", "10.96.0.10", 80, 10_000);
 
     // The API's counters read before and after the scrape bound the scrape's (a stray
     // neighbour solicitation may arrive meanwhile); the workers publish twice a second.
@@ -148,6 +150,19 @@ fn metrics_match_the_stats_and_health_follows_the_workers() {
         num(&v["published_generation"])
     });
     assert!(m["nodeswitch_xdp_packets_total{verdict=redirected}"] > 0.0);
+    let tcp_by_state: f64 = m
+        .iter()
+        .filter(|(k, _)| k.starts_with("nodeswitch_conntrack_tcp_entries{"))
+        .map(|(_, v)| v)
+        .sum();
+    assert!(
+        tcp_by_state >= 1.0,
+        "the ClusterIP connection is counted: {m:?}"
+    );
+    assert_eq!(
+        m["nodeswitch_conntrack_entries_by_protocol{protocol=tcp}"],
+        tcp_by_state
+    );
     assert!(m
         .keys()
         .any(|k| k.starts_with("nodeswitch_build_info{") && k.contains("node=node1")));

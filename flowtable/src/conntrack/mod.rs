@@ -39,7 +39,7 @@ mod table;
 pub mod tcp;
 
 pub use region::{Identity, Memory, Opened, Recovery};
-pub use table::{Conntrack, Entry, EntryInfo, NewFlow, MAX_CAPACITY};
+pub use table::{Census, Conntrack, Entry, EntryInfo, NewFlow, MAX_CAPACITY};
 pub use tcp::{Invalid, Segment, TcpState};
 
 use std::net::Ipv4Addr;

@@ -106,6 +106,21 @@ impl Entry {
     }
 }
 
+/// Live entries counted by kind ([`Conntrack::census`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Census {
+    /// TCP connections, by state number ([`TcpState::ALL`]'s order).
+    pub tcp: [u64; 10],
+    /// UDP flows.
+    pub udp: u64,
+    /// ICMP echo flows.
+    pub icmp: u64,
+    /// Other protocols.
+    pub other: u64,
+    /// Session-affinity records (one-way, not connections).
+    pub affinity: u64,
+}
+
 /// A live entry as `switchctl ct list` shows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EntryInfo {
@@ -934,6 +949,32 @@ impl Conntrack {
                 })
             })
             .collect()
+    }
+
+    /// Live entries by kind and TCP state: a scan of the whole table without locks (for the
+    /// counters and metrics; never on the per-packet path).
+    pub fn census(&self) -> Census {
+        let now = self.now();
+        let mut c = Census::default();
+        for i in 0..self.entries.len() as u32 {
+            let Some((o, _, m, _)) = self.read(i) else {
+                continue;
+            };
+            if self.past_deadline(&self.entries[i as usize], now) {
+                continue;
+            }
+            if m & ONE_WAY != 0 {
+                c.affinity += 1;
+                continue;
+            }
+            match o.proto {
+                6 => c.tcp[state_of(m) as usize] += 1,
+                17 => c.udp += 1,
+                1 => c.icmp += 1,
+                _ => c.other += 1,
+            }
+        }
+        c
     }
 
     /// How many live entries are assured (a gauge kept as entries become assured and go).

@@ -557,3 +557,26 @@ mod fast_path {
         }
     }
 }
+
+#[test]
+fn the_census_counts_live_entries_by_kind_and_state() {
+    let ct = Conntrack::new(64, Timeouts::default());
+    tcp_flow(&ct, k(2, 40000, [10, 96, 0, 10], 80, 6), true);
+    tcp_flow(&ct, k(2, 40001, [10, 96, 0, 10], 80, 6), false);
+    ct.insert(
+        k(2, 5000, [10, 96, 0, 53], 53, 17),
+        dnat(k(2, 5000, [10, 96, 0, 53], 53, 17), 3),
+    )
+    .unwrap();
+    let c = ct.census();
+    assert_eq!(c.tcp[TcpState::Established as usize], 1);
+    assert_eq!(c.tcp[TcpState::SynSent as usize], 1);
+    assert_eq!(c.udp, 1);
+    assert_eq!(
+        c.tcp.iter().sum::<u64>() + c.udp + c.icmp + c.other + c.affinity,
+        ct.len() as u64
+    );
+    // Expired entries are not counted, even before they are collected.
+    ct.set_now(1_000_000);
+    assert_eq!(ct.census(), Census::default());
+}
