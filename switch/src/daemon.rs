@@ -1180,27 +1180,7 @@ fn write_stats(
         received: c.received,
         actions: replay::action_counts(c),
         drops: replay::drop_counts(c),
-        worker_drops: BTreeMap::from([
-            ("tx_no_socket", r.tx_no_socket),
-            ("kernel_undeliverable", r.kernel_undeliverable),
-            (
-                "tx_ring_full",
-                r.ports.iter().map(|p| p.tx_ring_full).sum::<u64>(),
-            ),
-            (
-                "rx_not_a_port",
-                r.ports.iter().map(|p| p.rx_not_a_port).sum::<u64>(),
-            ),
-            ("handoff_full", r.handoff_full),
-            (
-                "kernel_rx_ring_full",
-                r.ports.iter().map(|p| p.kernel.rx_ring_full).sum::<u64>(),
-            ),
-            (
-                "kernel_rx_dropped",
-                r.ports.iter().map(|p| p.kernel.rx_dropped).sum::<u64>(),
-            ),
-        ]),
+        worker_drops: BTreeMap::from(r.drops()),
         checksums_completed: c.checksums_completed,
         ports,
         nat: NatReport::of(c),

@@ -175,18 +175,11 @@ impl Dataplane for DaemonPlane {
         for (id, rep) in self.reports.iter().enumerate() {
             let Ok(r) = rep.lock() else { continue };
             total.merge(&r.counters);
-            let mut add = |k: &str, v: u64| *worker_drops.entry(k.into()).or_default() += v;
-            add("tx_no_socket", r.tx_no_socket);
-            add("kernel_undeliverable", r.kernel_undeliverable);
-            add("handoff_full", r.handoff_full);
-            let mut port_drops = 0;
+            let drops = r.drops();
+            for (k, v) in drops {
+                *worker_drops.entry(k.into()).or_default() += v;
+            }
             for p in &r.ports {
-                add("tx_ring_full", p.tx_ring_full);
-                add("rx_not_a_port", p.rx_not_a_port);
-                add("kernel_rx_ring_full", p.kernel.rx_ring_full);
-                add("kernel_rx_dropped", p.kernel.rx_dropped);
-                port_drops +=
-                    p.tx_ring_full + p.rx_not_a_port + p.kernel.rx_ring_full + p.kernel.rx_dropped;
                 ports.push(pb::PortStats {
                     name: p.name.clone(),
                     worker: id as u32,
@@ -205,11 +198,7 @@ impl Dataplane for DaemonPlane {
                 id: id as u32,
                 generation: running.get(id).copied().unwrap_or(r.generation),
                 received: r.counters.received,
-                dropped: r.counters.total_drops()
-                    + r.tx_no_socket
-                    + r.kernel_undeliverable
-                    + r.handoff_full
-                    + port_drops,
+                dropped: r.counters.total_drops() + drops.iter().map(|(_, v)| v).sum::<u64>(),
                 handed_off: r.handed_off,
                 free_frames: r.free_frames as u64,
                 report_age_secs: r

@@ -238,6 +238,23 @@ pub struct Report {
     pub at: Option<Instant>,
 }
 
+impl Report {
+    /// Every drop after the pipeline, by reason (its ports' summed): what `worker_drops`
+    /// shows in the stats file, `switchctl stats` and the metrics.
+    pub fn drops(&self) -> [(&'static str, u64); 7] {
+        let sum = |f: fn(&PortCounters) -> u64| self.ports.iter().map(f).sum::<u64>();
+        [
+            ("tx_no_socket", self.tx_no_socket),
+            ("kernel_undeliverable", self.kernel_undeliverable),
+            ("handoff_full", self.handoff_full),
+            ("tx_ring_full", sum(|p| p.tx_ring_full)),
+            ("rx_not_a_port", sum(|p| p.rx_not_a_port)),
+            ("kernel_rx_ring_full", sum(|p| p.kernel.rx_ring_full)),
+            ("kernel_rx_dropped", sum(|p| p.kernel.rx_dropped)),
+        ]
+    }
+}
+
 struct Slot {
     port: Port,
     /// Frames in the fill ring or received and not yet taken (owned by the kernel side).
@@ -1065,4 +1082,33 @@ impl Worker {
 fn recycle<'a, 'b>(mut v: Vec<Packet<'a>>) -> Vec<Packet<'b>> {
     v.clear();
     v.into_iter().map(|_| unreachable!("empty")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reports_drops_name_every_reason_and_sum_its_ports() {
+        let port = |full, gone| PortCounters {
+            tx_ring_full: full,
+            kernel: KernelStats {
+                rx_dropped: gone,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let r = Report {
+            tx_no_socket: 1,
+            handoff_full: 2,
+            ports: vec![port(3, 4), port(5, 6)],
+            ..Default::default()
+        };
+        let d: std::collections::BTreeMap<_, _> = r.drops().into_iter().collect();
+        assert_eq!(d["tx_no_socket"], 1);
+        assert_eq!(d["handoff_full"], 2);
+        assert_eq!(d["tx_ring_full"], 8);
+        assert_eq!(d["kernel_rx_dropped"], 10);
+        assert_eq!(d.len(), 7, "seven reasons, none twice");
+    }
 }
