@@ -70,6 +70,7 @@ fn metrics_match_the_stats_and_health_follows_the_workers() {
     t.switchd(2, &state(2));
     assert!(t.ping("a", "10.244.1.3", &[]));
     assert!(t.ping("a", "10.244.2.3", &[]));
+    t.serve("b", "tcp", 8080);
     t.serve("d", "tcp", 8080);
     t.echo("a", "tcp", "10.244.2.3", 8080, 100_000);
     // Through a ClusterIP: conntrack entries, counted by state.
