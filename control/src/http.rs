@@ -8,8 +8,9 @@
 //! connection is closed at once. No keep-alive, no request body, no TLS: these endpoints are
 //! for probes and scrapers on the node or the pod network.
 //!
-//! [`HttpServer`] serves one listener from a thread of its own; [`HttpPool`] many, opened and
-//! closed one by one, from one thread.
+//! [`HttpPool`] serves listeners, opened and closed one by one, from one thread of its own
+//! (switchd's metrics endpoint is one, its health-check node ports the others); dropping it
+//! stops them.
 //!
 //! Thread-safety: the handler is shared (`Arc`) by the connection tasks and must be cheap and
 //! non-blocking or briefly blocking (it runs on the runtime's thread).
@@ -139,61 +140,6 @@ fn respond(complete: bool, buf: &[u8], handler: &Handler) -> (Reply, bool) {
     }
 }
 
-/// A running HTTP server on its own thread and runtime; dropping it stops it.
-pub struct HttpServer {
-    addr: SocketAddr,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl HttpServer {
-    /// Binds `addr` and serves `handler` from a thread named `name`.
-    pub fn spawn(addr: SocketAddr, name: &str, handler: Arc<Handler>) -> std::io::Result<Self> {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        let listener = {
-            let _guard = rt.enter();
-            let std = std::net::TcpListener::bind(addr)?;
-            std.set_nonblocking(true)?;
-            TcpListener::from_std(std)?
-        };
-        let addr = listener.local_addr()?;
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let thread = std::thread::Builder::new()
-            .name(name.into())
-            .spawn(move || {
-                rt.block_on(async move {
-                    tokio::select! {
-                        _ = serve(listener, handler) => {}
-                        _ = stopped => {}
-                    }
-                });
-            })?;
-        Ok(HttpServer {
-            addr,
-            stop: Some(stop),
-            thread: Some(thread),
-        })
-    }
-
-    /// The address it listens on (the port chosen when asked for 0).
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-}
-
-impl Drop for HttpServer {
-    fn drop(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
 /// Many listeners served by one thread and runtime, each opened and closed on its own (the
 /// health-check node ports: one per Service that has one).
 pub struct HttpPool {
@@ -215,8 +161,9 @@ impl HttpPool {
         })
     }
 
-    /// Binds `addr` and serves `handler` on it (replacing what it served before).
-    pub fn open(&mut self, addr: SocketAddr, handler: Arc<Handler>) -> std::io::Result<()> {
+    /// Binds `addr` and serves `handler` on it (replacing what it served before); returns the
+    /// address bound (the port chosen when asked for 0).
+    pub fn open(&mut self, addr: SocketAddr, handler: Arc<Handler>) -> std::io::Result<SocketAddr> {
         self.close(addr);
         let listener = {
             let _guard = self.rt.enter();
@@ -224,9 +171,10 @@ impl HttpPool {
             std.set_nonblocking(true)?;
             TcpListener::from_std(std)?
         };
+        let bound = listener.local_addr()?;
         let task = self.rt.spawn(serve(listener, handler));
-        self.tasks.insert(addr, task.abort_handle());
-        Ok(())
+        self.tasks.insert(bound, task.abort_handle());
+        Ok(bound)
     }
 
     /// Stops serving `addr` (its listener closes; connections being answered finish).
@@ -272,9 +220,10 @@ mod tests {
 
     #[test]
     fn answers_get_and_head_refuses_the_rest() {
-        let srv =
-            HttpServer::spawn("127.0.0.1:0".parse().unwrap(), "http-test", handler()).unwrap();
-        let a = srv.addr();
+        let mut pool = HttpPool::new("http-test").unwrap();
+        let a = pool
+            .open("127.0.0.1:0".parse().unwrap(), handler())
+            .unwrap();
         let r = get(a, b"GET /x?y=1 HTTP/1.1\r\nHost: h\r\n\r\n");
         assert!(r.starts_with("HTTP/1.1 200 OK\r\n"), "{r}");
         assert!(

@@ -777,13 +777,15 @@ pub fn run(cfg: &Config) -> Result<(), DaemonError> {
                 Arc::new(crate::health::Health::new(cfg.health_bound)),
                 Arc::new(exporter),
             );
-            let h = control::http::HttpServer::spawn(addr, "switchd-metrics", handler)
+            let mut pool = control::http::HttpPool::new("switchd-metrics")
+                .map_err(|e| DaemonError::Metrics(addr, e))?;
+            let bound = pool
+                .open(addr, handler)
                 .map_err(|e| DaemonError::Metrics(addr, e))?;
             log(format!(
-                "metrics on http://{0}/metrics, health checks on /healthz and /livez",
-                h.addr()
+                "metrics on http://{bound}/metrics, health checks on /healthz and /livez"
             ));
-            Some(h)
+            Some(pool)
         }
         None => None,
     };

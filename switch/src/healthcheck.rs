@@ -109,7 +109,7 @@ impl HealthChecks {
                 })
             };
             match pool.open(addr(ip, port), handler) {
-                Ok(()) => {
+                Ok(_) => {
                     self.open.insert(port, answer);
                     log.push(format!(
                         "health-check node port {ip}:{port} for Service {}",
