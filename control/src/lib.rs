@@ -21,6 +21,7 @@ pub mod local;
 pub mod metrics;
 pub mod query;
 pub mod server;
+pub mod tap;
 
 pub use error::ApiError;
 

@@ -48,6 +48,10 @@ pub trait Dataplane: Send + Sync + 'static {
     fn next_hops(&self) -> Option<flowtable::egress::NextHopsCell> {
         None
     }
+    /// The workers' captures and monitors, if the dataplane has them.
+    fn taps(&self) -> Option<Arc<flowtable::tap::Taps>> {
+        None
+    }
 }
 
 /// How long a write waits for every worker to run its generation.
@@ -305,6 +309,17 @@ pub fn op(f: &str, c: &pb::Change) -> Result<Op, ApiError> {
 pub struct Api<D: Dataplane>(Arc<Control<D>>);
 
 impl<D: Dataplane> Api<D> {
+    /// Opens a capture or monitor session in the dataplane (refused when it has no taps or
+    /// as many sessions as it allows are open).
+    fn open_tap(&self, spec: flowtable::tap::Spec) -> Result<flowtable::tap::Tap, Status> {
+        let taps = self
+            .0
+            .plane
+            .taps()
+            .ok_or_else(|| Status::unimplemented("this dataplane cannot capture or monitor"))?;
+        taps.open(spec).map_err(Status::resource_exhausted)
+    }
+
     async fn write(
         &self,
         ops: Vec<(String, Op)>,
@@ -678,6 +693,40 @@ impl<D: Dataplane> SwitchService for Api<D> {
                 }
             }
         });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
+    type CaptureStream =
+        Pin<Box<dyn Stream<Item = Result<pb::CaptureResponse, Status>> + Send + 'static>>;
+
+    async fn capture(
+        &self,
+        req: Request<pb::CaptureRequest>,
+    ) -> Result<Response<Self::CaptureStream>, Status> {
+        let snap = self.0.plane.current();
+        let (spec, now) = crate::tap::capture_spec(&req.into_inner(), snap.ports())?;
+        let tap = self.open_tap(spec)?;
+        let (tx, rx) = tokio::sync::mpsc::channel(8);
+        tokio::task::spawn_blocking(move || crate::tap::pump_frames(tap, now, tx));
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
+    type MonitorStream =
+        Pin<Box<dyn Stream<Item = Result<pb::MonitorResponse, Status>> + Send + 'static>>;
+
+    async fn monitor(
+        &self,
+        req: Request<pb::MonitorRequest>,
+    ) -> Result<Response<Self::MonitorStream>, Status> {
+        let snap = self.0.plane.current();
+        let spec = crate::tap::monitor_spec(&req.into_inner(), snap.ports())?;
+        let tap = self.open_tap(spec)?;
+        let (tx, rx) = tokio::sync::mpsc::channel(8);
+        tokio::task::spawn_blocking(move || crate::tap::pump_events(tap, tx));
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),
         )))

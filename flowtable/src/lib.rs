@@ -20,6 +20,7 @@ pub mod pipeline;
 pub mod services;
 pub mod snapshot;
 pub mod state;
+pub mod tap;
 pub mod wire;
 
 pub use counters::{Action, Counters, DropReason};

@@ -111,6 +111,10 @@ impl Dataplane for DaemonPlane {
         Some(self.hops.clone())
     }
 
+    fn taps(&self) -> Option<Arc<flowtable::tap::Taps>> {
+        Some(Arc::clone(&self.fabric.taps))
+    }
+
     fn publish(&self, next: Snapshot) -> Result<u64, ApiError> {
         let cur = self.cell.load();
         if next.ports() == cur.ports()

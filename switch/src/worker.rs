@@ -34,6 +34,7 @@ use flowtable::counters::Counters;
 use flowtable::packet::{Packet, PortId};
 use flowtable::pipeline::{Pipeline, Verdict, BATCH_SIZE};
 use flowtable::snapshot::{Snapshot, SnapshotReader};
+use flowtable::tap::{self, Event, IfName, Layers, Outcome, Point, PortTaps, Taps, WorkerTaps};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::Receiver;
@@ -73,6 +74,8 @@ pub struct Fabric {
     /// Per worker: set while it sleeps in poll; then a handoff must wake it.
     sleeping: Vec<AtomicBool>,
     wake: Vec<xsk::EventFd>,
+    /// The open captures and monitors (`switchctl capture`, `switchctl monitor`).
+    pub taps: Arc<Taps>,
 }
 
 impl Fabric {
@@ -87,6 +90,7 @@ impl Fabric {
             sleeping: (0..workers).map(|_| AtomicBool::new(false)).collect(),
             wake,
             per_worker: frames / workers as u32,
+            taps: Taps::new(workers),
             ports: Mutex::new(HashMap::new()),
             ports_version: AtomicU64::new(0),
             next_epoch: AtomicU64::new(1),
@@ -257,6 +261,8 @@ impl Report {
 
 struct Slot {
     port: Port,
+    /// Its name as taps record it.
+    ifname: IfName,
     /// Frames in the fill ring or received and not yet taken (owned by the kernel side).
     filled: u32,
     /// How many frames its fill ring is topped up to (`fill`).
@@ -376,6 +382,12 @@ pub struct Worker {
     kernel_undeliverable: u64,
     /// Test hook ([`STALL_ENV`]): while this file exists the worker stops working.
     stall: Option<std::path::PathBuf>,
+    /// The open captures and monitors, as this worker last looked.
+    wtaps: WorkerTaps,
+    /// Per slot: which of them want the port's frames.
+    slot_taps: Vec<PortTaps>,
+    /// Per packet of the batch being decided, while a monitor is open: its flows as received.
+    before: Vec<Layers>,
 }
 
 /// The environment variable naming a file that, while it exists, stalls every worker at its
@@ -438,6 +450,9 @@ impl Worker {
             tx_no_socket: 0,
             kernel_undeliverable: 0,
             stall: std::env::var_os(STALL_ENV).map(Into::into),
+            wtaps: WorkerTaps::new(id),
+            slot_taps: vec![PortTaps::default(); MAX_PORTS],
+            before: Vec::with_capacity(BATCH_SIZE),
         }
     }
 
@@ -455,6 +470,7 @@ impl Worker {
             ..PortCounters::default()
         };
         self.slots[i] = Some(Slot {
+            ifname: IfName::new(&port.name),
             port,
             filled: 0,
             target: 0,
@@ -645,6 +661,18 @@ impl Worker {
             .max(1) as u32;
         let share = home / 4 / all_ports;
         self.tx_cap = share.clamp(64, xsk::RING_SIZE);
+        self.retap();
+    }
+
+    /// Recomputes which sessions want each port's frames (after the sessions or the ports
+    /// changed).
+    fn retap(&mut self) {
+        for (i, slot) in self.slots.iter().enumerate() {
+            self.slot_taps[i] = match slot {
+                Some(s) if self.wtaps.any() => self.wtaps.port(&s.port.name),
+                _ => PortTaps::default(),
+            };
+        }
     }
 
     /// Runs until `stop` is set; publishes a last report before returning.
@@ -682,6 +710,9 @@ impl Worker {
             }
             while let Some(f) = self.fabric.returns[usize::from(self.id)].pop() {
                 self.free.push(f);
+            }
+            if self.wtaps.refresh(&self.fabric.taps) {
+                self.retap();
             }
             self.reclaim();
             self.refill();
@@ -877,6 +908,24 @@ impl Worker {
             let (off, len) = (usize::from(h.off), usize::from(h.len));
             if dst.enqueue(h.slot, h.frame, off, len, tx_cap, &mut self.touched) {
                 self.owner[h.frame as usize] = h.slot + 1;
+                let t = self.slot_taps[usize::from(h.slot)].tx;
+                if t != 0 {
+                    // SAFETY: the frame came out of this worker's inbox, so it is this
+                    // worker's alone: its transmit descriptor is written but not submitted
+                    // (that happens after this loop), so the kernel does not read it yet,
+                    // and no other slice of it exists.
+                    #[allow(unsafe_code)]
+                    let buf = unsafe { self.fabric.umem.frame(h.frame) };
+                    let vxlan = self.snap.node.vxlan_port;
+                    self.wtaps.capture(
+                        t,
+                        now_ns(),
+                        dst.ifname,
+                        Point::Tx,
+                        &buf[off..off + len],
+                        vxlan,
+                    );
+                }
             } else {
                 self.give_back(h.frame);
             }
@@ -907,6 +956,9 @@ impl Worker {
             kernel_undeliverable,
             handoff_full,
             handed_off,
+            wtaps,
+            slot_taps,
+            before,
             ..
         } = self;
         let umem = &fabric.umem;
@@ -944,6 +996,7 @@ impl Worker {
         rx.release(n);
         slot.filled = slot.filled.saturating_sub(n);
         slot.counters.rx += m as u64;
+        let rx_name = slot.ifname;
         let Some(port) = slot_to_port[si] else {
             slot.counters.rx_not_a_port += m as u64;
             free.extend_from_slice(&frames[..m]);
@@ -974,6 +1027,35 @@ impl Worker {
             }
         }
         let m = kept;
+        // Taps (captures, monitors): nothing but these loads while none is open.
+        let rx_taps = slot_taps[si];
+        let ts = if wtaps.any() { now_ns() } else { 0 };
+        let vxlan = snap.node.vxlan_port;
+        if rx_taps.rx != 0 {
+            for p in pkts.iter() {
+                wtaps.capture(rx_taps.rx, ts, rx_name, Point::Rx, p.data(), vxlan);
+            }
+        }
+        let monitor = rx_taps.monitor;
+        before.clear();
+        if monitor != 0 {
+            before.extend(pkts.iter().map(|p| tap::layers(p.data(), vxlan)));
+        }
+        let generation = snap.generation;
+        let note = |k: usize, outcome: Outcome, after: Option<&[u8]>| {
+            if monitor != 0 {
+                let e = Event {
+                    ts_ns: ts,
+                    generation,
+                    port: rx_name,
+                    outcome,
+                    before: before.get(k).copied().unwrap_or_default(),
+                    after: after.map(|d| tap::layers(d, vxlan)).unwrap_or_default(),
+                    ..Event::default()
+                };
+                wtaps.event(monitor, &e);
+            }
+        };
         let mut verdicts = [Verdict::default(); BATCH_SIZE];
         let mut slot_bad = 0u64;
         let mut wake_mask = 0u64;
@@ -991,7 +1073,12 @@ impl Worker {
                         if usize::from(w) >= fabric.inbox.len() {
                             *tx_no_socket += 1;
                             free.push(idx);
+                            note(k, Outcome::Drop("tx_no_socket"), None);
                             continue;
+                        }
+                        if monitor != 0 {
+                            let name = IfName::new(snap.port_name(p).unwrap_or_default());
+                            note(k, Outcome::Forward(name), Some(pkt.data()));
                         }
                         outbox.push((
                             w,
@@ -1009,19 +1096,32 @@ impl Worker {
                     if pkt.is_empty() || pkt.offset() + pkt.len() > FRAME_SIZE {
                         slot_bad += 1;
                         free.push(idx);
+                        note(k, Outcome::Drop("bad_descriptors"), None);
                         continue;
                     }
                     if !dst.enqueue(to, idx, pkt.offset(), pkt.len(), *tx_cap, touched) {
                         free.push(idx);
+                        note(k, Outcome::Drop("tx_ring_full"), None);
                         continue;
                     }
                     owner[idx as usize] = to + 1;
+                    // The descriptor is not submitted before the batch ends: the frame is
+                    // still only this worker's to read.
+                    let t = slot_taps[usize::from(to)].tx;
+                    if t != 0 {
+                        wtaps.capture(t, ts, dst.ifname, Point::Tx, pkt.data(), vxlan);
+                    }
+                    note(k, Outcome::Forward(dst.ifname), Some(pkt.data()));
                 }
                 Verdict::Kernel => {
                     *kernel_undeliverable += 1;
                     free.push(idx);
+                    note(k, Outcome::Drop("kernel_undeliverable"), None);
                 }
-                Verdict::Drop(_) => free.push(idx),
+                Verdict::Drop(r) => {
+                    free.push(idx);
+                    note(k, Outcome::Drop(r.name()), None);
+                }
             }
         }
         *storage = recycle(pkts);
@@ -1075,6 +1175,15 @@ impl Worker {
         r.handed_off = self.handed_off;
         r.at = Some(Instant::now());
     }
+}
+
+/// Now, in nanoseconds since the epoch (a vDSO clock read; taken once per batch, and only
+/// while a capture or monitor is open).
+fn now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
 }
 
 /// Reuses a vector's allocation for packets of another lifetime (the in-place collect of an

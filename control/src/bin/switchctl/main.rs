@@ -5,6 +5,9 @@
 //! TCP, this client's certificate refused), 4 not found, 5 applied but not programmed in time,
 //! 6 the state file could not be read or parsed.
 
+mod capture;
+mod monitor;
+
 use clap::{Parser, Subcommand, ValueEnum};
 use control::client::{connect, DEFAULT_SOCKET};
 use control::pb;
@@ -127,8 +130,84 @@ enum Cmd {
         #[arg(long)]
         from: Option<String>,
     },
+    /// Stream the frames passing the switch's ports as pcapng: capture -w - | tshark -r -
+    Capture {
+        /// A port to capture on (repeat for more; default: every port, also new ones).
+        #[arg(long = "port", value_name = "NAME")]
+        ports: Vec<String>,
+        /// Received frames (before the pipeline), sent ones (after NAT and encapsulation) or
+        /// both.
+        #[arg(long, value_enum, default_value_t = Point::Both)]
+        point: Point,
+        /// Which frames: host IP, net CIDR, port N, proto tcp|udp|icmp|arp|N (also tcp, udp,
+        /// icmp, arp alone), all of which must hold for the frame's packet or, in a VXLAN
+        /// frame, for its inner packet. Example: --filter host 10.244.1.5 tcp port 80
+        #[arg(long, num_args = 1.., value_name = "TERM", allow_hyphen_values = false)]
+        filter: Vec<String>,
+        /// Stop after this many frames.
+        #[arg(short = 'c', long)]
+        count: Option<u64>,
+        /// Stop after this many seconds.
+        #[arg(long, value_name = "SECONDS")]
+        duration: Option<f64>,
+        /// Write pcapng to FILE, or to standard output with -.
+        #[arg(short = 'w', long = "write", value_name = "FILE")]
+        write: PathBuf,
+    },
+    /// Print drops (with their reason) and forwarding decisions as they happen, one line each
+    /// (with -o json, one JSON object per line).
+    Monitor {
+        /// Which events.
+        #[arg(long = "type", value_enum, default_value_t = EventType::Drop)]
+        kind: EventType,
+        /// Only frames received on this port (repeat for more; default: every port).
+        #[arg(long = "port", value_name = "NAME")]
+        ports: Vec<String>,
+        /// Which frames, as for capture (matched before or after translation).
+        #[arg(long, num_args = 1.., value_name = "TERM")]
+        filter: Vec<String>,
+        /// Stop after this many events.
+        #[arg(short = 'c', long)]
+        count: Option<u64>,
+        /// Stop after this many seconds.
+        #[arg(long, value_name = "SECONDS")]
+        duration: Option<f64>,
+    },
     /// The versions of switchctl and switchd.
     Version,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Point {
+    /// Received frames.
+    Rx,
+    /// Sent frames.
+    Tx,
+    /// Both.
+    Both,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum EventType {
+    /// Dropped frames, with the reason.
+    Drop,
+    /// Forwarded frames, before and after translation.
+    Trace,
+    /// Both.
+    All,
+}
+
+/// A `--duration` in seconds, checked.
+fn duration(secs: Option<f64>) -> Result<Option<std::time::Duration>, Failure> {
+    match secs {
+        None => Ok(None),
+        Some(s) if s.is_finite() && s > 0.0 && s <= 1e9 => {
+            Ok(Some(std::time::Duration::from_secs_f64(s)))
+        }
+        Some(s) => Err(usage(format!(
+            "--duration {s}: must be a number of seconds above 0"
+        ))),
+    }
 }
 
 #[derive(Subcommand)]
@@ -331,6 +410,50 @@ fn endpoint_flags(e: &pb::Endpoint) -> String {
 
 async fn run(cli: &Cli) -> Result<(), Failure> {
     match &cli.cmd {
+        Cmd::Capture {
+            ports,
+            point,
+            filter,
+            count,
+            duration: secs,
+            write,
+        } => {
+            let point = match point {
+                Point::Rx => "rx",
+                Point::Tx => "tx",
+                Point::Both => "both",
+            };
+            let args = capture::Args {
+                ports,
+                point,
+                filter,
+                count: *count,
+                duration: duration(*secs)?,
+                write,
+            };
+            capture::run(cli, args).await
+        }
+        Cmd::Monitor {
+            kind,
+            ports,
+            filter,
+            count,
+            duration: secs,
+        } => {
+            let kind = match kind {
+                EventType::Drop => "drop",
+                EventType::Trace => "trace",
+                EventType::All => "all",
+            };
+            let args = monitor::Args {
+                kind,
+                ports,
+                filter,
+                count: *count,
+                duration: duration(*secs)?,
+            };
+            monitor::run(cli, args).await
+        }
         Cmd::Apply { file, dry_run } => apply(cli, file, *dry_run).await,
         Cmd::List { kind } => list(cli, *kind, "").await,
         Cmd::Get { kind, name } => list(cli, *kind, name).await,
