@@ -176,7 +176,12 @@ pub async fn run(cli: &Cli, a: Args<'_>) -> Result<(), Failure> {
 
 fn finish(written: u64, lost: u64, why: &str) -> Result<(), Failure> {
     eprintln!(
-        "switchctl: {written} frames captured, {lost} lost (the switch's capture ring was full: the reader was behind); {why}"
+        "switchctl: {written} frames captured, {lost} lost{}; {why}",
+        if lost > 0 {
+            " (the switch's capture ring was full: this reader was behind)"
+        } else {
+            ""
+        }
     );
     Ok(())
 }

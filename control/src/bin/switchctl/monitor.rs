@@ -142,7 +142,12 @@ pub async fn run(cli: &Cli, a: Args<'_>) -> Result<(), Failure> {
     };
     let _ = stdout.flush();
     eprintln!(
-        "switchctl: {shown} events, {lost} lost (the switch's monitor ring was full: the reader was behind); {why}"
+        "switchctl: {shown} events, {lost} lost{}; {why}",
+        if lost > 0 {
+            " (the switch's monitor ring was full: this reader was behind)"
+        } else {
+            ""
+        }
     );
     Ok(())
 }
