@@ -17,6 +17,8 @@ Run through bench/e2e (root; builds switchd, installs trafgen). Options:
   --cores A,B        cores for node1's and node2's switchd workers (default 1,1; "-": unpinned)
   --paths LIST       which paths (default local,remote,clusterip)
   --switchd-args S   extra arguments for switchd run (e.g. "--batch-wait-us 10")
+  --capture          also measure switchd with `switchctl capture -w /dev/null` open on
+                     node1 (every port, both points): what a capture left open costs
   --json FILE        also write every run as JSON
 """
 import argparse
@@ -31,6 +33,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SWITCHD = os.path.join(ROOT, "target/release/switchd")
+SWITCHCTL = os.path.join(ROOT, "target/release/switchctl")
 TOPO = os.path.join(ROOT, "scripts/topology")
 
 # (name, destination IP, UDP destination port, receiving pod, its IP)
@@ -116,6 +119,28 @@ def measure(p, dst, dport, rx_pod, seconds, conf_dir):
     }
 
 
+def capture_open(conf_dir):
+    """Starts a capture of every port of node1 into /dev/null; returns it once it runs."""
+    err = open(os.path.join(conf_dir, "capture.err"), "w+")
+    c = subprocess.Popen([SWITCHCTL, "--socket", os.path.join(conf_dir, "n1.sock"), "capture",
+                          "-w", "/dev/null"], stdout=subprocess.DEVNULL, stderr=err)
+    time.sleep(0.5)
+    if c.poll() is not None:
+        err.seek(0)
+        raise RuntimeError("switchctl capture exited: " + err.read())
+    return c, err
+
+
+def capture_close(c, err):
+    """Stops the capture (as Ctrl-C does); returns (captured, lost) from its summary."""
+    c.send_signal(signal.SIGINT)
+    c.wait(timeout=10)
+    err.seek(0)
+    words = [w.rstrip(",;") for w in err.read().split()]
+    err.close()
+    return int(words[words.index("frames") - 1]), int(words[words.index("lost") - 1])
+
+
 def topology(mode, poll, cores, extra, conf_dir):
     p = "e%x" % (os.getpid() % 0xfffff)
     procs = []
@@ -159,6 +184,7 @@ def main():
     ap.add_argument("--cores", default="1,1")
     ap.add_argument("--paths", default=",".join(PATH_KEYS))
     ap.add_argument("--switchd-args", default="")
+    ap.add_argument("--capture", action="store_true")
     ap.add_argument("--json")
     a = ap.parse_args()
     paths = [p for k, p in zip(PATH_KEYS, PATHS) if k in a.paths.split(",")]
@@ -172,6 +198,17 @@ def main():
                     results[(mode, name)] = runs
                     med = statistics.median(r["delivered_pps"] for r in runs)
                     print("  %-6s %-32s %6.3f Mpps" % (mode, name, med / 1e6), file=sys.stderr)
+                    if mode == "switch" and a.capture:
+                        c, err = capture_open(d)
+                        runs = [measure(p, dst, dport, rx_pod, a.seconds, d)
+                                for _ in range(a.runs)]
+                        captured, lost = capture_close(c, err)
+                        for r in runs:
+                            r["captured"], r["lost"] = captured, lost
+                        results[("capture", name)] = runs
+                        med = statistics.median(r["delivered_pps"] for r in runs)
+                        print("  %-6s %-32s %6.3f Mpps (capture open: %d frames captured, %d lost)"
+                              % (mode, name, med / 1e6, captured, lost), file=sys.stderr)
             finally:
                 for pr in procs:
                     pr.terminate()
@@ -198,6 +235,25 @@ def main():
         sc = statistics.median(r["cpu_ns_per_packet"] for r in s)
         print("%-32s %14.3f %14.3f %6.2fx   %14.0f %14.0f" % (
             name, kp / 1e6, sp / 1e6, sp / kp if kp else float("inf"), kc, sc))
+    if a.capture:
+        print()
+        print("switchd with a capture of every port of node1 open (switchctl capture -w /dev/null);")
+        print("the reader shares the machine's two cores; what it cannot take is lost, counted")
+        print()
+        print("%-32s %14s %14s %7s   %14s %14s %12s" % (
+            "path", "closed Mpps", "open Mpps", "ratio", "closed ns/pkt", "open ns/pkt",
+            "captured"))
+        for name, _, _, _ in paths:
+            s = results[("switch", name)]
+            o = results[("capture", name)]
+            sp = statistics.median(r["delivered_pps"] for r in s)
+            op = statistics.median(r["delivered_pps"] for r in o)
+            sc = statistics.median(r["cpu_ns_per_packet"] for r in s)
+            oc = statistics.median(r["cpu_ns_per_packet"] for r in o)
+            seen = o[0]["captured"] + o[0]["lost"]
+            print("%-32s %14.3f %14.3f %6.2fx   %14.0f %14.0f %11.1f%%" % (
+                name, sp / 1e6, op / 1e6, op / sp if sp else float("inf"), sc, oc,
+                100.0 * o[0]["captured"] / seen if seen else 0.0))
     if a.json:
         with open(a.json, "w") as f:
             json.dump({"%s/%s" % k: v for k, v in results.items()}, f, indent=1)
