@@ -349,6 +349,25 @@ impl Collector for Counters {
             MetricType::Counter,
             per_worker(|w| w.dropped),
         )?;
+        let mut worker_drops = Vec::new();
+        for w in &s.workers {
+            let id = w.id.to_string();
+            for (map, stage) in [(&w.drops, "pipeline"), (&w.worker_drops, "worker")] {
+                worker_drops.extend(by_key(
+                    map,
+                    "reason",
+                    || vec![("worker", id.clone()), ("stage", stage.into())],
+                    counter,
+                ));
+            }
+        }
+        family(
+            &mut enc,
+            "nodeswitch_worker_drops",
+            "Frames a worker dropped, by reason and stage (as nodeswitch_drops_total, per worker).",
+            MetricType::Counter,
+            worker_drops,
+        )?;
         family(
             &mut enc,
             "nodeswitch_worker_handed_off_packets",
@@ -521,6 +540,8 @@ mod tests {
                 id: 0,
                 generation: 4,
                 received: 100,
+                drops: [("spoofed_source".to_string(), 3)].into(),
+                worker_drops: [("tx_ring_full".to_string(), 2)].into(),
                 ..Default::default()
             }],
             conntrack_entries: 9,
@@ -548,6 +569,8 @@ mod tests {
             "# TYPE nodeswitch_drops counter",
             "nodeswitch_drops_total{stage=\"pipeline\",reason=\"spoofed_source\"} 3",
             "nodeswitch_drops_total{stage=\"worker\",reason=\"tx_ring_full\"} 2",
+            "nodeswitch_worker_drops_total{worker=\"0\",stage=\"pipeline\",reason=\"spoofed_source\"} 3",
+            "nodeswitch_worker_drops_total{worker=\"0\",stage=\"worker\",reason=\"tx_ring_full\"} 2",
             "nodeswitch_port_packets_total{port=\"veth-a\",worker=\"0\",direction=\"rx\"} 60",
             "nodeswitch_port_drops_total{port=\"veth-a\",worker=\"0\",reason=\"kernel_rx_ring_full\"} 7",
             "nodeswitch_conntrack_events_total{event=\"expired\"} 11",

@@ -205,6 +205,11 @@ impl Dataplane for DaemonPlane {
                 dropped: r.counters.total_drops() + drops.iter().map(|(_, v)| v).sum::<u64>(),
                 handed_off: r.handed_off,
                 free_frames: r.free_frames as u64,
+                drops: replay::drop_counts(&r.counters)
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v))
+                    .collect(),
+                worker_drops: drops.iter().map(|&(k, v)| (k.to_string(), v)).collect(),
                 report_age_secs: r
                     .at
                     .map_or(self.start.elapsed(), |t| t.elapsed())

@@ -144,6 +144,21 @@ fn metrics_match_the_stats_and_health_follows_the_workers() {
             );
         }
     }
+    for (i, w) in before["workers"].as_array().unwrap().iter().enumerate() {
+        for (map, stage) in [("drops", "pipeline"), ("worker_drops", "worker")] {
+            let reasons = w[map].as_object().expect("a worker's drops by reason");
+            assert!(reasons.contains_key("spoofed_source") || stage == "worker");
+            for reason in reasons.keys() {
+                check(
+                    format!(
+                        "nodeswitch_worker_drops_total{{reason={reason},stage={stage},worker={}}}",
+                        w["id"]
+                    ),
+                    &|v| num(&v["workers"][i][map][reason]),
+                );
+            }
+        }
+    }
     check("nodeswitch_conntrack_capacity{}".into(), &|v| {
         num(&v["conntrack_capacity"])
     });

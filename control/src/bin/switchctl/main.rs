@@ -983,6 +983,21 @@ fn print_stats(cli: &Cli, s: &pb::Stats) {
                     w.dropped.to_string(),
                     w.handed_off.to_string(),
                     w.free_frames.to_string(),
+                    {
+                        let mut d: Vec<(&String, &u64)> = w
+                            .drops
+                            .iter()
+                            .chain(&w.worker_drops)
+                            .filter(|(_, n)| **n > 0)
+                            .collect();
+                        d.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+                        let d: Vec<String> = d.iter().map(|(k, n)| format!("{k} {n}")).collect();
+                        if d.is_empty() {
+                            "-".into()
+                        } else {
+                            d.join(", ")
+                        }
+                    },
                 ]
             })
             .collect();
@@ -994,6 +1009,7 @@ fn print_stats(cli: &Cli, s: &pb::Stats) {
                 "DROPPED",
                 "HANDED OFF",
                 "FREE FRAMES",
+                "DROPS BY REASON",
             ],
             &rows,
         );
