@@ -1,14 +1,23 @@
 #!/usr/bin/env python3
 """End-to-end comparison: the same two-node namespace topology forwarded by the kernel
 (Flannel's vxlan device, kube-proxy's iptables DNAT) and by switchd, driven by the same
-generator (netsniff-ng's trafgen: 64-byte UDP frames, one flow, from pod-a's namespace).
+clients from pod-a's namespace, side by side, with the CPU time over all cores (/proc/stat):
 
-For each path it reports the packets per second delivered at the receiving pod's eth0 and
-the CPU time per delivered packet over all cores (from /proc/stat), side by side:
+  pps   64-byte UDP frames, one flow, from netsniff-ng's trafgen on CPU 0: packets per
+        second delivered at the receiving pod's eth0, CPU per delivered packet
+  tcp   TCP bulk, iperf3 with 1 and 4 streams: Gbit/s received, CPU per 1000 bytes
+  rr    UDP request/response, 64 bytes, sockperf ping-pong (one message in flight): one-way
+        latency mean and p99, CPU per round trip
+
+on three paths:
 
   pod -> local pod            pod-a -> pod-b 10.244.1.3
   pod -> remote pod           pod-a -> pod-d 10.244.2.3 (VXLAN)
   pod -> ClusterIP -> remote  pod-a -> 10.96.0.53:53 (default/echo) -> pod-c 10.244.2.2:5353
+                              (pps, rr); 10.96.0.20:5201 (default/iperf) -> pod-d (tcp)
+
+tcp and rr also run at jumbo MTU (underlay 9000, pods 8950; --mtus): where switchd cannot
+run at an MTU its row says why.
 
 Run through bench/e2e (root; builds switchd, installs trafgen). Options:
   --seconds N        measurement window per run (default 5)
@@ -17,6 +26,8 @@ Run through bench/e2e (root; builds switchd, installs trafgen). Options:
   --cores A,B        cores for node1's and node2's switchd workers (default 1,1; "-": unpinned)
   --paths LIST       which paths (default local,remote,clusterip)
   --switchd-args S   extra arguments for switchd run (e.g. "--batch-wait-us 10")
+  --tests LIST       which measurements (default pps,tcp,rr)
+  --mtus LIST        underlay MTUs for tcp and rr (default 1500,9000; pps runs at the first)
   --capture          also measure switchd with `switchctl capture -w /dev/null` open on
                      node1 (every port, both points): what a capture left open costs
   --json FILE        also write every run as JSON
@@ -24,6 +35,7 @@ Run through bench/e2e (root; builds switchd, installs trafgen). Options:
 import argparse
 import json
 import os
+import re
 import signal
 import statistics
 import subprocess
@@ -43,6 +55,19 @@ PATHS = [
     ("pod -> ClusterIP -> remote pod", "10.96.0.53", 53, "c"),
 ]
 PATH_KEYS = ["local", "remote", "clusterip"]
+# (name, destination IP, TCP port) of iperf3's server: pod-b and pod-d run one on 5201.
+TCP_PATHS = [
+    ("pod -> local pod", "10.244.1.3", 5201),
+    ("pod -> remote pod", "10.244.2.3", 5201),
+    ("pod -> ClusterIP -> remote pod", "10.96.0.20", 5201),
+]
+# (name, destination IP, UDP port) of sockperf's server: pods b, c and d run one on 5353.
+RR_PATHS = [
+    ("pod -> local pod", "10.244.1.3", 5353),
+    ("pod -> remote pod", "10.244.2.3", 5353),
+    ("pod -> ClusterIP -> remote pod", "10.96.0.53", 53),
+]
+TRAFGEN_SPORT = 40000
 
 
 def sh(*args, check=True, **kw):
@@ -73,10 +98,10 @@ def trafgen_conf(dst_ip, dport):
   0x08, 0x00,
   0x45, 0x00, c16(46), c16(1), 0x40, 0x00, 64, 17, csumip(14, 33),
   10, 244, 1, 2, %d, %d, %d, %d,
-  c16(40000), c16(%d), c16(26), csumudp(14, 34),
+  c16(%d), c16(%d), c16(26), csumudp(14, 34),
   fill(0x6e, 18),
 }
-""" % (d[0], d[1], d[2], d[3], dport)
+""" % (d[0], d[1], d[2], d[3], TRAFGEN_SPORT, dport)
 
 
 def stop(proc):
@@ -119,6 +144,47 @@ def measure(p, dst, dport, rx_pod, seconds, conf_dir):
     }
 
 
+def measure_tcp(p, dst, port, streams, seconds):
+    """One iperf3 run from pod-a: received Gbit/s and CPU (all cores) per 1000 bytes."""
+    cpu0 = cpu_busy_jiffies()
+    r = ns(p, "a", "iperf3", "-c", dst, "-p", str(port), "-t", "%g" % seconds,
+           "-P", str(streams), "-J", check=False)
+    cpu1 = cpu_busy_jiffies()
+    try:
+        end = json.loads(r.stdout)["end"]["sum_received"]
+    except (ValueError, KeyError):
+        raise RuntimeError("iperf3 to %s failed: %s %s" % (dst, r.stdout[-400:], r.stderr[-400:]))
+    cpu_s = (cpu1 - cpu0) / os.sysconf("SC_CLK_TCK")
+    return {
+        "gbit_per_s": end["bits_per_second"] / 1e9,
+        "bytes": end["bytes"],
+        "cpu_ns_per_kb": cpu_s * 1e9 / (end["bytes"] / 1000) if end["bytes"] else float("inf"),
+        "cpu_seconds": cpu_s,
+    }
+
+
+def measure_rr(p, dst, port, seconds):
+    """One sockperf ping-pong run from pod-a (64-byte UDP, one message in flight): one-way
+    latency mean and p99 in microseconds, CPU (all cores) per round trip."""
+    cpu0 = cpu_busy_jiffies()
+    r = ns(p, "a", "sockperf", "ping-pong", "-i", dst, "-p", str(port), "-m", "64",
+           "-t", "%g" % seconds, check=False)
+    cpu1 = cpu_busy_jiffies()
+    out = re.sub(r"\x1b\[[0-9;]*m", "", r.stdout + r.stderr)
+    mean = re.search(r"avg-latency=([0-9.]+)", out)
+    p99 = re.search(r"percentile 99\.000 =\s*([0-9.]+)", out)
+    total = re.search(r"\[Total Run\].*ReceivedMessages=([0-9]+)", out)
+    if not (mean and p99 and total) or int(total.group(1)) == 0:
+        raise RuntimeError("sockperf to %s:%d failed: %s" % (dst, port, out[-600:]))
+    cpu_s = (cpu1 - cpu0) / os.sysconf("SC_CLK_TCK")
+    return {
+        "mean_us": float(mean.group(1)),
+        "p99_us": float(p99.group(1)),
+        "round_trips": int(total.group(1)),
+        "cpu_us_per_round_trip": cpu_s * 1e6 / int(total.group(1)),
+    }
+
+
 def capture_open(conf_dir):
     """Starts a capture of every port of node1 into /dev/null; returns it once it runs."""
     err = open(os.path.join(conf_dir, "capture.err"), "w+")
@@ -141,29 +207,53 @@ def capture_close(c, err):
     return int(words[words.index("frames") - 1]), int(words[words.index("lost") - 1])
 
 
-def topology(mode, poll, cores, extra, conf_dir):
+def state_file(n, mtu, conf_dir):
+    """The demo's state file for node n, with uplink_mtu set to the run's underlay MTU."""
+    with open(os.path.join(ROOT, "examples/demo/node%d.toml" % n)) as f:
+        text = f.read()
+    text, subs = re.subn(r"(?m)^uplink_mtu = [0-9]+$", "uplink_mtu = %d" % mtu, text)
+    if subs != 1:
+        raise RuntimeError("examples/demo/node%d.toml: no uplink_mtu line" % n)
+    path = os.path.join(conf_dir, "node%d-%d.toml" % (n, mtu))
+    with open(path, "w") as f:
+        f.write(text)
+    return path
+
+
+def server(p, pod, *args):
+    return subprocess.Popen(["ip", "netns", "exec", "%s-%s" % (p, pod)] + list(args),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def topology(mode, poll, cores, extra, conf_dir, mtu=1500):
     p = "e%x" % (os.getpid() % 0xfffff)
     procs = []
     try:
-        sh(TOPO, "up", p, mode, mode)
+        sh(TOPO, "up", p, mode, mode, env=dict(os.environ, TOPO_MTU=str(mtu)))
         for pod in "bcd":
-            # Receivers drop the test flow before any socket lookup (equal work in both runs).
-            ns(p, pod, "iptables", "-t", "raw", "-A", "PREROUTING", "-p", "udp", "-j", "DROP")
+            # Receivers drop trafgen's flow before any socket lookup (equal work in both runs).
+            ns(p, pod, "iptables", "-t", "raw", "-A", "PREROUTING", "-p", "udp", "--sport",
+               str(TRAFGEN_SPORT), "-j", "DROP")
+            procs.append(server(p, pod, "sockperf", "server", "-i", "0.0.0.0", "-p", "5353"))
+        for pod in "bd":
+            procs.append(server(p, pod, "iperf3", "-s", "-p", "5201"))
         if mode == "switch":
             for n in (1, 2):
                 log = open(os.path.join(conf_dir, "n%d.log" % n), "w")
                 procs.append(subprocess.Popen(
                     ["ip", "netns", "exec", "%s-n%d" % (p, n), SWITCHD, "run", "--no-persist", "--state",
-                     os.path.join(ROOT, "examples/demo/node%d.toml" % n), "--poll", poll,
+                     state_file(n, mtu, conf_dir), "--poll", poll,
                      "--control-socket", os.path.join(conf_dir, "n%d.sock" % n)]
                     + ([] if cores[n - 1] == "-" else ["--core", cores[n - 1]]) + extra,
                     stdout=subprocess.DEVNULL, stderr=log))
+            switchds = procs[-2:]
             deadline = time.time() + 20
             for n in (1, 2):
                 path = os.path.join(conf_dir, "n%d.log" % n)
                 while " forwarding: " not in open(path).read():
-                    if time.time() > deadline:
-                        raise RuntimeError("switchd did not start: " + open(path).read())
+                    if switchds[n - 1].poll() is not None or time.time() > deadline:
+                        raise RuntimeError("switchd on node%d did not start: %s"
+                                           % (n, open(path).read().strip()))
                     time.sleep(0.1)
         # Resolve neighbours once so the first measured second is steady.
         ns(p, "a", "ping", "-c", "1", "-W", "2", "10.244.1.3", check=False)
@@ -176,6 +266,24 @@ def topology(mode, poll, cores, extra, conf_dir):
         raise
 
 
+def stop_all(procs):
+    for pr in procs:
+        pr.terminate()
+        try:
+            pr.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pr.kill()
+            pr.wait()
+
+
+def median(runs, key):
+    return statistics.median(r[key] for r in runs)
+
+
+def ratio(a, b):
+    return a / b if b else float("inf")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=5)
@@ -183,59 +291,132 @@ def main():
     ap.add_argument("--poll", default="wakeup", choices=["wakeup", "busy"])
     ap.add_argument("--cores", default="1,1")
     ap.add_argument("--paths", default=",".join(PATH_KEYS))
+    ap.add_argument("--tests", default="pps,tcp,rr")
+    ap.add_argument("--mtus", default="1500,9000")
     ap.add_argument("--switchd-args", default="")
     ap.add_argument("--capture", action="store_true")
     ap.add_argument("--json")
     a = ap.parse_args()
-    paths = [p for k, p in zip(PATH_KEYS, PATHS) if k in a.paths.split(",")]
+    keys = a.paths.split(",")
+    paths = [p for k, p in zip(PATH_KEYS, PATHS) if k in keys]
+    tcp_paths = [p for k, p in zip(PATH_KEYS, TCP_PATHS) if k in keys]
+    rr_paths = [p for k, p in zip(PATH_KEYS, RR_PATHS) if k in keys]
+    tests = a.tests.split(",")
+    for t in tests:
+        if t not in ("pps", "tcp", "rr"):
+            ap.error("--tests: unknown measurement %r (pps, tcp, rr)" % t)
+    mtus = [int(m) for m in a.mtus.split(",")]
     results = {}
+    failed = {}  # (mode, mtu) -> why the dataplane could not run there
     with tempfile.TemporaryDirectory() as d:
-        for mode in ("kernel", "switch"):
-            p, procs = topology(mode, a.poll, a.cores.split(","), a.switchd_args.split(), d)
-            try:
-                for name, dst, dport, rx_pod in paths:
-                    runs = [measure(p, dst, dport, rx_pod, a.seconds, d) for _ in range(a.runs)]
-                    results[(mode, name)] = runs
-                    med = statistics.median(r["delivered_pps"] for r in runs)
-                    print("  %-6s %-32s %6.3f Mpps" % (mode, name, med / 1e6), file=sys.stderr)
-                    if mode == "switch" and a.capture:
-                        c, err = capture_open(d)
-                        runs = [measure(p, dst, dport, rx_pod, a.seconds, d)
-                                for _ in range(a.runs)]
-                        captured, lost = capture_close(c, err)
-                        for r in runs:
-                            r["captured"], r["lost"] = captured, lost
-                        results[("capture", name)] = runs
-                        med = statistics.median(r["delivered_pps"] for r in runs)
-                        print("  %-6s %-32s %6.3f Mpps (capture open: %d frames captured, %d lost)"
-                              % (mode, name, med / 1e6, captured, lost), file=sys.stderr)
-            finally:
-                for pr in procs:
-                    pr.terminate()
-                    try:
-                        pr.wait(timeout=5)
-                    except subprocess.TimeoutExpired:
-                        pr.kill()
-                        pr.wait()
-                sh(TOPO, "down", p, check=False)
+        for mi, mtu in enumerate(mtus):
+            want_pps = "pps" in tests and mi == 0
+            if not (want_pps or "tcp" in tests or "rr" in tests):
+                continue
+            for mode in ("kernel", "switch"):
+                try:
+                    p, procs = topology(mode, a.poll, a.cores.split(","), a.switchd_args.split(),
+                                        d, mtu)
+                except RuntimeError as e:
+                    failed[(mode, mtu)] = str(e).splitlines()[-1][:200]
+                    print("  %-6s MTU %d: %s" % (mode, mtu, failed[(mode, mtu)]), file=sys.stderr)
+                    continue
+                try:
+                    time.sleep(0.5)  # the servers listen
+                    for name, dst, dport, rx_pod in (paths if want_pps else []):
+                        runs = [measure(p, dst, dport, rx_pod, a.seconds, d) for _ in range(a.runs)]
+                        results[(mode, "pps", name)] = runs
+                        print("  %-6s %-32s %6.3f Mpps" % (mode, name, median(runs, "delivered_pps") / 1e6),
+                              file=sys.stderr)
+                        if mode == "switch" and a.capture:
+                            c, err = capture_open(d)
+                            runs = [measure(p, dst, dport, rx_pod, a.seconds, d)
+                                    for _ in range(a.runs)]
+                            captured, lost = capture_close(c, err)
+                            for r in runs:
+                                r["captured"], r["lost"] = captured, lost
+                            results[("capture", "pps", name)] = runs
+                            print("  %-6s %-32s %6.3f Mpps (capture open: %d frames captured, %d lost)"
+                                  % (mode, name, median(runs, "delivered_pps") / 1e6, captured, lost),
+                                  file=sys.stderr)
+                    for name, dst, port in (tcp_paths if "tcp" in tests else []):
+                        for streams in (1, 4):
+                            runs = [measure_tcp(p, dst, port, streams, a.seconds)
+                                    for _ in range(a.runs)]
+                            results[(mode, "tcp%d/%d" % (streams, mtu), name)] = runs
+                            print("  %-6s MTU %d %-32s %d stream(s) %6.2f Gbit/s"
+                                  % (mode, mtu, name, streams, median(runs, "gbit_per_s")),
+                                  file=sys.stderr)
+                    for name, dst, port in (rr_paths if "rr" in tests else []):
+                        runs = [measure_rr(p, dst, port, a.seconds) for _ in range(a.runs)]
+                        results[(mode, "rr/%d" % mtu, name)] = runs
+                        print("  %-6s MTU %d %-32s rr mean %.1f us p99 %.1f us"
+                              % (mode, mtu, name, median(runs, "mean_us"), median(runs, "p99_us")),
+                              file=sys.stderr)
+                finally:
+                    stop_all(procs)
+                    sh(TOPO, "down", p, check=False)
 
     print()
-    print("64-byte UDP, one flow, trafgen on CPU 0 in pod-a; switchd workers on CPUs %s (%s);"
-          % (a.cores, a.poll))
-    print("median of %d runs of %.0f s; CPU = all cores, /proc/stat" % (a.runs, a.seconds))
-    print()
-    print("%-32s %14s %14s %7s   %14s %14s" % ("path", "kernel Mpps", "switchd Mpps", "ratio",
-                                               "kernel ns/pkt", "switchd ns/pkt"))
-    for name, _, _, _ in paths:
-        k = results[("kernel", name)]
-        s = results[("switch", name)]
-        kp = statistics.median(r["delivered_pps"] for r in k)
-        sp = statistics.median(r["delivered_pps"] for r in s)
-        kc = statistics.median(r["cpu_ns_per_packet"] for r in k)
-        sc = statistics.median(r["cpu_ns_per_packet"] for r in s)
-        print("%-32s %14.3f %14.3f %6.2fx   %14.0f %14.0f" % (
-            name, kp / 1e6, sp / 1e6, sp / kp if kp else float("inf"), kc, sc))
-    if a.capture:
+    print("median of %d runs of %.0f s; switchd workers on CPUs %s (%s); CPU = all cores, /proc/stat"
+          % (a.runs, a.seconds, a.cores, a.poll))
+    if "pps" in tests:
+        print()
+        print("64-byte UDP, one flow, trafgen on CPU 0 in pod-a, MTU %d" % mtus[0])
+        print("%-32s %14s %14s %7s   %14s %14s %7s" % (
+            "path", "kernel Mpps", "switchd Mpps", "ratio", "kernel ns/pkt", "switchd ns/pkt",
+            "ratio"))
+        for name, _, _, _ in paths:
+            k = results.get(("kernel", "pps", name))
+            s = results.get(("switch", "pps", name))
+            if not (k and s):
+                print("%-32s %s" % (name, failed.get(("switch", mtus[0]), failed.get(("kernel", mtus[0]), "not run"))))
+                continue
+            kp, sp = median(k, "delivered_pps"), median(s, "delivered_pps")
+            kc, sc = median(k, "cpu_ns_per_packet"), median(s, "cpu_ns_per_packet")
+            print("%-32s %14.3f %14.3f %6.2fx   %14.0f %14.0f %6.2fx" % (
+                name, kp / 1e6, sp / 1e6, ratio(sp, kp), kc, sc, ratio(sc, kc)))
+    if "tcp" in tests:
+        print()
+        print("TCP bulk (iperf3 from pod-a), Gbit/s received; CPU per 1000 bytes")
+        print("%-32s %5s %7s %9s %9s %7s   %9s %9s %7s" % (
+            "path", "MTU", "streams", "kernel", "switchd", "ratio", "kernel ns", "switchd ns",
+            "ratio"))
+        for mtu in mtus:
+            for name, _, _ in tcp_paths:
+                for streams in (1, 4):
+                    key = "tcp%d/%d" % (streams, mtu)
+                    k = results.get(("kernel", key, name))
+                    s = results.get(("switch", key, name))
+                    if not (k and s):
+                        why = failed.get(("switch", mtu)) or failed.get(("kernel", mtu)) or "not run"
+                        print("%-32s %5d %7d   %s" % (name, mtu, streams, why))
+                        continue
+                    kg, sg = median(k, "gbit_per_s"), median(s, "gbit_per_s")
+                    kc, sc = median(k, "cpu_ns_per_kb"), median(s, "cpu_ns_per_kb")
+                    print("%-32s %5d %7d %9.2f %9.2f %6.2fx   %9.0f %9.0f %6.2fx" % (
+                        name, mtu, streams, kg, sg, ratio(sg, kg), kc, sc, ratio(sc, kc)))
+    if "rr" in tests:
+        print()
+        print("UDP request/response, 64 bytes (sockperf ping-pong from pod-a), one-way latency us;")
+        print("CPU per round trip us")
+        print("%-32s %5s %7s %7s %6s   %7s %7s %6s   %6s %6s %6s" % (
+            "path", "MTU", "k mean", "s mean", "ratio", "k p99", "s p99", "ratio",
+            "k CPU", "s CPU", "ratio"))
+        for mtu in mtus:
+            for name, _, _ in rr_paths:
+                k = results.get(("kernel", "rr/%d" % mtu, name))
+                s = results.get(("switch", "rr/%d" % mtu, name))
+                if not (k and s):
+                    why = failed.get(("switch", mtu)) or failed.get(("kernel", mtu)) or "not run"
+                    print("%-32s %5d   %s" % (name, mtu, why))
+                    continue
+                km, sm = median(k, "mean_us"), median(s, "mean_us")
+                k9, s9 = median(k, "p99_us"), median(s, "p99_us")
+                kc, sc = median(k, "cpu_us_per_round_trip"), median(s, "cpu_us_per_round_trip")
+                print("%-32s %5d %7.1f %7.1f %5.2fx   %7.1f %7.1f %5.2fx   %6.1f %6.1f %5.2fx" % (
+                    name, mtu, km, sm, ratio(sm, km), k9, s9, ratio(s9, k9), kc, sc, ratio(sc, kc)))
+    if a.capture and "pps" in tests:
         print()
         print("switchd with a capture of every port of node1 open (switchctl capture -w /dev/null);")
         print("the reader shares the machine's two cores; what it cannot take is lost, counted")
@@ -244,19 +425,24 @@ def main():
             "path", "closed Mpps", "open Mpps", "ratio", "closed ns/pkt", "open ns/pkt",
             "captured"))
         for name, _, _, _ in paths:
-            s = results[("switch", name)]
-            o = results[("capture", name)]
-            sp = statistics.median(r["delivered_pps"] for r in s)
-            op = statistics.median(r["delivered_pps"] for r in o)
-            sc = statistics.median(r["cpu_ns_per_packet"] for r in s)
-            oc = statistics.median(r["cpu_ns_per_packet"] for r in o)
+            s = results.get(("switch", "pps", name))
+            o = results.get(("capture", "pps", name))
+            if not (s and o):
+                continue
+            sp, op = median(s, "delivered_pps"), median(o, "delivered_pps")
+            sc, oc = median(s, "cpu_ns_per_packet"), median(o, "cpu_ns_per_packet")
             seen = o[0]["captured"] + o[0]["lost"]
             print("%-32s %14.3f %14.3f %6.2fx   %14.0f %14.0f %11.1f%%" % (
-                name, sp / 1e6, op / 1e6, op / sp if sp else float("inf"), sc, oc,
+                name, sp / 1e6, op / 1e6, ratio(op, sp), sc, oc,
                 100.0 * o[0]["captured"] / seen if seen else 0.0))
+    if failed:
+        print()
+        for (mode, mtu), why in sorted(failed.items()):
+            print("%s at MTU %d did not run: %s" % ("switchd" if mode == "switch" else mode, mtu, why))
     if a.json:
         with open(a.json, "w") as f:
-            json.dump({"%s/%s" % k: v for k, v in results.items()}, f, indent=1)
+            json.dump({"results": {"/".join(map(str, k)): v for k, v in results.items()},
+                       "failed": {"%s/%d" % k: v for k, v in failed.items()}}, f, indent=1)
 
 
 if __name__ == "__main__":
