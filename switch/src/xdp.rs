@@ -91,7 +91,7 @@ pub enum Pinned {
 
 /// Errors loading or programming the XDP program.
 #[derive(Debug, thiserror::Error)]
-#[error("XDP program: {what}: {source}")]
+#[error("XDP program: {what}: {source:#}")]
 pub struct XdpError {
     what: String,
     #[source]
@@ -101,6 +101,37 @@ pub struct XdpError {
 fn err(what: impl Into<String>) -> impl FnOnce(libbpf_rs::Error) -> XdpError {
     let what = what.into();
     move |source| XdpError { what, source }
+}
+
+/// The largest MTU a veth accepts with a single-buffer XDP program attached on x86-64: one
+/// 4 KiB page less the XDP headroom (256), the skb's shared info (320) and the Ethernet header.
+pub const VETH_SINGLE_BUFFER_MAX_MTU: u32 = 4096 - 256 - 320 - 14;
+
+/// What an attach failure names: the interface, its MTU and, when the MTU is over what a
+/// single-buffer program allows, the fix.
+fn attach_context(ifindex: u32) -> String {
+    let name = crate::xsk::ifname(ifindex);
+    let mtu = name.as_deref().and_then(|n| {
+        std::fs::read_to_string(format!("/sys/class/net/{n}/mtu"))
+            .ok()?
+            .trim()
+            .parse::<u32>()
+            .ok()
+    });
+    let mut what = format!(
+        "attach to {} (ifindex {ifindex}{})",
+        name.as_deref().unwrap_or("?"),
+        mtu.map_or(String::new(), |m| format!(", MTU {m}"))
+    );
+    if let Some(m) = mtu.filter(|&m| m > VETH_SINGLE_BUFFER_MAX_MTU) {
+        what.push_str(&format!(
+            " (the kernel refuses a single-buffer XDP program on an interface whose frames \
+             do not fit one page: on veth the MTU, of this side and of its peer, must be at \
+             most {VETH_SINGLE_BUFFER_MAX_MTU}; this one's is {m}; multi-buffer frames are not \
+             supported yet)"
+        ));
+    }
+    what
 }
 
 /// The loaded program and its maps.
@@ -237,7 +268,7 @@ impl Xdp {
         }
         let mut link = prog
             .attach_xdp(ifindex as i32)
-            .map_err(err(format!("attach to ifindex {ifindex}")))?;
+            .map_err(err(attach_context(ifindex)))?;
         if let Some(path) = pin {
             if let Err(e) = link.pin(&path) {
                 return Err(err(format!("pin the link of ifindex {ifindex}"))(e));

@@ -635,6 +635,20 @@ pub fn ifindex_exists(ifindex: u32) -> bool {
     !r.is_null()
 }
 
+/// The name of the interface with index `ifindex` (in this network namespace), if any.
+pub fn ifname(ifindex: u32) -> Option<String> {
+    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: `buf` has the IF_NAMESIZE bytes if_indextoname may write, and it writes a
+    // NUL-terminated name on success.
+    let r = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr()) };
+    if r.is_null() {
+        return None;
+    }
+    // SAFETY: on success `buf` holds a NUL-terminated string within its IF_NAMESIZE bytes.
+    let c = unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) };
+    Some(c.to_string_lossy().into_owned())
+}
+
 /// The interface index of `name`, or `None` if there is no such interface.
 pub fn ifindex(name: &str) -> Option<u32> {
     let c = std::ffi::CString::new(name).ok()?;
