@@ -62,6 +62,8 @@ pub struct Config {
     pub poll: PollMode,
     /// Pause after a round with only a few frames (`wakeup` mode).
     pub batch_wait: Duration,
+    /// How long to keep looking for frames after the last work before sleeping (`wakeup`).
+    pub idle_spin: Duration,
     /// UMEM frames (4 KiB each).
     pub frames: u32,
     /// Try zero-copy on the uplink (falls back to copy mode).
@@ -605,6 +607,7 @@ pub fn run(cfg: &Config) -> Result<(), DaemonError> {
             cfg.poll,
         );
         w.batch_wait = cfg.batch_wait;
+        w.idle_spin = cfg.idle_spin;
         workers.push(w);
         cmds.push(tx);
         reports.push(report);

@@ -73,6 +73,12 @@ enum Cmd {
         /// found only a few frames (0: go straight on). Trades latency for CPU per packet.
         #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=1000))]
         batch_wait_us: u64,
+        /// In `wakeup` mode, microseconds to keep looking for frames (yielding the core to
+        /// anything else runnable) after the last round with work, before sleeping in poll(2):
+        /// a request's reply that comes back within it skips the wakeup. Spin is CPU; 0 sleeps
+        /// as soon as a few rounds find nothing.
+        #[arg(long, default_value_t = switch::worker::DEFAULT_IDLE_SPIN.as_micros() as u64, value_parser = clap::value_parser!(u64).range(0..=10_000))]
+        idle_spin_us: u64,
         /// UMEM frames of 4 KiB shared by all ports.
         #[arg(long, default_value_t = 16384, value_parser = clap::value_parser!(u32).range(1024..=1_048_576))]
         frames: u32,
@@ -243,6 +249,7 @@ fn main() -> ExitCode {
             ct_timeout,
             poll,
             batch_wait_us,
+            idle_spin_us,
             frames,
             zero_copy,
             stats,
@@ -267,6 +274,7 @@ fn main() -> ExitCode {
                 conntrack_timeouts: timeouts(&ct_timeout),
                 poll,
                 batch_wait: std::time::Duration::from_micros(batch_wait_us),
+                idle_spin: std::time::Duration::from_micros(idle_spin_us),
                 frames,
                 zero_copy,
                 stats,

@@ -10,7 +10,8 @@
 //! per batch). Frames never move: a received frame is transmitted from where it was received,
 //! its descriptor starting wherever the pipeline left the frame (VXLAN grows into the 256 bytes
 //! in front). Nothing on this path allocates, locks or makes a syscall except the transmit
-//! wakeup and, in `wakeup` mode, `poll` when idle.
+//! wakeup and, in `wakeup` mode, `sched_yield` while it waits a moment for more and `poll`
+//! when idle.
 //!
 //! Every frame is in exactly one place, tracked per frame in `owner`: the free pool, user space
 //! (during a batch), or the rings of one socket. A removed port's frames come back to the pool
@@ -49,6 +50,12 @@ const NO_SLOT: u16 = u16::MAX;
 /// only a few frames: none (measured with bench/e2e: waiting 10-30 µs lowers CPU per packet
 /// on the local path but costs throughput when two nodes' workers share a core).
 pub const DEFAULT_BATCH_WAIT: Duration = Duration::ZERO;
+
+/// How long a `wakeup` worker keeps looking for frames after its last work before it sleeps
+/// (`--idle-spin-us`): long enough for a reply within the node or across one hop to find it
+/// awake (measured: one-way request/response latency 1.5-1.8x the kernel's without it,
+/// 1.0-1.25x with it; README "Latency").
+pub const DEFAULT_IDLE_SPIN: Duration = Duration::from_micros(50);
 
 /// A frame handed from one worker to another, to be sent on one of the latter's ports.
 #[derive(Debug, Clone, Copy)]
@@ -163,8 +170,9 @@ pub enum PollMode {
     /// Spin: lowest latency, but starves kernel work on a shared core.
     Busy,
     /// Spin while there is work (optionally pausing `--batch-wait-us` after a round with only
-    /// a few frames, so the next finds a fuller batch); when idle, sleep in `poll(2)` until a
-    /// frame arrives (at most 10 ms).
+    /// a few frames, so the next finds a fuller batch) and `--idle-spin-us` after it, yielding
+    /// the core to anything runnable; then sleep in `poll(2)` until a frame arrives (at most
+    /// 10 ms).
     Wakeup,
 }
 
@@ -376,6 +384,9 @@ pub struct Worker {
     poll: PollMode,
     /// Pause after a round with only a few frames (`wakeup` mode; zero: none).
     pub batch_wait: Duration,
+    /// Keep looking for frames this long after the last round with work before sleeping
+    /// (`wakeup` mode; zero: sleep after a few idle rounds; default [`DEFAULT_IDLE_SPIN`]).
+    pub idle_spin: Duration,
     pollfds: Vec<libc::pollfd>,
     storage: Vec<Packet<'static>>,
     tx_no_socket: u64,
@@ -445,6 +456,7 @@ impl Worker {
             report,
             poll,
             batch_wait: DEFAULT_BATCH_WAIT,
+            idle_spin: DEFAULT_IDLE_SPIN,
             pollfds: Vec::with_capacity(MAX_PORTS),
             storage: Vec::with_capacity(BATCH_SIZE),
             tx_no_socket: 0,
@@ -681,6 +693,7 @@ impl Worker {
         let start = Instant::now();
         let mut last_report = start;
         let mut idle_rounds = 0u32;
+        let mut last_work = start;
         while !self.stop.load(Ordering::Relaxed) {
             if self.uplink_gone {
                 self.publish(true);
@@ -764,6 +777,9 @@ impl Worker {
                 std::hint::spin_loop();
                 continue;
             }
+            if work > 0 {
+                last_work = now;
+            }
             if work >= BATCH_SIZE / 2 {
                 idle_rounds = 0;
                 continue;
@@ -783,6 +799,12 @@ impl Worker {
             match self.poll {
                 PollMode::Busy => {}
                 PollMode::Wakeup if idle_rounds < 4 => xsk::pause(self.batch_wait),
+                // Traffic came a moment ago: its reply may come soon. Look again, but let
+                // anything runnable on this core (the other node's worker, a pod's stack) go
+                // first.
+                PollMode::Wakeup if now.duration_since(last_work) < self.idle_spin => {
+                    std::thread::yield_now()
+                }
                 PollMode::Wakeup => {
                     for p in self.pollfds.iter_mut() {
                         p.revents = 0;
