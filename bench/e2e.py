@@ -284,6 +284,12 @@ def ratio(a, b):
     return a / b if b else float("inf")
 
 
+def why_not(failed, mtu):
+    """A table row's text where a dataplane did not run at `mtu` (the reason is printed below)."""
+    who = [("switchd" if m == "switch" else m) for m in ("kernel", "switch") if (m, mtu) in failed]
+    return "%s did not run at this MTU (below)" % " and ".join(who) if who else "not run"
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=5)
@@ -318,7 +324,7 @@ def main():
                     p, procs = topology(mode, a.poll, a.cores.split(","), a.switchd_args.split(),
                                         d, mtu)
                 except RuntimeError as e:
-                    failed[(mode, mtu)] = str(e).splitlines()[-1][:200]
+                    failed[(mode, mtu)] = str(e).splitlines()[-1][:1000]
                     print("  %-6s MTU %d: %s" % (mode, mtu, failed[(mode, mtu)]), file=sys.stderr)
                     continue
                 try:
@@ -370,7 +376,7 @@ def main():
             k = results.get(("kernel", "pps", name))
             s = results.get(("switch", "pps", name))
             if not (k and s):
-                print("%-32s %s" % (name, failed.get(("switch", mtus[0]), failed.get(("kernel", mtus[0]), "not run"))))
+                print("%-32s %s" % (name, why_not(failed, mtus[0])))
                 continue
             kp, sp = median(k, "delivered_pps"), median(s, "delivered_pps")
             kc, sc = median(k, "cpu_ns_per_packet"), median(s, "cpu_ns_per_packet")
@@ -389,8 +395,7 @@ def main():
                     k = results.get(("kernel", key, name))
                     s = results.get(("switch", key, name))
                     if not (k and s):
-                        why = failed.get(("switch", mtu)) or failed.get(("kernel", mtu)) or "not run"
-                        print("%-32s %5d %7d   %s" % (name, mtu, streams, why))
+                        print("%-32s %5d %7d   %s" % (name, mtu, streams, why_not(failed, mtu)))
                         continue
                     kg, sg = median(k, "gbit_per_s"), median(s, "gbit_per_s")
                     kc, sc = median(k, "cpu_ns_per_kb"), median(s, "cpu_ns_per_kb")
@@ -408,8 +413,7 @@ def main():
                 k = results.get(("kernel", "rr/%d" % mtu, name))
                 s = results.get(("switch", "rr/%d" % mtu, name))
                 if not (k and s):
-                    why = failed.get(("switch", mtu)) or failed.get(("kernel", mtu)) or "not run"
-                    print("%-32s %5d   %s" % (name, mtu, why))
+                    print("%-32s %5d   %s" % (name, mtu, why_not(failed, mtu)))
                     continue
                 km, sm = median(k, "mean_us"), median(s, "mean_us")
                 k9, s9 = median(k, "p99_us"), median(s, "p99_us")
