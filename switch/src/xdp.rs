@@ -268,7 +268,7 @@ impl Xdp {
         }
         let mut link = prog
             .attach_xdp(ifindex as i32)
-            .map_err(err(attach_context(ifindex)))?;
+            .map_err(|e| err(attach_context(ifindex))(e))?;
         if let Some(path) = pin {
             if let Err(e) = link.pin(&path) {
                 return Err(err(format!("pin the link of ifindex {ifindex}"))(e));

@@ -131,13 +131,7 @@ pub async fn run(cli: &Cli, a: Args<'_>) -> Result<(), Failure> {
         .into_inner();
     let mut out = Out::new(out).map_err(|e| write_err(e, "output"))?;
     let (mut written, mut lost) = (0u64, 0u64);
-    let deadline = a.duration.map(|d| tokio::time::Instant::now() + d);
-    let sleep = async {
-        match deadline {
-            Some(d) => tokio::time::sleep_until(d).await,
-            None => std::future::pending().await,
-        }
-    };
+    let sleep = crate::after(a.duration);
     tokio::pin!(sleep);
     let ended = loop {
         let msg = tokio::select! {

@@ -197,6 +197,14 @@ enum EventType {
     All,
 }
 
+/// Resolves once `d` has passed from now; never without a duration (a stream's end by time).
+async fn after(d: Option<std::time::Duration>) {
+    match d {
+        Some(d) => tokio::time::sleep(d).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// A `--duration` in seconds, checked.
 fn duration(secs: Option<f64>) -> Result<Option<std::time::Duration>, Failure> {
     match secs {

@@ -100,13 +100,7 @@ pub async fn run(cli: &Cli, a: Args<'_>) -> Result<(), Failure> {
         .await?
         .into_inner();
     let (mut shown, mut lost) = (0u64, 0u64);
-    let deadline = a.duration.map(|d| tokio::time::Instant::now() + d);
-    let sleep = async {
-        match deadline {
-            Some(d) => tokio::time::sleep_until(d).await,
-            None => std::future::pending().await,
-        }
-    };
+    let sleep = crate::after(a.duration);
     tokio::pin!(sleep);
     let mut stdout = std::io::stdout().lock();
     let why = 'outer: loop {
