@@ -395,7 +395,9 @@ def main():
                     k = results.get(("kernel", key, name))
                     s = results.get(("switch", key, name))
                     if not (k and s):
-                        print("%-32s %5d %7d   %s" % (name, mtu, streams, why_not(failed, mtu)))
+                        kernel = "%9.2f" % median(k, "gbit_per_s") if k else "%9s" % "-"
+                        print("%-32s %5d %7d %s   %s" % (name, mtu, streams, kernel,
+                                                         why_not(failed, mtu)))
                         continue
                     kg, sg = median(k, "gbit_per_s"), median(s, "gbit_per_s")
                     kc, sc = median(k, "cpu_ns_per_kb"), median(s, "cpu_ns_per_kb")
@@ -413,7 +415,9 @@ def main():
                 k = results.get(("kernel", "rr/%d" % mtu, name))
                 s = results.get(("switch", "rr/%d" % mtu, name))
                 if not (k and s):
-                    print("%-32s %5d   %s" % (name, mtu, why_not(failed, mtu)))
+                    kernel = ("%7.1f %7s %6s   %7.1f" % (median(k, "mean_us"), "-", "",
+                                                         median(k, "p99_us")) if k else "")
+                    print("%-32s %5d %s   %s" % (name, mtu, kernel, why_not(failed, mtu)))
                     continue
                 km, sm = median(k, "mean_us"), median(s, "mean_us")
                 k9, s9 = median(k, "p99_us"), median(s, "p99_us")
