@@ -144,10 +144,39 @@ fn metrics_match_the_stats_and_health_follows_the_workers() {
             );
         }
     }
-    for (i, w) in before["workers"].as_array().unwrap().iter().enumerate() {
+    let workers = before["workers"].as_array().unwrap();
+    for (map, stage) in [("drops", "pipeline"), ("worker_drops", "worker")] {
+        // The node's figure for each reason is its workers' sum, within one scrape.
+        for reason in before[map].as_object().unwrap().keys() {
+            let sum: f64 = workers
+                .iter()
+                .map(|w| {
+                    m.get(&format!(
+                        "nodeswitch_worker_drops_total{{reason={reason},stage={stage},worker={}}}",
+                        w["id"]
+                    ))
+                    .copied()
+                    .unwrap_or(0.0)
+                })
+                .sum();
+            let total = m[&format!("nodeswitch_drops_total{{reason={reason},stage={stage}}}")];
+            assert_eq!(
+                sum, total,
+                "{stage} {reason}: the workers' sum is the node's"
+            );
+        }
+    }
+    for (i, w) in workers.iter().enumerate() {
         for (map, stage) in [("drops", "pipeline"), ("worker_drops", "worker")] {
             let reasons = w[map].as_object().expect("a worker's drops by reason");
-            assert!(reasons.contains_key("spoofed_source") || stage == "worker");
+            if stage == "pipeline" {
+                let node: Vec<&String> = before[map].as_object().unwrap().keys().collect();
+                assert_eq!(
+                    reasons.keys().collect::<Vec<_>>(),
+                    node,
+                    "a worker lists every pipeline drop reason"
+                );
+            }
             for reason in reasons.keys() {
                 check(
                     format!(
