@@ -27,7 +27,8 @@ Run through bench/e2e (root; builds switchd, installs trafgen). Options:
   --paths LIST       which paths (default local,remote,clusterip)
   --switchd-args S   extra arguments for switchd run (e.g. "--batch-wait-us 10")
   --tests LIST       which measurements (default pps,tcp,rr)
-  --mtus LIST        underlay MTUs for tcp and rr (default 1500,9000; pps runs at the first)
+  --mtus LIST        underlay MTUs for tcp and rr (default 1500,9000; pps runs at the first);
+                     U/L: underlay U and a node-local pod MTU L (TOPO_LOCAL_MTU), e.g. 9000/65000
   --capture          also measure switchd with `switchctl capture -w /dev/null` open on
                      node1 (every port, both points): what a capture left open costs
   --json FILE        also write every run as JSON
@@ -225,11 +226,22 @@ def server(p, pod, *args):
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def topology(mode, poll, cores, extra, conf_dir, mtu=1500):
+def parse_mtu(label):
+    """An --mtus entry: "9000" (uplink MTU, pods 50 less) or "9000/65000" (and the pods'
+    node-local MTU: their interfaces at 65000, their default route at 8950)."""
+    up, _, local = label.partition("/")
+    return int(up), (int(local) if local else None)
+
+
+def topology(mode, poll, cores, extra, conf_dir, mtu="1500"):
     p = "e%x" % (os.getpid() % 0xfffff)
     procs = []
+    up, local = parse_mtu(mtu)
+    env = dict(os.environ, TOPO_MTU=str(up))
+    if local:
+        env["TOPO_LOCAL_MTU"] = str(local)
     try:
-        sh(TOPO, "up", p, mode, mode, env=dict(os.environ, TOPO_MTU=str(mtu)))
+        sh(TOPO, "up", p, mode, mode, env=env)
         for pod in "bcd":
             # Receivers drop trafgen's flow before any socket lookup (equal work in both runs).
             ns(p, pod, "iptables", "-t", "raw", "-A", "PREROUTING", "-p", "udp", "--sport",
@@ -242,7 +254,7 @@ def topology(mode, poll, cores, extra, conf_dir, mtu=1500):
                 log = open(os.path.join(conf_dir, "n%d.log" % n), "w")
                 procs.append(subprocess.Popen(
                     ["ip", "netns", "exec", "%s-n%d" % (p, n), SWITCHD, "run", "--no-persist", "--state",
-                     state_file(n, mtu, conf_dir), "--poll", poll,
+                     state_file(n, up, conf_dir), "--poll", poll,
                      "--control-socket", os.path.join(conf_dir, "n%d.sock" % n)]
                     + ([] if cores[n - 1] == "-" else ["--core", cores[n - 1]]) + extra,
                     stdout=subprocess.DEVNULL, stderr=log))
@@ -311,7 +323,12 @@ def main():
     for t in tests:
         if t not in ("pps", "tcp", "rr"):
             ap.error("--tests: unknown measurement %r (pps, tcp, rr)" % t)
-    mtus = [int(m) for m in a.mtus.split(",")]
+    mtus = a.mtus.split(",")
+    for m in mtus:
+        try:
+            parse_mtu(m)
+        except ValueError:
+            ap.error("--mtus: %r is not UPLINK or UPLINK/LOCAL (numbers)" % m)
     results = {}
     failed = {}  # (mode, mtu) -> why the dataplane could not run there
     with tempfile.TemporaryDirectory() as d:
@@ -325,7 +342,7 @@ def main():
                                         d, mtu)
                 except RuntimeError as e:
                     failed[(mode, mtu)] = str(e).splitlines()[-1][:1000]
-                    print("  %-6s MTU %d: %s" % (mode, mtu, failed[(mode, mtu)]), file=sys.stderr)
+                    print("  %-6s MTU %s: %s" % (mode, mtu, failed[(mode, mtu)]), file=sys.stderr)
                     continue
                 try:
                     time.sleep(0.5)  # the servers listen
@@ -349,14 +366,14 @@ def main():
                         for streams in (1, 4):
                             runs = [measure_tcp(p, dst, port, streams, a.seconds)
                                     for _ in range(a.runs)]
-                            results[(mode, "tcp%d/%d" % (streams, mtu), name)] = runs
-                            print("  %-6s MTU %d %-32s %d stream(s) %6.2f Gbit/s"
+                            results[(mode, "tcp%d/%s" % (streams, mtu), name)] = runs
+                            print("  %-6s MTU %s %-32s %d stream(s) %6.2f Gbit/s"
                                   % (mode, mtu, name, streams, median(runs, "gbit_per_s")),
                                   file=sys.stderr)
                     for name, dst, port in (rr_paths if "rr" in tests else []):
                         runs = [measure_rr(p, dst, port, a.seconds) for _ in range(a.runs)]
-                        results[(mode, "rr/%d" % mtu, name)] = runs
-                        print("  %-6s MTU %d %-32s rr mean %.1f us p99 %.1f us"
+                        results[(mode, "rr/%s" % mtu, name)] = runs
+                        print("  %-6s MTU %s %-32s rr mean %.1f us p99 %.1f us"
                               % (mode, mtu, name, median(runs, "mean_us"), median(runs, "p99_us")),
                               file=sys.stderr)
                 finally:
@@ -368,7 +385,7 @@ def main():
           % (a.runs, a.seconds, a.cores, a.poll))
     if "pps" in tests:
         print()
-        print("64-byte UDP, one flow, trafgen on CPU 0 in pod-a, MTU %d" % mtus[0])
+        print("64-byte UDP, one flow, trafgen on CPU 0 in pod-a, MTU %s" % mtus[0])
         print("%-32s %14s %14s %7s   %14s %14s %7s" % (
             "path", "kernel Mpps", "switchd Mpps", "ratio", "kernel ns/pkt", "switchd ns/pkt",
             "ratio"))
@@ -385,44 +402,44 @@ def main():
     if "tcp" in tests:
         print()
         print("TCP bulk (iperf3 from pod-a), Gbit/s received; CPU per 1000 bytes")
-        print("%-32s %5s %7s %9s %9s %7s   %9s %9s %7s" % (
+        print("%-32s %10s %7s %9s %9s %7s   %9s %9s %7s" % (
             "path", "MTU", "streams", "kernel", "switchd", "ratio", "kernel ns", "switchd ns",
             "ratio"))
         for mtu in mtus:
             for name, _, _ in tcp_paths:
                 for streams in (1, 4):
-                    key = "tcp%d/%d" % (streams, mtu)
+                    key = "tcp%d/%s" % (streams, mtu)
                     k = results.get(("kernel", key, name))
                     s = results.get(("switch", key, name))
                     if not (k and s):
                         kernel = "%9.2f" % median(k, "gbit_per_s") if k else "%9s" % "-"
-                        print("%-32s %5d %7d %s   %s" % (name, mtu, streams, kernel,
+                        print("%-32s %10s %7d %s   %s" % (name, mtu, streams, kernel,
                                                          why_not(failed, mtu)))
                         continue
                     kg, sg = median(k, "gbit_per_s"), median(s, "gbit_per_s")
                     kc, sc = median(k, "cpu_ns_per_kb"), median(s, "cpu_ns_per_kb")
-                    print("%-32s %5d %7d %9.2f %9.2f %6.2fx   %9.0f %9.0f %6.2fx" % (
+                    print("%-32s %10s %7d %9.2f %9.2f %6.2fx   %9.0f %9.0f %6.2fx" % (
                         name, mtu, streams, kg, sg, ratio(sg, kg), kc, sc, ratio(sc, kc)))
     if "rr" in tests:
         print()
         print("UDP request/response, 64 bytes (sockperf ping-pong from pod-a), one-way latency us;")
         print("CPU per round trip us")
-        print("%-32s %5s %7s %7s %6s   %7s %7s %6s   %6s %6s %6s" % (
+        print("%-32s %10s %7s %7s %6s   %7s %7s %6s   %6s %6s %6s" % (
             "path", "MTU", "k mean", "s mean", "ratio", "k p99", "s p99", "ratio",
             "k CPU", "s CPU", "ratio"))
         for mtu in mtus:
             for name, _, _ in rr_paths:
-                k = results.get(("kernel", "rr/%d" % mtu, name))
-                s = results.get(("switch", "rr/%d" % mtu, name))
+                k = results.get(("kernel", "rr/%s" % mtu, name))
+                s = results.get(("switch", "rr/%s" % mtu, name))
                 if not (k and s):
                     kernel = ("%7.1f %7s %6s   %7.1f" % (median(k, "mean_us"), "-", "",
                                                          median(k, "p99_us")) if k else "")
-                    print("%-32s %5d %s   %s" % (name, mtu, kernel, why_not(failed, mtu)))
+                    print("%-32s %10s %s   %s" % (name, mtu, kernel, why_not(failed, mtu)))
                     continue
                 km, sm = median(k, "mean_us"), median(s, "mean_us")
                 k9, s9 = median(k, "p99_us"), median(s, "p99_us")
                 kc, sc = median(k, "cpu_us_per_round_trip"), median(s, "cpu_us_per_round_trip")
-                print("%-32s %5d %7.1f %7.1f %5.2fx   %7.1f %7.1f %5.2fx   %6.1f %6.1f %5.2fx" % (
+                print("%-32s %10s %7.1f %7.1f %5.2fx   %7.1f %7.1f %5.2fx   %6.1f %6.1f %5.2fx" % (
                     name, mtu, km, sm, ratio(sm, km), k9, s9, ratio(s9, k9), kc, sc, ratio(sc, kc)))
     if a.capture and "pps" in tests:
         print()
@@ -446,7 +463,7 @@ def main():
     if failed:
         print()
         for (mode, mtu), why in sorted(failed.items()):
-            print("%s at MTU %d did not run: %s" % ("switchd" if mode == "switch" else mode, mtu, why))
+            print("%s at MTU %s did not run: %s" % ("switchd" if mode == "switch" else mode, mtu, why))
     if a.json:
         with open(a.json, "w") as f:
             json.dump({"results": {"/".join(map(str, k)): v for k, v in results.items()},

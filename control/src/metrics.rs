@@ -302,6 +302,7 @@ impl Collector for Counters {
             for (reason, v) in [
                 ("tx_ring_full", p.tx_ring_full),
                 ("rx_not_a_port", p.rx_not_a_port),
+                ("rx_too_long", p.rx_too_long),
                 ("kernel_rx_ring_full", p.kernel_rx_ring_full),
                 ("kernel_rx_dropped", p.kernel_rx_dropped),
                 ("kernel_tx_invalid", p.kernel_tx_invalid),

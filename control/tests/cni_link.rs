@@ -74,6 +74,7 @@ fn add_check_del_make_and_remove_exactly_the_attachment() {
         prefix: 24,
         gateway: Ipv4Addr::new(10, 244, 9, 1),
         mtu: 1450,
+        route_mtu: None,
     };
     // The host route is removed with the veth; a leftover from a crashed run would not be.
     struct Cleanup(String);
@@ -139,6 +140,54 @@ fn add_check_del_make_and_remove_exactly_the_attachment() {
 }
 
 #[test]
+fn a_node_local_mtu_is_the_interfaces_and_the_default_route_keeps_the_overlays() {
+    if skip_unless_root() {
+        return;
+    }
+    let ns = Netns::new("lmtu");
+    let id = format!("cni-lmtu-test-{}", std::process::id());
+    let pod = Pod {
+        host: host_ifname(&id, "eth0"),
+        ifname: "eth0".into(),
+        netns: ns.path(),
+        mac: pod_mac(Ipv4Addr::new(10, 244, 9, 7)),
+        gateway_mac: MacAddr([0x02, 0x00, 0x0a, 0xf4, 0x09, 0x01]),
+        ip: Ipv4Addr::new(10, 244, 9, 7),
+        prefix: 24,
+        gateway: Ipv4Addr::new(10, 244, 9, 1),
+        mtu: 65000,
+        route_mtu: Some(8950),
+    };
+    struct Cleanup(String);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = link::del(&self.0);
+        }
+    }
+    let _c = Cleanup(pod.host.clone());
+    link::add(&pod).unwrap();
+    let eth0 = ns.ip(&["-o", "link", "show", "eth0"]);
+    assert!(eth0.contains("mtu 65000"), "{eth0}");
+    let host = host_ip(&["-o", "link", "show", &pod.host]);
+    assert!(host.contains("mtu 65000"), "{host}");
+    let routes = ns.ip(&["route"]);
+    let default = routes
+        .lines()
+        .find(|l| l.starts_with("default via 10.244.9.1 dev eth0"))
+        .unwrap_or_default();
+    assert!(default.contains(" mtu 8950"), "{routes}");
+    // Pods of the node (the connected /24) are reached at the interface's MTU.
+    let local = ns.ip(&["route", "get", "10.244.9.8"]);
+    assert!(
+        !local.contains("mtu"),
+        "no route MTU to a local pod: {local}"
+    );
+    let far = ns.ip(&["route", "get", "10.244.2.2"]);
+    assert!(far.contains("mtu 8950"), "{far}");
+    link::check(&pod).unwrap();
+}
+
+#[test]
 fn a_missing_netns_is_error_3_and_leaves_nothing() {
     if skip_unless_root() {
         return;
@@ -154,6 +203,7 @@ fn a_missing_netns_is_error_3_and_leaves_nothing() {
         prefix: 24,
         gateway: Ipv4Addr::new(10, 244, 9, 1),
         mtu: 1450,
+        route_mtu: None,
     };
     let e = link::add(&pod).unwrap_err();
     assert_eq!(e.code, code::UNKNOWN_CONTAINER, "{e}");

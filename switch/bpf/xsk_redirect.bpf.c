@@ -170,7 +170,7 @@ static __always_inline int to_switch(struct port_cfg *cfg)
 	return count(STAT_HELD, r);
 }
 
-SEC("xdp")
+SEC("xdp.frags")
 int nodeswitch_xdp(struct xdp_md *ctx)
 {
 	void *data = (void *)(long)ctx->data;

@@ -344,6 +344,8 @@ struct Running {
     /// Port name -> (slot, ifindex).
     ports: HashMap<String, (u16, u32)>,
     owner_fd: std::os::fd::RawFd,
+    /// Whether the owner socket (and so every port) is multi-buffer.
+    sg: bool,
     cell: Arc<SnapshotCell>,
     /// One command channel per worker.
     cmds: Vec<Sender<Command>>,
@@ -551,7 +553,7 @@ pub fn run(cfg: &Config) -> Result<(), DaemonError> {
         let owner = socks.first().map(|p: &Port| p.sock.fd());
         let sock = match owner {
             None => Socket::bind_owner(&umem, *ifindex, cfg.zero_copy),
-            Some(fd) => Socket::bind_shared(fd, *ifindex),
+            Some(fd) => Socket::bind_shared(fd, *ifindex, socks[0].sock.sg),
         }
         .map_err(|source| {
             let zc = socks
@@ -578,6 +580,7 @@ pub fn run(cfg: &Config) -> Result<(), DaemonError> {
         });
     }
     let owner_fd = socks[0].sock.fd();
+    let sg = socks[0].sock.sg;
 
     let cell = Arc::new(SnapshotCell::new(snap));
     let stop = Arc::new(AtomicBool::new(false));
@@ -683,8 +686,8 @@ pub fn run(cfg: &Config) -> Result<(), DaemonError> {
         handles.push(h);
     }
     log(format!(
-        "node {} forwarding: {} ports, {} worker(s) on {}, {:?} polling, conntrack {} entries \
-         (started in {} ms)",
+        "node {} forwarding: {} ports, {} worker(s) on {}, {:?} polling, conntrack {} entries, \
+         {} (started in {} ms)",
         cell.load().node.name,
         ports.len(),
         n_workers,
@@ -695,6 +698,12 @@ pub fn run(cfg: &Config) -> Result<(), DaemonError> {
         },
         cfg.poll,
         cfg.conntrack_capacity,
+        if sg {
+            "multi-buffer frames (up to 64 KiB)"
+        } else {
+            "single-buffer frames only (the kernel refused XDP_USE_SG: frames over 3826 \
+             bytes are dropped, as kernel_rx_dropped)"
+        },
         began.elapsed().as_millis()
     ));
 
@@ -733,6 +742,7 @@ pub fn run(cfg: &Config) -> Result<(), DaemonError> {
         links,
         ports,
         owner_fd,
+        sg,
         cell,
         cmds,
         fabric,
@@ -1046,11 +1056,12 @@ fn apply_snapshot(run: &mut Running, next: Snapshot) -> Result<(u64, String), Da
             .find(|s| !used.contains(s) && !removed.iter().any(|r| r.1 == *s))
             .ok_or(DaemonError::TooManyPorts(MAX_PORTS + 1))?;
         used.push(slot);
-        let sock =
-            Socket::bind_shared(run.owner_fd, *ifindex).map_err(|source| DaemonError::Socket {
+        let sock = Socket::bind_shared(run.owner_fd, *ifindex, run.sg).map_err(|source| {
+            DaemonError::Socket {
                 name: name.clone(),
                 source,
-            })?;
+            }
+        })?;
         new_ports.push(Port {
             name: name.clone(),
             ifindex: *ifindex,

@@ -196,6 +196,7 @@ impl Dataplane for DaemonPlane {
                     kernel_rx_dropped: p.kernel.rx_dropped,
                     kernel_rx_ring_full: p.kernel.rx_ring_full,
                     kernel_tx_invalid: p.kernel.tx_invalid,
+                    rx_too_long: p.rx_too_long,
                 });
             }
             workers.push(pb::WorkerStats {

@@ -29,15 +29,15 @@
 //! under a mutex that the control thread only reads (`try_lock`: the worker never waits).
 
 use crate::fill;
-use crate::xsk::{self, KernelStats, Mode, Socket, Umem, FRAME_SIZE};
+use crate::xsk::{self, KernelStats, Mode, Socket, Umem, FRAME_SIZE, MAX_TX_CHAIN, PKT_CONTD};
 use crossbeam_queue::ArrayQueue;
 use flowtable::counters::Counters;
-use flowtable::packet::{Packet, PortId};
+use flowtable::packet::{Packet, PortId, DEFAULT_HEADROOM};
 use flowtable::pipeline::{Pipeline, Verdict, BATCH_SIZE};
 use flowtable::snapshot::{Snapshot, SnapshotReader};
 use flowtable::tap::{self, Event, IfName, Layers, Outcome, Point, PortTaps, Taps, WorkerTaps};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -57,15 +57,30 @@ pub const DEFAULT_BATCH_WAIT: Duration = Duration::ZERO;
 /// round trip higher; README "TCP throughput and latency").
 pub const DEFAULT_IDLE_SPIN: Duration = Duration::from_micros(50);
 
-/// A frame handed from one worker to another, to be sent on one of the latter's ports.
+/// The longest frame a worker forwards: what one transmit chain can carry
+/// ([`MAX_TX_CHAIN`] frames). An IPv4 packet (at most 65,535 bytes) and its Ethernet and
+/// VXLAN headers always fit.
+pub const MAX_FRAME: usize = MAX_TX_CHAIN * FRAME_SIZE;
+/// The longest frame a worker accepts from a port: [`MAX_FRAME`] less the headroom VXLAN
+/// encapsulation may take. Longer chains are dropped as `rx_too_long`.
+pub const MAX_RX_FRAME: usize = MAX_FRAME - DEFAULT_HEADROOM;
+/// No next frame in a chain (`Fabric::next`).
+const NO_FRAME: u32 = u32::MAX;
+
+/// A frame handed from one worker to another, to be sent on one of the latter's ports. A
+/// frame longer than its first UMEM frame's room is a chain: its bytes continue at offset 0
+/// of the frames linked through `Fabric::next`, each full but the last.
 #[derive(Debug, Clone, Copy)]
 struct Handoff {
     frame: u32,
     off: u16,
-    len: u16,
+    len: u32,
     slot: u16,
     epoch: u64,
 }
+
+/// One piece of a transmitted frame: UMEM frame index, offset in it, length.
+type Seg = (u32, usize, usize);
 
 /// What the workers share: the UMEM, which worker serves which port, and the lock-free queues
 /// frames cross by. The port table is read only when a worker remaps (never per packet).
@@ -78,6 +93,10 @@ pub struct Fabric {
     next_epoch: AtomicU64,
     inbox: Vec<ArrayQueue<Handoff>>,
     returns: Vec<ArrayQueue<u32>>,
+    /// Per frame: the next frame of the multi-frame chain it starts or continues, while the
+    /// chain is handed from one worker to another (written by the sender before the push,
+    /// read by the receiver after the pop: the queue orders them).
+    next: Vec<AtomicU32>,
     /// Per worker: set while it sleeps in poll; then a handoff must wake it.
     sleeping: Vec<AtomicBool>,
     wake: Vec<xsk::EventFd>,
@@ -106,6 +125,7 @@ impl Fabric {
             returns: (0..workers)
                 .map(|_| ArrayQueue::new(frames as usize))
                 .collect(),
+            next: (0..frames).map(|_| AtomicU32::new(NO_FRAME)).collect(),
             umem,
         }))
     }
@@ -218,6 +238,8 @@ pub struct PortCounters {
     pub tx_ring_full: u64,
     /// Frames received while the port is in no snapshot (being removed): dropped.
     pub rx_not_a_port: u64,
+    /// Multi-buffer frames longer than [`MAX_RX_FRAME`]: dropped.
+    pub rx_too_long: u64,
     /// Descriptors from the kernel that did not match the frame bookkeeping: ignored.
     pub bad_descriptors: u64,
     /// The kernel's own counters for the socket.
@@ -246,6 +268,8 @@ pub struct Report {
     pub handoff_full: u64,
     /// Frames handed to other workers.
     pub handed_off: u64,
+    /// Multi-buffer frames dropped because the free pool had too few frames to send them in.
+    pub tx_no_frames: u64,
     /// When the worker published this report.
     pub at: Option<Instant>,
 }
@@ -253,7 +277,7 @@ pub struct Report {
 impl Report {
     /// Every drop after the pipeline, by reason (its ports' summed): what `worker_drops`
     /// shows in the stats file, `switchctl stats` and the metrics.
-    pub fn drops(&self) -> [(&'static str, u64); 7] {
+    pub fn drops(&self) -> [(&'static str, u64); 9] {
         let sum = |f: fn(&PortCounters) -> u64| self.ports.iter().map(f).sum::<u64>();
         [
             ("tx_no_socket", self.tx_no_socket),
@@ -261,6 +285,8 @@ impl Report {
             ("handoff_full", self.handoff_full),
             ("tx_ring_full", sum(|p| p.tx_ring_full)),
             ("rx_not_a_port", sum(|p| p.rx_not_a_port)),
+            ("rx_too_long", sum(|p| p.rx_too_long)),
+            ("tx_no_frames", self.tx_no_frames),
             ("kernel_rx_ring_full", sum(|p| p.kernel.rx_ring_full)),
             ("kernel_rx_dropped", sum(|p| p.kernel.rx_dropped)),
         ]
@@ -275,10 +301,16 @@ struct Slot {
     filled: u32,
     /// How many frames its fill ring is topped up to (`fill`).
     target: u32,
-    /// Its received-frame count at the last report (`fill::decayed`).
+    /// Its own fill floor where its MTU makes a frame a chain ([`chain_floor`]), else 0.
+    min_fill: u32,
+    /// Receive descriptors taken (a multi-buffer frame takes several: what the fill ring
+    /// gave), and their count at the last report (`fill::decayed`).
+    rx_descs: u64,
     rx_mark: u64,
     /// Transmit descriptors written this batch, not yet submitted.
     pending: u32,
+    /// The frames those descriptors make up (a chain is one frame).
+    pending_frames: u32,
     counters: PortCounters,
 }
 
@@ -288,6 +320,7 @@ impl Slot {
     /// already holds `cap` frames (a port that does not drain, because its peer is down or
     /// slower than its senders, cannot starve the others of frames); the frame is then the
     /// caller's to free.
+    #[inline]
     fn enqueue(
         &mut self,
         slot: u16,
@@ -297,27 +330,153 @@ impl Slot {
         cap: u32,
         touched: &mut Vec<u16>,
     ) -> bool {
+        self.enqueue_chain(slot, &[(frame, off, len)], cap, touched)
+    }
+
+    /// Writes one frame as the transmit descriptors `segs` (all but the last marked
+    /// [`PKT_CONTD`]): all of them or, as [`enqueue`](Self::enqueue) refuses, none.
+    #[inline]
+    fn enqueue_chain(&mut self, slot: u16, segs: &[Seg], cap: u32, touched: &mut Vec<u16>) -> bool {
+        let n = segs.len() as u32;
+        let want = self.pending + n;
         let tx = &mut self.port.sock.tx;
-        if tx.free(self.pending + 1) <= self.pending
-            || (tx.used() + self.pending >= cap && tx.in_flight() + self.pending >= cap)
-        {
+        if tx.free(want) < want || (tx.used() + want > cap && tx.in_flight() + want > cap) {
             self.counters.tx_ring_full += 1;
             return false;
         }
-        tx.write(
-            self.pending,
-            libc::xdp_desc {
-                addr: u64::from(frame) * FRAME_SIZE as u64 + off as u64,
-                len: len as u32,
-                options: 0,
-            },
-        );
+        for (i, &(frame, off, len)) in segs.iter().enumerate() {
+            let more = i + 1 < segs.len();
+            tx.write(
+                self.pending + i as u32,
+                libc::xdp_desc {
+                    addr: u64::from(frame) * FRAME_SIZE as u64 + off as u64,
+                    len: len as u32,
+                    options: if more { PKT_CONTD } else { 0 },
+                },
+            );
+        }
         if self.pending == 0 {
             touched.push(slot);
         }
-        self.pending += 1;
+        self.pending = want;
+        self.pending_frames += 1;
         true
     }
+}
+
+/// The fill floor of a port whose frames, at interface MTU `mtu`, take several receive
+/// descriptors: a dozen of its largest frames (a TCP sender's first burst, which arrives
+/// before the fill target can grow), at most the whole ring; 0 where a frame takes one.
+fn chain_floor(mtu: u32) -> u32 {
+    let per_frame = (mtu as usize + 14).div_ceil(FRAME_SIZE - xsk::RX_OFFSET) as u32;
+    if per_frame <= 1 {
+        0
+    } else {
+        (12 * per_frame).min(FILL_TARGET)
+    }
+}
+
+/// How many UMEM frames a frame of `len` bytes starting at `off` in its first takes (a
+/// handoff's chain: the rest start at offset 0).
+fn chain_len(off: usize, len: usize) -> usize {
+    let first = FRAME_SIZE.saturating_sub(off);
+    if len <= first {
+        1
+    } else {
+        1 + (len - first).div_ceil(FRAME_SIZE)
+    }
+}
+
+/// Takes the received descriptors `range` of `rx`, one multi-buffer frame, and copies its
+/// bytes into `buf` from [`DEFAULT_HEADROOM`]. Returns its first UMEM frame (now the
+/// caller's; the others are back in `free`) and its length, or `None` when the chain is
+/// dropped: a descriptor this socket was not given or out of its frame (`bad_descriptors`),
+/// or longer than [`MAX_RX_FRAME`] (`rx_too_long`).
+#[allow(clippy::too_many_arguments)]
+fn take_chain(
+    rx: &xsk::Ring<libc::xdp_desc>,
+    range: std::ops::RangeInclusive<u32>,
+    owner: &mut [u16],
+    tag: u16,
+    free: &mut Vec<u32>,
+    umem: &Umem,
+    counters: &mut PortCounters,
+    buf: &mut [u8],
+) -> Option<(u32, usize)> {
+    let mut first = None;
+    let mut len = 0usize;
+    let mut ok = true;
+    for i in range {
+        let d = rx.read(i);
+        let idx = (d.addr / FRAME_SIZE as u64) as usize;
+        let off = (d.addr % FRAME_SIZE as u64) as usize;
+        if owner.get(idx) != Some(&tag) {
+            // Not a frame this socket was given: never touch it.
+            ok = false;
+            continue;
+        }
+        owner[idx] = 0;
+        let dlen = d.len as usize;
+        if dlen == 0 || off + dlen > FRAME_SIZE {
+            ok = false;
+        } else if ok && len + dlen <= MAX_RX_FRAME {
+            // SAFETY: the frame came out of this socket's rx ring with its owner tag, now
+            // cleared: it is in no ring and the kernel no longer writes it; it is read here
+            // and nowhere else.
+            #[allow(unsafe_code)]
+            let src = unsafe { umem.frame(idx as u32) };
+            let at = DEFAULT_HEADROOM + len;
+            buf[at..at + dlen].copy_from_slice(&src[off..off + dlen]);
+        }
+        len += dlen;
+        if first.is_none() {
+            first = Some(idx as u32);
+        } else {
+            free.push(idx as u32);
+        }
+    }
+    let first = first?;
+    if !ok {
+        counters.bad_descriptors += 1;
+    } else if len > MAX_RX_FRAME {
+        counters.rx_too_long += 1;
+    } else {
+        return Some((first, len));
+    }
+    free.push(first);
+    None
+}
+
+/// Copies `data` into UMEM frames, `first` and as many more from `free` as it needs, each
+/// from offset 0 and full but the last; writes the pieces into `segs` and returns their
+/// number, or `None` (nothing taken from `free`) if the pool has too few frames or `data`
+/// is longer than [`MAX_FRAME`].
+fn write_chain(
+    umem: &Umem,
+    free: &mut Vec<u32>,
+    first: u32,
+    data: &[u8],
+    segs: &mut [Seg; MAX_TX_CHAIN],
+) -> Option<usize> {
+    let n = data.len().div_ceil(FRAME_SIZE).max(1);
+    if n > MAX_TX_CHAIN || free.len() < n - 1 {
+        return None;
+    }
+    for (i, piece) in data.chunks(FRAME_SIZE).enumerate() {
+        let frame = if i == 0 {
+            first
+        } else {
+            free.pop().unwrap_or(first)
+        };
+        // SAFETY: `first` is the caller's (a received frame it holds, in no ring) and every
+        // other frame comes from the free pool, which only this worker touches: each is in
+        // no ring and no other slice of it exists.
+        #[allow(unsafe_code)]
+        let buf = unsafe { umem.frame(frame) };
+        buf[..piece.len()].copy_from_slice(piece);
+        segs[i] = (frame, 0, piece.len());
+    }
+    Some(n)
 }
 
 /// Publishes the descriptors written to each touched port and wakes the kernel (one syscall
@@ -328,8 +487,9 @@ fn submit_touched(slots: &mut [Option<Slot>], touched: &mut Vec<u16>, gone: &mut
             continue;
         };
         s.port.sock.tx.submit(s.pending);
-        s.counters.tx += u64::from(s.pending);
+        s.counters.tx += u64::from(s.pending_frames);
         s.pending = 0;
+        s.pending_frames = 0;
         if (s.port.sock.tx.needs_wakeup() || s.port.sock.mode == Mode::Copy)
             && s.port.sock.kick_tx().is_err()
         {
@@ -399,6 +559,11 @@ pub struct Worker {
     slot_taps: Vec<PortTaps>,
     /// Per packet of the batch being decided, while a monitor is open: its flows as received.
     before: Vec<Layers>,
+    /// Per packet of a batch: where a multi-buffer frame is made contiguous for the pipeline
+    /// ([`DEFAULT_HEADROOM`] + [`MAX_FRAME`] bytes each; pages are touched only once used).
+    jumbo: Vec<Box<[u8]>>,
+    /// Multi-buffer frames the free pool had too few frames to send.
+    tx_no_frames: u64,
 }
 
 /// The environment variable naming a file that, while it exists, stalls every worker at its
@@ -465,6 +630,10 @@ impl Worker {
             wtaps: WorkerTaps::new(id),
             slot_taps: vec![PortTaps::default(); MAX_PORTS],
             before: Vec::with_capacity(BATCH_SIZE),
+            jumbo: (0..BATCH_SIZE)
+                .map(|_| vec![0u8; DEFAULT_HEADROOM + MAX_FRAME].into_boxed_slice())
+                .collect(),
+            tx_no_frames: 0,
         }
     }
 
@@ -481,13 +650,20 @@ impl Worker {
             mode: port.sock.mode.name(),
             ..PortCounters::default()
         };
+        let mtu = std::fs::read_to_string(format!("/sys/class/net/{}/mtu", port.name))
+            .ok()
+            .and_then(|m| m.trim().parse::<u32>().ok())
+            .unwrap_or(0);
         self.slots[i] = Some(Slot {
+            min_fill: if port.sock.sg { chain_floor(mtu) } else { 0 },
             ifname: IfName::new(&port.name),
             port,
             filled: 0,
             target: 0,
+            rx_descs: 0,
             rx_mark: 0,
             pending: 0,
+            pending_frames: 0,
             counters,
         });
         self.remap();
@@ -858,9 +1034,9 @@ impl Worker {
     /// the last report (`fill`).
     fn decay_targets(&mut self) {
         for slot in self.slots.iter_mut().skip(1).flatten() {
-            let rx = slot.counters.rx - slot.rx_mark;
-            slot.target = fill::decayed(slot.target, rx, self.floor);
-            slot.rx_mark = slot.counters.rx;
+            let rx = slot.rx_descs - slot.rx_mark;
+            slot.target = fill::decayed(slot.target, rx, self.floor.max(slot.min_fill));
+            slot.rx_mark = slot.rx_descs;
         }
     }
 
@@ -882,7 +1058,8 @@ impl Worker {
             self.uplink_floor
         } else {
             self.floor
-        };
+        }
+        .max(slot.min_fill);
         let free = self.free.len() as u32;
         let want = fill::want(target, floor, slot.filled, free, self.home);
         if want < (BATCH_SIZE as u32 / 2).min(target / 2) && slot.filled > 0 {
@@ -914,7 +1091,26 @@ impl Worker {
                 break;
             };
             n += 1;
-            let ok = usize::from(h.off) + usize::from(h.len) <= FRAME_SIZE && h.len > 0;
+            // The frame's pieces: one, or a chain through `next`.
+            let (off, len) = (usize::from(h.off), h.len as usize);
+            let count = chain_len(off, len);
+            let mut segs: [Seg; MAX_TX_CHAIN] = [(0, 0, 0); MAX_TX_CHAIN];
+            let ok = len > 0 && off < FRAME_SIZE && count <= MAX_TX_CHAIN;
+            let mut frame = h.frame;
+            let (mut at, mut rem, mut got) = (off.min(FRAME_SIZE), len, 0);
+            while got < count.min(MAX_TX_CHAIN) && (frame as usize) < self.owner.len() {
+                let piece = rem.min(FRAME_SIZE - at);
+                segs[got] = (frame, at, piece);
+                got += 1;
+                rem -= piece;
+                at = 0;
+                if rem == 0 {
+                    break;
+                }
+                frame = self.fabric.next[frame as usize].load(Ordering::Relaxed);
+            }
+            let segs = &segs[..got];
+            let ok = ok && rem == 0;
             let epoch_ok = |d: &Slot| d.port.epoch == h.epoch;
             let tx_cap = self.tx_cap;
             let Some(dst) = self
@@ -924,32 +1120,38 @@ impl Worker {
                 .filter(|d| ok && epoch_ok(d))
             else {
                 self.tx_no_socket += 1;
-                self.give_back(h.frame);
+                for sg in segs {
+                    self.give_back(sg.0);
+                }
                 continue;
             };
-            let (off, len) = (usize::from(h.off), usize::from(h.len));
-            if dst.enqueue(h.slot, h.frame, off, len, tx_cap, &mut self.touched) {
-                self.owner[h.frame as usize] = h.slot + 1;
+            if dst.enqueue_chain(h.slot, segs, tx_cap, &mut self.touched) {
+                for sg in segs {
+                    self.owner[sg.0 as usize] = h.slot + 1;
+                }
                 let t = self.slot_taps[usize::from(h.slot)].tx;
                 if t != 0 {
-                    // SAFETY: the frame came out of this worker's inbox, so it is this
-                    // worker's alone: its transmit descriptor is written but not submitted
-                    // (that happens after this loop), so the kernel does not read it yet,
-                    // and no other slice of it exists.
-                    #[allow(unsafe_code)]
-                    let buf = unsafe { self.fabric.umem.frame(h.frame) };
+                    // Gathered into the first batch buffer (no batch is being decided now).
+                    let buf = &mut self.jumbo[0];
+                    let mut n = 0;
+                    for &(f, o, l) in segs {
+                        // SAFETY: the frames came out of this worker's inbox, so they are
+                        // this worker's alone: their transmit descriptors are written but not
+                        // submitted (that happens after this loop), so the kernel does not
+                        // read them yet, and no other slice of them exists.
+                        #[allow(unsafe_code)]
+                        let src = unsafe { self.fabric.umem.frame(f) };
+                        buf[n..n + l].copy_from_slice(&src[o..o + l]);
+                        n += l;
+                    }
                     let vxlan = self.snap.node.vxlan_port;
-                    self.wtaps.capture(
-                        t,
-                        now_ns(),
-                        dst.ifname,
-                        Point::Tx,
-                        &buf[off..off + len],
-                        vxlan,
-                    );
+                    self.wtaps
+                        .capture(t, now_ns(), dst.ifname, Point::Tx, &buf[..n], vxlan);
                 }
             } else {
-                self.give_back(h.frame);
+                for sg in segs {
+                    self.give_back(sg.0);
+                }
             }
         }
         submit_touched(&mut self.slots, &mut self.touched, &mut self.gone);
@@ -981,6 +1183,8 @@ impl Worker {
             wtaps,
             slot_taps,
             before,
+            jumbo,
+            tx_no_frames,
             ..
         } = self;
         let umem = &fabric.umem;
@@ -988,16 +1192,41 @@ impl Worker {
             return 0;
         };
         let rx = &mut slot.port.sock.rx;
-        let n = rx.ready(BATCH_SIZE as u32);
-        if n == 0 {
+        let avail = rx.ready(xsk::RING_SIZE);
+        if avail == 0 {
             return 0;
         }
         let tag = si as u16 + 1;
         let mut frames = [0u32; BATCH_SIZE];
         let mut descs = [(0usize, 0usize); BATCH_SIZE];
+        // Per packet: a multi-buffer frame, copied into `jumbo[k]`.
+        let mut chained = [false; BATCH_SIZE];
         let mut m = 0;
-        for k in 0..n {
-            let d = rx.read(k);
+        // Descriptors taken: whole frames only (the kernel publishes a chain at once; one
+        // cut by `avail` would wait for the next round).
+        let mut n = 0;
+        while n < avail && m < BATCH_SIZE {
+            let d = rx.read(n);
+            if d.options & PKT_CONTD != 0 {
+                let mut end = n + 1;
+                while end < avail && rx.read(end).options & PKT_CONTD != 0 {
+                    end += 1;
+                }
+                if end == avail {
+                    break;
+                }
+                let (c, buf) = (&mut slot.counters, &mut jumbo[m]);
+                if let Some((first, len)) = take_chain(rx, n..=end, owner, tag, free, umem, c, buf)
+                {
+                    frames[m] = first;
+                    descs[m] = (DEFAULT_HEADROOM, len);
+                    chained[m] = true;
+                    m += 1;
+                }
+                n = end + 1;
+                continue;
+            }
+            n += 1;
             let idx = (d.addr / FRAME_SIZE as u64) as usize;
             let off = (d.addr % FRAME_SIZE as u64) as usize;
             if owner.get(idx) != Some(&tag) {
@@ -1017,6 +1246,7 @@ impl Worker {
         }
         rx.release(n);
         slot.filled = slot.filled.saturating_sub(n);
+        slot.rx_descs += u64::from(n);
         slot.counters.rx += m as u64;
         let rx_name = slot.ifname;
         let Some(port) = slot_to_port[si] else {
@@ -1027,19 +1257,34 @@ impl Worker {
 
         let mut pkts = recycle(std::mem::take(storage));
         let mut kept = 0;
+        let mut jbufs = jumbo.iter_mut();
         for k in 0..m {
-            // SAFETY: frame `frames[k]` came out of this socket's rx ring with the owner tag
-            // of this slot, which was cleared above: it is in no ring, the kernel no longer
-            // writes it, and it appears once in `frames`; no other slice of it exists.
-            #[allow(unsafe_code)]
-            let buf = unsafe { umem.frame(frames[k]) };
+            let jb = jbufs.next();
             let (off, len) = descs[k];
+            let buf: &mut [u8] = if chained[k] {
+                match jb {
+                    Some(b) => b,
+                    None => {
+                        free.push(frames[k]);
+                        continue;
+                    }
+                }
+            } else {
+                // SAFETY: frame `frames[k]` came out of this socket's rx ring with the owner
+                // tag of this slot, which was cleared above: it is in no ring, the kernel no
+                // longer writes it, and it appears once in `frames`; no other slice of it
+                // exists.
+                #[allow(unsafe_code)]
+                let b = unsafe { umem.frame(frames[k]) };
+                b
+            };
             // In bounds (checked against FRAME_SIZE above), so `None` cannot happen; if it
             // did, the frame goes back to the pool and `frames` stays in step with `pkts`.
             match Packet::new(buf, off, len, port) {
                 Some(p) => {
                     pkts.push(p);
                     frames[kept] = frames[k];
+                    chained[kept] = chained[k];
                     kept += 1;
                 }
                 None => {
@@ -1079,6 +1324,7 @@ impl Worker {
             }
         };
         let mut verdicts = [Verdict::default(); BATCH_SIZE];
+        let mut segs: [Seg; MAX_TX_CHAIN] = [(0, 0, 0); MAX_TX_CHAIN];
         let mut slot_bad = 0u64;
         let mut wake_mask = 0u64;
         pipeline.process(snap, &mut pkts, &mut verdicts[..m]);
@@ -1098,6 +1344,22 @@ impl Worker {
                             note(k, Outcome::Drop("tx_no_socket"), None);
                             continue;
                         }
+                        let (off, len) = if chained[k] {
+                            // Its bytes go into a chain of frames linked through `next`.
+                            let Some(c) = write_chain(umem, free, idx, pkt.data(), &mut segs)
+                            else {
+                                *tx_no_frames += 1;
+                                free.push(idx);
+                                note(k, Outcome::Drop("tx_no_frames"), None);
+                                continue;
+                            };
+                            for w in segs[..c].windows(2) {
+                                fabric.next[w[0].0 as usize].store(w[1].0, Ordering::Relaxed);
+                            }
+                            (0, pkt.len())
+                        } else {
+                            (pkt.offset(), pkt.len())
+                        };
                         if monitor != 0 {
                             let name = IfName::new(snap.port_name(p).unwrap_or_default());
                             note(k, Outcome::Forward(name), Some(pkt.data()));
@@ -1106,8 +1368,8 @@ impl Worker {
                             w,
                             Handoff {
                                 frame: idx,
-                                off: pkt.offset() as u16,
-                                len: pkt.len() as u16,
+                                off: off as u16,
+                                len: len as u32,
                                 slot: to,
                                 epoch: slot_epoch.get(to as usize).copied().unwrap_or(0),
                             },
@@ -1115,6 +1377,28 @@ impl Worker {
                         continue;
                     };
                     let pkt = &pkts[k];
+                    if chained[k] {
+                        let Some(c) = write_chain(umem, free, idx, pkt.data(), &mut segs) else {
+                            *tx_no_frames += 1;
+                            free.push(idx);
+                            note(k, Outcome::Drop("tx_no_frames"), None);
+                            continue;
+                        };
+                        if !dst.enqueue_chain(to, &segs[..c], *tx_cap, touched) {
+                            free.extend(segs[..c].iter().map(|s| s.0));
+                            note(k, Outcome::Drop("tx_ring_full"), None);
+                            continue;
+                        }
+                        for sg in &segs[..c] {
+                            owner[sg.0 as usize] = to + 1;
+                        }
+                        let t = slot_taps[usize::from(to)].tx;
+                        if t != 0 {
+                            wtaps.capture(t, ts, dst.ifname, Point::Tx, pkt.data(), vxlan);
+                        }
+                        note(k, Outcome::Forward(dst.ifname), Some(pkt.data()));
+                        continue;
+                    }
                     if pkt.is_empty() || pkt.offset() + pkt.len() > FRAME_SIZE {
                         slot_bad += 1;
                         free.push(idx);
@@ -1158,7 +1442,11 @@ impl Worker {
                 }
                 Err(h) => {
                     *handoff_full += 1;
-                    free.push(h.frame);
+                    let mut frame = h.frame;
+                    for _ in 0..chain_len(usize::from(h.off), h.len as usize) {
+                        free.push(frame);
+                        frame = fabric.next[frame as usize].load(Ordering::Relaxed);
+                    }
                 }
             }
         }
@@ -1195,6 +1483,7 @@ impl Worker {
         r.ports_gone = self.ports_gone;
         r.handoff_full = self.handoff_full;
         r.handed_off = self.handed_off;
+        r.tx_no_frames = self.tx_no_frames;
         r.at = Some(Instant::now());
     }
 }
@@ -1220,6 +1509,61 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_port_whose_frames_are_chains_keeps_a_dozen_of_them_in_its_fill_ring() {
+        assert_eq!(chain_floor(1450), 0);
+        assert_eq!(
+            chain_floor(3826),
+            0,
+            "3840 bytes of frame fit one descriptor"
+        );
+        assert_eq!(chain_floor(3827), 24);
+        assert_eq!(chain_floor(8950), 36);
+        assert_eq!(chain_floor(65000), 12 * 17);
+    }
+
+    #[test]
+    fn a_chain_takes_the_frames_its_bytes_need() {
+        assert_eq!(chain_len(256, 1), 1);
+        assert_eq!(chain_len(256, FRAME_SIZE - 256), 1);
+        assert_eq!(chain_len(256, FRAME_SIZE - 255), 2);
+        assert_eq!(chain_len(0, FRAME_SIZE), 1);
+        assert_eq!(chain_len(0, FRAME_SIZE + 1), 2);
+        // The largest Ethernet frame of an IPv4 packet, VXLAN-encapsulated, fits one chain.
+        assert!(chain_len(0, 65_535 + 14 + 50) <= MAX_TX_CHAIN);
+        const { assert!(MAX_RX_FRAME + DEFAULT_HEADROOM <= MAX_FRAME) };
+    }
+
+    #[test]
+    fn a_frame_written_as_a_chain_reads_back_whole_and_takes_only_what_it_needs() {
+        let umem = Umem::new(64).expect("UMEM");
+        let data: Vec<u8> = (0..9014u32).map(|i| (i * 7 + i / 251) as u8).collect();
+        let mut free: Vec<u32> = (10..20).collect();
+        let mut segs: [Seg; MAX_TX_CHAIN] = [(0, 0, 0); MAX_TX_CHAIN];
+        let n = write_chain(&umem, &mut free, 3, &data, &mut segs).expect("frames enough");
+        assert_eq!(n, 3);
+        assert_eq!(free.len(), 8, "two frames taken besides the first");
+        assert_eq!(segs[0].0, 3, "the first piece is in the frame given");
+        let mut back = Vec::new();
+        for &(f, off, len) in &segs[..n] {
+            assert!(off + len <= FRAME_SIZE);
+            // SAFETY: the test owns the UMEM; no other slice of the frame is alive.
+            #[allow(unsafe_code)]
+            let b = unsafe { umem.frame(f) };
+            back.extend_from_slice(&b[off..off + len]);
+        }
+        assert_eq!(back, data);
+        // Too few free frames: nothing taken, nothing written.
+        let mut few = vec![30];
+        assert_eq!(write_chain(&umem, &mut few, 4, &data, &mut segs), None);
+        assert_eq!(few, vec![30]);
+        // Longer than a chain can carry.
+        let mut many: Vec<u32> = (20..60).collect();
+        let huge = vec![0u8; MAX_FRAME + 1];
+        assert_eq!(write_chain(&umem, &mut many, 5, &huge, &mut segs), None);
+        assert_eq!(many.len(), 40);
+    }
+
+    #[test]
     fn a_reports_drops_name_every_reason_and_sum_its_ports() {
         let port = |full, gone| PortCounters {
             tx_ring_full: full,
@@ -1229,17 +1573,21 @@ mod tests {
             },
             ..Default::default()
         };
-        let r = Report {
+        let mut r = Report {
             tx_no_socket: 1,
             handoff_full: 2,
+            tx_no_frames: 11,
             ports: vec![port(3, 4), port(5, 6)],
             ..Default::default()
         };
+        r.ports[1].rx_too_long = 7;
         let d: std::collections::BTreeMap<_, _> = r.drops().into_iter().collect();
         assert_eq!(d["tx_no_socket"], 1);
         assert_eq!(d["handoff_full"], 2);
         assert_eq!(d["tx_ring_full"], 8);
         assert_eq!(d["kernel_rx_dropped"], 10);
-        assert_eq!(d.len(), 7, "seven reasons, none twice");
+        assert_eq!(d["rx_too_long"], 7);
+        assert_eq!(d["tx_no_frames"], 11);
+        assert_eq!(d.len(), 9, "nine reasons, none twice");
     }
 }

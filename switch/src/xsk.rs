@@ -31,6 +31,13 @@ pub const FRAME_SIZE: usize = 4096;
 pub const RX_OFFSET: usize = 256;
 /// Descriptors per ring (every ring of every socket).
 pub const RING_SIZE: u32 = 2048;
+/// Bind flag: multi-buffer frames (kernel 6.6+, `XDP_USE_SG` in `linux/if_xdp.h`).
+const XDP_USE_SG: u16 = 1 << 4;
+/// Descriptor option: the frame continues in the next descriptor (`XDP_PKT_CONTD`).
+pub const PKT_CONTD: u32 = 1 << 0;
+/// Most descriptors one transmitted frame may span: the kernel builds an skb of a linear part
+/// and at most `MAX_SKB_FRAGS` (17) fragments, and refuses a longer chain as invalid.
+pub const MAX_TX_CHAIN: usize = 17;
 
 /// Why a socket could not be set up; says which step failed.
 #[derive(Debug, thiserror::Error)]
@@ -329,25 +336,37 @@ pub struct Socket {
     pub comp: Ring<u64>,
     /// How the port runs.
     pub mode: Mode,
+    /// Multi-buffer: frames larger than a chunk arrive and leave as descriptor chains
+    /// ([`PKT_CONTD`]). Set for the owner when the kernel accepted `XDP_USE_SG`; sockets that
+    /// share its UMEM inherit it.
+    pub sg: bool,
     fd: OwnedFd,
 }
 
 impl Socket {
     /// Creates the socket that registers `umem`, on `ifindex` queue 0: zero-copy if asked
-    /// and the driver can, copy mode otherwise. Need-wakeup is on; sockets that share the
-    /// UMEM inherit both.
+    /// and the driver can, copy mode otherwise; multi-buffer where the kernel and driver
+    /// offer it (a driver that cannot gets a single-buffer socket). Need-wakeup is on;
+    /// sockets that share the UMEM inherit all three.
     pub fn bind_owner(umem: &Umem, ifindex: u32, zero_copy: bool) -> Result<Socket, XskError> {
-        if zero_copy {
-            if let Ok(s) = retry_busy(|| Self::try_bind(Some(umem), ifindex, None, true)) {
-                return Ok(s);
+        let bind = |sg: bool| {
+            if zero_copy {
+                if let Ok(s) = retry_busy(|| Self::try_bind(Some(umem), ifindex, None, true, sg)) {
+                    return Ok(s);
+                }
             }
+            retry_busy(|| Self::try_bind(Some(umem), ifindex, None, false, sg))
+        };
+        match bind(true) {
+            Err(e) if is_unsupported(&e) => bind(false),
+            r => r,
         }
-        retry_busy(|| Self::try_bind(Some(umem), ifindex, None, false))
     }
 
-    /// Creates a socket on `ifindex` queue 0 sharing the UMEM of the socket `owner_fd`.
-    pub fn bind_shared(owner_fd: RawFd, ifindex: u32) -> Result<Socket, XskError> {
-        retry_busy(|| Self::try_bind(None, ifindex, Some(owner_fd), false))
+    /// Creates a socket on `ifindex` queue 0 sharing the UMEM of the socket `owner_fd`;
+    /// `sg` is the owner's [`sg`](Self::sg) (inherited, not asked for).
+    pub fn bind_shared(owner_fd: RawFd, ifindex: u32, sg: bool) -> Result<Socket, XskError> {
+        retry_busy(|| Self::try_bind(None, ifindex, Some(owner_fd), false, sg))
     }
 
     fn try_bind(
@@ -355,6 +374,7 @@ impl Socket {
         ifindex: u32,
         owner: Option<RawFd>,
         zero_copy: bool,
+        sg: bool,
     ) -> Result<Socket, XskError> {
         // SAFETY: plain socket(2) call; the fd is owned right below.
         let raw = unsafe { libc::socket(libc::AF_XDP, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
@@ -407,11 +427,13 @@ impl Socket {
             libc::XDP_UMEM_PGOFF_COMPLETION_RING,
             "mmap completion ring",
         )?;
+        let sg_flag = if sg { XDP_USE_SG } else { 0 };
         let (flags, shared) = match owner {
-            // Mode and need_wakeup are inherited from the owner; no other flag is allowed.
+            // Mode, need_wakeup and multi-buffer are inherited from the owner; no other flag
+            // is allowed.
             Some(o) => (libc::XDP_SHARED_UMEM, o as u32),
-            None if zero_copy => (libc::XDP_ZEROCOPY | libc::XDP_USE_NEED_WAKEUP, 0),
-            None => (libc::XDP_COPY | libc::XDP_USE_NEED_WAKEUP, 0),
+            None if zero_copy => (libc::XDP_ZEROCOPY | libc::XDP_USE_NEED_WAKEUP | sg_flag, 0),
+            None => (libc::XDP_COPY | libc::XDP_USE_NEED_WAKEUP | sg_flag, 0),
         };
         let sa = libc::sockaddr_xdp {
             sxdp_family: libc::AF_XDP as u16,
@@ -448,6 +470,7 @@ impl Socket {
             fill,
             comp,
             mode,
+            sg,
             fd,
         })
     }
@@ -517,6 +540,15 @@ impl Socket {
             Err(_) => KernelStats::default(),
         }
     }
+}
+
+/// True if binding failed because the kernel or driver does not offer what was asked
+/// (multi-buffer on a kernel before 6.6, or a zero-copy driver without it).
+fn is_unsupported(e: &XskError) -> bool {
+    matches!(
+        e.source.raw_os_error(),
+        Some(libc::EINVAL) | Some(libc::EOPNOTSUPP)
+    )
 }
 
 /// Retries `bind` while it fails with EBUSY (the previous socket on the queue is still being

@@ -746,32 +746,3 @@ fn a_control_socket_flood_cannot_exhaust_descriptors() {
     );
     drop(flood);
 }
-
-/// A pod whose MTU is over what a single-buffer XDP program allows on veth: switchd refuses
-/// to start and says which interface, its MTU and the limit, and leaves nothing attached.
-#[test]
-fn a_pod_mtu_the_kernel_refuses_is_named() {
-    if skip_unless_root("the switchd namespace tests") {
-        return;
-    }
-    let t = Topo::up(["switch", "switch"]);
-    t.ok("b", &["ip", "link", "set", "eth0", "mtu", "4000"]);
-    t.ok("n1", &["ip", "link", "set", "veth-b", "mtu", "4000"]);
-    let out = Command::new("timeout")
-        .args(["20", "ip", "netns", "exec", &t.ns("n1")])
-        .arg(switchd_bin())
-        .args(["run", "--no-persist", "--no-control", "--state"])
-        .arg(state(1))
-        .output()
-        .expect("run switchd");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "switchd must refuse to start: {err}"
-    );
-    for want in ["veth-b", "MTU 4000", "at most 3506"] {
-        assert!(err.contains(want), "the error names {want:?}: {err}");
-    }
-    assert_eq!(t.xdp_attached("n1"), 0, "nothing left attached: {err}");
-}

@@ -15,6 +15,8 @@ pub const DEFAULT_SOCKET: &str = "/run/nodeswitch/switchd.sock";
 
 /// The smallest and largest pod MTU accepted in the config.
 pub const MTU_RANGE: std::ops::RangeInclusive<u32> = 576..=9166;
+/// Largest `localMtu`: the largest MTU Linux gives an interface (and an IPv4 packet's size).
+pub const LOCAL_MTU_MAX: u32 = 65535;
 
 /// Largest network config read from stdin.
 pub const MAX_CONFIG: usize = 1 << 20;
@@ -34,7 +36,7 @@ const SPEC_FIELDS: &[&str] = &[
 ];
 
 /// This plugin's own fields.
-const OUR_FIELDS: &[&str] = &["socket", "mtu"];
+const OUR_FIELDS: &[&str] = &["socket", "mtu", "localMtu"];
 
 /// DNS settings handed to the container runtime in the result.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -80,6 +82,12 @@ pub struct NetConf {
     pub socket: PathBuf,
     /// The pod interface's MTU; `None`: switchd's uplink MTU - 50.
     pub mtu: Option<u32>,
+    /// A node-local MTU: the pod's interface gets this one and its default route the `mtu`
+    /// above, so that frames to pods of the same node (the pod subnet's connected route) may
+    /// be this large while everything else leaves at the overlay's MTU. `None`: no such
+    /// split. Needs switchd on multi-buffer AF_XDP (kernel 6.6+); the same on every pod of a
+    /// node (a frame larger than its receiver's interface MTU is dropped by the kernel).
+    pub local_mtu: Option<u32>,
     /// The IPAM section as given (its `type` is the plugin delegated to).
     pub ipam: Map<String, Value>,
     /// The IPAM plugin's name.
@@ -189,6 +197,24 @@ impl NetConf {
             },
             Some(_) => return Err(invalid("mtu", "is not a number")),
         };
+        let local_mtu = match raw.get("localMtu") {
+            None | Some(Value::Null) => None,
+            Some(Value::Number(n)) => {
+                let lo = mtu.unwrap_or(*MTU_RANGE.start());
+                match n.as_u64() {
+                    Some(m) if (u64::from(lo)..=u64::from(LOCAL_MTU_MAX)).contains(&m) => {
+                        Some(m as u32)
+                    }
+                    _ => {
+                        return Err(invalid(
+                            "localMtu",
+                            format!("{n} is outside {lo}..={LOCAL_MTU_MAX} (at least mtu)"),
+                        ))
+                    }
+                }
+            }
+            Some(_) => return Err(invalid("localMtu", "is not a number")),
+        };
         let ipam = match raw.get("ipam") {
             Some(Value::Object(m)) => m.clone(),
             None | Some(Value::Null) => {
@@ -254,6 +280,7 @@ impl NetConf {
             name,
             socket,
             mtu,
+            local_mtu,
             ipam,
             ipam_type,
             dns,
@@ -297,6 +324,9 @@ mod tests {
         assert_eq!(c.socket, PathBuf::from(DEFAULT_SOCKET));
         let d = NetConf::parse(&with("mtu", Value::Null)).unwrap();
         assert_eq!(d.mtu, None);
+        assert_eq!(d.local_mtu, None);
+        let l = NetConf::parse(&with("localMtu", serde_json::json!(65000))).unwrap();
+        assert_eq!((l.mtu, l.local_mtu), (Some(1450), Some(65000)));
     }
 
     #[test]
@@ -318,6 +348,21 @@ mod tests {
             (with("name", json!("a b")), code::INVALID_CONFIG, "name"),
             (with("mtu", json!(100)), code::INVALID_CONFIG, "mtu"),
             (with("mtu", json!("1450")), code::INVALID_CONFIG, "mtu"),
+            (
+                with("localMtu", json!(1449)),
+                code::INVALID_CONFIG,
+                "localMtu",
+            ),
+            (
+                with("localMtu", json!(65536)),
+                code::INVALID_CONFIG,
+                "localMtu",
+            ),
+            (
+                with("localMtu", json!("65000")),
+                code::INVALID_CONFIG,
+                "localMtu",
+            ),
             (
                 with("socket", json!("relative.sock")),
                 code::INVALID_CONFIG,

@@ -13,7 +13,9 @@ use flowtable::wire::MacAddr;
 use futures::TryStreamExt;
 use rtnetlink::packet_route::address::AddressAttribute;
 use rtnetlink::packet_route::link::{LinkAttribute, LinkMessage};
-use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteScope};
+use rtnetlink::packet_route::route::{
+    RouteAddress, RouteAttribute, RouteMessage, RouteMetric, RouteScope,
+};
 use rtnetlink::{new_connection, Handle, LinkUnspec, LinkVeth, RouteMessageBuilder};
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr};
@@ -41,6 +43,9 @@ pub struct Pod {
     pub gateway: Ipv4Addr,
     /// Both ends' MTU.
     pub mtu: u32,
+    /// The default route's MTU when it is below the interfaces' (a node-local MTU: see
+    /// `NetConf::local_mtu`).
+    pub route_mtu: Option<u32>,
 }
 
 fn nl(what: &str, e: impl std::fmt::Display) -> Error {
@@ -209,13 +214,17 @@ async fn container_side(h: Handle, p: Pod) -> Result<(), Error> {
         .execute()
         .await
         .map_err(|e| nl(&format!("adding {}/{} to {}", p.ip, p.prefix, p.ifname), e))?;
+    let mut default = RouteMessageBuilder::<Ipv4Addr>::new()
+        .gateway(p.gateway)
+        .output_interface(idx)
+        .build();
+    if let Some(m) = p.route_mtu {
+        default
+            .attributes
+            .push(RouteAttribute::Metrics(vec![RouteMetric::Mtu(m)]));
+    }
     h.route()
-        .add(
-            RouteMessageBuilder::<Ipv4Addr>::new()
-                .gateway(p.gateway)
-                .output_interface(idx)
-                .build(),
-        )
+        .add(default)
         .execute()
         .await
         .map_err(|e| nl(&format!("adding the default route via {}", p.gateway), e))?;

@@ -169,8 +169,21 @@ impl Switch {
     }
 }
 
-fn attachment(env: &Env, conf: &NetConf, node: NodeInfo, ipam: Ipam) -> Pod {
-    Pod {
+fn attachment(env: &Env, conf: &NetConf, node: NodeInfo, ipam: Ipam) -> Result<Pod, Error> {
+    let overlay = conf.mtu.unwrap_or(node.uplink_mtu.saturating_sub(50));
+    let (mtu, route_mtu) = match conf.local_mtu {
+        Some(l) if l < overlay => {
+            return Err(Error::new(
+                code::INVALID_CONFIG,
+                format!(
+                "localMtu: {l} is below the pod MTU {overlay} (switchd's uplink MTU - 50 or mtu)"
+            ),
+            ))
+        }
+        Some(l) if l > overlay => (l, Some(overlay)),
+        _ => (overlay, None),
+    };
+    Ok(Pod {
         host: host_ifname(&env.container_id, &env.ifname),
         ifname: env.ifname.clone(),
         netns: env.netns.clone().unwrap_or_default(),
@@ -179,8 +192,9 @@ fn attachment(env: &Env, conf: &NetConf, node: NodeInfo, ipam: Ipam) -> Pod {
         ip: ipam.ip,
         prefix: ipam.prefix,
         gateway: ipam.gateway,
-        mtu: conf.mtu.unwrap_or(node.uplink_mtu.saturating_sub(50)),
-    }
+        mtu,
+        route_mtu,
+    })
 }
 
 fn result(conf: &NetConf, pod: &Pod, ipam_result: &CniResult) -> CniResult {
@@ -227,7 +241,7 @@ fn add(env: &Env, conf: &NetConf) -> Result<Value, Error> {
         e
     };
     let ipam = Ipam::from_result(&ipam_result).map_err(undo_ipam)?;
-    let pod = attachment(env, conf, node, ipam);
+    let pod = attachment(env, conf, node, ipam).map_err(undo_ipam)?;
     link::add(&pod).map_err(undo_ipam)?;
     let spec = pb::Pod {
         name: env.pod_name(),
@@ -275,7 +289,7 @@ fn check(env: &Env, conf: &NetConf) -> Result<(), Error> {
         .map_err(|e| Error::new(code::INVALID_CONFIG, format!("prevResult: {}", e.msg)))?;
     let mut sw = Switch::connect(&conf.socket)?;
     let node = sw.node()?;
-    let pod = attachment(env, conf, node, ipam);
+    let pod = attachment(env, conf, node, ipam)?;
     link::check(&pod)?;
     let name = env.pod_name();
     match sw.pod(&name)? {

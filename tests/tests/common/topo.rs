@@ -104,10 +104,16 @@ pub struct Daemon {
 
 impl Topo {
     pub fn up(modes: [&str; 2]) -> Topo {
+        Self::up_env(modes, &[])
+    }
+
+    /// The topology with scripts/topology's environment `env` (TOPO_MTU, TOPO_LOCAL_MTU).
+    pub fn up_env(modes: [&str; 2], env: &[(&str, &str)]) -> Topo {
         let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
         let p = unique_prefix();
         let out = Command::new(root_dir().join("scripts/topology"))
             .args(["up", &p, modes[0], modes[1]])
+            .envs(env.iter().copied())
             .output()
             .expect("run scripts/topology");
         let dir = tempfile::tempdir().expect("tempdir");
