@@ -9,7 +9,10 @@
 //! snapshot, and queues them on the transmit rings of the ports they go to (one wakeup per port
 //! per batch). Frames never move: a received frame is transmitted from where it was received,
 //! its descriptor starting wherever the pipeline left the frame (VXLAN grows into the 256 bytes
-//! in front). Nothing on this path allocates, locks or makes a syscall except the transmit
+//! in front). The exception is a multi-buffer frame (a chain of descriptors, on sockets bound
+//! with `XDP_USE_SG`): it is copied into a contiguous per-batch buffer (`jumbo`) for the
+//! pipeline and written back into UMEM frames as a transmit chain (`write_chain`), the first
+//! of them the chain's own first frame. Nothing on this path allocates, locks or makes a syscall except the transmit
 //! wakeup and, in `wakeup` mode, `sched_yield` while it waits a moment for more and `poll`
 //! when idle.
 //!
@@ -365,14 +368,14 @@ impl Slot {
 }
 
 /// The fill floor of a port whose frames, at interface MTU `mtu`, take several receive
-/// descriptors: a dozen of its largest frames (a TCP sender's first burst, which arrives
-/// before the fill target can grow), at most the whole ring; 0 where a frame takes one.
+/// descriptors: two dozen of its largest frames (a TCP sender's bursts, which can arrive
+/// before the fill target grows), at most the whole ring; 0 where a frame takes one.
 fn chain_floor(mtu: u32) -> u32 {
     let per_frame = (mtu as usize + 14).div_ceil(FRAME_SIZE - xsk::RX_OFFSET) as u32;
     if per_frame <= 1 {
         0
     } else {
-        (12 * per_frame).min(FILL_TARGET)
+        (24 * per_frame).min(FILL_TARGET)
     }
 }
 
@@ -1509,16 +1512,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_port_whose_frames_are_chains_keeps_a_dozen_of_them_in_its_fill_ring() {
+    fn a_port_whose_frames_are_chains_keeps_two_dozen_of_them_in_its_fill_ring() {
         assert_eq!(chain_floor(1450), 0);
         assert_eq!(
             chain_floor(3826),
             0,
             "3840 bytes of frame fit one descriptor"
         );
-        assert_eq!(chain_floor(3827), 24);
-        assert_eq!(chain_floor(8950), 36);
-        assert_eq!(chain_floor(65000), 12 * 17);
+        assert_eq!(chain_floor(3827), 48);
+        assert_eq!(chain_floor(8950), 72);
+        assert_eq!(chain_floor(65000), 24 * 17);
     }
 
     #[test]

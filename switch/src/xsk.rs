@@ -8,7 +8,9 @@
 //! VXLAN encapsulation grows the frame into that headroom in place and decapsulation just
 //! starts the descriptor later. (xsk-rs, the crate first chosen for this, ties a descriptor to
 //! a fixed address in its frame, which would cost a copy of every encapsulated frame; this
-//! module is the few hundred lines it takes to own the rings instead.)
+//! module is the few hundred lines it takes to own the rings instead.) Where the kernel offers
+//! it the owner binds with `XDP_USE_SG` (multi-buffer: a frame longer than a chunk is a chain
+//! of descriptors, each but the last marked [`PKT_CONTD`]); the sharing sockets inherit it.
 //!
 //! Each [`Ring`] is single-producer, single-consumer shared memory with the kernel: the
 //! producer index is published with Release after the descriptors are written, the consumer's

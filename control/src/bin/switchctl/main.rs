@@ -6,7 +6,9 @@
 //! 6 the state file could not be read or parsed.
 
 mod capture;
+mod list;
 mod monitor;
+mod stats;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use control::client::{connect, DEFAULT_SOCKET};
@@ -388,34 +390,6 @@ fn table(header: &[&str], rows: &[Vec<String>]) {
     }
 }
 
-/// A port's Maglev shares as a table.
-fn shares_table(shares: &[pb::BackendShare]) {
-    let rows: Vec<Vec<String>> = shares
-        .iter()
-        .map(|b| {
-            vec![
-                format!("{}:{}", b.ip, b.port),
-                b.node.clone(),
-                b.entries.to_string(),
-                format!("{:.1}%", b.percent),
-            ]
-        })
-        .collect();
-    table(&["BACKEND", "NODE", "ENTRIES", "SHARE"], &rows);
-}
-
-fn endpoint_flags(e: &pb::Endpoint) -> String {
-    let ready = e.ready.unwrap_or(true);
-    let mut f = vec![if ready { "ready" } else { "not-ready" }];
-    if e.serving.unwrap_or(ready) {
-        f.push("serving");
-    }
-    if e.terminating.unwrap_or(false) {
-        f.push("terminating");
-    }
-    f.join(",")
-}
-
 async fn run(cli: &Cli) -> Result<(), Failure> {
     match &cli.cmd {
         Cmd::Capture {
@@ -463,8 +437,8 @@ async fn run(cli: &Cli) -> Result<(), Failure> {
             monitor::run(cli, args).await
         }
         Cmd::Apply { file, dry_run } => apply(cli, file, *dry_run).await,
-        Cmd::List { kind } => list(cli, *kind, "").await,
-        Cmd::Get { kind, name } => list(cli, *kind, name).await,
+        Cmd::List { kind } => list::list(cli, *kind, "").await,
+        Cmd::Get { kind, name } => list::list(cli, *kind, name).await,
         Cmd::Delete { kind, name } => delete(cli, *kind, name).await,
         Cmd::Ct {
             cmd:
@@ -535,7 +509,7 @@ async fn run(cli: &Cli) -> Result<(), Failure> {
             let mut c = client(cli).await?;
             if !watch {
                 let s = c.get_stats(pb::GetStatsRequest {}).await?.into_inner();
-                print_stats(cli, &s.stats.unwrap_or_default());
+                stats::print_stats(cli, &s.stats.unwrap_or_default());
                 return Ok(());
             }
             let mut stream = c
@@ -546,7 +520,7 @@ async fn run(cli: &Cli) -> Result<(), Failure> {
                 .await?
                 .into_inner();
             while let Some(s) = stream.message().await? {
-                print_stats(cli, &s.stats.unwrap_or_default());
+                stats::print_stats(cli, &s.stats.unwrap_or_default());
                 if cli.output == Format::Table {
                     println!();
                 }
@@ -722,304 +696,4 @@ async fn delete(cli: &Cli, kind: Kind, name: &str) -> Result<(), Failure> {
         println!("generation {} programmed", r.generation);
     }
     Ok(())
-}
-
-async fn list(cli: &Cli, kind: Kind, name: &str) -> Result<(), Failure> {
-    let mut c = client(cli).await?;
-    let name = name.to_string();
-    let js = cli.output == Format::Json;
-    match kind {
-        Kind::Nodes => {
-            let r = c
-                .list_nodes(pb::ListNodesRequest { name })
-                .await?
-                .into_inner();
-            if js {
-                json(&r);
-                return Ok(());
-            }
-            let rows: Vec<Vec<String>> = r
-                .nodes
-                .iter()
-                .map(|n| {
-                    vec![
-                        n.name.clone(),
-                        n.ip.clone(),
-                        n.pod_cidr.clone(),
-                        n.vtep_mac.clone(),
-                        n.mac.clone(),
-                        n.owner.clone(),
-                    ]
-                })
-                .collect();
-            table(
-                &[
-                    "NAME",
-                    "IP",
-                    "POD CIDR",
-                    "VTEP MAC",
-                    "NEXT-HOP MAC",
-                    "OWNER",
-                ],
-                &rows,
-            );
-        }
-        Kind::Pods => {
-            let r = c
-                .list_pods(pb::ListPodsRequest { name })
-                .await?
-                .into_inner();
-            if js {
-                json(&r);
-                return Ok(());
-            }
-            let rows: Vec<Vec<String>> = r
-                .pods
-                .iter()
-                .map(|p| {
-                    vec![
-                        p.name.clone(),
-                        p.ip.clone(),
-                        p.mac.clone(),
-                        p.port.clone(),
-                        p.owner.clone(),
-                    ]
-                })
-                .collect();
-            table(&["NAME", "IP", "MAC", "PORT", "OWNER"], &rows);
-        }
-        Kind::Services => {
-            let r = c
-                .list_services(pb::ListServicesRequest { name: name.clone() })
-                .await?
-                .into_inner();
-            if js {
-                json(&r);
-                return Ok(());
-            }
-            let mut rows = Vec::new();
-            for si in &r.services {
-                let Some(s) = &si.service else { continue };
-                let ports: Vec<String> = s
-                    .ports
-                    .iter()
-                    .map(|p| {
-                        let np = if p.node_port != 0 {
-                            format!(":{}", p.node_port)
-                        } else {
-                            String::new()
-                        };
-                        format!("{}{np}/{}", p.port, p.protocol)
-                    })
-                    .collect();
-                let ext: Vec<String> = s
-                    .load_balancer_ips
-                    .iter()
-                    .chain(&s.external_ips)
-                    .cloned()
-                    .collect();
-                rows.push(vec![
-                    s.name.clone(),
-                    s.cluster_ip.clone(),
-                    if ext.is_empty() {
-                        "-".into()
-                    } else {
-                        ext.join(",")
-                    },
-                    ports.join(","),
-                    s.endpoints.len().to_string(),
-                    format!(
-                        "{}/{}",
-                        s.external_traffic_policy, s.internal_traffic_policy
-                    ),
-                    s.session_affinity.clone(),
-                    s.owner.clone(),
-                ]);
-            }
-            table(
-                &[
-                    "NAME",
-                    "CLUSTER-IP",
-                    "EXTERNAL",
-                    "PORTS",
-                    "ENDPOINTS",
-                    "POLICY (EXT/INT)",
-                    "AFFINITY",
-                    "OWNER",
-                ],
-                &rows,
-            );
-            if !name.is_empty() {
-                for si in &r.services {
-                    for p in &si.ports {
-                        println!();
-                        println!(
-                            "port {} {}/{} -> {}: Maglev table of {} entries",
-                            if p.name.is_empty() { "-" } else { &p.name },
-                            p.port,
-                            p.protocol,
-                            p.target_port,
-                            p.table_size
-                        );
-                        shares_table(&p.cluster);
-                        if !p.local.is_empty() {
-                            println!("local endpoints (Local policy):");
-                            shares_table(&p.local);
-                        }
-                    }
-                }
-            }
-        }
-        Kind::Endpoints => {
-            let r = c
-                .list_endpoints(pb::ListEndpointsRequest { name })
-                .await?
-                .into_inner();
-            if js {
-                json(&r);
-                return Ok(());
-            }
-            let rows: Vec<Vec<String>> = r
-                .endpoints
-                .iter()
-                .filter_map(|e| {
-                    let ep = e.endpoint.as_ref()?;
-                    Some(vec![
-                        e.service.clone(),
-                        ep.ip.clone(),
-                        ep.node.clone(),
-                        endpoint_flags(ep),
-                        if e.usable { "yes".into() } else { "no".into() },
-                    ])
-                })
-                .collect();
-            table(&["SERVICE", "IP", "NODE", "CONDITIONS", "IN TABLES"], &rows);
-        }
-    }
-    Ok(())
-}
-
-fn print_stats(cli: &Cli, s: &pb::Stats) {
-    if cli.output == Format::Json {
-        println!("{}", serde_json::to_string(s).unwrap_or_default());
-        return;
-    }
-    println!(
-        "node {}  generation {} (published {})  up {:.1} s  received {}  conntrack {}/{}",
-        s.node,
-        s.generation,
-        s.published_generation,
-        s.uptime_secs,
-        s.received,
-        s.conntrack_entries,
-        s.conntrack_capacity
-    );
-    let mut actions: Vec<(&String, &u64)> = s.actions.iter().filter(|(_, v)| **v > 0).collect();
-    actions.sort();
-    let mut drops: Vec<(String, u64)> = s
-        .drops
-        .iter()
-        .map(|(k, v)| (k.clone(), *v))
-        .chain(
-            s.worker_drops
-                .iter()
-                .map(|(k, v)| (format!("{k} (worker)"), *v)),
-        )
-        .filter(|(_, v)| *v > 0)
-        .collect();
-    drops.sort();
-    println!();
-    let rows: Vec<Vec<String>> = actions
-        .iter()
-        .map(|(k, v)| vec![k.to_string(), v.to_string()])
-        .collect();
-    table(&["ACTION", "FRAMES"], &rows);
-    println!();
-    if drops.is_empty() {
-        println!("no drops");
-    } else {
-        let rows: Vec<Vec<String>> = drops
-            .iter()
-            .map(|(k, v)| vec![k.clone(), v.to_string()])
-            .collect();
-        table(&["DROP REASON", "FRAMES"], &rows);
-    }
-    if !s.ports.is_empty() {
-        println!();
-        let rows: Vec<Vec<String>> = s
-            .ports
-            .iter()
-            .map(|p| {
-                vec![
-                    p.name.clone(),
-                    p.worker.to_string(),
-                    p.mode.clone(),
-                    p.rx.to_string(),
-                    p.tx.to_string(),
-                    p.tx_ring_full.to_string(),
-                    p.rx_not_a_port.to_string(),
-                    p.bad_descriptors.to_string(),
-                    p.kernel_rx_dropped.to_string(),
-                ]
-            })
-            .collect();
-        table(
-            &[
-                "PORT",
-                "WORKER",
-                "MODE",
-                "RX",
-                "TX",
-                "TX RING FULL",
-                "RX NOT A PORT",
-                "BAD DESC",
-                "KERNEL RX DROPPED",
-            ],
-            &rows,
-        );
-    }
-    if !s.workers.is_empty() {
-        println!();
-        let rows: Vec<Vec<String>> = s
-            .workers
-            .iter()
-            .map(|w| {
-                vec![
-                    w.id.to_string(),
-                    w.generation.to_string(),
-                    w.received.to_string(),
-                    w.dropped.to_string(),
-                    w.handed_off.to_string(),
-                    w.free_frames.to_string(),
-                    {
-                        let mut d: Vec<(&String, &u64)> = w
-                            .drops
-                            .iter()
-                            .chain(&w.worker_drops)
-                            .filter(|(_, n)| **n > 0)
-                            .collect();
-                        d.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
-                        let d: Vec<String> = d.iter().map(|(k, n)| format!("{k} {n}")).collect();
-                        if d.is_empty() {
-                            "-".into()
-                        } else {
-                            d.join(", ")
-                        }
-                    },
-                ]
-            })
-            .collect();
-        table(
-            &[
-                "WORKER",
-                "GENERATION",
-                "RECEIVED",
-                "DROPPED",
-                "HANDED OFF",
-                "FREE FRAMES",
-                "DROPS BY REASON",
-            ],
-            &rows,
-        );
-    }
 }
