@@ -57,32 +57,40 @@ fn host_ip(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).to_string()
 }
 
+/// The attachment of a test pod 10.244.9.`host` named after `tag` in `netns`, MTU `mtu`.
+fn test_pod(tag: &str, netns: PathBuf, host: u8, mtu: u32, route_mtu: Option<u32>) -> Pod {
+    let id = format!("cni-{tag}-test-{}", std::process::id());
+    Pod {
+        host: host_ifname(&id, "eth0"),
+        ifname: "eth0".into(),
+        netns,
+        mac: pod_mac(Ipv4Addr::new(10, 244, 9, host)),
+        gateway_mac: MacAddr([0x02, 0x00, 0x0a, 0xf4, 0x09, 0x01]),
+        ip: Ipv4Addr::new(10, 244, 9, host),
+        prefix: 24,
+        gateway: Ipv4Addr::new(10, 244, 9, 1),
+        mtu,
+        route_mtu,
+    }
+}
+
+/// Deletes a test pod's host end (and so the veth) on every path; a leftover from a crashed
+/// run would keep its host route.
+struct Cleanup(String);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let _ = link::del(&self.0);
+    }
+}
+
 #[test]
 fn add_check_del_make_and_remove_exactly_the_attachment() {
     if skip_unless_root() {
         return;
     }
     let ns = Netns::new("link");
-    let id = format!("cni-link-test-{}", std::process::id());
-    let pod = Pod {
-        host: host_ifname(&id, "eth0"),
-        ifname: "eth0".into(),
-        netns: ns.path(),
-        mac: pod_mac(Ipv4Addr::new(10, 244, 9, 5)),
-        gateway_mac: MacAddr([0x02, 0x00, 0x0a, 0xf4, 0x09, 0x01]),
-        ip: Ipv4Addr::new(10, 244, 9, 5),
-        prefix: 24,
-        gateway: Ipv4Addr::new(10, 244, 9, 1),
-        mtu: 1450,
-        route_mtu: None,
-    };
-    // The host route is removed with the veth; a leftover from a crashed run would not be.
-    struct Cleanup(String);
-    impl Drop for Cleanup {
-        fn drop(&mut self) {
-            let _ = link::del(&self.0);
-        }
-    }
+    let pod = test_pod("link", ns.path(), 5, 1450, None);
     let _c = Cleanup(pod.host.clone());
 
     link::add(&pod).unwrap();
@@ -145,25 +153,7 @@ fn a_node_local_mtu_is_the_interfaces_and_the_default_route_keeps_the_overlays()
         return;
     }
     let ns = Netns::new("lmtu");
-    let id = format!("cni-lmtu-test-{}", std::process::id());
-    let pod = Pod {
-        host: host_ifname(&id, "eth0"),
-        ifname: "eth0".into(),
-        netns: ns.path(),
-        mac: pod_mac(Ipv4Addr::new(10, 244, 9, 7)),
-        gateway_mac: MacAddr([0x02, 0x00, 0x0a, 0xf4, 0x09, 0x01]),
-        ip: Ipv4Addr::new(10, 244, 9, 7),
-        prefix: 24,
-        gateway: Ipv4Addr::new(10, 244, 9, 1),
-        mtu: 65000,
-        route_mtu: Some(8950),
-    };
-    struct Cleanup(String);
-    impl Drop for Cleanup {
-        fn drop(&mut self) {
-            let _ = link::del(&self.0);
-        }
-    }
+    let pod = test_pod("lmtu", ns.path(), 7, 65000, Some(8950));
     let _c = Cleanup(pod.host.clone());
     link::add(&pod).unwrap();
     let eth0 = ns.ip(&["-o", "link", "show", "eth0"]);
@@ -192,19 +182,8 @@ fn a_missing_netns_is_error_3_and_leaves_nothing() {
     if skip_unless_root() {
         return;
     }
-    let id = format!("cni-gone-test-{}", std::process::id());
-    let pod = Pod {
-        host: host_ifname(&id, "eth0"),
-        ifname: "eth0".into(),
-        netns: PathBuf::from("/run/netns/nswt-does-not-exist"),
-        mac: pod_mac(Ipv4Addr::new(10, 244, 9, 6)),
-        gateway_mac: MacAddr([0x02, 0x00, 0x0a, 0xf4, 0x09, 0x01]),
-        ip: Ipv4Addr::new(10, 244, 9, 6),
-        prefix: 24,
-        gateway: Ipv4Addr::new(10, 244, 9, 1),
-        mtu: 1450,
-        route_mtu: None,
-    };
+    let nowhere = PathBuf::from("/run/netns/nswt-does-not-exist");
+    let pod = test_pod("gone", nowhere, 6, 1450, None);
     let e = link::add(&pod).unwrap_err();
     assert_eq!(e.code, code::UNKNOWN_CONTAINER, "{e}");
     assert!(host_ip(&["-o", "link", "show", &pod.host]).is_empty());

@@ -12,9 +12,9 @@
 //! in front). The exception is a multi-buffer frame (a chain of descriptors, on sockets bound
 //! with `XDP_USE_SG`): it is copied into a contiguous per-batch buffer (`jumbo`) for the
 //! pipeline and written back into UMEM frames as a transmit chain (`write_chain`), the first
-//! of them the chain's own first frame. Nothing on this path allocates, locks or makes a syscall except the transmit
-//! wakeup and, in `wakeup` mode, `sched_yield` while it waits a moment for more and `poll`
-//! when idle.
+//! of them the chain's own first frame. Nothing on this path allocates, locks or makes a
+//! syscall except the transmit wakeup and, in `wakeup` mode, `sched_yield` while it waits a
+//! moment for more and `poll` when idle.
 //!
 //! Every frame is in exactly one place, tracked per frame in `owner`: the free pool, user space
 //! (during a batch), or the rings of one socket. A removed port's frames come back to the pool

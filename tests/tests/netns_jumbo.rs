@@ -32,6 +32,23 @@ fn state_at(t: &Topo, n: u8, mtu: u16) -> PathBuf {
     p
 }
 
+/// Both nodes on switchd over a 9000 underlay with a node-local pod MTU of 65000 (node1's
+/// switchd with `extra` arguments); echo servers on pod-b (TCP 7001, UDP 7002) and pod-d
+/// (TCP 7001).
+fn local_mtu_topology(extra: &[&str]) -> Topo {
+    let mut t = Topo::up_env(
+        ["switch", "switch"],
+        &[("TOPO_MTU", "9000"), ("TOPO_LOCAL_MTU", "65000")],
+    );
+    let (s1, s2) = (state_at(&t, 1, 9000), state_at(&t, 2, 9000));
+    t.switchd_with(1, &s1, extra);
+    t.switchd(2, &s2);
+    t.serve("b", "tcp", 7001);
+    t.serve("b", "udp", 7002);
+    t.serve("d", "tcp", 7001);
+    t
+}
+
 /// The counter `key` of port `name` in a stats document.
 fn port(s: &serde_json::Value, name: &str, key: &str) -> u64 {
     s["ports"]
@@ -157,16 +174,7 @@ fn a_node_local_mtu_carries_64k_frames_between_pods_of_a_node() {
     if skip_unless_root("the switchd namespace tests") {
         return;
     }
-    let mut t = Topo::up_env(
-        ["switch", "switch"],
-        &[("TOPO_MTU", "9000"), ("TOPO_LOCAL_MTU", "65000")],
-    );
-    let (s1, s2) = (state_at(&t, 1, 9000), state_at(&t, 2, 9000));
-    t.switchd(1, &s1);
-    t.switchd(2, &s2);
-    t.serve("b", "tcp", 7001);
-    t.serve("b", "udp", 7002);
-    t.serve("d", "tcp", 7001);
+    let t = local_mtu_topology(&[]);
     let (ok, text) = ping_df(&t, "a", "10.244.1.3", 64000);
     assert!(ok, "a 64 KB ping to a pod of the same node: {text}");
     let before = t.stats(1);
@@ -207,16 +215,7 @@ fn chains_cross_from_worker_to_worker() {
     if skip_unless_root("the switchd namespace tests") {
         return;
     }
-    let mut t = Topo::up_env(
-        ["switch", "switch"],
-        &[("TOPO_MTU", "9000"), ("TOPO_LOCAL_MTU", "65000")],
-    );
-    let (s1, s2) = (state_at(&t, 1, 9000), state_at(&t, 2, 9000));
-    t.switchd_with(1, &s1, &["--cores", "0,1"]);
-    t.switchd(2, &s2);
-    t.serve("b", "tcp", 7001);
-    t.serve("b", "udp", 7002);
-    t.serve("d", "tcp", 7001);
+    let t = local_mtu_topology(&["--cores", "0,1"]);
     t.echo("a", "tcp", "10.244.1.3", 7001, 4_000_000);
     t.echo("a", "udp", "10.244.1.3", 7002, 60_000);
     t.echo("a", "tcp", "10.244.2.3", 7001, 2_000_000);
