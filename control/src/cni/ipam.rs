@@ -221,7 +221,6 @@ impl Delegate {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::PermissionsExt;
 
     /// A fake IPAM plugin: a shell script answering VERSION with `versions` and ADD with
     /// `add` (exit 1 and `add` as the error when `fail`); it logs the commands and stdin it got.
@@ -236,8 +235,17 @@ mod tests {
             log = log.display(),
             code = u8::from(fail)
         );
-        std::fs::write(&p, script).unwrap();
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        // Written by a child process: were this process to hold the file open for writing,
+        // a fork by a test on another thread would inherit that descriptor, and exec'ing the
+        // script while that child lives fails with ETXTBSY (a flaky "IO failure").
+        let mut w = std::process::Command::new("sh")
+            .args(["-c", "cat > \"$1\" && chmod 755 \"$1\"", "sh"])
+            .arg(&p)
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(&mut w.stdin.take().unwrap(), script.as_bytes()).unwrap();
+        assert!(w.wait().unwrap().success(), "writing {}", p.display());
         dir.to_path_buf()
     }
 
