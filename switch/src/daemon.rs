@@ -701,8 +701,8 @@ pub fn run(cfg: &Config) -> Result<(), DaemonError> {
         if sg {
             "multi-buffer frames (up to 64 KiB)"
         } else {
-            "single-buffer frames only (the kernel refused XDP_USE_SG: frames over 3826 \
-             bytes are dropped, as kernel_rx_dropped)"
+            "single-buffer frames only (the kernel refused XDP_USE_SG: frames over 3840 \
+             bytes, an MTU over 3826, are dropped as kernel_rx_dropped)"
         },
         began.elapsed().as_millis()
     ));
