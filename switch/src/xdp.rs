@@ -103,14 +103,9 @@ fn err(what: impl Into<String>) -> impl FnOnce(libbpf_rs::Error) -> XdpError {
     move |source| XdpError { what, source }
 }
 
-/// The largest MTU a veth accepts with our (multi-buffer, `xdp.frags`) program attached on
-/// x86-64: one 4 KiB page less the XDP headroom (256), the skb's shared info (320) and the
-/// Ethernet header, plus 17 (`MAX_SKB_FRAGS`) pages of fragments. Above what Linux gives any
-/// interface (65535), so an MTU is only refused on a kernel without multi-buffer XDP.
-pub const VETH_MAX_MTU: u32 = 4096 - 256 - 320 - 14 + 17 * 4096;
-
-/// What an attach failure names: the interface, its MTU and, when the MTU is over what a
-/// veth allows with XDP, the limit.
+/// What an attach failure names: the interface and its MTU. (With the multi-buffer program a
+/// veth takes any MTU Linux allows, 65535; a kernel without multi-buffer XDP refuses the
+/// program when it is loaded, before any attach.)
 fn attach_context(ifindex: u32) -> String {
     let name = crate::xsk::ifname(ifindex);
     let mtu = name.as_deref().and_then(|n| {
@@ -120,18 +115,11 @@ fn attach_context(ifindex: u32) -> String {
             .parse::<u32>()
             .ok()
     });
-    let mut what = format!(
+    format!(
         "attach to {} (ifindex {ifindex}{})",
         name.as_deref().unwrap_or("?"),
         mtu.map_or(String::new(), |m| format!(", MTU {m}"))
-    );
-    if let Some(m) = mtu.filter(|&m| m > VETH_MAX_MTU) {
-        what.push_str(&format!(
-            " (the kernel refuses XDP on a veth whose MTU, of this side or of its peer, is \
-             over {VETH_MAX_MTU}; this one's is {m})"
-        ));
-    }
-    what
+    )
 }
 
 /// The loaded program and its maps.
