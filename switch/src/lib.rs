@@ -17,6 +17,7 @@ pub mod pcapio;
 pub mod plane;
 pub mod replay;
 pub mod shm;
+pub mod vnet;
 pub mod worker;
 pub mod xdp;
 pub mod xsk;

@@ -1,0 +1,243 @@
+//! Packet sockets with a virtio-net header: the I/O of a GSO-keeping pod port (prototype).
+//!
+//! Design: an `AF_PACKET` socket bound to one interface with `PACKET_VNET_HDR` receives every
+//! frame that interface receives, GSO packets of up to 64 KB whole, each preceded by a
+//! 10-byte [`VnetHeader`] that says how to segment it and where its partial checksum is; a
+//! frame sent with the same header leaves the interface as one skb the kernel segments (or,
+//! on a veth, hands to the peer whole). An interface served this way has no XDP program, so
+//! the pod's side keeps TSO/GSO (an XDP program on a veth removes them). The socket sees a
+//! frame before tc ingress, so the node's own stack is kept off the interface with a tc drop
+//! (set up by the caller). `PACKET_QDISC_BYPASS` sends straight to the driver and
+//! `PACKET_IGNORE_OUTGOING` keeps a socket from receiving what is sent on its interface.
+//!
+//! Used today by `examples/vnet_port.rs` (the measurement in `bench/vnet-proto`), not by the
+//! workers. Thread-safety: a [`VnetSocket`] is a file descriptor; `Send`, used by one thread.
+#![allow(unsafe_code)]
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+/// Length of the virtio-net header in front of every frame (`struct virtio_net_hdr`).
+pub const VNET_HDR_LEN: usize = 10;
+/// Buffer size that holds any frame such a socket receives: the header, a 64 KB IP packet and
+/// its Ethernet header.
+pub const MAX_VNET_FRAME: usize = VNET_HDR_LEN + 65_535 + 14;
+
+/// The virtio-net header's fields (little-endian on the wire for a packet socket: host order
+/// of this machine, which the kernel uses for `PACKET_VNET_HDR`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct VnetHeader {
+    /// `VIRTIO_NET_HDR_F_NEEDS_CSUM` (1): the checksum at `csum_start + csum_offset` is partial.
+    pub flags: u8,
+    /// GSO type: 0 none, 1 TCPv4, 3 UDP, 4 TCPv6; 0x80 ECN.
+    pub gso_type: u8,
+    /// Length of the headers to repeat in every segment.
+    pub hdr_len: u16,
+    /// Payload bytes per segment.
+    pub gso_size: u16,
+    /// Where checksumming starts, from the frame's first byte.
+    pub csum_start: u16,
+    /// Where the checksum goes, from `csum_start`.
+    pub csum_offset: u16,
+}
+
+impl VnetHeader {
+    /// Reads the header from the first [`VNET_HDR_LEN`] bytes of `b`; `None` if shorter.
+    pub fn parse(b: &[u8]) -> Option<VnetHeader> {
+        let b = b.get(..VNET_HDR_LEN)?;
+        let u16_at = |i: usize| u16::from_ne_bytes([b[i], b[i + 1]]);
+        Some(VnetHeader {
+            flags: b[0],
+            gso_type: b[1],
+            hdr_len: u16_at(2),
+            gso_size: u16_at(4),
+            csum_start: u16_at(6),
+            csum_offset: u16_at(8),
+        })
+    }
+}
+
+/// A packet socket with `PACKET_VNET_HDR` bound to one interface.
+#[derive(Debug)]
+pub struct VnetSocket {
+    fd: OwnedFd,
+}
+
+fn check(r: libc::c_int, what: &str) -> io::Result<()> {
+    if r < 0 {
+        let e = io::Error::last_os_error();
+        return Err(io::Error::new(e.kind(), format!("{what}: {e}")));
+    }
+    Ok(())
+}
+
+fn set_int(fd: RawFd, level: i32, opt: i32, v: libc::c_int, what: &str) -> io::Result<()> {
+    // SAFETY: `v` is a live int and its exact size is passed.
+    let r = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            opt,
+            (&v as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as u32,
+        )
+    };
+    check(r, what)
+}
+
+impl VnetSocket {
+    /// Opens the socket on `ifname` with `buffer` bytes of receive and send buffer.
+    pub fn open(ifname: &str, buffer: i32) -> io::Result<VnetSocket> {
+        let name = CString::new(ifname)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "interface name"))?;
+        // SAFETY: reads the NUL-terminated name only.
+        let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+        if ifindex == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("no interface {ifname}"),
+            ));
+        }
+        let proto = (libc::ETH_P_ALL as u16).to_be();
+        // SAFETY: plain socket(2); the descriptor is owned right below.
+        let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(proto)) };
+        check(raw, "socket(AF_PACKET)")?;
+        // SAFETY: `raw` is a fresh descriptor nobody else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let n = fd.as_raw_fd();
+        set_int(
+            n,
+            libc::SOL_PACKET,
+            libc::PACKET_VNET_HDR,
+            1,
+            "PACKET_VNET_HDR",
+        )?;
+        set_int(
+            n,
+            libc::SOL_PACKET,
+            libc::PACKET_QDISC_BYPASS,
+            1,
+            "qdisc bypass",
+        )?;
+        set_int(
+            n,
+            libc::SOL_PACKET,
+            libc::PACKET_IGNORE_OUTGOING,
+            1,
+            "ignore outgoing",
+        )?;
+        set_int(
+            n,
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            buffer,
+            "SO_RCVBUFFORCE",
+        )?;
+        set_int(
+            n,
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUFFORCE,
+            buffer,
+            "SO_SNDBUFFORCE",
+        )?;
+        let sa = libc::sockaddr_ll {
+            sll_family: libc::AF_PACKET as u16,
+            sll_protocol: proto,
+            sll_ifindex: ifindex as i32,
+            sll_hatype: 0,
+            sll_pkttype: 0,
+            sll_halen: 0,
+            sll_addr: [0; 8],
+        };
+        // SAFETY: `sa` is a valid sockaddr_ll and its exact size is passed.
+        let r = unsafe {
+            libc::bind(
+                n,
+                (&sa as *const libc::sockaddr_ll).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            )
+        };
+        check(r, "bind")?;
+        Ok(VnetSocket { fd })
+    }
+
+    /// The socket's descriptor (for poll).
+    pub fn fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
+    /// Receives one frame (header first) into `buf` without waiting; `None` when none waits.
+    pub fn recv(&self, buf: &mut [u8]) -> io::Result<Option<usize>> {
+        // SAFETY: `buf` is live and writable for the length passed.
+        let r = unsafe {
+            libc::recv(
+                self.fd(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            return match e.raw_os_error() {
+                Some(libc::EAGAIN) | Some(libc::EINTR) => Ok(None),
+                _ => Err(e),
+            };
+        }
+        Ok(Some(r as usize))
+    }
+
+    /// Sends one frame (header first).
+    pub fn send(&self, frame: &[u8]) -> io::Result<()> {
+        // SAFETY: `frame` is live and readable for the length passed.
+        let r = unsafe { libc::send(self.fd(), frame.as_ptr().cast(), frame.len(), 0) };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+}
+
+/// Waits until one of `fds` is readable or `timeout_ms` passes.
+pub fn poll_readable(fds: &[RawFd], timeout_ms: i32) {
+    let mut p: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|&fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    // SAFETY: `p` is a live array of `p.len()` pollfd.
+    unsafe { libc::poll(p.as_mut_ptr(), p.len() as libc::nfds_t, timeout_ms) };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_fields_read_in_host_order() {
+        let mut b = [0u8; 12];
+        b[0] = 1;
+        b[1] = 1;
+        b[2..4].copy_from_slice(&66u16.to_ne_bytes());
+        b[4..6].copy_from_slice(&1448u16.to_ne_bytes());
+        b[6..8].copy_from_slice(&34u16.to_ne_bytes());
+        b[8..10].copy_from_slice(&16u16.to_ne_bytes());
+        let h = VnetHeader::parse(&b).expect("header");
+        assert_eq!(
+            h,
+            VnetHeader {
+                flags: 1,
+                gso_type: 1,
+                hdr_len: 66,
+                gso_size: 1448,
+                csum_start: 34,
+                csum_offset: 16
+            }
+        );
+        assert_eq!(VnetHeader::parse(&b[..9]), None);
+    }
+}
