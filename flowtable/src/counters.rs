@@ -176,6 +176,9 @@ pub struct Counters {
     pub snat: u64,
     /// Partial TCP/UDP checksums (left by a sender's checksum offload) completed.
     pub checksums_completed: u64,
+    /// Partial TCP/UDP checksums left for the transmitting port to finish (AF_XDP transmit
+    /// metadata: pod to pod on this node).
+    pub checksums_offloaded: u64,
     actions: [u64; Action::COUNT],
     drops: [u64; DropReason::COUNT],
 }
@@ -189,6 +192,7 @@ impl Default for Counters {
             new_flows: 0,
             snat: 0,
             checksums_completed: 0,
+            checksums_offloaded: 0,
             actions: [0; Action::COUNT],
             drops: [0; DropReason::COUNT],
         }
@@ -244,6 +248,7 @@ impl Counters {
         self.new_flows += o.new_flows;
         self.snat += o.snat;
         self.checksums_completed += o.checksums_completed;
+        self.checksums_offloaded += o.checksums_offloaded;
         for (a, b) in self.actions.iter_mut().zip(o.actions.iter()) {
             *a += b;
         }

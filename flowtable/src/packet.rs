@@ -18,6 +18,18 @@ impl PortId {
     pub const UPLINK: PortId = PortId(0);
 }
 
+/// A TCP/UDP checksum left partial for the transmitting port to finish (checksum offload):
+/// the one's-complement sum from `start` to the end of the frame goes at `start + offset`.
+/// Both are counted from the frame's first byte and from `start`, as AF_XDP's transmit
+/// metadata (`csum_start`, `csum_offset`) counts them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TxChecksum {
+    /// Where the summed bytes begin (the L4 header), from the frame's first byte.
+    pub start: u16,
+    /// Where the checksum field is, from `start` (16 for TCP, 6 for UDP).
+    pub offset: u16,
+}
+
 /// One frame inside a buffer that may have room before and after it.
 #[derive(Debug)]
 pub struct Packet<'a> {
@@ -26,6 +38,7 @@ pub struct Packet<'a> {
     end: usize,
     /// The port the frame arrived on.
     pub port: PortId,
+    tx_checksum: Option<TxChecksum>,
 }
 
 impl<'a> Packet<'a> {
@@ -41,7 +54,21 @@ impl<'a> Packet<'a> {
             start,
             end,
             port,
+            tx_checksum: None,
         })
+    }
+
+    /// The checksum the pipeline left for the transmitting port to finish, if any (only when
+    /// offload is on: [`Pipeline::set_tx_checksum_offload`](crate::Pipeline::set_tx_checksum_offload)).
+    #[inline]
+    pub fn tx_checksum(&self) -> Option<TxChecksum> {
+        self.tx_checksum
+    }
+
+    /// Records (or clears) the checksum left for the transmitting port.
+    #[inline]
+    pub(crate) fn set_tx_checksum(&mut self, c: Option<TxChecksum>) {
+        self.tx_checksum = c;
     }
 
     /// The frame's bytes.

@@ -33,7 +33,7 @@ mod vxlan;
 
 use crate::conntrack::{Conntrack, Invalid, Timeouts};
 use crate::counters::{Action, Counters, DropReason};
-use crate::packet::{Packet, PortId};
+use crate::packet::{Packet, PortId, TxChecksum};
 use crate::snapshot::Snapshot;
 use crate::wire::ethernet::{ethertype, EthernetFrame, HEADER_LEN as ETH_LEN};
 use crate::wire::ipv4::{Ipv4Error, Ipv4Packet};
@@ -134,6 +134,8 @@ pub struct Pipeline {
     hops: crate::egress::NextHopsCell,
     /// Masquerade destinations recently found without a free port.
     full: masquerade::FullRanges,
+    /// Leave pod-to-pod partial checksums to the transmitting port (`offload`).
+    tx_checksum_offload: bool,
 }
 
 /// Conntrack capacity of a pipeline made by [`Pipeline::new`] (tests, tools).
@@ -168,6 +170,7 @@ impl Pipeline {
             cache: flowcache::FlowCache::default(),
             hops: crate::egress::NextHopsCell::new(),
             full: masquerade::FullRanges::default(),
+            tx_checksum_offload: false,
         }
     }
 
@@ -175,6 +178,29 @@ impl Pipeline {
     /// daemon, which keeps it current); a new pipeline has an empty one.
     pub fn set_next_hops(&mut self, hops: crate::egress::NextHopsCell) {
         self.hops = hops;
+    }
+
+    /// Whether a pod's partial checksum on a frame to another pod of this node is left for the
+    /// transmitting port to finish ([`Packet::tx_checksum`]) instead of completed here; off by
+    /// default (replay and tests see complete checksums).
+    pub fn set_tx_checksum_offload(&mut self, on: bool) {
+        self.tx_checksum_offload = on;
+    }
+
+    /// Completes the checksum the pipeline left for the port ([`Packet::tx_checksum`]), for a
+    /// port that cannot finish it; clears the mark. Counted as `checksums_completed`.
+    pub fn finish_tx_checksum(&mut self, pkt: &mut Packet<'_>) {
+        if pkt.tx_checksum().is_none() {
+            return;
+        }
+        pkt.set_tx_checksum(None);
+        if let Some(ip) = pkt.data_mut().get_mut(ETH_LEN..) {
+            if offload::complete_partial_checksum(ip) {
+                self.counters.checksums_offloaded =
+                    self.counters.checksums_offloaded.saturating_sub(1);
+                self.counters.checksums_completed += 1;
+            }
+        }
     }
 
     /// The conntrack table.
@@ -273,14 +299,37 @@ impl Pipeline {
         }
         // Strip Ethernet padding: what goes on is exactly the IP packet.
         let len = ETH_LEN + usize::from(ip.total_len());
+        let dst = ip.dst();
         pkt.set_len(len);
-        if offload::complete_partial_checksum(&mut pkt.data_mut()[ETH_LEN..]) {
-            self.counters.checksums_completed += 1;
-        }
+        // A partial checksum stays partial only on the way to another local pod with nothing
+        // but MACs and TTL rewritten (no Service, no ICMP error): the port finishes it.
+        let keep = match offload::partial_checksum_at(&pkt.data()[ETH_LEN..]) {
+            Some((ihl, at))
+                if self.tx_checksum_offload
+                    && snap.pod_by_ip(dst).is_some()
+                    && !nat::may_need_nat(snap, pkt.data()) =>
+            {
+                Some(TxChecksum {
+                    start: (ETH_LEN + ihl) as u16,
+                    offset: at as u16,
+                })
+            }
+            Some(_) => {
+                offload::complete_partial_checksum(&mut pkt.data_mut()[ETH_LEN..]);
+                self.counters.checksums_completed += 1;
+                None
+            }
+            None => None,
+        };
         if let Some(o) = self.nat_from_pod(snap, pkt) {
             return o;
         }
-        self.route(snap, pkt, Hop::FromPod)
+        let out = self.route(snap, pkt, Hop::FromPod);
+        if let (Some(c), Outcome::Tx(_, Action::DeliveredLocal)) = (keep, out) {
+            pkt.set_tx_checksum(Some(c));
+            self.counters.checksums_offloaded += 1;
+        }
+        out
     }
 
     fn ingress_uplink(&mut self, snap: &Snapshot, pkt: &mut Packet<'_>) -> Outcome {
@@ -308,6 +357,8 @@ mod tests;
 mod tests_conntrack;
 #[cfg(test)]
 mod tests_egress;
+#[cfg(test)]
+mod tests_offload;
 #[cfg(test)]
 mod tests_hostnet;
 #[cfg(test)]

@@ -194,7 +194,7 @@ pub(super) fn rewrite(data: &mut [u8], ip_off: usize, from: &FlowKey, to: &FlowK
 /// may quote translated packets) or has an address the Service tables' filter knows. False
 /// means no NAT can apply.
 #[inline]
-fn may_need_nat(snap: &Snapshot, data: &[u8]) -> bool {
+pub(super) fn may_need_nat(snap: &Snapshot, data: &[u8]) -> bool {
     if snap.services.frontends.is_empty() {
         return false;
     }

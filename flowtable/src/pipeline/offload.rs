@@ -10,46 +10,60 @@
 //! pseudo-header sum (1 in 65536), the same computation yields the same value, so this never
 //! changes a correct checksum, and it never repairs a wrong one (a wrong complete checksum is
 //! not a pseudo-header sum, except by that same 1-in-65536 chance).
-//! Pure function over the frame; no state.
+//! Where the frame leaves by a port that finishes checksums itself (AF_XDP's transmit
+//! metadata, `Pipeline::set_tx_checksum_offload`), a frame that goes from a pod to another pod
+//! of this node with nothing rewritten but MACs and TTL keeps its partial checksum and is
+//! marked ([`Packet::tx_checksum`](crate::packet::Packet::tx_checksum)) for the port: no one
+//! on the node sums its payload (the receiving pod's kernel trusts a partial checksum as
+//! Linux does on veth).
+//! Pure functions over the frame; no state.
 
 use crate::wire::checksum;
 use crate::wire::ipv4::protocol;
 
-/// Completes a partial TCP or UDP checksum of the IPv4 packet `ip` (header first, trimmed to
-/// its total length). Returns true if the checksum field was completed.
+/// Where the partial TCP or UDP checksum of the IPv4 packet `ip` (header first, trimmed to
+/// its total length) is: the L4 header's offset in `ip` and the field's offset in that header;
+/// `None` if its checksum is not partial (complete, absent, or not TCP/UDP).
 #[inline]
-pub(crate) fn complete_partial_checksum(ip: &mut [u8]) -> bool {
+pub(crate) fn partial_checksum_at(ip: &[u8]) -> Option<(usize, usize)> {
     if ip.len() < 20 {
-        return false;
+        return None;
     }
     let ihl = usize::from(ip[0] & 0x0f) * 4;
     // Fragments never carry a partial checksum (it is resolved before fragmenting).
     let frag = u16::from_be_bytes([ip[6], ip[7]]) & 0x3fff;
     if ihl < 20 || ip.len() < ihl || frag != 0 {
-        return false;
+        return None;
     }
     let proto = ip[9];
     let at = match proto {
         protocol::TCP => 16,
         protocol::UDP => 6,
-        _ => return false,
+        _ => return None,
     };
     let l4_len = ip.len() - ihl;
     if l4_len < at + 2 || l4_len > usize::from(u16::MAX) {
-        return false;
+        return None;
     }
     let field = u16::from_be_bytes([ip[ihl + at], ip[ihl + at + 1]]);
     if proto == protocol::UDP && field == 0 {
-        return false; // no checksum
+        return None; // no checksum
     }
     let src = [ip[12], ip[13], ip[14], ip[15]];
     let dst = [ip[16], ip[17], ip[18], ip[19]];
     let pseudo = checksum::fold(checksum::pseudo_header_sum(src, dst, proto, l4_len as u16));
-    if field != pseudo {
+    (field == pseudo).then_some((ihl, at))
+}
+
+/// Completes a partial TCP or UDP checksum of the IPv4 packet `ip` (header first, trimmed to
+/// its total length). Returns true if the checksum field was completed.
+#[inline]
+pub(crate) fn complete_partial_checksum(ip: &mut [u8]) -> bool {
+    let Some((ihl, at)) = partial_checksum_at(ip) else {
         return false;
-    }
+    };
     let mut c = !checksum::fold(checksum::sum(&ip[ihl..]));
-    if proto == protocol::UDP && c == 0 {
+    if ip[9] == protocol::UDP && c == 0 {
         c = 0xffff;
     }
     ip[ihl + at..ihl + at + 2].copy_from_slice(&c.to_be_bytes());
