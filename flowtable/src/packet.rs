@@ -107,6 +107,13 @@ impl<'a> Packet<'a> {
         self.start
     }
 
+    /// The bytes in front of the frame (its headroom), mutable: where a port's transmit
+    /// metadata goes.
+    #[inline]
+    pub fn headroom_mut(&mut self) -> &mut [u8] {
+        &mut self.buf[..self.start]
+    }
+
     /// Free bytes after the frame.
     #[inline]
     pub fn tailroom(&self) -> usize {

@@ -317,6 +317,9 @@ pub struct Stats {
     pub worker_drops: BTreeMap<&'static str, u64>,
     /// Partial TCP/UDP checksums (from senders' checksum offload) completed by the switch.
     pub checksums_completed: u64,
+    /// Partial checksums left for the transmitting port to finish (pod to pod on this node,
+    /// AF_XDP transmit metadata).
+    pub checksums_offloaded: u64,
     /// Per port.
     pub ports: Vec<crate::worker::PortCounters>,
     /// Service NAT.
@@ -1198,6 +1201,7 @@ fn write_stats(
         drops: replay::drop_counts(c),
         worker_drops: BTreeMap::from(r.drops()),
         checksums_completed: c.checksums_completed,
+        checksums_offloaded: c.checksums_offloaded,
         ports,
         nat: NatReport::of(c),
         conntrack: ConntrackReport::of(ct),

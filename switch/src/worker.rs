@@ -35,7 +35,7 @@ use crate::fill;
 use crate::xsk::{self, KernelStats, Mode, Socket, Umem, FRAME_SIZE, MAX_TX_CHAIN, PKT_CONTD};
 use crossbeam_queue::ArrayQueue;
 use flowtable::counters::Counters;
-use flowtable::packet::{Packet, PortId, DEFAULT_HEADROOM};
+use flowtable::packet::{Packet, PortId, TxChecksum, DEFAULT_HEADROOM};
 use flowtable::pipeline::{Pipeline, Verdict, BATCH_SIZE};
 use flowtable::snapshot::{Snapshot, SnapshotReader};
 use flowtable::tap::{self, Event, IfName, Layers, Outcome, Point, PortTaps, Taps, WorkerTaps};
@@ -60,10 +60,15 @@ pub const DEFAULT_BATCH_WAIT: Duration = Duration::ZERO;
 /// round trip higher; README "TCP throughput and latency").
 pub const DEFAULT_IDLE_SPIN: Duration = Duration::from_micros(50);
 
-/// The longest frame a worker forwards: what one transmit chain can carry
-/// ([`MAX_TX_CHAIN`] frames). An IPv4 packet (at most 65,535 bytes) and its Ethernet and
-/// VXLAN headers always fit.
-pub const MAX_FRAME: usize = MAX_TX_CHAIN * FRAME_SIZE;
+/// Where the second and later pieces of a transmit chain begin in their UMEM frames: past
+/// room for transmit metadata, which the kernel (once the UMEM has it) checks in front of
+/// every descriptor.
+const CHAIN_OFF: usize = xsk::TX_METADATA_LEN;
+/// The longest frame a worker forwards: what one transmit chain can carry ([`MAX_TX_CHAIN`]
+/// frames, the first from [`DEFAULT_HEADROOM`], the others from `CHAIN_OFF`). An IPv4
+/// packet (at most 65,535 bytes) and its Ethernet and VXLAN headers always fit.
+pub const MAX_FRAME: usize =
+    (FRAME_SIZE - DEFAULT_HEADROOM) + (MAX_TX_CHAIN - 1) * (FRAME_SIZE - CHAIN_OFF);
 /// The longest frame a worker accepts from a port: [`MAX_FRAME`] less the headroom VXLAN
 /// encapsulation may take. Longer chains are dropped as `rx_too_long`.
 pub const MAX_RX_FRAME: usize = MAX_FRAME - DEFAULT_HEADROOM;
@@ -312,6 +317,9 @@ struct Slot {
     rx_mark: u64,
     /// Transmit descriptors written this batch, not yet submitted.
     pending: u32,
+    /// The port finishes partial checksums from transmit metadata (copy mode, a UMEM with
+    /// room for it).
+    tx_csum: bool,
     /// The frames those descriptors make up (a chain is one frame).
     pending_frames: u32,
     counters: PortCounters,
@@ -324,22 +332,32 @@ impl Slot {
     /// slower than its senders, cannot starve the others of frames); the frame is then the
     /// caller's to free.
     #[inline]
+    #[allow(clippy::too_many_arguments)]
     fn enqueue(
         &mut self,
         slot: u16,
         frame: u32,
         off: usize,
         len: usize,
+        meta: bool,
         cap: u32,
         touched: &mut Vec<u16>,
     ) -> bool {
-        self.enqueue_chain(slot, &[(frame, off, len)], cap, touched)
+        self.enqueue_chain(slot, &[(frame, off, len)], meta, cap, touched)
     }
 
     /// Writes one frame as the transmit descriptors `segs` (all but the last marked
-    /// [`PKT_CONTD`]): all of them or, as [`enqueue`](Self::enqueue) refuses, none.
+    /// [`PKT_CONTD`]; the first marked [`xsk::TX_METADATA`] if `meta`: its metadata is
+    /// written in front of it): all of them or, as [`enqueue`](Self::enqueue) refuses, none.
     #[inline]
-    fn enqueue_chain(&mut self, slot: u16, segs: &[Seg], cap: u32, touched: &mut Vec<u16>) -> bool {
+    fn enqueue_chain(
+        &mut self,
+        slot: u16,
+        segs: &[Seg],
+        meta: bool,
+        cap: u32,
+        touched: &mut Vec<u16>,
+    ) -> bool {
         let n = segs.len() as u32;
         let want = self.pending + n;
         let tx = &mut self.port.sock.tx;
@@ -354,7 +372,8 @@ impl Slot {
                 libc::xdp_desc {
                     addr: u64::from(frame) * FRAME_SIZE as u64 + off as u64,
                     len: len as u32,
-                    options: if more { PKT_CONTD } else { 0 },
+                    options: (if more { PKT_CONTD } else { 0 })
+                        | (if meta && i == 0 { xsk::TX_METADATA } else { 0 }),
                 },
             );
         }
@@ -380,13 +399,13 @@ fn chain_floor(mtu: u32) -> u32 {
 }
 
 /// How many UMEM frames a frame of `len` bytes starting at `off` in its first takes (a
-/// handoff's chain: the rest start at offset 0).
+/// handoff's chain: the rest start at `CHAIN_OFF`).
 fn chain_len(off: usize, len: usize) -> usize {
     let first = FRAME_SIZE.saturating_sub(off);
     if len <= first {
         1
     } else {
-        1 + (len - first).div_ceil(FRAME_SIZE)
+        1 + (len - first).div_ceil(FRAME_SIZE - CHAIN_OFF)
     }
 }
 
@@ -450,34 +469,45 @@ fn take_chain(
     None
 }
 
-/// Copies `data` into UMEM frames, `first` and as many more from `free` as it needs, each
-/// from offset 0 and full but the last; writes the pieces into `segs` and returns their
-/// number, or `None` (nothing taken from `free`) if the pool has too few frames or `data`
-/// is longer than [`MAX_FRAME`].
+/// Copies `data` into UMEM frames, `first` (from [`DEFAULT_HEADROOM`]) and as many more from
+/// `free` as it needs (from `CHAIN_OFF`), each full but the last; with `csum`, writes the
+/// transmit metadata that finishes that checksum in front of the first. Writes the pieces
+/// into `segs` and returns their number, or `None` (nothing taken from `free`) if the pool
+/// has too few frames or `data` is longer than [`MAX_FRAME`].
 fn write_chain(
     umem: &Umem,
     free: &mut Vec<u32>,
     first: u32,
     data: &[u8],
+    csum: Option<TxChecksum>,
     segs: &mut [Seg; MAX_TX_CHAIN],
 ) -> Option<usize> {
-    let n = data.len().div_ceil(FRAME_SIZE).max(1);
+    let head = FRAME_SIZE - DEFAULT_HEADROOM;
+    let n = 1 + data
+        .len()
+        .saturating_sub(head)
+        .div_ceil(FRAME_SIZE - CHAIN_OFF);
     if n > MAX_TX_CHAIN || free.len() < n - 1 {
         return None;
     }
-    for (i, piece) in data.chunks(FRAME_SIZE).enumerate() {
-        let frame = if i == 0 {
-            first
+    let (lead, rest) = data.split_at(data.len().min(head));
+    let pieces = std::iter::once(lead).chain(rest.chunks(FRAME_SIZE - CHAIN_OFF));
+    for (i, piece) in pieces.enumerate() {
+        let (frame, at) = if i == 0 {
+            (first, DEFAULT_HEADROOM)
         } else {
-            free.pop().unwrap_or(first)
+            (free.pop().unwrap_or(first), CHAIN_OFF)
         };
         // SAFETY: `first` is the caller's (a received frame it holds, in no ring) and every
         // other frame comes from the free pool, which only this worker touches: each is in
         // no ring and no other slice of it exists.
         #[allow(unsafe_code)]
         let buf = unsafe { umem.frame(frame) };
-        buf[..piece.len()].copy_from_slice(piece);
-        segs[i] = (frame, 0, piece.len());
+        buf[at..at + piece.len()].copy_from_slice(piece);
+        if let (0, Some(c)) = (i, csum) {
+            xsk::write_tx_checksum(buf, at, c.start, c.offset);
+        }
+        segs[i] = (frame, at, piece.len());
     }
     Some(n)
 }
@@ -587,6 +617,8 @@ impl Worker {
         poll: PollMode,
     ) -> Worker {
         let frames = fabric.umem.frames();
+        let mut pipeline = pipeline;
+        pipeline.set_tx_checksum_offload(fabric.umem.tx_metadata());
         let mut reader = reader;
         let snap = Arc::clone(reader.load());
         Worker {
@@ -657,6 +689,7 @@ impl Worker {
             .ok()
             .and_then(|m| m.trim().parse::<u32>().ok())
             .unwrap_or(0);
+        let tx_csum = port.sock.mode == Mode::Copy && self.fabric.umem.tx_metadata();
         self.slots[i] = Some(Slot {
             min_fill: if port.sock.sg { chain_floor(mtu) } else { 0 },
             ifname: IfName::new(&port.name),
@@ -667,6 +700,7 @@ impl Worker {
             rx_mark: 0,
             pending: 0,
             pending_frames: 0,
+            tx_csum,
             counters,
         });
         self.remap();
@@ -1106,7 +1140,7 @@ impl Worker {
                 segs[got] = (frame, at, piece);
                 got += 1;
                 rem -= piece;
-                at = 0;
+                at = CHAIN_OFF;
                 if rem == 0 {
                     break;
                 }
@@ -1128,7 +1162,7 @@ impl Worker {
                 }
                 continue;
             };
-            if dst.enqueue_chain(h.slot, segs, tx_cap, &mut self.touched) {
+            if dst.enqueue_chain(h.slot, segs, false, tx_cap, &mut self.touched) {
                 for sg in segs {
                     self.owner[sg.0 as usize] = h.slot + 1;
                 }
@@ -1340,7 +1374,10 @@ impl Worker {
                         // Another worker's port: hand the frame over by index.
                         // (Pushed after the batch, once no slice of the frame is left here.)
                         let w = slot_worker.get(to as usize).copied().unwrap_or(NO_SLOT);
-                        let pkt = &pkts[k];
+                        let pkt = &mut pkts[k];
+                        // (Its checksum is finished here: the other worker knows no more
+                        // than the frame.)
+                        pipeline.finish_tx_checksum(pkt);
                         if usize::from(w) >= fabric.inbox.len() {
                             *tx_no_socket += 1;
                             free.push(idx);
@@ -1349,7 +1386,7 @@ impl Worker {
                         }
                         let (off, len) = if chained[k] {
                             // Its bytes go into a chain of frames linked through `next`.
-                            let Some(c) = write_chain(umem, free, idx, pkt.data(), &mut segs)
+                            let Some(c) = write_chain(umem, free, idx, pkt.data(), None, &mut segs)
                             else {
                                 *tx_no_frames += 1;
                                 free.push(idx);
@@ -1359,7 +1396,7 @@ impl Worker {
                             for w in segs[..c].windows(2) {
                                 fabric.next[w[0].0 as usize].store(w[1].0, Ordering::Relaxed);
                             }
-                            (0, pkt.len())
+                            (DEFAULT_HEADROOM, pkt.len())
                         } else {
                             (pkt.offset(), pkt.len())
                         };
@@ -1379,15 +1416,23 @@ impl Worker {
                         ));
                         continue;
                     };
-                    let pkt = &pkts[k];
+                    let pkt = &mut pkts[k];
+                    // A checksum left for the port: in the transmit metadata where the port
+                    // can finish it, else here.
+                    let csum = pkt.tx_checksum().filter(|_| dst.tx_csum);
+                    if csum.is_none() {
+                        pipeline.finish_tx_checksum(pkt);
+                    }
+                    let meta = csum.is_some();
                     if chained[k] {
-                        let Some(c) = write_chain(umem, free, idx, pkt.data(), &mut segs) else {
+                        let Some(c) = write_chain(umem, free, idx, pkt.data(), csum, &mut segs)
+                        else {
                             *tx_no_frames += 1;
                             free.push(idx);
                             note(k, Outcome::Drop("tx_no_frames"), None);
                             continue;
                         };
-                        if !dst.enqueue_chain(to, &segs[..c], *tx_cap, touched) {
+                        if !dst.enqueue_chain(to, &segs[..c], meta, *tx_cap, touched) {
                             free.extend(segs[..c].iter().map(|s| s.0));
                             note(k, Outcome::Drop("tx_ring_full"), None);
                             continue;
@@ -1402,13 +1447,24 @@ impl Worker {
                         note(k, Outcome::Forward(dst.ifname), Some(pkt.data()));
                         continue;
                     }
-                    if pkt.is_empty() || pkt.offset() + pkt.len() > FRAME_SIZE {
+                    // (With room for metadata in the UMEM the kernel wants it in front of
+                    // every descriptor.)
+                    let room = if umem.tx_metadata() { CHAIN_OFF } else { 0 };
+                    if pkt.is_empty()
+                        || pkt.offset() + pkt.len() > FRAME_SIZE
+                        || pkt.offset() < room
+                    {
                         slot_bad += 1;
                         free.push(idx);
                         note(k, Outcome::Drop("bad_descriptors"), None);
                         continue;
                     }
-                    if !dst.enqueue(to, idx, pkt.offset(), pkt.len(), *tx_cap, touched) {
+                    if let Some(c) = csum {
+                        let at = pkt.offset();
+                        xsk::write_tx_checksum(pkt.headroom_mut(), at, c.start, c.offset);
+                    }
+                    let (off, len) = (pkt.offset(), pkt.len());
+                    if !dst.enqueue(to, idx, off, len, meta, *tx_cap, touched) {
                         free.push(idx);
                         note(k, Outcome::Drop("tx_ring_full"), None);
                         continue;
@@ -1529,10 +1585,13 @@ mod tests {
         assert_eq!(chain_len(256, 1), 1);
         assert_eq!(chain_len(256, FRAME_SIZE - 256), 1);
         assert_eq!(chain_len(256, FRAME_SIZE - 255), 2);
-        assert_eq!(chain_len(0, FRAME_SIZE), 1);
-        assert_eq!(chain_len(0, FRAME_SIZE + 1), 2);
+        // Later pieces start past room for transmit metadata.
+        let rest = FRAME_SIZE - CHAIN_OFF;
+        assert_eq!(chain_len(256, FRAME_SIZE - 256 + rest), 2);
+        assert_eq!(chain_len(256, FRAME_SIZE - 256 + rest + 1), 3);
         // The largest Ethernet frame of an IPv4 packet, VXLAN-encapsulated, fits one chain.
-        assert!(chain_len(0, 65_535 + 14 + 50) <= MAX_TX_CHAIN);
+        assert!(chain_len(DEFAULT_HEADROOM, 65_535 + 14 + 50) <= MAX_TX_CHAIN);
+        const { assert!(65_535 + 14 + 50 <= MAX_FRAME) };
         const { assert!(MAX_RX_FRAME + DEFAULT_HEADROOM <= MAX_FRAME) };
     }
 
@@ -1542,13 +1601,21 @@ mod tests {
         let data: Vec<u8> = (0..9014u32).map(|i| (i * 7 + i / 251) as u8).collect();
         let mut free: Vec<u32> = (10..20).collect();
         let mut segs: [Seg; MAX_TX_CHAIN] = [(0, 0, 0); MAX_TX_CHAIN];
-        let n = write_chain(&umem, &mut free, 3, &data, &mut segs).expect("frames enough");
+        let n = write_chain(&umem, &mut free, 3, &data, None, &mut segs).expect("frames enough");
         assert_eq!(n, 3);
+        assert_eq!(
+            n,
+            chain_len(DEFAULT_HEADROOM, data.len()),
+            "as a handoff counts it"
+        );
         assert_eq!(free.len(), 8, "two frames taken besides the first");
         assert_eq!(segs[0].0, 3, "the first piece is in the frame given");
+        assert_eq!(segs[0].1, DEFAULT_HEADROOM);
         let mut back = Vec::new();
         for &(f, off, len) in &segs[..n] {
             assert!(off + len <= FRAME_SIZE);
+            // Every descriptor leaves room for transmit metadata in front of it.
+            assert!(off >= xsk::TX_METADATA_LEN);
             // SAFETY: the test owns the UMEM; no other slice of the frame is alive.
             #[allow(unsafe_code)]
             let b = unsafe { umem.frame(f) };
@@ -1557,13 +1624,52 @@ mod tests {
         assert_eq!(back, data);
         // Too few free frames: nothing taken, nothing written.
         let mut few = vec![30];
-        assert_eq!(write_chain(&umem, &mut few, 4, &data, &mut segs), None);
+        assert_eq!(
+            write_chain(&umem, &mut few, 4, &data, None, &mut segs),
+            None
+        );
         assert_eq!(few, vec![30]);
         // Longer than a chain can carry.
         let mut many: Vec<u32> = (20..60).collect();
         let huge = vec![0u8; MAX_FRAME + 1];
-        assert_eq!(write_chain(&umem, &mut many, 5, &huge, &mut segs), None);
+        assert_eq!(
+            write_chain(&umem, &mut many, 5, &huge, None, &mut segs),
+            None
+        );
         assert_eq!(many.len(), 40);
+    }
+
+    #[test]
+    fn a_chain_carries_the_checksum_request_in_front_of_its_first_piece() {
+        let umem = Umem::new(8).expect("UMEM");
+        let data = vec![0x5au8; 5000];
+        let mut free: Vec<u32> = (4..8).collect();
+        let mut segs: [Seg; MAX_TX_CHAIN] = [(0, 0, 0); MAX_TX_CHAIN];
+        let c = TxChecksum {
+            start: 34,
+            offset: 16,
+        };
+        let n = write_chain(&umem, &mut free, 1, &data, Some(c), &mut segs).expect("frames");
+        assert_eq!(n, 2);
+        // SAFETY: the test owns the UMEM; no other slice of the frame is alive.
+        #[allow(unsafe_code)]
+        let b = unsafe { umem.frame(1) };
+        let m = &b[DEFAULT_HEADROOM - xsk::TX_METADATA_LEN..DEFAULT_HEADROOM];
+        assert_eq!(
+            u64::from_ne_bytes(m[..8].try_into().unwrap()),
+            1 << 1,
+            "CHECKSUM"
+        );
+        assert_eq!(u16::from_ne_bytes([m[8], m[9]]), 34);
+        assert_eq!(u16::from_ne_bytes([m[10], m[11]]), 16);
+        assert!(m[12..].iter().all(|&x| x == 0), "no launch time");
+        assert_eq!(b[DEFAULT_HEADROOM], 0x5a, "data untouched");
+        let mut small = [0u8; 30];
+        assert!(
+            !xsk::write_tx_checksum(&mut small, 20, 34, 16),
+            "no room in front"
+        );
+        assert_eq!(small, [0u8; 30]);
     }
 
     #[test]

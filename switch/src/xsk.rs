@@ -37,6 +37,15 @@ pub const RING_SIZE: u32 = 2048;
 const XDP_USE_SG: u16 = 1 << 4;
 /// Descriptor option: the frame continues in the next descriptor (`XDP_PKT_CONTD`).
 pub const PKT_CONTD: u32 = 1 << 0;
+/// UMEM registration flag: `tx_metadata_len` is valid (kernel 6.8+, `XDP_UMEM_TX_METADATA_LEN`).
+const XDP_UMEM_TX_METADATA_LEN: u32 = 1 << 2;
+/// Descriptor option: transmit metadata precedes the frame (`XDP_TX_METADATA`).
+pub const TX_METADATA: u32 = 1 << 1;
+/// Transmit metadata flag: finish a partial checksum (`XDP_TXMD_FLAGS_CHECKSUM`).
+const TXMD_FLAGS_CHECKSUM: u64 = 1 << 1;
+/// Bytes of transmit metadata in front of a frame that carries [`TX_METADATA`]
+/// (`struct xsk_tx_metadata`: flags, then csum_start, csum_offset and launch_time).
+pub const TX_METADATA_LEN: usize = 24;
 /// Most descriptors one transmitted frame may span: the kernel builds an skb of a linear part
 /// and at most `MAX_SKB_FRAGS` (17) fragments, and refuses a longer chain as invalid.
 pub const MAX_TX_CHAIN: usize = 17;
@@ -108,6 +117,8 @@ unsafe impl Sync for Mapping {}
 pub struct Umem {
     map: Mapping,
     frames: u32,
+    /// Registered with room for transmit metadata ([`TX_METADATA_LEN`]).
+    tx_metadata: std::sync::atomic::AtomicBool,
 }
 
 impl Umem {
@@ -115,7 +126,18 @@ impl Umem {
     pub fn new(frames: u32) -> Result<Umem, XskError> {
         let len = frames as usize * FRAME_SIZE;
         let map = Mapping::new(-1, len, 0, "mmap UMEM")?;
-        Ok(Umem { map, frames })
+        Ok(Umem {
+            map,
+            frames,
+            tx_metadata: std::sync::atomic::AtomicBool::new(false),
+        })
+    }
+
+    /// Whether the kernel took the UMEM with transmit metadata: a copy-mode socket's frames
+    /// may then carry [`TX_METADATA`] and leave with their partial checksum for the receiver
+    /// (`CHECKSUM_PARTIAL`; see [`write_tx_checksum`]).
+    pub fn tx_metadata(&self) -> bool {
+        self.tx_metadata.load(Ordering::Relaxed)
     }
 
     /// Number of frames.
@@ -138,14 +160,18 @@ impl Umem {
         unsafe { std::slice::from_raw_parts_mut(p, FRAME_SIZE) }
     }
 
-    fn reg(&self) -> libc::xdp_umem_reg {
+    fn reg(&self, metadata: bool) -> libc::xdp_umem_reg {
         libc::xdp_umem_reg {
             addr: self.map.ptr.as_ptr() as u64,
             len: self.map.len as u64,
             chunk_size: FRAME_SIZE as u32,
             headroom: 0,
-            flags: 0,
-            tx_metadata_len: 0,
+            flags: if metadata {
+                XDP_UMEM_TX_METADATA_LEN
+            } else {
+                0
+            },
+            tx_metadata_len: if metadata { TX_METADATA_LEN as u32 } else { 0 },
         }
     }
 }
@@ -387,7 +413,16 @@ impl Socket {
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
         let fdn = fd.as_raw_fd();
         if let Some(umem) = umem {
-            setsockopt(fdn, libc::XDP_UMEM_REG, &umem.reg(), "register UMEM")?;
+            // With room for transmit metadata where the kernel knows it (6.8+); else without.
+            let meta = setsockopt(fdn, libc::XDP_UMEM_REG, &umem.reg(true), "register UMEM");
+            match meta {
+                Ok(()) => umem.tx_metadata.store(true, Ordering::Relaxed),
+                Err(e) if is_unsupported(&e) => {
+                    setsockopt(fdn, libc::XDP_UMEM_REG, &umem.reg(false), "register UMEM")?;
+                    umem.tx_metadata.store(false, Ordering::Relaxed);
+                }
+                Err(e) => return Err(e),
+            }
         }
         setsockopt(fdn, libc::XDP_UMEM_FILL_RING, &RING_SIZE, "fill ring size")?;
         setsockopt(
@@ -570,6 +605,24 @@ fn retry_busy(mut bind: impl FnMut() -> Result<Socket, XskError>) -> Result<Sock
             r => return r,
         }
     }
+}
+
+/// Writes the transmit metadata that asks the kernel to finish a partial checksum (`start`
+/// and `offset` as [`TxChecksum`](flowtable::packet::TxChecksum) counts them) into the
+/// [`TX_METADATA_LEN`] bytes of `frame` in front of `at`, where the frame's data begins; the
+/// descriptor then carries [`TX_METADATA`]. False (nothing written) when `at` leaves no room.
+pub fn write_tx_checksum(frame: &mut [u8], at: usize, start: u16, offset: u16) -> bool {
+    let Some(m) = at
+        .checked_sub(TX_METADATA_LEN)
+        .and_then(|from| frame.get_mut(from..at))
+    else {
+        return false;
+    };
+    m[..8].copy_from_slice(&TXMD_FLAGS_CHECKSUM.to_ne_bytes());
+    m[8..10].copy_from_slice(&start.to_ne_bytes());
+    m[10..12].copy_from_slice(&offset.to_ne_bytes());
+    m[12..].fill(0);
+    true
 }
 
 fn setsockopt<T>(fd: RawFd, opt: i32, v: &T, step: &'static str) -> Result<(), XskError> {

@@ -301,19 +301,11 @@ impl Pipeline {
         let len = ETH_LEN + usize::from(ip.total_len());
         let dst = ip.dst();
         pkt.set_len(len);
-        // A partial checksum stays partial only on the way to another local pod with nothing
-        // but MACs and TTL rewritten (no Service, no ICMP error): the port finishes it.
+        // A partial checksum stays partial only on the way to another local pod, its
+        // addresses at most translated (reverse NAT of a Service reply: the field is then
+        // re-derived below), nothing else rewritten but MACs and TTL: the port finishes it.
         let keep = match offload::partial_checksum_at(&pkt.data()[ETH_LEN..]) {
-            Some((ihl, at))
-                if self.tx_checksum_offload
-                    && snap.pod_by_ip(dst).is_some()
-                    && !nat::may_need_nat(snap, pkt.data()) =>
-            {
-                Some(TxChecksum {
-                    start: (ETH_LEN + ihl) as u16,
-                    offset: at as u16,
-                })
-            }
+            Some(at) if self.tx_checksum_offload && snap.pod_by_ip(dst).is_some() => Some(at),
             Some(_) => {
                 offload::complete_partial_checksum(&mut pkt.data_mut()[ETH_LEN..]);
                 self.counters.checksums_completed += 1;
@@ -321,13 +313,29 @@ impl Pipeline {
             }
             None => None,
         };
-        if let Some(o) = self.nat_from_pod(snap, pkt) {
-            return o;
+        let nat = self.nat_from_pod(snap, pkt);
+        if let Some((ihl, at)) = keep {
+            // NAT's incremental update assumes a complete checksum; a partial one is the
+            // pseudo-header sum of the addresses now in the header.
+            offload::repartial(&mut pkt.data_mut()[ETH_LEN..], ihl, at);
         }
-        let out = self.route(snap, pkt, Hop::FromPod);
-        if let (Some(c), Outcome::Tx(_, Action::DeliveredLocal)) = (keep, out) {
-            pkt.set_tx_checksum(Some(c));
-            self.counters.checksums_offloaded += 1;
+        let out = match nat {
+            Some(o) => o,
+            None => self.route(snap, pkt, Hop::FromPod),
+        };
+        if let Some((ihl, at)) = keep {
+            let still = offload::partial_checksum_at(&pkt.data()[ETH_LEN..]) == Some((ihl, at));
+            if still && matches!(out, Outcome::Tx(_, Action::DeliveredLocal)) {
+                pkt.set_tx_checksum(Some(TxChecksum {
+                    start: (ETH_LEN + ihl) as u16,
+                    offset: at as u16,
+                }));
+                self.counters.checksums_offloaded += 1;
+            } else if offload::complete_partial_checksum(&mut pkt.data_mut()[ETH_LEN..]) {
+                // (Only if the frame is still that TCP/UDP packet: an ICMP error or a reply
+                // built in its place is left alone.)
+                self.counters.checksums_completed += 1;
+            }
         }
         out
     }
@@ -358,8 +366,8 @@ mod tests_conntrack;
 #[cfg(test)]
 mod tests_egress;
 #[cfg(test)]
-mod tests_offload;
-#[cfg(test)]
 mod tests_hostnet;
+#[cfg(test)]
+mod tests_offload;
 #[cfg(test)]
 mod tests_services;

@@ -55,6 +55,21 @@ pub(crate) fn partial_checksum_at(ip: &[u8]) -> Option<(usize, usize)> {
     (field == pseudo).then_some((ihl, at))
 }
 
+/// Rewrites the partial checksum at `ihl + at` of the IPv4 packet `ip` as the pseudo-header
+/// sum of the addresses and length now in its header (after NAT, whose incremental update
+/// is right only for a complete checksum). Nothing if `ip` is too short or no longer TCP/UDP.
+#[inline]
+pub(crate) fn repartial(ip: &mut [u8], ihl: usize, at: usize) {
+    if ip.len() < ihl + at + 2 || !matches!(ip[9], protocol::TCP | protocol::UDP) {
+        return;
+    }
+    let src = [ip[12], ip[13], ip[14], ip[15]];
+    let dst = [ip[16], ip[17], ip[18], ip[19]];
+    let l4_len = (ip.len() - ihl) as u16;
+    let pseudo = checksum::fold(checksum::pseudo_header_sum(src, dst, ip[9], l4_len));
+    ip[ihl + at..ihl + at + 2].copy_from_slice(&pseudo.to_be_bytes());
+}
+
 /// Completes a partial TCP or UDP checksum of the IPv4 packet `ip` (header first, trimmed to
 /// its total length). Returns true if the checksum field was completed.
 #[inline]

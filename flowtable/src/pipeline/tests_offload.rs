@@ -112,11 +112,20 @@ fn everything_else_is_completed_here() {
     let (v, out, mark, _) = run(&s, &partial_tcp(REMOTE_POD, b"x"), true, false);
     assert_eq!((v, mark), (Verdict::Transmit(PortId::UPLINK), None));
     assert!(tcp_checksum_ok(&out[50..]), "inner segment");
-    // To a local pod that is a Service endpoint: NAT may rewrite it, so complete.
+    // To a Service's ClusterIP: translated and routed in NAT, so complete first.
     let s = snap(true);
-    let (v, out, mark, _) = run(&s, &partial_tcp(POD_B, b"x"), true, false);
-    assert_eq!((v, mark), (Verdict::Transmit(PORT_B), None));
-    assert!(tcp_checksum_ok(&out));
+    let mut syn = partial_tcp([10, 96, 0, 10], b"");
+    syn[34..36].copy_from_slice(&40001u16.to_be_bytes());
+    syn[36..38].copy_from_slice(&80u16.to_be_bytes());
+    syn[47] = 0x02; // SYN (the partial field covers no L4 byte: still partial)
+    let (v, out, mark, _) = run(&s, &syn, true, false);
+    assert_eq!(mark, None);
+    // DNAT to the local or the remote backend (then the inner segment).
+    match v {
+        Verdict::Transmit(PortId::UPLINK) => assert!(tcp_checksum_ok(&out[50..])),
+        Verdict::Transmit(_) => assert!(tcp_checksum_ok(&out)),
+        other => panic!("{other:?}"),
+    }
     // A complete checksum is never marked.
     let s = snap(false);
     let mut done = partial_tcp(POD_B, b"x");
@@ -126,6 +135,63 @@ fn everything_else_is_completed_here() {
     assert_eq!(mark, None);
     assert!(tcp_checksum_ok(&out));
     assert_eq!((c.checksums_offloaded, c.checksums_completed), (0, 0));
+}
+
+#[test]
+fn a_services_reply_to_a_local_client_is_translated_and_left_partial() {
+    // pod-a -> ClusterIP 10.96.0.10:80, sent until Maglev picks the local backend pod-b,
+    // then pod-b's SYN-ACK (partial checksum): reverse NAT to the ClusterIP, delivered to
+    // pod-a with the checksum left for the port, right once finished.
+    let s = snap(true);
+    let mut p = Pipeline::new();
+    p.set_tx_checksum_offload(true);
+    let mut buf = vec![0u8; 4096];
+    let mut one = |p: &mut Pipeline, frame: &[u8], port: PortId, finish: bool| {
+        buf[DEFAULT_HEADROOM..DEFAULT_HEADROOM + frame.len()].copy_from_slice(frame);
+        let mut pkt = Packet::new(&mut buf, DEFAULT_HEADROOM, frame.len(), port).unwrap();
+        let v = p.process_one(&s, &mut pkt);
+        let mark = pkt.tx_checksum();
+        if finish {
+            p.finish_tx_checksum(&mut pkt);
+        }
+        (v, mark, pkt.data().to_vec())
+    };
+    let syn = |sport: u16| {
+        let b = PacketBuilder::ethernet2(MAC_A, GW_MAC)
+            .ipv4(POD_A, [10, 96, 0, 10], 64)
+            .tcp(sport, 80, 1000, 64240)
+            .syn();
+        let mut f = Vec::new();
+        b.write(&mut f, &[]).unwrap();
+        f
+    };
+    let sport = (40000..40100)
+        .find(|&sp| one(&mut p, &syn(sp), PORT_A, false).0 == Verdict::Transmit(PORT_B))
+        .expect("some flow lands on the local backend");
+    let b = PacketBuilder::ethernet2([2, 0, 0x0a, 0xf4, 1, 3], GW_MAC)
+        .ipv4(POD_B, POD_A, 64)
+        .tcp(8080, sport, 5000, 64240)
+        .syn()
+        .ack(1001);
+    let mut synack = Vec::new();
+    b.write(&mut synack, &[]).unwrap();
+    let partial = checksum::fold(checksum::pseudo_header_sum(POD_B, POD_A, 6, 20));
+    synack[50..52].copy_from_slice(&partial.to_be_bytes());
+    let (v, mark, out) = one(&mut p, &synack, PORT_B, false);
+    assert_eq!(v, Verdict::Transmit(PORT_A));
+    assert_eq!(out[26..30], [10, 96, 0, 10], "source is the ClusterIP");
+    assert_eq!(out[34..36], 80u16.to_be_bytes(), "and its port");
+    assert!(mark.is_some(), "left for the port");
+    let translated = checksum::fold(checksum::pseudo_header_sum([10, 96, 0, 10], POD_A, 6, 20));
+    assert_eq!(
+        out[50..52],
+        translated.to_be_bytes(),
+        "partial for the new addresses"
+    );
+    assert_eq!(p.counters().reverse_nat, 1);
+    // Retransmitted (now from the flow cache), and finished as the port would.
+    let (_, _, out) = one(&mut p, &synack, PORT_B, true);
+    assert!(tcp_checksum_ok(&out));
 }
 
 #[test]
