@@ -187,6 +187,15 @@ fn a_node_local_mtu_carries_64k_frames_between_pods_of_a_node() {
     // 900 and more.
     assert!(rx < 500, "64 KB frames on veth-a: {rx} frames received");
     assert!(s["actions"]["delivered_local"].as_u64().unwrap() > 0, "{s}");
+    // The pods' partial checksums were left for the kernel to finish (transmit metadata),
+    // and the echo above came back byte for byte: the receiving stacks took them.
+    let offloaded = |s: &serde_json::Value| s["checksums_offloaded"].as_u64().unwrap_or(0);
+    assert!(
+        offloaded(&s) > offloaded(&before) + 100,
+        "checksums offloaded: {} -> {}",
+        offloaded(&before),
+        offloaded(&s)
+    );
     // A burst of 64 KB frames takes 17 fill-ring frames each: one that arrives while the
     // worker is off its core can outrun the fill ring (counted by the kernel; TCP resends).
     // Anything else, or more than one in twenty, is a fault.
