@@ -317,11 +317,11 @@ struct Slot {
     rx_mark: u64,
     /// Transmit descriptors written this batch, not yet submitted.
     pending: u32,
+    /// The frames those descriptors make up (a chain is one frame).
+    pending_frames: u32,
     /// The port finishes partial checksums from transmit metadata (copy mode, a UMEM with
     /// room for it).
     tx_csum: bool,
-    /// The frames those descriptors make up (a chain is one frame).
-    pending_frames: u32,
     counters: PortCounters,
 }
 
