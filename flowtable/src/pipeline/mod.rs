@@ -18,7 +18,9 @@
 //!   decapsulated, then routed to a local pod; everything else is the node's and goes to the
 //!   kernel.
 //! - TCP/UDP checksums left partial by a sender's checksum offload (veth, vxlan) are completed
-//!   first, on every path, as a NIC would (`offload`).
+//!   first, as a NIC would (`offload`), except, with transmit checksum offload on, on a frame
+//!   from a pod to another pod of this node: that one stays partial (re-derived if reverse NAT
+//!   changed its addresses) and is marked for the transmitting port to finish.
 //! - TTL expiry and too-big-with-DF become ICMP errors to the sender (RFC 1812 rules: never
 //!   about an ICMP error or a non-first fragment).
 

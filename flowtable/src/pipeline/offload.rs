@@ -12,8 +12,9 @@
 //! not a pseudo-header sum, except by that same 1-in-65536 chance).
 //! Where the frame leaves by a port that finishes checksums itself (AF_XDP's transmit
 //! metadata, `Pipeline::set_tx_checksum_offload`), a frame that goes from a pod to another pod
-//! of this node with nothing rewritten but MACs and TTL keeps its partial checksum and is
-//! marked ([`Packet::tx_checksum`](crate::packet::Packet::tx_checksum)) for the port: no one
+//! of this node with nothing rewritten but MACs, TTL and (reverse NAT of a Service reply) its
+//! addresses keeps its partial checksum, re-derived for the new addresses ([`repartial`]), and
+//! is marked ([`Packet::tx_checksum`](crate::packet::Packet::tx_checksum)) for the port: no one
 //! on the node sums its payload (the receiving pod's kernel trusts a partial checksum as
 //! Linux does on veth).
 //! Pure functions over the frame; no state.
