@@ -19,6 +19,11 @@
 // Service flow with RST. Once no switchd has beaten for the grace period, every frame is
 // passed to the kernel, exactly as if the program were detached. Every decision is counted
 // per CPU in `stats`.
+//
+// Pod ports of the `vnet` kind (switchd --pod-ports vnet) have no XDP program: a packet socket
+// reads their frames, GSO packets whole, before tc ingress, where `nodeswitch_tc` makes the
+// same decision as the XDP program for a pod port and drops what the switch serves (the
+// socket has its copy), so that the node's stack never routes it a second time.
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
 #include <linux/ip.h>
@@ -253,6 +258,46 @@ int nodeswitch_xdp(struct xdp_md *ctx)
 	if (bpf_map_lookup_elem(&frontends, &key))
 		return to_switch(cfg);
 	return count(STAT_PASSED, XDP_PASS);
+}
+
+/* TCX verdicts (linux/bpf.h has them from 6.6 on; spelled out for older headers). */
+#define NS_TCX_PASS 0
+#define NS_TCX_DROP 2
+
+SEC("tcx/ingress")
+int nodeswitch_tc(struct __sk_buff *skb)
+{
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	__u32 ifindex = skb->ifindex;
+	__u32 zero = 0;
+
+	struct port_cfg *cfg = bpf_map_lookup_elem(&ports, &ifindex);
+	if (!cfg || cfg->role != ROLE_POD)
+		return count(STAT_UNKNOWN_PORT, NS_TCX_PASS);
+	struct heartbeat *hb = bpf_map_lookup_elem(&heartbeat, &zero);
+	if (!hb || bpf_ktime_get_coarse_ns() > hb->last_ns + hb->grace_ns)
+		return count(STAT_UNSERVED, NS_TCX_PASS);
+	struct node_cfg *n = bpf_map_lookup_elem(&node, &zero);
+	if (!n)
+		return count(STAT_PASSED, NS_TCX_PASS);
+	/* Headers outside the linear part: the switch's (its socket has the whole frame). */
+	struct ethhdr *eth = data;
+	if ((void *)(eth + 1) > end)
+		return count(STAT_REDIRECTED, NS_TCX_DROP);
+	if (eth->h_proto == bpf_htons(ETH_P_ARP)) {
+		__u16 *op = (void *)(eth + 1) + 6;
+		if ((void *)(op + 1) <= end && *op == bpf_htons(2))
+			return count(STAT_PASSED, NS_TCX_PASS);
+		return count(STAT_REDIRECTED, NS_TCX_DROP);
+	}
+	if (eth->h_proto == bpf_htons(ETH_P_IP)) {
+		struct iphdr *ip = (void *)(eth + 1);
+		if ((void *)(ip + 1) <= end && ip->daddr == n->ip &&
+		    !(n->flags & NODE_HAS_HOST_PORT))
+			return count(STAT_PASSED, NS_TCX_PASS);
+	}
+	return count(STAT_REDIRECTED, NS_TCX_DROP);
 }
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

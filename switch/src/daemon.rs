@@ -31,8 +31,8 @@
 
 use crate::plane::{numbers, Commit, DaemonPlane, Shared};
 use crate::replay::{self, ConntrackReport, NatReport};
-use crate::worker::{Command, Fabric, PollMode, Port, Report, Worker, MAX_PORTS};
-use crate::xdp::{Pinned, Role, Xdp, XdpError, XdpStats};
+use crate::worker::{Command, Fabric, PollMode, Port, PortIo, Report, Worker, MAX_PORTS};
+use crate::xdp::{Hook, Pinned, Role, Xdp, XdpError, XdpStats};
 use crate::xsk::{self, Mode, Socket, Umem, XskError};
 use control::server::{Control, Dataplane as _};
 use control::ApiError;
@@ -68,6 +68,8 @@ pub struct Config {
     pub frames: u32,
     /// Try zero-copy on the uplink (falls back to copy mode).
     pub zero_copy: bool,
+    /// How pods' interfaces (and the host port) are served.
+    pub pod_ports: PodPorts,
     /// Where to write counters (JSON), if anywhere.
     pub stats: Option<PathBuf>,
     /// The control API's Unix socket, if any.
@@ -84,6 +86,45 @@ pub struct Config {
     pub health_bound: Duration,
     /// This build's version (the metrics' `nodeswitch_build_info`).
     pub version: String,
+}
+
+/// How the switch serves a pod's interface (`--pod-ports`). The uplink is always AF_XDP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum PodPorts {
+    /// An AF_XDP socket on the shared UMEM, frames steered by the XDP program.
+    #[default]
+    Xdp,
+    /// A packet socket with virtio-net headers, the node's stack kept off the interface by
+    /// the tc program: no XDP program on the pod's veth, so the pod keeps TSO/GSO.
+    Vnet,
+}
+
+/// Send and receive buffer of a vnet port's packet socket: room for a burst of 64 KB GSO
+/// packets.
+const VNET_BUFFER: i32 = 4 << 20;
+
+/// Opens pod port `name`'s socket of kind `kind` (AF_XDP: shared with the owner socket).
+fn bind_pod(
+    kind: PodPorts,
+    name: &str,
+    ifindex: u32,
+    owner_fd: std::os::fd::RawFd,
+    sg: bool,
+) -> Result<PortIo, DaemonError> {
+    match kind {
+        PodPorts::Xdp => Socket::bind_shared(owner_fd, ifindex, sg)
+            .map(PortIo::Xsk)
+            .map_err(|source| DaemonError::Socket {
+                name: name.to_string(),
+                source,
+            }),
+        PodPorts::Vnet => crate::vnet::VnetSocket::open(name, VNET_BUFFER)
+            .map(PortIo::Vnet)
+            .map_err(|source| DaemonError::VnetSocket {
+                name: name.to_string(),
+                source,
+            }),
+    }
 }
 
 /// Where the state a restart keeps lives: the conntrack region under `run_dir/NODE/`, the
@@ -167,6 +208,15 @@ pub enum DaemonError {
         /// What failed.
         #[source]
         source: XskError,
+    },
+    /// A vnet pod port's packet socket could not be set up.
+    #[error("packet socket on '{name}' (--pod-ports vnet): {source}")]
+    VnetSocket {
+        /// Interface.
+        name: String,
+        /// What failed.
+        #[source]
+        source: std::io::Error,
     },
     /// The conntrack region could not be opened.
     #[error(transparent)]
@@ -349,6 +399,8 @@ struct Running {
     owner_fd: std::os::fd::RawFd,
     /// Whether the owner socket (and so every port) is multi-buffer.
     sg: bool,
+    /// How pod ports are served.
+    pod_ports: PodPorts,
     cell: Arc<SnapshotCell>,
     /// One command channel per worker.
     cmds: Vec<Sender<Command>>,
@@ -552,38 +604,35 @@ pub fn run(cfg: &Config) -> Result<(), DaemonError> {
         source,
     })?;
     let mut socks = Vec::new();
-    for (slot, (name, ifindex, _)) in ifaces.iter().enumerate() {
-        let owner = socks.first().map(|p: &Port| p.sock.fd());
-        let sock = match owner {
-            None => Socket::bind_owner(&umem, *ifindex, cfg.zero_copy),
-            Some(fd) => Socket::bind_shared(fd, *ifindex, socks[0].sock.sg),
+    let uplink = Socket::bind_owner(&umem, ifaces[0].1, cfg.zero_copy).map_err(|source| {
+        DaemonError::Socket {
+            name: ifaces[0].0.clone(),
+            source,
         }
-        .map_err(|source| {
-            let zc = socks
-                .first()
-                .is_some_and(|p: &Port| p.sock.mode == Mode::ZeroCopy);
-            if zc {
-                DaemonError::ZeroCopyShared {
-                    name: name.clone(),
-                    source,
-                }
-            } else {
-                DaemonError::Socket {
-                    name: name.clone(),
-                    source,
-                }
+    })?;
+    let (owner_fd, sg, zc) = (uplink.fd(), uplink.sg, uplink.mode == Mode::ZeroCopy);
+    socks.push(Port {
+        name: ifaces[0].0.clone(),
+        ifindex: ifaces[0].1,
+        slot: 0,
+        epoch: 0,
+        io: PortIo::Xsk(uplink),
+    });
+    for (slot, (name, ifindex, _)) in ifaces.iter().enumerate().skip(1) {
+        let io = match bind_pod(cfg.pod_ports, name, *ifindex, owner_fd, sg) {
+            Err(DaemonError::Socket { name, source }) if zc => {
+                return Err(DaemonError::ZeroCopyShared { name, source })
             }
-        })?;
+            r => r?,
+        };
         socks.push(Port {
             name: name.clone(),
             ifindex: *ifindex,
             slot: slot as u16,
             epoch: 0,
-            sock,
+            io,
         });
     }
-    let owner_fd = socks[0].sock.fd();
-    let sg = socks[0].sock.sg;
 
     let cell = Arc::new(SnapshotCell::new(snap));
     let stop = Arc::new(AtomicBool::new(false));
@@ -626,8 +675,8 @@ pub fn run(cfg: &Config) -> Result<(), DaemonError> {
             p.name.clone(),
             p.slot,
             p.ifindex,
-            p.sock.fd(),
-            p.sock.mode,
+            p.io.xsk().map(|s| s.fd()),
+            p.io.mode_name(),
             *role,
             w,
         ));
@@ -650,14 +699,24 @@ pub fn run(cfg: &Config) -> Result<(), DaemonError> {
         w.prefill();
     }
     for (name, slot, ifindex, fd, mode, role, w) in &bound {
-        xdp.set_socket(u32::from(*slot), *fd)?;
+        // (A vnet port has no AF_XDP socket: the tc program serves it.)
+        let hook = match fd {
+            Some(fd) => {
+                xdp.set_socket(u32::from(*slot), *fd)?;
+                Hook::Xdp
+            }
+            None => {
+                xdp.remove_socket(u32::from(*slot));
+                Hook::Tc
+            }
+        };
         xdp.set_port(*ifindex, u32::from(*slot), *role)?;
-        let (link, took_over) = xdp.attach(*ifindex)?;
+        let (link, took_over) = xdp.attach(*ifindex, hook)?;
         links.insert(name.clone(), link);
         ports.insert(name.clone(), (*slot, *ifindex));
         log(format!(
             "port {name} (ifindex {ifindex}) {} mode, {}, worker {w}{}",
-            mode.name(),
+            mode,
             match role {
                 Role::Uplink => "uplink",
                 Role::Pod => "pod",
@@ -746,6 +805,7 @@ pub fn run(cfg: &Config) -> Result<(), DaemonError> {
         ports,
         owner_fd,
         sg,
+        pod_ports: cfg.pod_ports,
         cell,
         cmds,
         fabric,
@@ -1059,18 +1119,13 @@ fn apply_snapshot(run: &mut Running, next: Snapshot) -> Result<(u64, String), Da
             .find(|s| !used.contains(s) && !removed.iter().any(|r| r.1 == *s))
             .ok_or(DaemonError::TooManyPorts(MAX_PORTS + 1))?;
         used.push(slot);
-        let sock = Socket::bind_shared(run.owner_fd, *ifindex, run.sg).map_err(|source| {
-            DaemonError::Socket {
-                name: name.clone(),
-                source,
-            }
-        })?;
+        let io = bind_pod(run.pod_ports, name, *ifindex, run.owner_fd, run.sg)?;
         new_ports.push(Port {
             name: name.clone(),
             ifindex: *ifindex,
             slot,
             epoch: 0,
-            sock,
+            io,
         });
     }
     // Everything that can fail comes first; on failure it is undone and nothing has changed.
@@ -1082,7 +1137,8 @@ fn apply_snapshot(run: &mut Running, next: Snapshot) -> Result<(u64, String), Da
     let mut new_links = Vec::new();
     let mut failed = None;
     for mut p in new_ports {
-        let (name, slot, ifindex, fd) = (p.name.clone(), p.slot, p.ifindex, p.sock.fd());
+        let (name, slot, ifindex) = (p.name.clone(), p.slot, p.ifindex);
+        let fd = p.io.xsk().map(|s| s.fd());
         let w = worker_for(slot, run.cmds.len());
         p.epoch = run.fabric.set_port(&name, slot, w as u16);
         // The worker fills the port's fill ring before the program can send it anything.
@@ -1090,11 +1146,17 @@ fn apply_snapshot(run: &mut Running, next: Snapshot) -> Result<(u64, String), Da
         let _ = run.cmds[w].send(Command::Add(Box::new(p), Some(ack)));
         let _ = acked.recv_timeout(Duration::from_millis(500));
         done.push((name.clone(), slot, ifindex));
-        let step = run
-            .xdp
-            .set_socket(u32::from(slot), fd)
-            .and_then(|()| run.xdp.set_port(ifindex, u32::from(slot), Role::Pod))
-            .and_then(|()| run.xdp.attach(ifindex));
+        let step = match fd {
+            Some(fd) => run.xdp.set_socket(u32::from(slot), fd).map(|()| Hook::Xdp),
+            None => {
+                run.xdp.remove_socket(u32::from(slot));
+                Ok(Hook::Tc)
+            }
+        }
+        .and_then(|hook| {
+            run.xdp.set_port(ifindex, u32::from(slot), Role::Pod)?;
+            run.xdp.attach(ifindex, hook)
+        });
         match step {
             Ok((link, _)) => new_links.push((name.clone(), link)),
             Err(e) => {

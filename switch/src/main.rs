@@ -85,6 +85,11 @@ enum Cmd {
         /// Try zero-copy mode (falls back to copy mode where the driver has none, as veth).
         #[arg(long)]
         zero_copy: bool,
+        /// How pods' interfaces are served: `xdp` (AF_XDP socket and XDP program) or `vnet`
+        /// (packet socket with virtio-net headers and a tc program: no XDP on the pod's veth,
+        /// so the pod keeps TSO/GSO and 64 KB packets move whole pod to pod; see README).
+        #[arg(long, value_enum, default_value = "xdp")]
+        pod_ports: switch::daemon::PodPorts,
         /// Write counters (JSON) to this file twice a second and at exit.
         #[arg(long, value_name = "FILE")]
         stats: Option<PathBuf>,
@@ -252,6 +257,7 @@ fn main() -> ExitCode {
             idle_spin_us,
             frames,
             zero_copy,
+            pod_ports,
             stats,
             control_socket,
             metrics,
@@ -277,6 +283,7 @@ fn main() -> ExitCode {
                 idle_spin: std::time::Duration::from_micros(idle_spin_us),
                 frames,
                 zero_copy,
+                pod_ports,
                 stats,
                 control_socket: (!no_control).then_some(control_socket),
                 control_tcp: match (control_tcp, tls_cert, tls_key, tls_client_ca) {

@@ -10,8 +10,9 @@
 //! (set up by the caller). `PACKET_QDISC_BYPASS` sends straight to the driver and
 //! `PACKET_IGNORE_OUTGOING` keeps a socket from receiving what is sent on its interface.
 //!
-//! Used today by `examples/vnet_port.rs` (the measurement in `bench/vnet-proto`), not by the
-//! workers. Thread-safety: a [`VnetSocket`] is a file descriptor; `Send`, used by one thread.
+//! The workers serve `vnet` pod ports (`switchd --pod-ports vnet`) with it, one `recvmsg`
+//! and one `sendmsg` per frame (a GSO packet is one frame); `examples/vnet_port.rs` is the
+//! bare forwarder `bench/vnet-proto` measures. Thread-safety: a [`VnetSocket`] is a file descriptor; `Send`, used by one thread.
 #![allow(unsafe_code)]
 
 use std::ffi::CString;
@@ -56,6 +57,34 @@ impl VnetHeader {
             csum_offset: u16_at(8),
         })
     }
+}
+
+/// `VIRTIO_NET_HDR_F_NEEDS_CSUM`: the frame's checksum at `csum_start + csum_offset` holds
+/// the pseudo-header sum only; the receiver (or the device) finishes it.
+pub const NEEDS_CSUM: u8 = 1;
+
+impl VnetHeader {
+    /// The header's [`VNET_HDR_LEN`] bytes, as the kernel reads them.
+    pub fn bytes(&self) -> [u8; VNET_HDR_LEN] {
+        let mut b = [0u8; VNET_HDR_LEN];
+        b[0] = self.flags;
+        b[1] = self.gso_type;
+        b[2..4].copy_from_slice(&self.hdr_len.to_ne_bytes());
+        b[4..6].copy_from_slice(&self.gso_size.to_ne_bytes());
+        b[6..8].copy_from_slice(&self.csum_start.to_ne_bytes());
+        b[8..10].copy_from_slice(&self.csum_offset.to_ne_bytes());
+        b
+    }
+}
+
+/// What a packet socket's kernel counters say (`PACKET_STATISTICS`, which resets them on
+/// every read: the caller sums).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct VnetStats {
+    /// Frames the socket received since the last read (its drops included).
+    pub packets: u64,
+    /// Frames dropped since the last read because the receive buffer was full.
+    pub drops: u64,
 }
 
 /// A packet socket with `PACKET_VNET_HDR` bound to one interface.
@@ -188,6 +217,95 @@ impl VnetSocket {
         Ok(Some(r as usize))
     }
 
+    /// Receives one frame without waiting: its header into `hdr`, its bytes into `buf`.
+    /// `None` when none waits; else the frame's length and whether it was longer than `buf`
+    /// (then cut).
+    pub fn recv_parts(
+        &self,
+        hdr: &mut [u8; VNET_HDR_LEN],
+        buf: &mut [u8],
+    ) -> io::Result<Option<(usize, bool)>> {
+        let mut iov = [
+            libc::iovec {
+                iov_base: hdr.as_mut_ptr().cast(),
+                iov_len: VNET_HDR_LEN,
+            },
+            libc::iovec {
+                iov_base: buf.as_mut_ptr().cast(),
+                iov_len: buf.len(),
+            },
+        ];
+        // SAFETY: an all-zero msghdr is valid (no name, no control).
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = iov.as_mut_ptr();
+        msg.msg_iovlen = iov.len();
+        // SAFETY: `msg` points at two live, writable iovecs of the lengths given, which
+        // outlive the call; MSG_TRUNC makes the kernel return the frame's real length.
+        let r = unsafe { libc::recvmsg(self.fd(), &mut msg, libc::MSG_DONTWAIT | libc::MSG_TRUNC) };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            return match e.raw_os_error() {
+                Some(libc::EAGAIN) | Some(libc::EINTR) => Ok(None),
+                _ => Err(e),
+            };
+        }
+        let total = r as usize;
+        let len = total.saturating_sub(VNET_HDR_LEN);
+        Ok(Some((len, len > buf.len())))
+    }
+
+    /// Sends one frame: `hdr` then `data`, without waiting (a full send buffer is an error,
+    /// `WouldBlock`).
+    pub fn send_parts(&self, hdr: &[u8; VNET_HDR_LEN], data: &[u8]) -> io::Result<()> {
+        let mut iov = [
+            libc::iovec {
+                iov_base: hdr.as_ptr() as *mut libc::c_void,
+                iov_len: VNET_HDR_LEN,
+            },
+            libc::iovec {
+                iov_base: data.as_ptr() as *mut libc::c_void,
+                iov_len: data.len(),
+            },
+        ];
+        // SAFETY: an all-zero msghdr is valid (no name, no control).
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = iov.as_mut_ptr();
+        msg.msg_iovlen = iov.len();
+        // SAFETY: `msg` points at two live iovecs the kernel only reads (sendmsg), which
+        // outlive the call.
+        let r = unsafe { libc::sendmsg(self.fd(), &msg, libc::MSG_DONTWAIT) };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// The kernel's counters since the last call.
+    pub fn stats(&self) -> VnetStats {
+        let mut st = libc::tpacket_stats {
+            tp_packets: 0,
+            tp_drops: 0,
+        };
+        let mut len = std::mem::size_of::<libc::tpacket_stats>() as libc::socklen_t;
+        // SAFETY: `st` is a live tpacket_stats and `len` its exact size.
+        let r = unsafe {
+            libc::getsockopt(
+                self.fd(),
+                libc::SOL_PACKET,
+                libc::PACKET_STATISTICS,
+                (&mut st as *mut libc::tpacket_stats).cast(),
+                &mut len,
+            )
+        };
+        if r < 0 {
+            return VnetStats::default();
+        }
+        VnetStats {
+            packets: u64::from(st.tp_packets),
+            drops: u64::from(st.tp_drops),
+        }
+    }
+
     /// Sends one frame (header first).
     pub fn send(&self, frame: &[u8]) -> io::Result<()> {
         // SAFETY: `frame` is live and readable for the length passed.
@@ -239,5 +357,6 @@ mod tests {
             }
         );
         assert_eq!(VnetHeader::parse(&b[..9]), None);
+        assert_eq!(h.bytes(), b[..VNET_HDR_LEN]);
     }
 }

@@ -32,9 +32,11 @@
 //! under a mutex that the control thread only reads (`try_lock`: the worker never waits).
 
 use crate::fill;
+use crate::vnet::{VnetHeader, VnetSocket, MAX_VNET_FRAME, NEEDS_CSUM, VNET_HDR_LEN};
 use crate::xsk::{self, KernelStats, Mode, Socket, Umem, FRAME_SIZE, MAX_TX_CHAIN, PKT_CONTD};
 use crossbeam_queue::ArrayQueue;
 use flowtable::counters::Counters;
+use flowtable::gso::{GsoError, GsoRequest, Segments};
 use flowtable::packet::{Packet, PortId, TxChecksum, DEFAULT_HEADROOM};
 use flowtable::pipeline::{Pipeline, Verdict, BATCH_SIZE};
 use flowtable::snapshot::{Snapshot, SnapshotReader};
@@ -216,8 +218,50 @@ pub struct Port {
     /// Which incarnation of the slot this is (from [`Fabric::set_port`]): a frame handed over
     /// for an earlier port in the same slot is not sent to this one.
     pub epoch: u64,
-    /// The bound socket.
-    pub sock: Socket,
+    /// How its frames come and go.
+    pub io: PortIo,
+}
+
+/// A port's socket.
+#[derive(Debug)]
+pub enum PortIo {
+    /// An AF_XDP socket bound on the shared UMEM.
+    Xsk(Socket),
+    /// A packet socket with virtio-net headers (a `vnet` pod port: GSO packets whole).
+    Vnet(VnetSocket),
+}
+
+impl PortIo {
+    /// The descriptor to poll.
+    pub fn fd(&self) -> std::os::fd::RawFd {
+        match self {
+            PortIo::Xsk(s) => s.fd(),
+            PortIo::Vnet(v) => v.fd(),
+        }
+    }
+
+    /// What the stats call the port's mode: `copy`, `zero-copy` or `vnet`.
+    pub fn mode_name(&self) -> &'static str {
+        match self {
+            PortIo::Xsk(s) => s.mode.name(),
+            PortIo::Vnet(_) => "vnet",
+        }
+    }
+
+    /// The AF_XDP socket, if the port has one.
+    pub fn xsk(&self) -> Option<&Socket> {
+        match self {
+            PortIo::Xsk(s) => Some(s),
+            PortIo::Vnet(_) => None,
+        }
+    }
+
+    fn xsk_mut(&mut self) -> Option<&mut Socket> {
+        match self {
+            PortIo::Xsk(s) => Some(s),
+            PortIo::Vnet(_) => None,
+        }
+    }
 }
 
 /// What the control thread tells a worker.
@@ -250,6 +294,17 @@ pub struct PortCounters {
     pub rx_too_long: u64,
     /// Descriptors from the kernel that did not match the frame bookkeeping: ignored.
     pub bad_descriptors: u64,
+    /// vnet ports: GSO packets received (each one frame of up to 64 KB).
+    pub rx_gso: u64,
+    /// vnet ports: frames the tc program passed to the node's stack (ARP replies, traffic
+    /// for the node's IP), seen by the socket too and left alone (not drops).
+    pub rx_kernel: u64,
+    /// vnet ports: GSO packets that cannot be segmented (a kind other than TCPv4 and
+    /// UDP_L4, or headers that do not match it): dropped.
+    pub gso_refused: u64,
+    /// vnet ports: frames the kernel refused to send (longer than the interface's MTU, the
+    /// interface down or gone): dropped.
+    pub tx_failed: u64,
     /// The kernel's own counters for the socket.
     pub kernel: KernelStats,
 }
@@ -276,8 +331,12 @@ pub struct Report {
     pub handoff_full: u64,
     /// Frames handed to other workers.
     pub handed_off: u64,
-    /// Multi-buffer frames dropped because the free pool had too few frames to send them in.
+    /// Multi-buffer frames dropped because the free pool had too few frames to send them in
+    /// (or, from a vnet port, to cut a GSO packet into).
     pub tx_no_frames: u64,
+    /// GSO packets kept whole for a vnet port of this worker that the pipeline sent
+    /// elsewhere (a state change between the look and the decision): dropped.
+    pub gso_undeliverable: u64,
     /// When the worker published this report.
     pub at: Option<Instant>,
 }
@@ -285,7 +344,7 @@ pub struct Report {
 impl Report {
     /// Every drop after the pipeline, by reason (its ports' summed): what `worker_drops`
     /// shows in the stats file, `switchctl stats` and the metrics.
-    pub fn drops(&self) -> [(&'static str, u64); 9] {
+    pub fn drops(&self) -> [(&'static str, u64); 12] {
         let sum = |f: fn(&PortCounters) -> u64| self.ports.iter().map(f).sum::<u64>();
         [
             ("tx_no_socket", self.tx_no_socket),
@@ -295,6 +354,9 @@ impl Report {
             ("rx_not_a_port", sum(|p| p.rx_not_a_port)),
             ("rx_too_long", sum(|p| p.rx_too_long)),
             ("tx_no_frames", self.tx_no_frames),
+            ("gso_undeliverable", self.gso_undeliverable),
+            ("gso_refused", sum(|p| p.gso_refused)),
+            ("tx_failed", sum(|p| p.tx_failed)),
             ("kernel_rx_ring_full", sum(|p| p.kernel.rx_ring_full)),
             ("kernel_rx_dropped", sum(|p| p.kernel.rx_dropped)),
         ]
@@ -360,7 +422,10 @@ impl Slot {
     ) -> bool {
         let n = segs.len() as u32;
         let want = self.pending + n;
-        let tx = &mut self.port.sock.tx;
+        let Some(sock) = self.port.io.xsk_mut() else {
+            return false;
+        };
+        let tx = &mut sock.tx;
         if tx.free(want) < want || (tx.used() + want > cap && tx.in_flight() + want > cap) {
             self.counters.tx_ring_full += 1;
             return false;
@@ -519,13 +584,14 @@ fn submit_touched(slots: &mut [Option<Slot>], touched: &mut Vec<u16>, gone: &mut
         let Some(s) = slots.get_mut(usize::from(t)).and_then(Option::as_mut) else {
             continue;
         };
-        s.port.sock.tx.submit(s.pending);
+        let Some(sock) = s.port.io.xsk_mut() else {
+            continue;
+        };
+        sock.tx.submit(s.pending);
         s.counters.tx += u64::from(s.pending_frames);
         s.pending = 0;
         s.pending_frames = 0;
-        if (s.port.sock.tx.needs_wakeup() || s.port.sock.mode == Mode::Copy)
-            && s.port.sock.kick_tx().is_err()
-        {
+        if (sock.tx.needs_wakeup() || sock.mode == Mode::Copy) && sock.kick_tx().is_err() {
             gone.push(t);
         }
     }
@@ -597,6 +663,12 @@ pub struct Worker {
     jumbo: Vec<Box<[u8]>>,
     /// Multi-buffer frames the free pool had too few frames to send.
     tx_no_frames: u64,
+    gso_undeliverable: u64,
+    /// Where a GSO packet from a vnet port is cut from (swapped with the batch buffer it
+    /// arrived in; the size of one).
+    seg_src: Box<[u8]>,
+    /// Where a GSO packet for a vnet port is cut into when the pipeline finished its checksum.
+    seg_out: Box<[u8]>,
 }
 
 /// The environment variable naming a file that, while it exists, stalls every worker at its
@@ -669,6 +741,9 @@ impl Worker {
                 .map(|_| vec![0u8; DEFAULT_HEADROOM + MAX_FRAME].into_boxed_slice())
                 .collect(),
             tx_no_frames: 0,
+            gso_undeliverable: 0,
+            seg_src: vec![0u8; DEFAULT_HEADROOM + MAX_FRAME].into_boxed_slice(),
+            seg_out: vec![0u8; MAX_VNET_FRAME].into_boxed_slice(),
         }
     }
 
@@ -682,16 +757,22 @@ impl Worker {
         let counters = PortCounters {
             name: port.name.clone(),
             ifindex: port.ifindex,
-            mode: port.sock.mode.name(),
+            mode: port.io.mode_name(),
             ..PortCounters::default()
         };
         let mtu = std::fs::read_to_string(format!("/sys/class/net/{}/mtu", port.name))
             .ok()
             .and_then(|m| m.trim().parse::<u32>().ok())
             .unwrap_or(0);
-        let tx_csum = port.sock.mode == Mode::Copy && self.fabric.umem.tx_metadata();
+        let xsk = port.io.xsk();
+        let tx_csum = xsk.is_some_and(|s| s.mode == Mode::Copy) && self.fabric.umem.tx_metadata();
+        let sg = xsk.is_some_and(|s| s.sg);
+        if xsk.is_none() {
+            // A vnet port sends a partial checksum on as it came (the virtio-net header).
+            self.pipeline.set_tx_checksum_offload(true);
+        }
         self.slots[i] = Some(Slot {
-            min_fill: if port.sock.sg { chain_floor(mtu) } else { 0 },
+            min_fill: if sg { chain_floor(mtu) } else { 0 },
             ifname: IfName::new(&port.name),
             port,
             filled: 0,
@@ -752,13 +833,16 @@ impl Worker {
             let Some(s) = self.slots[i as usize].as_mut() else {
                 continue;
             };
-            if s.port.sock.tx.used() == 0 {
+            let Some(sock) = s.port.io.xsk_mut() else {
+                continue;
+            };
+            if sock.tx.used() == 0 {
                 continue;
             }
-            let before = s.port.sock.tx.in_flight();
+            let before = sock.tx.in_flight();
             if before > 0 {
-                let _ = s.port.sock.kick_tx();
-                if s.port.sock.tx.in_flight() < before {
+                let _ = sock.kick_tx();
+                if sock.tx.in_flight() < before {
                     progress += 1;
                 }
             }
@@ -832,7 +916,7 @@ impl Worker {
                 self.slot_to_port[i] = Some(p);
             }
             self.pollfds.push(libc::pollfd {
-                fd: slot.port.sock.fd(),
+                fd: slot.port.io.fd(),
                 events: libc::POLLIN,
                 revents: 0,
             });
@@ -843,7 +927,17 @@ impl Worker {
             revents: 0,
         });
         let home = self.fabric.home_frames(usize::from(self.id)).len() as u32;
-        let others = self.active.iter().filter(|&&i| i != 0).count() as u32;
+        // (vnet ports have no fill ring: they take no share.)
+        let others = self
+            .active
+            .iter()
+            .filter(|&&i| i != 0)
+            .filter(|&&i| {
+                self.slots[usize::from(i)]
+                    .as_ref()
+                    .is_some_and(|s| s.port.io.xsk().is_some())
+            })
+            .count() as u32;
         self.home = home;
         (self.uplink_floor, self.floor) = fill::floors(home, others);
         // The pool as it will be once every ring has what it was promised (ports added
@@ -857,6 +951,9 @@ impl Worker {
         let mut free = (self.free.len() as u32).saturating_sub(promised);
         for (i, slot) in self.slots.iter_mut().enumerate() {
             let Some(slot) = slot else { continue };
+            if slot.port.io.xsk().is_none() {
+                continue;
+            }
             // Slot 0 is the uplink's.
             let floor = if i == 0 {
                 self.uplink_floor
@@ -949,7 +1046,7 @@ impl Worker {
                 if n > 0 {
                     if let Some(slot) = self.slots[i].as_mut() {
                         // What the kernel still has to receive into.
-                        let left = slot.port.sock.fill.in_flight();
+                        let left = slot.port.io.xsk_mut().map_or(0, |s| s.fill.in_flight());
                         let free = self.free.len() as u32;
                         slot.target = fill::grown(slot.target, left, free, self.home);
                     }
@@ -971,7 +1068,11 @@ impl Worker {
                 for k in 0..self.active.len() {
                     let i = self.active[k];
                     if let Some(s) = self.slots[i as usize].as_ref() {
-                        if s.port.sock.kick_tx().is_err() {
+                        let gone = match &s.port.io {
+                            PortIo::Xsk(sock) => sock.kick_tx().is_err(),
+                            PortIo::Vnet(_) => !xsk::ifindex_exists(s.port.ifindex),
+                        };
+                        if gone {
                             self.gone.push(i);
                         }
                     }
@@ -1044,7 +1145,10 @@ impl Worker {
             let Some(slot) = self.slots[i as usize].as_mut() else {
                 continue;
             };
-            let comp = &mut slot.port.sock.comp;
+            let Some(sock) = slot.port.io.xsk_mut() else {
+                continue;
+            };
+            let comp = &mut sock.comp;
             let n = comp.ready(xsk::RING_SIZE);
             for k in 0..n {
                 let addr = comp.read(k);
@@ -1071,6 +1175,9 @@ impl Worker {
     /// the last report (`fill`).
     fn decay_targets(&mut self) {
         for slot in self.slots.iter_mut().skip(1).flatten() {
+            if slot.port.io.xsk().is_none() {
+                continue;
+            }
             let rx = slot.rx_descs - slot.rx_mark;
             slot.target = fill::decayed(slot.target, rx, self.floor.max(slot.min_fill));
             slot.rx_mark = slot.rx_descs;
@@ -1102,7 +1209,10 @@ impl Worker {
         if want < (BATCH_SIZE as u32 / 2).min(target / 2) && slot.filled > 0 {
             return;
         }
-        let fill = &mut slot.port.sock.fill;
+        let Some(sock) = slot.port.io.xsk_mut() else {
+            return;
+        };
+        let fill = &mut sock.fill;
         let n = fill.free(want).min(free);
         for k in 0..n {
             let idx = self.free.pop().unwrap_or_default();
@@ -1113,7 +1223,7 @@ impl Worker {
             fill.submit(n);
             slot.filled += n;
             if fill.needs_wakeup() {
-                slot.port.sock.kick_rx();
+                sock.kick_rx();
             }
         }
     }
@@ -1162,6 +1272,47 @@ impl Worker {
                 }
                 continue;
             };
+            if let PortIo::Vnet(vs) = &dst.port.io {
+                // Gathered into the first batch buffer (no batch is being decided now) and
+                // sent as it is (the sender finished its checksum).
+                let buf = &mut self.jumbo[0];
+                let mut n = 0;
+                for &(f, o, l) in segs {
+                    // SAFETY: the frames came out of this worker's inbox, so they are this
+                    // worker's alone, in no ring; no other slice of them exists.
+                    #[allow(unsafe_code)]
+                    let src = unsafe { self.fabric.umem.frame(f) };
+                    buf[n..n + l].copy_from_slice(&src[o..o + l]);
+                    n += l;
+                }
+                match vnet_send(vs, &VnetHeader::default(), &buf[..n]) {
+                    Ok(()) => {
+                        dst.counters.tx += 1;
+                        let t = self.slot_taps[usize::from(h.slot)].tx;
+                        if t != 0 {
+                            let vxlan = self.snap.node.vxlan_port;
+                            self.wtaps.capture(
+                                t,
+                                now_ns(),
+                                dst.ifname,
+                                Point::Tx,
+                                &buf[..n],
+                                vxlan,
+                            );
+                        }
+                    }
+                    Err(e) => {
+                        e.count(&mut dst.counters);
+                        if e == VnetTxError::Gone {
+                            self.gone.push(h.slot);
+                        }
+                    }
+                }
+                for sg in segs {
+                    self.give_back(sg.0);
+                }
+                continue;
+            }
             if dst.enqueue_chain(h.slot, segs, false, tx_cap, &mut self.touched) {
                 for sg in segs {
                     self.owner[sg.0 as usize] = h.slot + 1;
@@ -1197,47 +1348,55 @@ impl Worker {
 
     /// Receives and decides up to one batch on slot `si`; returns the frames received.
     fn rx_batch(&mut self, si: usize) -> usize {
+        if self.slots[si]
+            .as_ref()
+            .is_some_and(|s| s.port.io.xsk().is_none())
+        {
+            return self.rx_vnet(si);
+        }
+        let mut frames = [0u32; BATCH_SIZE];
+        let mut descs = [(0usize, 0usize); BATCH_SIZE];
+        // Per packet: a multi-buffer frame, copied into `jumbo[k]`.
+        let mut chained = [false; BATCH_SIZE];
+        let (n, m) = self.take_xsk(si, &mut frames, &mut descs, &mut chained);
+        if m > 0 {
+            let mut gso = [VnetHeader::default(); BATCH_SIZE];
+            self.decide(si, m, &mut frames, &descs, &mut chained, &mut gso);
+        }
+        n as usize
+    }
+
+    /// Takes up to one batch of whole frames from AF_XDP slot `si`'s receive ring into
+    /// `frames`/`descs` (a multi-buffer frame copied into `jumbo[k]`, `chained[k]`); returns
+    /// the descriptors taken and the frames kept.
+    fn take_xsk(
+        &mut self,
+        si: usize,
+        frames: &mut [u32; BATCH_SIZE],
+        descs: &mut [(usize, usize); BATCH_SIZE],
+        chained: &mut [bool; BATCH_SIZE],
+    ) -> (u32, usize) {
         let Worker {
             fabric,
             slots,
             owner,
             free,
-            pipeline,
-            snap,
-            port_to_slot,
-            slot_to_port,
-            slot_worker,
-            slot_epoch,
-            outbox,
-            storage,
-            touched,
-            gone,
-            tx_cap,
-            tx_no_socket,
-            kernel_undeliverable,
-            handoff_full,
-            handed_off,
-            wtaps,
-            slot_taps,
-            before,
             jumbo,
-            tx_no_frames,
             ..
         } = self;
         let umem = &fabric.umem;
         let Some(slot) = slots[si].as_mut() else {
-            return 0;
+            return (0, 0);
         };
-        let rx = &mut slot.port.sock.rx;
+        let Some(sock) = slot.port.io.xsk_mut() else {
+            return (0, 0);
+        };
+        let rx = &mut sock.rx;
         let avail = rx.ready(xsk::RING_SIZE);
         if avail == 0 {
-            return 0;
+            return (0, 0);
         }
         let tag = si as u16 + 1;
-        let mut frames = [0u32; BATCH_SIZE];
-        let mut descs = [(0usize, 0usize); BATCH_SIZE];
-        // Per packet: a multi-buffer frame, copied into `jumbo[k]`.
-        let mut chained = [false; BATCH_SIZE];
         let mut m = 0;
         // Descriptors taken: whole frames only (the kernel publishes a chain at once; one
         // cut by `avail` would wait for the next round).
@@ -1284,12 +1443,64 @@ impl Worker {
         rx.release(n);
         slot.filled = slot.filled.saturating_sub(n);
         slot.rx_descs += u64::from(n);
+        (n, m)
+    }
+
+    /// Decides the `m` frames received on slot `si` as one batch and sends each where the
+    /// pipeline says: `frames[k]` is frame k's UMEM frame, holding it at `descs[k]` unless
+    /// `chained[k]` (its bytes are in `jumbo[k]` from [`DEFAULT_HEADROOM`]); `gso[k]` is the
+    /// virtio-net header of a GSO packet kept whole (a vnet port's; `gso_type` 0 otherwise).
+    fn decide(
+        &mut self,
+        si: usize,
+        m: usize,
+        frames: &mut [u32; BATCH_SIZE],
+        descs: &[(usize, usize); BATCH_SIZE],
+        chained: &mut [bool; BATCH_SIZE],
+        gso: &mut [VnetHeader; BATCH_SIZE],
+    ) {
+        let Worker {
+            fabric,
+            slots,
+            free,
+            owner,
+            pipeline,
+            snap,
+            port_to_slot,
+            slot_to_port,
+            slot_worker,
+            slot_epoch,
+            outbox,
+            storage,
+            touched,
+            gone,
+            tx_cap,
+            tx_no_socket,
+            kernel_undeliverable,
+            handoff_full,
+            handed_off,
+            wtaps,
+            slot_taps,
+            before,
+            jumbo,
+            tx_no_frames,
+            gso_undeliverable,
+            seg_out,
+            ..
+        } = self;
+        let umem = &fabric.umem;
+        let Some(slot) = slots[si].as_mut() else {
+            for &f in &frames[..m] {
+                free.push(f);
+            }
+            return;
+        };
         slot.counters.rx += m as u64;
         let rx_name = slot.ifname;
         let Some(port) = slot_to_port[si] else {
             slot.counters.rx_not_a_port += m as u64;
             free.extend_from_slice(&frames[..m]);
-            return n as usize;
+            return;
         };
 
         let mut pkts = recycle(std::mem::take(storage));
@@ -1308,9 +1519,9 @@ impl Worker {
                 }
             } else {
                 // SAFETY: frame `frames[k]` came out of this socket's rx ring with the owner
-                // tag of this slot, which was cleared above: it is in no ring, the kernel no
-                // longer writes it, and it appears once in `frames`; no other slice of it
-                // exists.
+                // tag of this slot, which was cleared (or, from a vnet port, out of this
+                // worker's free pool): it is in no ring, the kernel does not write it, and it
+                // appears once in `frames`; no other slice of it exists.
                 #[allow(unsafe_code)]
                 let b = unsafe { umem.frame(frames[k]) };
                 b
@@ -1322,6 +1533,7 @@ impl Worker {
                     pkts.push(p);
                     frames[kept] = frames[k];
                     chained[kept] = chained[k];
+                    gso[kept] = gso[k];
                     kept += 1;
                 }
                 None => {
@@ -1375,6 +1587,13 @@ impl Worker {
                         // (Pushed after the batch, once no slice of the frame is left here.)
                         let w = slot_worker.get(to as usize).copied().unwrap_or(NO_SLOT);
                         let pkt = &mut pkts[k];
+                        if gso[k].gso_type != 0 {
+                            // Kept whole for a vnet port of this worker, sent elsewhere.
+                            *gso_undeliverable += 1;
+                            free.push(idx);
+                            note(k, Outcome::Drop("gso_undeliverable"), None);
+                            continue;
+                        }
                         // (Its checksum is finished here: the other worker knows no more
                         // than the frame.)
                         pipeline.finish_tx_checksum(pkt);
@@ -1417,6 +1636,35 @@ impl Worker {
                         continue;
                     };
                     let pkt = &mut pkts[k];
+                    if let PortIo::Vnet(vs) = &dst.port.io {
+                        let sent = send_vnet(vs, pkt, gso[k], seg_out);
+                        free.push(idx);
+                        match sent {
+                            Ok(n) => {
+                                dst.counters.tx += n;
+                                let t = slot_taps[usize::from(to)].tx;
+                                if t != 0 {
+                                    wtaps.capture(t, ts, dst.ifname, Point::Tx, pkt.data(), vxlan);
+                                }
+                                note(k, Outcome::Forward(dst.ifname), Some(pkt.data()));
+                            }
+                            Err(e) => {
+                                let why = e.count(&mut dst.counters);
+                                if e == VnetTxError::Gone {
+                                    gone.push(to);
+                                }
+                                note(k, Outcome::Drop(why), None);
+                            }
+                        }
+                        continue;
+                    }
+                    if gso[k].gso_type != 0 {
+                        // Kept whole for a vnet port, sent to an AF_XDP one.
+                        *gso_undeliverable += 1;
+                        free.push(idx);
+                        note(k, Outcome::Drop("gso_undeliverable"), None);
+                        continue;
+                    }
                     // A checksum left for the port: in the transmit metadata where the port
                     // can finish it, else here.
                     let csum = pkt.tx_checksum().filter(|_| dst.tx_csum);
@@ -1515,7 +1763,144 @@ impl Worker {
             fabric.wake(w);
         }
         submit_touched(slots, touched, gone);
-        n as usize
+    }
+
+    /// Receives up to one batch of frames from vnet slot `si` (a GSO packet is one frame:
+    /// kept whole when it goes to a vnet pod of this worker, else cut into its segments here,
+    /// before the pipeline, as the kernel would cut it on the way out) and decides them, a
+    /// batch at a time; returns the frames received. A frame waits in the socket while the
+    /// free pool is empty.
+    fn rx_vnet(&mut self, si: usize) -> usize {
+        let mut frames = [0u32; BATCH_SIZE];
+        let mut descs = [(0usize, 0usize); BATCH_SIZE];
+        let mut chained = [false; BATCH_SIZE];
+        let mut gso = [VnetHeader::default(); BATCH_SIZE];
+        let node_ip = self.snap.node.ip;
+        let host_ready = self.snap.host().is_some_and(|h| {
+            self.port_to_slot
+                .get(h.port.0 as usize)
+                .is_some_and(|&s| s != NO_SLOT)
+        });
+        let mut src = std::mem::take(&mut self.seg_src);
+        let (mut m, mut got) = (0, 0);
+        while got < BATCH_SIZE && !self.free.is_empty() {
+            if m == BATCH_SIZE {
+                self.decide(si, m, &mut frames, &descs, &mut chained, &mut gso);
+                m = 0;
+            }
+            let mut hdr = [0u8; VNET_HDR_LEN];
+            let Some(PortIo::Vnet(vs)) = self.slots[si].as_ref().map(|s| &s.port.io) else {
+                break;
+            };
+            let buf = &mut self.jumbo[m][DEFAULT_HEADROOM..DEFAULT_HEADROOM + MAX_RX_FRAME];
+            let (len, cut) = match vs.recv_parts(&mut hdr, buf) {
+                Ok(Some(r)) => r,
+                Ok(None) => break,
+                Err(_) => {
+                    let gone = self.slots[si]
+                        .as_ref()
+                        .is_some_and(|s| !xsk::ifindex_exists(s.port.ifindex));
+                    if gone {
+                        self.gone.push(si as u16);
+                    }
+                    break;
+                }
+            };
+            got += 1;
+            let frame = &self.jumbo[m][DEFAULT_HEADROOM..DEFAULT_HEADROOM + len.min(MAX_RX_FRAME)];
+            let h = VnetHeader::parse(&hdr).unwrap_or_default();
+            let kernel = !cut && kernel_frame(frame, node_ip, host_ready);
+            let whole = h.gso_type == 0 || self.keeps_whole(frame);
+            let Some(c) = self.slots[si].as_mut().map(|s| &mut s.counters) else {
+                break;
+            };
+            if cut {
+                c.rx_too_long += 1;
+                continue;
+            }
+            if kernel {
+                c.rx_kernel += 1;
+                continue;
+            }
+            if h.gso_type != 0 {
+                c.rx_gso += 1;
+            }
+            if whole {
+                frames[m] = self.free.pop().unwrap_or_default();
+                descs[m] = (DEFAULT_HEADROOM, len);
+                chained[m] = true;
+                gso[m] = if h.gso_type != 0 {
+                    h
+                } else {
+                    VnetHeader::default()
+                };
+                m += 1;
+                continue;
+            }
+            // Cut from the spare buffer, so that the batch's buffers can take segments.
+            std::mem::swap(&mut self.jumbo[m], &mut src);
+            let frame = &src[DEFAULT_HEADROOM..DEFAULT_HEADROOM + len];
+            let segs = match GsoRequest::from_vnet(h.gso_type, h.gso_size) {
+                Ok(Some(req)) => Segments::new(frame, req),
+                _ => Err(GsoError::UnsupportedKind),
+            };
+            let Ok(segs) = segs else {
+                c.gso_refused += 1;
+                continue;
+            };
+            for i in 0..segs.count() {
+                if m == BATCH_SIZE {
+                    self.decide(si, m, &mut frames, &descs, &mut chained, &mut gso);
+                    m = 0;
+                }
+                let Some(f) = self.free.pop() else {
+                    self.tx_no_frames += 1;
+                    break;
+                };
+                let l = segs.len(i);
+                if DEFAULT_HEADROOM + l <= FRAME_SIZE {
+                    // SAFETY: `f` comes from this worker's free pool: in no ring, and no
+                    // other slice of it exists.
+                    #[allow(unsafe_code)]
+                    let b = unsafe { self.fabric.umem.frame(f) };
+                    segs.write(i, &mut b[DEFAULT_HEADROOM..]);
+                    chained[m] = false;
+                } else {
+                    segs.write(i, &mut self.jumbo[m][DEFAULT_HEADROOM..]);
+                    chained[m] = true;
+                }
+                frames[m] = f;
+                descs[m] = (DEFAULT_HEADROOM, l);
+                gso[m] = VnetHeader::default();
+                m += 1;
+            }
+        }
+        self.seg_src = src;
+        if m > 0 {
+            self.decide(si, m, &mut frames, &descs, &mut chained, &mut gso);
+        }
+        got
+    }
+
+    /// Whether a GSO packet from a vnet port goes whole: IPv4 to a local pod whose port is a
+    /// vnet port of this worker (anything else is cut before the pipeline).
+    fn keeps_whole(&self, frame: &[u8]) -> bool {
+        if frame.len() < 34 || frame[12..14] != [0x08, 0x00] {
+            return false;
+        }
+        let dst = std::net::Ipv4Addr::new(frame[30], frame[31], frame[32], frame[33]);
+        let Some(pod) = self.snap.pod_by_ip(dst) else {
+            return false;
+        };
+        let to = self
+            .port_to_slot
+            .get(pod.port.0 as usize)
+            .copied()
+            .unwrap_or(NO_SLOT);
+        self.slots
+            .get(usize::from(to))
+            .and_then(Option::as_ref)
+            .is_some_and(|s| s.port.io.xsk().is_none())
     }
 
     /// Publishes the report; `wait` blocks for the lock (only at exit).
@@ -1533,7 +1918,11 @@ impl Worker {
             let Some(s) = self.slots[i as usize].as_mut() else {
                 continue;
             };
-            s.counters.kernel = s.port.sock.kernel_stats();
+            match &s.port.io {
+                PortIo::Xsk(sock) => s.counters.kernel = sock.kernel_stats(),
+                // (The socket's counters reset on every read.)
+                PortIo::Vnet(v) => s.counters.kernel.rx_dropped += v.stats().drops,
+            }
             r.ports.push(s.counters.clone());
         }
         r.tx_no_socket = self.tx_no_socket;
@@ -1543,8 +1932,104 @@ impl Worker {
         r.handoff_full = self.handoff_full;
         r.handed_off = self.handed_off;
         r.tx_no_frames = self.tx_no_frames;
+        r.gso_undeliverable = self.gso_undeliverable;
         r.at = Some(Instant::now());
     }
+}
+
+/// Whether a frame a vnet port's socket saw is one the tc program passes to the node's
+/// stack (the same rule as the XDP program's for a pod port): an ARP reply, or IPv4 for the
+/// node's IP while no host port takes pod -> node traffic.
+fn kernel_frame(frame: &[u8], node_ip: std::net::Ipv4Addr, host_ready: bool) -> bool {
+    match frame.get(12..14) {
+        Some([0x08, 0x06]) => frame.get(20..22) == Some(&[0, 2]),
+        Some([0x08, 0x00]) => !host_ready && frame.get(30..34) == Some(&node_ip.octets()[..]),
+        _ => false,
+    }
+}
+
+/// Why a frame could not be sent on a vnet port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum VnetTxError {
+    /// The socket's send buffer is full (`tx_ring_full`).
+    Full,
+    /// The interface is gone (`tx_failed`; the port is closed).
+    Gone,
+    /// The kernel refused the frame (`tx_failed`).
+    Failed,
+    /// A GSO packet to cut that cannot be (`gso_refused`).
+    Refused,
+}
+
+impl VnetTxError {
+    /// Counts the drop on the port; returns its name.
+    fn count(self, c: &mut PortCounters) -> &'static str {
+        match self {
+            VnetTxError::Full => {
+                c.tx_ring_full += 1;
+                "tx_ring_full"
+            }
+            VnetTxError::Gone | VnetTxError::Failed => {
+                c.tx_failed += 1;
+                "tx_failed"
+            }
+            VnetTxError::Refused => {
+                c.gso_refused += 1;
+                "gso_refused"
+            }
+        }
+    }
+}
+
+/// Sends one frame with header `hdr` on a vnet port.
+fn vnet_send(vs: &VnetSocket, hdr: &VnetHeader, data: &[u8]) -> Result<(), VnetTxError> {
+    vs.send_parts(&hdr.bytes(), data)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::EAGAIN) | Some(libc::ENOBUFS) => VnetTxError::Full,
+            Some(libc::ENXIO) | Some(libc::ENODEV) => VnetTxError::Gone,
+            _ => VnetTxError::Failed,
+        })
+}
+
+/// Sends the pipeline's `pkt` on a vnet port: a checksum it left partial goes on partial
+/// (the receiving pod's stack takes it as verified, as on the kernel's own veth path); a
+/// GSO packet kept whole goes whole with its segmentation (`gso`), or, if the pipeline
+/// finished its checksum, cut into `scratch` segment by segment. Returns the frames sent.
+fn send_vnet(
+    vs: &VnetSocket,
+    pkt: &Packet<'_>,
+    gso: VnetHeader,
+    scratch: &mut [u8],
+) -> Result<u64, VnetTxError> {
+    let data = pkt.data();
+    let partial = |c: TxChecksum, base: VnetHeader| VnetHeader {
+        flags: NEEDS_CSUM,
+        csum_start: c.start,
+        csum_offset: c.offset,
+        ..base
+    };
+    let hdr = match (gso.gso_type, pkt.tx_checksum()) {
+        (0, None) => VnetHeader::default(),
+        (0, Some(c)) => partial(c, VnetHeader::default()),
+        (_, Some(c)) => partial(c, gso),
+        (_, None) => {
+            let req = match GsoRequest::from_vnet(gso.gso_type, gso.gso_size) {
+                Ok(Some(r)) => r,
+                _ => return Err(VnetTxError::Refused),
+            };
+            let segs = Segments::new(data, req).map_err(|_| VnetTxError::Refused)?;
+            if segs.max_len() > scratch.len() {
+                return Err(VnetTxError::Refused);
+            }
+            for i in 0..segs.count() {
+                let n = segs.write(i, scratch);
+                vnet_send(vs, &VnetHeader::default(), &scratch[..n])?;
+            }
+            return Ok(segs.count() as u64);
+        }
+    };
+    vnet_send(vs, &hdr, data)?;
+    Ok(1)
 }
 
 /// Now, in nanoseconds since the epoch (a vDSO clock read; taken once per batch, and only

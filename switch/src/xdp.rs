@@ -16,6 +16,9 @@
 //! [`Heartbeat`] it beats says for how long (the grace period), after which the program
 //! passes everything to the kernel. Without a pin directory a link detaches when the process
 //! exits, as before. [`cleanup`] removes every pin (detaching the links).
+//! Pod ports of the `vnet` kind carry the object's tc program instead ([`Hook::Tc`]): the
+//! same decision for the same maps, made at tcx ingress after the switch's packet socket
+//! has seen the frame; the same pins and heartbeat.
 //! Thread-safety: used by the daemon's control thread only; a [`Heartbeat`] is its own map
 //! handle, beaten from the housekeeping thread.
 
@@ -54,6 +57,35 @@ pub enum Role {
     Uplink = 0,
     /// A pod's host-side veth: everything but ARP replies and traffic for the node's IP.
     Pod = 1,
+}
+
+/// Which of the object's programs a port's link runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hook {
+    /// `nodeswitch_xdp` at XDP: frames for the switch are redirected into its AF_XDP socket.
+    Xdp,
+    /// `nodeswitch_tc` at tcx ingress (a `vnet` pod port): the switch's packet socket has
+    /// already seen the frame; what it serves is dropped before the node's stack.
+    Tc,
+}
+
+/// Attaches `prog` at tcx ingress of `ifindex` (libbpf-rs 0.25 has no wrapper for it).
+fn attach_tcx(prog: &libbpf_rs::ProgramMut<'_>, ifindex: u32) -> libbpf_rs::Result<Link> {
+    use libbpf_rs::AsRawLibbpf;
+    let raw = prog.as_libbpf_object();
+    // SAFETY: `raw` is the loaded program `prog` borrows (live for this call); NULL options
+    // are libbpf's defaults; the call returns a new link object or NULL with errno set.
+    #[allow(unsafe_code)]
+    let link = unsafe {
+        libbpf_sys::bpf_program__attach_tcx(raw.as_ptr(), ifindex as i32, std::ptr::null())
+    };
+    let Some(link) = std::ptr::NonNull::new(link) else {
+        return Err(libbpf_rs::Error::from(std::io::Error::last_os_error()));
+    };
+    // SAFETY: `link` is the live link object libbpf just returned; the Link owns it from
+    // here (destroys it on drop) and nothing else refers to it.
+    #[allow(unsafe_code)]
+    Ok(unsafe { Link::from_ptr(link) })
 }
 
 /// What the XDP program itself counted (summed over CPUs).
@@ -232,14 +264,20 @@ impl Xdp {
             .expect("the embedded object defines this map")
     }
 
-    /// Attaches the program to `ifindex` with a bpf_link (native mode where the driver has
-    /// it), or takes over the link a previous switchd pinned there (true); dropping the link
-    /// detaches it unless it is pinned ([`Xdp::detach`] does both).
-    pub fn attach(&self, ifindex: u32) -> Result<(Link, bool), XdpError> {
+    /// Attaches the program of `hook` to `ifindex` with a bpf_link (XDP: native mode where
+    /// the driver has it; tc: tcx ingress), or takes over the link a previous switchd pinned
+    /// there (true); dropping the link detaches it unless it is pinned ([`Xdp::detach`] does
+    /// both). A pinned link of the other hook (switchd restarted with another
+    /// `--pod-ports`) is replaced.
+    pub fn attach(&self, ifindex: u32, hook: Hook) -> Result<(Link, bool), XdpError> {
+        let name = match hook {
+            Hook::Xdp => "nodeswitch_xdp",
+            Hook::Tc => "nodeswitch_tc",
+        };
         let prog = self
             .obj
             .progs_mut()
-            .find(|p| p.name() == "nodeswitch_xdp")
+            .find(|p| p.name() == name)
             .expect("the embedded object defines this program");
         let pin = self
             .pins
@@ -251,12 +289,15 @@ impl Xdp {
                     return Ok((link, true));
                 }
             }
-            // A link that cannot be updated (its interface went away): a new one.
+            // A link that cannot be updated (its interface went away, or the other hook's):
+            // a new one.
             let _ = std::fs::remove_file(path);
         }
-        let mut link = prog
-            .attach_xdp(ifindex as i32)
-            .map_err(|e| err(attach_context(ifindex))(e))?;
+        let mut link = match hook {
+            Hook::Xdp => prog.attach_xdp(ifindex as i32),
+            Hook::Tc => attach_tcx(&prog, ifindex),
+        }
+        .map_err(|e| err(attach_context(ifindex))(e))?;
         if let Some(path) = pin {
             if let Err(e) = link.pin(&path) {
                 return Err(err(format!("pin the link of ifindex {ifindex}"))(e));
