@@ -283,11 +283,16 @@ impl Xdp {
             .pins
             .as_ref()
             .map(|d| d.join(format!("{LINK_PREFIX}{ifindex}")));
+        // The other hook's link (switchd restarted with another --pod-ports) stays attached
+        // until the new one is: no moment with neither (XDP runs before tc, and each drops
+        // what the switch serves while it restarts).
+        let mut stale = None;
         if let Some(path) = pin.as_ref().filter(|p| p.exists()) {
             if let Ok(mut link) = Link::open(path) {
                 if link.update_prog(&prog).is_ok() {
                     return Ok((link, true));
                 }
+                stale = Some(link);
             }
             // A link that cannot be updated (its interface went away, or the other hook's):
             // a new one.
@@ -302,6 +307,9 @@ impl Xdp {
             if let Err(e) = link.pin(&path) {
                 return Err(err(format!("pin the link of ifindex {ifindex}"))(e));
             }
+        }
+        if let Some(old) = stale {
+            let _ = old.detach();
         }
         Ok((link, false))
     }

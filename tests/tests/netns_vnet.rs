@@ -9,7 +9,8 @@
 #![allow(missing_docs)]
 mod common;
 
-use common::topo::{drops, skip_unless_root, state, Topo};
+use common::topo::{drops, root_dir, sh, skip_unless_root, state, Topo};
+use std::time::{Duration, Instant};
 
 /// The counter `key` of port `name` in a stats document.
 fn port(s: &serde_json::Value, name: &str, key: &str) -> u64 {
@@ -134,4 +135,169 @@ fn vnet_pod_ports_across_two_workers() {
     );
     assert_eq!(drops(&s), vec![], "node1 dropped nothing");
     assert_eq!(drops(&t.stats(2)), vec![], "node2 dropped nothing");
+}
+
+/// Sends `sig` to node1's switchd `i` and waits for it to exit.
+fn stop(t: &mut Topo, i: usize, sig: &str) {
+    let pid = t.daemons[i].child.id().to_string();
+    sh(&["kill", sig, &pid]);
+    let _ = t.daemons[i].child.wait();
+}
+
+/// RSTs in a capture file (tcpdump -r).
+fn resets(pcap: &std::path::Path) -> Vec<String> {
+    let o = std::process::Command::new("tcpdump")
+        .args(["-nn", "-r"])
+        .arg(pcap)
+        .output()
+        .expect("tcpdump");
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .filter(|l| l.contains("Flags [R"))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Streams through Services while node1's vnet switchd is killed, stopped, restarted in the
+/// other port mode and back, and a pod comes and goes by SIGHUP: no stream breaks or stalls
+/// for a second, no reset, the new pod is served at once and its port let go when it leaves.
+#[test]
+fn vnet_ports_survive_restarts_mode_changes_and_pods_coming_and_going() {
+    if skip_unless_root("the vnet namespace tests") {
+        return;
+    }
+    let mut t = Topo::up(["switch", "switch"]);
+    let base = std::fs::read_to_string(state(1)).expect("demo state")
+        + &std::fs::read_to_string(root_dir().join("tests/data/restart_services.toml"))
+            .expect("restart Services");
+    let live = t.dir.path().join("live.toml");
+    std::fs::write(&live, &base).expect("write state");
+    let s = root_dir()
+        .join("tests/tools/streams.py")
+        .display()
+        .to_string();
+    for host in ["b", "d"] {
+        t.spawn(host, &["python3", &s, "serve", "7000"]);
+        t.wait_listening(host, 7000);
+    }
+    t.serve("b", "tcp", 8080);
+    t.switchd(2, &state(2));
+    let vnet = ["--pod-ports", "vnet"];
+    let mut i = t.switchd_with(1, &live, &vnet);
+    let cap = t.dir.path().join("rst-a.pcap");
+    t.spawn(
+        "a",
+        &[
+            "tcpdump",
+            "-U",
+            "-nn",
+            "-i",
+            "eth0",
+            "-w",
+            cap.to_str().unwrap(),
+            "tcp[tcpflags] & tcp-rst != 0",
+        ],
+    );
+    std::thread::sleep(Duration::from_millis(1000));
+    let secs = 20;
+    let flows = [
+        ("tcp", "10.96.0.30", "80", "local ClusterIP"),
+        ("tcp", "10.96.0.31", "80", "remote ClusterIP"),
+        ("udp", "10.96.0.31", "53", "UDP ClusterIP"),
+    ];
+    let mut outs = Vec::new();
+    for (k, (proto, ip, port, _)) in flows.iter().enumerate() {
+        let out = t.dir.path().join(format!("stream{k}.json"));
+        let secs = secs.to_string();
+        t.spawn(
+            "a",
+            &["python3", &s, proto, ip, port, &secs, out.to_str().unwrap()],
+        );
+        outs.push(out);
+    }
+    std::thread::sleep(Duration::from_secs(2));
+
+    stop(&mut t, i, "-KILL");
+    i = t.switchd_with(1, &live, &vnet);
+    let log = std::fs::read_to_string(&t.daemons[i].log).unwrap();
+    assert!(log.contains("vnet mode, pod"), "{log}");
+    assert!(log.contains("link taken over"), "{log}");
+    std::thread::sleep(Duration::from_secs(2));
+
+    // To AF_XDP ports and back: the other hook's links are replaced, the new one first.
+    stop(&mut t, i, "-TERM");
+    i = t.switchd(1, &live);
+    assert_eq!(
+        t.xdp_attached("n1"),
+        4,
+        "XDP back on the uplink and the pods"
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    stop(&mut t, i, "-TERM");
+    i = t.switchd_with(1, &live, &vnet);
+    assert_eq!(t.xdp_attached("n1"), 1, "only the uplink keeps XDP");
+    std::thread::sleep(Duration::from_secs(1));
+
+    assert_eq!(
+        drops(&t.stats(1)),
+        vec![],
+        "node1 dropped nothing across restarts"
+    );
+
+    // A new pod, served at once; then gone again.
+    let pid = t.daemons[i].child.id().to_string();
+    let guard = t.add_pod_e();
+    let pod_e = "\n[[pods]]\nname = \"default/pod-e\"\nip = \"10.244.1.4\"\nmac = \"02:00:0a:f4:01:04\"\nport = \"veth-e\"\n";
+    std::fs::write(&live, base.clone() + pod_e).unwrap();
+    sh(&["kill", "-HUP", &pid]);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !t.ping("a", "10.244.1.4", &[]) {
+        assert!(Instant::now() < deadline, "pod-e unreachable after reload");
+    }
+    t.echo("e", "tcp", "10.244.1.3", 8080, 2_000_000);
+    std::fs::write(&live, &base).unwrap();
+    sh(&["kill", "-HUP", &pid]);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let log = std::fs::read_to_string(&t.daemons[i].log).unwrap();
+        if log.contains("removed [veth-e]") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "veth-e not removed: {log}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Its link is gone: the tc program no longer sees its frames (it would count them as
+    // an unknown port's).
+    let before = t.stats(1)["xdp"]["unknown_port"].as_u64().unwrap();
+    let _ = t.ping("e", "10.244.1.1", &["-c", "3"]);
+    let after = t.stats(1)["xdp"]["unknown_port"].as_u64().unwrap();
+    assert_eq!(before, after, "veth-e's tc link detached");
+    drop(guard);
+
+    let deadline = Instant::now() + Duration::from_secs(secs + 20);
+    while outs.iter().any(|o| !o.exists()) {
+        assert!(Instant::now() < deadline, "streams did not finish");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    for (out, (_, _, _, what)) in outs.iter().zip(&flows) {
+        let r: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out).unwrap()).unwrap();
+        assert!(r["error"].is_null(), "{what}: {r}");
+        let stall = r["max_stall"].as_f64().unwrap();
+        assert!(stall < 1.0, "{what}: stalled {stall} s: {r}");
+        assert!(
+            r["echoed"].as_u64().unwrap() > 500,
+            "{what}: the stream ran: {r}"
+        );
+    }
+    let rst = resets(&cap);
+    assert!(rst.is_empty(), "pod-a saw resets: {rst:#?}");
+    let s = t.stats(1);
+    assert_eq!(s["xdp"]["unserved"], 0, "no frame failed open");
+    // pod-e's own: its IPv6 autoconfiguration as it came up, a frame as it left.
+    let other: Vec<_> = drops(&s)
+        .into_iter()
+        .filter(|(k, _)| k != "ipv6_unsupported" && k != "no_such_pod")
+        .collect();
+    assert_eq!(other, vec![], "node1 dropped nothing else");
 }
