@@ -2002,34 +2002,42 @@ fn send_vnet(
     scratch: &mut [u8],
 ) -> Result<u64, VnetTxError> {
     let data = pkt.data();
+    if let Some(hdr) = tx_header(pkt.tx_checksum(), gso) {
+        vnet_send(vs, &hdr, data)?;
+        return Ok(1);
+    }
+    let req = match GsoRequest::from_vnet(gso.gso_type, gso.gso_size) {
+        Ok(Some(r)) => r,
+        _ => return Err(VnetTxError::Refused),
+    };
+    let segs = Segments::new(data, req).map_err(|_| VnetTxError::Refused)?;
+    if segs.max_len() > scratch.len() {
+        return Err(VnetTxError::Refused);
+    }
+    for i in 0..segs.count() {
+        let n = segs.write(i, scratch);
+        vnet_send(vs, &VnetHeader::default(), &scratch[..n])?;
+    }
+    Ok(segs.count() as u64)
+}
+
+/// The virtio-net header a frame for a vnet port goes with, given the checksum the pipeline
+/// left partial (`csum`) and the segmentation of a GSO packet kept whole (`gso`, `gso_type`
+/// 0 for none); `None` when it must be cut first (a GSO packet whose checksum the pipeline
+/// finished: segmentation offload needs it partial).
+fn tx_header(csum: Option<TxChecksum>, gso: VnetHeader) -> Option<VnetHeader> {
     let partial = |c: TxChecksum, base: VnetHeader| VnetHeader {
         flags: NEEDS_CSUM,
         csum_start: c.start,
         csum_offset: c.offset,
         ..base
     };
-    let hdr = match (gso.gso_type, pkt.tx_checksum()) {
-        (0, None) => VnetHeader::default(),
-        (0, Some(c)) => partial(c, VnetHeader::default()),
-        (_, Some(c)) => partial(c, gso),
-        (_, None) => {
-            let req = match GsoRequest::from_vnet(gso.gso_type, gso.gso_size) {
-                Ok(Some(r)) => r,
-                _ => return Err(VnetTxError::Refused),
-            };
-            let segs = Segments::new(data, req).map_err(|_| VnetTxError::Refused)?;
-            if segs.max_len() > scratch.len() {
-                return Err(VnetTxError::Refused);
-            }
-            for i in 0..segs.count() {
-                let n = segs.write(i, scratch);
-                vnet_send(vs, &VnetHeader::default(), &scratch[..n])?;
-            }
-            return Ok(segs.count() as u64);
-        }
-    };
-    vnet_send(vs, &hdr, data)?;
-    Ok(1)
+    match (gso.gso_type, csum) {
+        (0, None) => Some(VnetHeader::default()),
+        (0, Some(c)) => Some(partial(c, VnetHeader::default())),
+        (_, Some(c)) => Some(partial(c, gso)),
+        (_, None) => None,
+    }
 }
 
 /// Now, in nanoseconds since the epoch (a vDSO clock read; taken once per batch, and only
@@ -2158,6 +2166,70 @@ mod tests {
     }
 
     #[test]
+    fn a_vnet_frame_goes_with_the_header_its_checksum_and_segmentation_need() {
+        let tcp = TxChecksum {
+            start: 34,
+            offset: 16,
+        };
+        assert_eq!(
+            tx_header(None, VnetHeader::default()),
+            Some(VnetHeader::default())
+        );
+        let h = tx_header(Some(tcp), VnetHeader::default()).expect("a header");
+        assert_eq!((h.flags, h.csum_start, h.csum_offset), (NEEDS_CSUM, 34, 16));
+        assert_eq!((h.gso_type, h.gso_size), (0, 0));
+        let gso = VnetHeader {
+            gso_type: 1,
+            hdr_len: 66,
+            gso_size: 1448,
+            ..VnetHeader::default()
+        };
+        let h = tx_header(Some(tcp), gso).expect("a header");
+        assert_eq!(
+            h,
+            VnetHeader {
+                flags: NEEDS_CSUM,
+                gso_type: 1,
+                hdr_len: 66,
+                gso_size: 1448,
+                csum_start: 34,
+                csum_offset: 16
+            }
+        );
+        assert_eq!(
+            tx_header(None, gso),
+            None,
+            "a finished GSO packet is cut first"
+        );
+    }
+
+    #[test]
+    fn a_vnet_port_leaves_the_kernel_what_the_tc_program_passes() {
+        let node = std::net::Ipv4Addr::new(198, 18, 0, 1);
+        let mut arp = vec![0u8; 42];
+        arp[12..14].copy_from_slice(&[0x08, 0x06]);
+        arp[20..22].copy_from_slice(&[0, 2]);
+        assert!(kernel_frame(&arp, node, false), "an ARP reply");
+        arp[20..22].copy_from_slice(&[0, 1]);
+        assert!(
+            !kernel_frame(&arp, node, false),
+            "an ARP request is the switch's"
+        );
+        let mut ip = vec![0u8; 34];
+        ip[12..14].copy_from_slice(&[0x08, 0x00]);
+        ip[30..34].copy_from_slice(&node.octets());
+        assert!(kernel_frame(&ip, node, false), "IPv4 for the node");
+        assert!(
+            !kernel_frame(&ip, node, true),
+            "... unless the host port takes it"
+        );
+        ip[33] = 2;
+        assert!(!kernel_frame(&ip, node, false), "IPv4 for another address");
+        assert!(!kernel_frame(&ip[..20], node, false), "too short to tell");
+        assert!(!kernel_frame(&[], node, false));
+    }
+
+    #[test]
     fn a_reports_drops_name_every_reason_and_sum_its_ports() {
         let port = |full, gone| PortCounters {
             tx_ring_full: full,
@@ -2175,6 +2247,10 @@ mod tests {
             ..Default::default()
         };
         r.ports[1].rx_too_long = 7;
+        r.gso_undeliverable = 12;
+        r.ports[0].gso_refused = 13;
+        r.ports[1].tx_failed = 14;
+        r.ports[0].rx_kernel = 99;
         let d: std::collections::BTreeMap<_, _> = r.drops().into_iter().collect();
         assert_eq!(d["tx_no_socket"], 1);
         assert_eq!(d["handoff_full"], 2);
@@ -2182,6 +2258,13 @@ mod tests {
         assert_eq!(d["kernel_rx_dropped"], 10);
         assert_eq!(d["rx_too_long"], 7);
         assert_eq!(d["tx_no_frames"], 11);
-        assert_eq!(d.len(), 9, "nine reasons, none twice");
+        assert_eq!(d["gso_undeliverable"], 12);
+        assert_eq!(d["gso_refused"], 13);
+        assert_eq!(d["tx_failed"], 14);
+        assert!(
+            !d.values().any(|&n| n == 99),
+            "frames left to the kernel are no drop"
+        );
+        assert_eq!(d.len(), 12, "twelve reasons, none twice");
     }
 }
