@@ -12,6 +12,7 @@ pub mod cidr;
 pub mod conntrack;
 pub mod counters;
 pub mod egress;
+pub mod gro;
 pub mod gso;
 pub mod hash;
 pub mod maglev;

@@ -36,6 +36,7 @@ use crate::vnet::{VnetHeader, VnetSocket, MAX_VNET_FRAME, NEEDS_CSUM, VNET_HDR_L
 use crate::xsk::{self, KernelStats, Mode, Socket, Umem, FRAME_SIZE, MAX_TX_CHAIN, PKT_CONTD};
 use crossbeam_queue::ArrayQueue;
 use flowtable::counters::Counters;
+use flowtable::gro::{Coalescer, Push};
 use flowtable::gso::{GsoError, GsoRequest, Segments};
 use flowtable::packet::{Packet, PortId, TxChecksum, DEFAULT_HEADROOM};
 use flowtable::pipeline::{Pipeline, Verdict, BATCH_SIZE};
@@ -305,6 +306,11 @@ pub struct PortCounters {
     /// vnet ports: frames the kernel refused to send (longer than the interface's MTU, the
     /// interface down or gone): dropped.
     pub tx_failed: u64,
+    /// vnet ports: packets sent whole that the worker joined from several TCP segments of a
+    /// batch (`flowtable::gro`), and the segments they were made of.
+    pub tx_joined: u64,
+    /// See `tx_joined`.
+    pub tx_joined_segments: u64,
     /// The kernel's own counters for the socket.
     pub kernel: KernelStats,
 }
@@ -669,7 +675,13 @@ pub struct Worker {
     seg_src: Box<[u8]>,
     /// Where a GSO packet for a vnet port is cut into when the pipeline finished its checksum.
     seg_out: Box<[u8]>,
+    /// TCP packets being joined for vnet ports during a batch: the slot each is for
+    /// (`NO_SLOT`: free) and the packet. All are sent when the batch ends.
+    gro: Vec<(u16, Coalescer)>,
 }
+
+/// How many TCP packets a worker joins at once for its vnet ports (flows in one batch).
+const GRO_PACKETS: usize = 4;
 
 /// The environment variable naming a file that, while it exists, stalls every worker at its
 /// next report (no frames served, no report published): how tests make a worker lag.
@@ -744,6 +756,9 @@ impl Worker {
             gso_undeliverable: 0,
             seg_src: vec![0u8; DEFAULT_HEADROOM + MAX_FRAME].into_boxed_slice(),
             seg_out: vec![0u8; MAX_VNET_FRAME].into_boxed_slice(),
+            gro: (0..GRO_PACKETS)
+                .map(|_| (NO_SLOT, Coalescer::new()))
+                .collect(),
         }
     }
 
@@ -1486,6 +1501,7 @@ impl Worker {
             tx_no_frames,
             gso_undeliverable,
             seg_out,
+            gro,
             ..
         } = self;
         let umem = &fabric.umem;
@@ -1637,6 +1653,46 @@ impl Worker {
                     };
                     let pkt = &mut pkts[k];
                     if let PortIo::Vnet(vs) = &dst.port.io {
+                        // A TCP segment joins the packet of its flow being built for this port,
+                        // or starts one; whatever of that flow does not join sends it first.
+                        let (data, partial) = (pkt.data(), pkt.tx_checksum().is_some());
+                        let mut taken = false;
+                        for e in gro.iter_mut().filter(|e| e.0 == to) {
+                            if gso[k].gso_type == 0 && !taken {
+                                match e.1.push(data, partial) {
+                                    Push::Joined => {
+                                        taken = true;
+                                        continue;
+                                    }
+                                    Push::Complete => taken = true,
+                                    Push::Other if !e.1.same_flow(data) => continue,
+                                    Push::Other => {}
+                                }
+                            } else if !e.1.same_flow(data) {
+                                continue;
+                            }
+                            if flush_gro(vs, &mut e.1, &mut dst.counters) {
+                                gone.push(to);
+                            }
+                            e.0 = NO_SLOT;
+                        }
+                        if !taken && gso[k].gso_type == 0 {
+                            if let Some(e) = gro.iter_mut().find(|e| e.0 == NO_SLOT) {
+                                if e.1.start(data, partial) {
+                                    e.0 = to;
+                                    taken = true;
+                                }
+                            }
+                        }
+                        if taken {
+                            free.push(idx);
+                            let t = slot_taps[usize::from(to)].tx;
+                            if t != 0 {
+                                wtaps.capture(t, ts, dst.ifname, Point::Tx, data, vxlan);
+                            }
+                            note(k, Outcome::Forward(dst.ifname), Some(data));
+                            continue;
+                        }
                         let sent = send_vnet(vs, pkt, gso[k], seg_out);
                         free.push(idx);
                         match sent {
@@ -1738,6 +1794,24 @@ impl Worker {
             }
         }
         *storage = recycle(pkts);
+        // The joined packets go at the end of the batch.
+        for e in gro.iter_mut().filter(|e| e.0 != NO_SLOT) {
+            let to = std::mem::replace(&mut e.0, NO_SLOT);
+            match slots.get_mut(usize::from(to)).and_then(Option::as_mut) {
+                Some(d) => {
+                    if let PortIo::Vnet(vs) = &d.port.io {
+                        if flush_gro(vs, &mut e.1, &mut d.counters) {
+                            gone.push(to);
+                        }
+                    }
+                }
+                None => {
+                    if let Some(j) = e.1.finish() {
+                        *tx_no_socket += u64::from(j.segments);
+                    }
+                }
+            }
+        }
         if let Some(s) = slots[si].as_mut() {
             s.counters.bad_descriptors += slot_bad;
         }
@@ -1989,6 +2063,42 @@ fn vnet_send(vs: &VnetSocket, hdr: &VnetHeader, data: &[u8]) -> Result<(), VnetT
             Some(libc::ENXIO) | Some(libc::ENODEV) => VnetTxError::Gone,
             _ => VnetTxError::Failed,
         })
+}
+
+/// Sends the packet `c` holds (if any) on a vnet port: several segments as one GSO packet
+/// with a partial checksum, one as it came. Counts it on the port (a failure once per
+/// segment); true if the port turned out gone.
+fn flush_gro(vs: &VnetSocket, c: &mut Coalescer, counters: &mut PortCounters) -> bool {
+    let Some(j) = c.finish() else {
+        return false;
+    };
+    let mut hdr = VnetHeader::default();
+    if let Some((start, offset)) = j.partial {
+        hdr.flags = NEEDS_CSUM;
+        hdr.csum_start = start;
+        hdr.csum_offset = offset;
+    }
+    if j.segments > 1 {
+        hdr.gso_type = 1; // VIRTIO_NET_HDR_GSO_TCPV4
+        hdr.gso_size = j.gso_size;
+        hdr.hdr_len = j.hdr_len;
+    }
+    match vnet_send(vs, &hdr, j.frame) {
+        Ok(()) => {
+            counters.tx += 1;
+            if j.segments > 1 {
+                counters.tx_joined += 1;
+                counters.tx_joined_segments += u64::from(j.segments);
+            }
+            false
+        }
+        Err(e) => {
+            for _ in 0..j.segments {
+                e.count(counters);
+            }
+            e == VnetTxError::Gone
+        }
+    }
 }
 
 /// Sends the pipeline's `pkt` on a vnet port: a checksum it left partial goes on partial

@@ -101,6 +101,14 @@ fn every_path_through_vnet_pod_ports_keeps_the_pods_gso() {
         port(&s, "veth-b", "rx_gso") > 0,
         "pod-b's stack sent GSO packets: {s}"
     );
+    assert!(
+        port(&s, "veth-a", "tx_joined") > 0,
+        "segments from the overlay joined for pod-a: {s}"
+    );
+    assert!(
+        port(&s, "veth-a", "tx_joined_segments") > 2 * port(&s, "veth-a", "tx_joined"),
+        "several segments per joined packet: {s}"
+    );
     assert!(s["actions"]["encapsulated"].as_u64().unwrap() > 0);
     assert!(s["nat"]["dnat"].as_u64().unwrap() > 0);
     assert!(s["nat"]["reverse_nat"].as_u64().unwrap() > 0);
@@ -120,7 +128,7 @@ fn vnet_pod_ports_across_two_workers() {
     }
     let mut t = Topo::up(["switch", "switch"]);
     t.switchd_with(1, &state(1), &["--pod-ports", "vnet", "--cores", "0,1"]);
-    t.switchd(2, &state(2));
+    t.switchd_with(2, &state(2), &["--pod-ports", "vnet"]);
     for pod in ["b", "d"] {
         t.serve(pod, "tcp", 8080);
     }
