@@ -10,8 +10,8 @@
 //! (set up by the caller). `PACKET_QDISC_BYPASS` sends straight to the driver and
 //! `PACKET_IGNORE_OUTGOING` keeps a socket from receiving what is sent on its interface.
 //!
-//! The workers serve `vnet` pod ports (`switchd --pod-ports vnet`) with it, one `recvmsg`
-//! and one `sendmsg` per frame (a GSO packet is one frame); `examples/vnet_port.rs` is the
+//! The workers serve `vnet` pod ports (`switchd --pod-ports vnet`) with it, one `recvmmsg`
+//! per up to [`RECV_BATCH`] frames and one `sendmsg` per frame (a GSO packet is one frame); `examples/vnet_port.rs` is the
 //! bare forwarder `bench/vnet-proto` measures. Thread-safety: a [`VnetSocket`] is a file descriptor; `Send`, used by one thread.
 #![allow(unsafe_code)]
 
@@ -58,6 +58,9 @@ impl VnetHeader {
         })
     }
 }
+
+/// Most frames one [`VnetSocket::recv_many`] takes.
+pub const RECV_BATCH: usize = 16;
 
 /// `VIRTIO_NET_HDR_F_NEEDS_CSUM`: the frame's checksum at `csum_start + csum_offset` holds
 /// the pseudo-header sum only; the receiver (or the device) finishes it.
@@ -217,41 +220,66 @@ impl VnetSocket {
         Ok(Some(r as usize))
     }
 
-    /// Receives one frame without waiting: its header into `hdr`, its bytes into `buf`.
-    /// `None` when none waits; else the frame's length and whether it was longer than `buf`
-    /// (then cut).
-    pub fn recv_parts(
+    /// Receives up to [`RECV_BATCH`] frames in one call, without waiting: frame `i`'s header
+    /// into `hdrs[i]`, its bytes into `bufs[i][at..]`, its length and whether it was cut
+    /// (longer than that room) into `out[i]`. Returns how many (0 when none waits).
+    pub fn recv_many(
         &self,
-        hdr: &mut [u8; VNET_HDR_LEN],
-        buf: &mut [u8],
-    ) -> io::Result<Option<(usize, bool)>> {
-        let mut iov = [
-            libc::iovec {
-                iov_base: hdr.as_mut_ptr().cast(),
-                iov_len: VNET_HDR_LEN,
-            },
-            libc::iovec {
-                iov_base: buf.as_mut_ptr().cast(),
-                iov_len: buf.len(),
-            },
-        ];
-        // SAFETY: an all-zero msghdr is valid (no name, no control).
-        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-        msg.msg_iov = iov.as_mut_ptr();
-        msg.msg_iovlen = iov.len();
-        // SAFETY: `msg` points at two live, writable iovecs of the lengths given, which
-        // outlive the call; MSG_TRUNC makes the kernel return the frame's real length.
-        let r = unsafe { libc::recvmsg(self.fd(), &mut msg, libc::MSG_DONTWAIT | libc::MSG_TRUNC) };
+        hdrs: &mut [[u8; VNET_HDR_LEN]],
+        bufs: &mut [Box<[u8]>],
+        at: usize,
+        out: &mut [(usize, bool)],
+    ) -> io::Result<usize> {
+        let n = hdrs.len().min(bufs.len()).min(out.len()).min(RECV_BATCH);
+        // SAFETY: all-zero iovecs and mmsghdrs are valid (null, empty).
+        let mut iov: [[libc::iovec; 2]; RECV_BATCH] = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
+        let mut msgs: [libc::mmsghdr; RECV_BATCH] = unsafe { std::mem::zeroed() };
+        let mut room = [0usize; RECV_BATCH];
+        for i in 0..n {
+            let b = bufs[i].get_mut(at..).unwrap_or_default();
+            room[i] = b.len();
+            iov[i] = [
+                libc::iovec {
+                    iov_base: hdrs[i].as_mut_ptr().cast(),
+                    iov_len: VNET_HDR_LEN,
+                },
+                libc::iovec {
+                    iov_base: b.as_mut_ptr().cast(),
+                    iov_len: b.len(),
+                },
+            ];
+            msgs[i].msg_hdr.msg_iov = iov[i].as_mut_ptr();
+            msgs[i].msg_hdr.msg_iovlen = 2;
+        }
+        if n == 0 {
+            return Ok(0);
+        }
+        // SAFETY: `msgs[..n]` point at live iovecs over `hdrs` and `bufs`, writable for the
+        // lengths given and borrowed mutably for the call; no timeout pointer.
+        let r = unsafe {
+            libc::recvmmsg(
+                self.fd(),
+                msgs.as_mut_ptr(),
+                n as u32,
+                libc::MSG_DONTWAIT | libc::MSG_TRUNC,
+                std::ptr::null_mut(),
+            )
+        };
         if r < 0 {
             let e = io::Error::last_os_error();
             return match e.raw_os_error() {
-                Some(libc::EAGAIN) | Some(libc::EINTR) => Ok(None),
+                Some(libc::EAGAIN) | Some(libc::EINTR) => Ok(0),
                 _ => Err(e),
             };
         }
-        let total = r as usize;
-        let len = total.saturating_sub(VNET_HDR_LEN);
-        Ok(Some((len, len > buf.len())))
+        let r = (r as usize).min(n);
+        for i in 0..r {
+            let len = (msgs[i].msg_len as usize).saturating_sub(VNET_HDR_LEN);
+            let cut = msgs[i].msg_hdr.msg_flags & libc::MSG_TRUNC != 0 || len > room[i];
+            out[i] = (len, cut);
+        }
+        Ok(r)
     }
 
     /// Sends one frame: `hdr` then `data`, without waiting (a full send buffer is an error,

@@ -16,6 +16,18 @@
 //! syscall except the transmit wakeup and, in `wakeup` mode, `sched_yield` while it waits a
 //! moment for more and `poll` when idle.
 //!
+//! A vnet pod port (`--pod-ports vnet`, [`PortIo::Vnet`]) has no rings: its frames are read
+//! with `recvmmsg` from a packet socket (buffers that trade places with the batch buffers), with a free UMEM frame as
+//! each one's identity (so that every later path, a handoff or a transmit chain, is the
+//! AF_XDP one), up to a batch per round. A GSO packet (up to 64 KB, one frame) goes to the
+//! pipeline whole when it is IPv4 to a vnet pod of this worker, and is otherwise cut into its
+//! segments first (`flowtable::gso`), as the kernel would cut it on the way out. What the
+//! pipeline sends to a vnet port goes out with `sendmsg` and a virtio-net header: a partial
+//! checksum stays partial, a GSO packet goes whole; TCP segments for it are joined first, up
+//! to `GRO_PACKETS` packets of up to 64 KB per batch (`flowtable::gro`), and sent when the
+//! batch ends. Frames the tc program leaves to the node's stack (ARP replies, IPv4 for the
+//! node) are seen by the socket too and ignored (`rx_kernel`).
+//!
 //! Every frame is in exactly one place, tracked per frame in `owner`: the free pool, user space
 //! (during a batch), or the rings of one socket. A removed port's frames come back to the pool
 //! once its socket is closed; a descriptor the kernel hands back that does not match the
@@ -32,7 +44,7 @@
 //! under a mutex that the control thread only reads (`try_lock`: the worker never waits).
 
 use crate::fill;
-use crate::vnet::{VnetHeader, VnetSocket, MAX_VNET_FRAME, NEEDS_CSUM, VNET_HDR_LEN};
+use crate::vnet::{VnetHeader, VnetSocket, MAX_VNET_FRAME, NEEDS_CSUM, RECV_BATCH, VNET_HDR_LEN};
 use crate::xsk::{self, KernelStats, Mode, Socket, Umem, FRAME_SIZE, MAX_TX_CHAIN, PKT_CONTD};
 use crossbeam_queue::ArrayQueue;
 use flowtable::counters::Counters;
@@ -224,6 +236,9 @@ pub struct Port {
 }
 
 /// A port's socket.
+// (One per port, never moved on the packet path: boxing the larger variant would add an
+// indirection to every ring access.)
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum PortIo {
     /// An AF_XDP socket bound on the shared UMEM.
@@ -670,9 +685,8 @@ pub struct Worker {
     /// Multi-buffer frames the free pool had too few frames to send.
     tx_no_frames: u64,
     gso_undeliverable: u64,
-    /// Where a GSO packet from a vnet port is cut from (swapped with the batch buffer it
-    /// arrived in; the size of one).
-    seg_src: Box<[u8]>,
+    /// Where a vnet port's frames are received (each the size of a batch buffer).
+    vrx: Vec<Box<[u8]>>,
     /// Where a GSO packet for a vnet port is cut into when the pipeline finished its checksum.
     seg_out: Box<[u8]>,
     /// TCP packets being joined for vnet ports during a batch: the slot each is for
@@ -754,7 +768,9 @@ impl Worker {
                 .collect(),
             tx_no_frames: 0,
             gso_undeliverable: 0,
-            seg_src: vec![0u8; DEFAULT_HEADROOM + MAX_FRAME].into_boxed_slice(),
+            vrx: (0..RECV_BATCH)
+                .map(|_| vec![0u8; DEFAULT_HEADROOM + MAX_FRAME].into_boxed_slice())
+                .collect(),
             seg_out: vec![0u8; MAX_VNET_FRAME].into_boxed_slice(),
             gro: (0..GRO_PACKETS)
                 .map(|_| (NO_SLOT, Coalescer::new()))
@@ -1855,21 +1871,25 @@ impl Worker {
                 .get(h.port.0 as usize)
                 .is_some_and(|&s| s != NO_SLOT)
         });
-        let mut src = std::mem::take(&mut self.seg_src);
+        // Received into buffers of their own (a batch buffer's size): a frame that goes
+        // whole trades places with the batch buffer it becomes, one to cut is cut from there.
+        let mut vrx = std::mem::take(&mut self.vrx);
+        let mut hdrs = [[0u8; VNET_HDR_LEN]; RECV_BATCH];
+        let mut lens = [(0usize, false); RECV_BATCH];
         let (mut m, mut got) = (0, 0);
-        while got < BATCH_SIZE && !self.free.is_empty() {
-            if m == BATCH_SIZE {
-                self.decide(si, m, &mut frames, &descs, &mut chained, &mut gso);
-                m = 0;
-            }
-            let mut hdr = [0u8; VNET_HDR_LEN];
+        'recv: while got < BATCH_SIZE {
+            let want = RECV_BATCH
+                .min(BATCH_SIZE - got)
+                .min(self.free.len())
+                .min(vrx.len());
             let Some(PortIo::Vnet(vs)) = self.slots[si].as_ref().map(|s| &s.port.io) else {
                 break;
             };
-            let buf = &mut self.jumbo[m][DEFAULT_HEADROOM..DEFAULT_HEADROOM + MAX_RX_FRAME];
-            let (len, cut) = match vs.recv_parts(&mut hdr, buf) {
-                Ok(Some(r)) => r,
-                Ok(None) => break,
+            if want == 0 {
+                break;
+            }
+            let r = match vs.recv_many(&mut hdrs, &mut vrx[..want], DEFAULT_HEADROOM, &mut lens) {
+                Ok(r) => r,
                 Err(_) => {
                     let gone = self.slots[si]
                         .as_ref()
@@ -1880,76 +1900,86 @@ impl Worker {
                     break;
                 }
             };
-            got += 1;
-            let frame = &self.jumbo[m][DEFAULT_HEADROOM..DEFAULT_HEADROOM + len.min(MAX_RX_FRAME)];
-            let h = VnetHeader::parse(&hdr).unwrap_or_default();
-            let kernel = !cut && kernel_frame(frame, node_ip, host_ready);
-            let whole = h.gso_type == 0 || self.keeps_whole(frame);
-            let Some(c) = self.slots[si].as_mut().map(|s| &mut s.counters) else {
-                break;
-            };
-            if cut {
-                c.rx_too_long += 1;
-                continue;
-            }
-            if kernel {
-                c.rx_kernel += 1;
-                continue;
-            }
-            if h.gso_type != 0 {
-                c.rx_gso += 1;
-            }
-            if whole {
-                frames[m] = self.free.pop().unwrap_or_default();
-                descs[m] = (DEFAULT_HEADROOM, len);
-                chained[m] = true;
-                gso[m] = if h.gso_type != 0 {
-                    h
-                } else {
-                    VnetHeader::default()
-                };
-                m += 1;
-                continue;
-            }
-            // Cut from the spare buffer, so that the batch's buffers can take segments.
-            std::mem::swap(&mut self.jumbo[m], &mut src);
-            let frame = &src[DEFAULT_HEADROOM..DEFAULT_HEADROOM + len];
-            let segs = match GsoRequest::from_vnet(h.gso_type, h.gso_size) {
-                Ok(Some(req)) => Segments::new(frame, req),
-                _ => Err(GsoError::UnsupportedKind),
-            };
-            let Ok(segs) = segs else {
-                c.gso_refused += 1;
-                continue;
-            };
-            for i in 0..segs.count() {
+            for j in 0..r {
+                got += 1;
                 if m == BATCH_SIZE {
                     self.decide(si, m, &mut frames, &descs, &mut chained, &mut gso);
                     m = 0;
                 }
-                let Some(f) = self.free.pop() else {
-                    self.tx_no_frames += 1;
-                    break;
+                let (len, cut) = lens[j];
+                let cut = cut || len > MAX_RX_FRAME;
+                let frame = &vrx[j][DEFAULT_HEADROOM..DEFAULT_HEADROOM + len.min(MAX_RX_FRAME)];
+                let h = VnetHeader::parse(&hdrs[j]).unwrap_or_default();
+                let kernel = !cut && kernel_frame(frame, node_ip, host_ready);
+                let whole = h.gso_type == 0 || self.keeps_whole(frame);
+                let Some(c) = self.slots[si].as_mut().map(|s| &mut s.counters) else {
+                    break 'recv;
                 };
-                let l = segs.len(i);
-                if DEFAULT_HEADROOM + l <= FRAME_SIZE {
-                    // SAFETY: `f` comes from this worker's free pool: in no ring, and no
-                    // other slice of it exists.
-                    #[allow(unsafe_code)]
-                    let b = unsafe { self.fabric.umem.frame(f) };
-                    segs.write(i, &mut b[DEFAULT_HEADROOM..]);
-                    chained[m] = false;
-                } else {
-                    segs.write(i, &mut self.jumbo[m][DEFAULT_HEADROOM..]);
-                    chained[m] = true;
+                if cut {
+                    c.rx_too_long += 1;
+                    continue;
                 }
-                frames[m] = f;
-                descs[m] = (DEFAULT_HEADROOM, l);
-                gso[m] = VnetHeader::default();
-                m += 1;
+                if kernel {
+                    c.rx_kernel += 1;
+                    continue;
+                }
+                if h.gso_type != 0 {
+                    c.rx_gso += 1;
+                }
+                if whole {
+                    std::mem::swap(&mut self.jumbo[m], &mut vrx[j]);
+                    frames[m] = self.free.pop().unwrap_or_default();
+                    descs[m] = (DEFAULT_HEADROOM, len);
+                    chained[m] = true;
+                    gso[m] = if h.gso_type != 0 {
+                        h
+                    } else {
+                        VnetHeader::default()
+                    };
+                    m += 1;
+                    continue;
+                }
+                let frame = &vrx[j][DEFAULT_HEADROOM..DEFAULT_HEADROOM + len];
+                let segs = match GsoRequest::from_vnet(h.gso_type, h.gso_size) {
+                    Ok(Some(req)) => Segments::new(frame, req),
+                    _ => Err(GsoError::UnsupportedKind),
+                };
+                let Ok(segs) = segs else {
+                    c.gso_refused += 1;
+                    continue;
+                };
+                for i in 0..segs.count() {
+                    if m == BATCH_SIZE {
+                        self.decide(si, m, &mut frames, &descs, &mut chained, &mut gso);
+                        m = 0;
+                    }
+                    let Some(f) = self.free.pop() else {
+                        self.tx_no_frames += 1;
+                        break;
+                    };
+                    let l = segs.len(i);
+                    if DEFAULT_HEADROOM + l <= FRAME_SIZE {
+                        // SAFETY: `f` comes from this worker's free pool: in no ring, and no
+                        // other slice of it exists.
+                        #[allow(unsafe_code)]
+                        let b = unsafe { self.fabric.umem.frame(f) };
+                        segs.write(i, &mut b[DEFAULT_HEADROOM..]);
+                        chained[m] = false;
+                    } else {
+                        segs.write(i, &mut self.jumbo[m][DEFAULT_HEADROOM..]);
+                        chained[m] = true;
+                    }
+                    frames[m] = f;
+                    descs[m] = (DEFAULT_HEADROOM, l);
+                    gso[m] = VnetHeader::default();
+                    m += 1;
+                }
+            }
+            if r < want {
+                break; // the socket is drained
             }
         }
-        self.seg_src = src;
+        self.vrx = vrx;
         if m > 0 {
             self.decide(si, m, &mut frames, &descs, &mut chained, &mut gso);
         }
