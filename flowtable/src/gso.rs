@@ -68,7 +68,15 @@ pub enum GsoError {
     /// A segment size of zero.
     #[error("segment size 0")]
     ZeroSize,
+    /// More than [`MAX_SEGMENTS`] segments (a segment size no sender uses, which would
+    /// multiply one packet's headers by thousands).
+    #[error("more than {MAX_SEGMENTS} segments")]
+    TooManySegments,
 }
+
+/// The most segments one packet is cut into: what a 64 KB packet makes at the smallest TCP
+/// segment Linux sends (48 bytes of payload, `tcp_min_snd_mss`).
+pub const MAX_SEGMENTS: usize = 1_400;
 
 /// A validated GSO frame and how it divides; [`write`](Self::write) builds each segment.
 #[derive(Debug, Clone, Copy)]
@@ -117,14 +125,18 @@ impl<'a> Segments<'a> {
         if payload > end {
             return Err(Bad);
         }
-        Ok(Segments {
+        let s = Segments {
             frame,
             kind: req.kind,
             l4,
             payload,
             end,
             size: usize::from(req.size),
-        })
+        };
+        if s.count() > MAX_SEGMENTS {
+            return Err(GsoError::TooManySegments);
+        }
+        Ok(s)
     }
 
     /// Number of segments (at least one: a packet without payload is one segment).

@@ -197,6 +197,15 @@ fn what_is_not_segmented_is_refused() {
     );
     let zero = GsoRequest { size: 0, ..tcp };
     assert_eq!(Segments::new(&frame, zero).err(), Some(GsoError::ZeroSize));
+    let big = tcp_frame(&payload(60_000), ACK, 1);
+    let tiny = GsoRequest { size: 1, ..tcp };
+    assert_eq!(
+        Segments::new(&big, tiny).err(),
+        Some(GsoError::TooManySegments),
+        "60,000 one-byte segments"
+    );
+    let smallest = GsoRequest { size: 48, ..tcp };
+    assert!(Segments::new(&big, smallest).is_ok(), "TCP's smallest MSS");
     assert_eq!(GsoRequest::from_vnet(0, 1448), Ok(None));
     assert_eq!(GsoRequest::from_vnet(0x81, 1448), Ok(Some(tcp)));
     for legacy_or_v6 in [3, 4, 0x84] {
@@ -211,7 +220,7 @@ proptest! {
     #[test]
     fn segments_reassemble_with_valid_checksums(
         len in 0usize..9000,
-        size in 1u16..3000,
+        size in 8u16..3000,
         flags in any::<u8>(),
         id in any::<u16>(),
         udp in any::<bool>(),
