@@ -207,6 +207,18 @@ fn cleanup(dirs: &Dirs, node: Option<&str>) -> Result<(), String> {
                 .unwrap_or_default(),
         }
     };
+    // A node whose switchd runs is refused before anything is touched (its links, pinned
+    // beside the others, would otherwise be detached under it).
+    if let Some(d) = nodes(&dirs.run_dir)
+        .into_iter()
+        .find(|d| switch::shm::held(d))
+    {
+        return Err(format!(
+            "{}: a running switchd holds this node's conntrack region (stop it first, or name \
+             another node with --node); nothing was removed",
+            d.display()
+        ));
+    }
     let mut removed = 0;
     for d in nodes(&dirs.bpf_dir) {
         let gone = switch::xdp::cleanup(&d).map_err(|e| format!("{}: {e}", d.display()))?;

@@ -124,6 +124,16 @@ pub fn remove(dir: &Path) -> Result<bool, ShmError> {
     Ok(true)
 }
 
+/// Whether a running switchd holds the conntrack region in `dir` (its lock is taken).
+pub fn held(dir: &Path) -> bool {
+    let path = dir.join(REGION_FILE);
+    let Ok(file) = OpenOptions::new().read(true).write(true).open(path) else {
+        return false;
+    };
+    // (Taken and, as the file closes, released at once when free.)
+    try_lock(&file).is_err()
+}
+
 fn try_lock(file: &File) -> io::Result<()> {
     // SAFETY: flock on a descriptor this function borrows; no memory is involved.
     let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };

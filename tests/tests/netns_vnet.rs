@@ -9,7 +9,7 @@
 #![allow(missing_docs)]
 mod common;
 
-use common::topo::{drops, root_dir, sh, skip_unless_root, state, Topo};
+use common::topo::{drops, root_dir, sh, skip_unless_root, state, switchd_bin, Topo};
 use std::time::{Duration, Instant};
 
 /// The counter `key` of port `name` in a stats document.
@@ -308,4 +308,35 @@ fn vnet_ports_survive_restarts_mode_changes_and_pods_coming_and_going() {
         .filter(|(k, _)| k != "ipv6_unsupported" && k != "no_such_pod")
         .collect();
     assert_eq!(other, vec![], "node1 dropped nothing else");
+
+    // Uninstall node1: every link, the pods' tc links too, detached and unpinned. Asked for
+    // every node while node2's switchd runs, it refuses before touching anything.
+    stop(&mut t, i, "-KILL");
+    let pinned = t.persisted();
+    let mut all = vec![switchd_bin().display().to_string(), "cleanup".to_string()];
+    all.extend(t.persist_args());
+    let all: Vec<&str> = all.iter().map(String::as_str).collect();
+    let o = t.run("n1", &all);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success(),
+        "cleanup of every node while node2 runs"
+    );
+    assert!(err.contains("nothing was removed"), "{err}");
+    assert_eq!(t.persisted(), pinned, "nothing removed");
+    assert!(t.ping("c", "10.244.2.3", &[]), "node2 still forwards");
+    let mut one = all.clone();
+    one.extend(["--node", "node1"]);
+    let out = t.ok("n1", &one);
+    assert_eq!(out.matches("removed link on ifindex").count(), 4, "{out}");
+    assert!(
+        t.persisted().iter().all(|p| !p.contains("node1")),
+        "nothing of node1 left: {:?}",
+        t.persisted()
+    );
+    assert!(
+        t.persisted().iter().any(|p| p.contains("node2")),
+        "node2's pins kept"
+    );
+    assert_eq!(t.xdp_attached("n1"), 0);
 }
