@@ -56,9 +56,12 @@ fn cut(p: &[u8], mss: u16) -> Vec<Vec<u8>> {
         .collect()
 }
 
-/// Joins `segs` in order; returns the packets handed over (frame, segments).
-fn join(segs: &[Vec<u8>]) -> Vec<(Vec<u8>, u16, Option<(u16, u16)>)> {
-    fn take(c: &mut Coalescer, out: &mut Vec<(Vec<u8>, u16, Option<(u16, u16)>)>) {
+/// A packet handed over: its frame, its segments (0: sent alone), where it is partial.
+type Out = (Vec<u8>, u16, Option<(u16, u16)>);
+
+/// Joins `segs` in order; returns the packets handed over.
+fn join(segs: &[Vec<u8>]) -> Vec<Out> {
+    fn take(c: &mut Coalescer, out: &mut Vec<Out>) {
         if let Some(j) = c.finish() {
             out.push((j.frame.to_vec(), j.segments, j.partial));
         }
