@@ -166,6 +166,25 @@ static __always_inline int count(__u32 what, int action)
 	return action;
 }
 
+/* A pod port's frame that is the node's own (the one rule both programs apply): an ARP
+ * reply (the kernel's neighbour resolution towards its pods) and, unless the node has a
+ * host port, IPv4 addressed to the node's IP. `eth + 1 <= end` is the caller's. */
+static __always_inline int pod_frame_is_the_nodes(struct ethhdr *eth, void *end,
+						  struct node_cfg *n)
+{
+	if (eth->h_proto == bpf_htons(ETH_P_ARP)) {
+		/* ARP header: htype(2) ptype(2) hlen(1) plen(1) op(2) */
+		__u16 *op = (void *)(eth + 1) + 6;
+		return (void *)(op + 1) <= end && *op == bpf_htons(2);
+	}
+	if (eth->h_proto == bpf_htons(ETH_P_IP)) {
+		struct iphdr *ip = (void *)(eth + 1);
+		return (void *)(ip + 1) <= end && ip->daddr == n->ip &&
+		       !(n->flags & NODE_HAS_HOST_PORT);
+	}
+	return 0;
+}
+
 static __always_inline int to_switch(struct port_cfg *cfg)
 {
 	/* No socket in the slot: dropped (the heartbeat is fresh, checked before). */
@@ -205,19 +224,8 @@ int nodeswitch_xdp(struct xdp_md *ctx)
 		return cfg->role == ROLE_POD ? to_switch(cfg) : count(STAT_PASSED, XDP_PASS);
 
 	if (cfg->role == ROLE_POD) {
-		if (eth->h_proto == bpf_htons(ETH_P_ARP)) {
-			/* ARP header: htype(2) ptype(2) hlen(1) plen(1) op(2) */
-			__u16 *op = (void *)(eth + 1) + 6;
-			if ((void *)(op + 1) <= end && *op == bpf_htons(2))
-				return count(STAT_PASSED, XDP_PASS);
-			return to_switch(cfg);
-		}
-		if (eth->h_proto == bpf_htons(ETH_P_IP)) {
-			struct iphdr *ip = (void *)(eth + 1);
-			if ((void *)(ip + 1) <= end && ip->daddr == n->ip &&
-			    !(n->flags & NODE_HAS_HOST_PORT))
-				return count(STAT_PASSED, XDP_PASS);
-		}
+		if (pod_frame_is_the_nodes(eth, end, n))
+			return count(STAT_PASSED, XDP_PASS);
 		return to_switch(cfg);
 	}
 
@@ -285,18 +293,8 @@ int nodeswitch_tc(struct __sk_buff *skb)
 	struct ethhdr *eth = data;
 	if ((void *)(eth + 1) > end)
 		return count(STAT_REDIRECTED, NS_TCX_DROP);
-	if (eth->h_proto == bpf_htons(ETH_P_ARP)) {
-		__u16 *op = (void *)(eth + 1) + 6;
-		if ((void *)(op + 1) <= end && *op == bpf_htons(2))
-			return count(STAT_PASSED, NS_TCX_PASS);
-		return count(STAT_REDIRECTED, NS_TCX_DROP);
-	}
-	if (eth->h_proto == bpf_htons(ETH_P_IP)) {
-		struct iphdr *ip = (void *)(eth + 1);
-		if ((void *)(ip + 1) <= end && ip->daddr == n->ip &&
-		    !(n->flags & NODE_HAS_HOST_PORT))
-			return count(STAT_PASSED, NS_TCX_PASS);
-	}
+	if (pod_frame_is_the_nodes(eth, end, n))
+		return count(STAT_PASSED, NS_TCX_PASS);
 	return count(STAT_REDIRECTED, NS_TCX_DROP);
 }
 

@@ -598,6 +598,23 @@ fn write_chain(
     Some(n)
 }
 
+/// Copies the pieces `segs` of one frame, in order, into `buf`; returns the frame's length.
+///
+/// # Safety
+/// Every frame in `segs` must be the caller's: in no ring the kernel writes, and with no
+/// other live slice of it.
+#[allow(unsafe_code)]
+unsafe fn gather(umem: &Umem, segs: &[Seg], buf: &mut [u8]) -> usize {
+    let mut n = 0;
+    for &(f, o, l) in segs {
+        // SAFETY: the caller's promise, for each frame in turn (one slice at a time).
+        let src = unsafe { umem.frame(f) };
+        buf[n..n + l].copy_from_slice(&src[o..o + l]);
+        n += l;
+    }
+    n
+}
+
 /// Publishes the descriptors written to each touched port and wakes the kernel (one syscall
 /// per port per batch); a port whose socket turned out unbound goes to `gone`.
 fn submit_touched(slots: &mut [Option<Slot>], touched: &mut Vec<u16>, gone: &mut Vec<u16>) {
@@ -1307,15 +1324,10 @@ impl Worker {
                 // Gathered into the first batch buffer (no batch is being decided now) and
                 // sent as it is (the sender finished its checksum).
                 let buf = &mut self.jumbo[0];
-                let mut n = 0;
-                for &(f, o, l) in segs {
-                    // SAFETY: the frames came out of this worker's inbox, so they are this
-                    // worker's alone, in no ring; no other slice of them exists.
-                    #[allow(unsafe_code)]
-                    let src = unsafe { self.fabric.umem.frame(f) };
-                    buf[n..n + l].copy_from_slice(&src[o..o + l]);
-                    n += l;
-                }
+                // SAFETY: the frames came out of this worker's inbox, so they are this
+                // worker's alone, in no ring; no other slice of them exists.
+                #[allow(unsafe_code)]
+                let n = unsafe { gather(&self.fabric.umem, segs, buf) };
                 match vnet_send(vs, &VnetHeader::default(), &buf[..n]) {
                     Ok(()) => {
                         dst.counters.tx += 1;
@@ -1352,17 +1364,12 @@ impl Worker {
                 if t != 0 {
                     // Gathered into the first batch buffer (no batch is being decided now).
                     let buf = &mut self.jumbo[0];
-                    let mut n = 0;
-                    for &(f, o, l) in segs {
-                        // SAFETY: the frames came out of this worker's inbox, so they are
-                        // this worker's alone: their transmit descriptors are written but not
-                        // submitted (that happens after this loop), so the kernel does not
-                        // read them yet, and no other slice of them exists.
-                        #[allow(unsafe_code)]
-                        let src = unsafe { self.fabric.umem.frame(f) };
-                        buf[n..n + l].copy_from_slice(&src[o..o + l]);
-                        n += l;
-                    }
+                    // SAFETY: the frames came out of this worker's inbox, so they are this
+                    // worker's alone: their transmit descriptors are written but not
+                    // submitted (that happens after this loop), so the kernel does not read
+                    // them yet, and no other slice of them exists.
+                    #[allow(unsafe_code)]
+                    let n = unsafe { gather(&self.fabric.umem, segs, buf) };
                     let vxlan = self.snap.node.vxlan_port;
                     self.wtaps
                         .capture(t, now_ns(), dst.ifname, Point::Tx, &buf[..n], vxlan);

@@ -9,7 +9,7 @@
 #![allow(missing_docs)]
 mod common;
 
-use common::topo::{drops, skip_unless_root, state, Topo};
+use common::topo::{drops, port, skip_unless_root, state, Topo};
 use std::path::PathBuf;
 
 /// Node `n`'s demo state with `uplink_mtu` set to `mtu`, written into the topology's dir.
@@ -47,18 +47,6 @@ fn local_mtu_topology(extra: &[&str]) -> Topo {
     t.serve("b", "udp", 7002);
     t.serve("d", "tcp", 7001);
     t
-}
-
-/// The counter `key` of port `name` in a stats document.
-fn port(s: &serde_json::Value, name: &str, key: &str) -> u64 {
-    s["ports"]
-        .as_array()
-        .expect("ports")
-        .iter()
-        .find(|p| p["name"] == name)
-        .unwrap_or_else(|| panic!("no port {name}: {s}"))[key]
-        .as_u64()
-        .expect("counter")
 }
 
 /// Pings `to` from `from` with `size` bytes of payload, DF set; the output.

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::topo::{root_dir, skip_unless_root, state, switchd_bin, Topo};
+use common::topo::{resets, root_dir, skip_unless_root, state, switchd_bin, Topo};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -64,20 +64,6 @@ fn stop(t: &mut Topo, i: usize, sig: &str) {
     if sig == "-TERM" {
         assert!(st.success(), "exit status after SIGTERM: {st}");
     }
-}
-
-/// RSTs in a capture file (tcpdump -r).
-fn resets(pcap: &Path) -> Vec<String> {
-    let o = Command::new("tcpdump")
-        .args(["-nn", "-r"])
-        .arg(pcap)
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&o.stdout)
-        .lines()
-        .filter(|l| l.contains("Flags [R"))
-        .map(str::to_string)
-        .collect()
 }
 
 #[test]

@@ -9,20 +9,8 @@
 #![allow(missing_docs)]
 mod common;
 
-use common::topo::{drops, root_dir, sh, skip_unless_root, state, switchd_bin, Topo};
+use common::topo::{drops, port, resets, root_dir, sh, skip_unless_root, state, switchd_bin, Topo};
 use std::time::{Duration, Instant};
-
-/// The counter `key` of port `name` in a stats document.
-fn port(s: &serde_json::Value, name: &str, key: &str) -> u64 {
-    s["ports"]
-        .as_array()
-        .expect("ports")
-        .iter()
-        .find(|p| p["name"] == name)
-        .unwrap_or_else(|| panic!("no port {name}: {s}"))[key]
-        .as_u64()
-        .unwrap_or_else(|| panic!("port {name} has no {key}: {s}"))
-}
 
 /// Every pod port of node `n`: its name and mode.
 fn modes(s: &serde_json::Value) -> Vec<(String, String)> {
@@ -150,20 +138,6 @@ fn stop(t: &mut Topo, i: usize, sig: &str) {
     let pid = t.daemons[i].child.id().to_string();
     sh(&["kill", sig, &pid]);
     let _ = t.daemons[i].child.wait();
-}
-
-/// RSTs in a capture file (tcpdump -r).
-fn resets(pcap: &std::path::Path) -> Vec<String> {
-    let o = std::process::Command::new("tcpdump")
-        .args(["-nn", "-r"])
-        .arg(pcap)
-        .output()
-        .expect("tcpdump");
-    String::from_utf8_lossy(&o.stdout)
-        .lines()
-        .filter(|l| l.contains("Flags [R"))
-        .map(str::to_string)
-        .collect()
 }
 
 /// Streams through Services while node1's vnet switchd is killed, stopped, restarted in the

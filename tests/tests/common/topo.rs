@@ -491,3 +491,29 @@ pub fn drops(s: &serde_json::Value) -> Vec<(String, u64)> {
     }
     v
 }
+
+/// The counter `key` of port `name` in a stats document.
+pub fn port(s: &serde_json::Value, name: &str, key: &str) -> u64 {
+    s["ports"]
+        .as_array()
+        .expect("ports")
+        .iter()
+        .find(|p| p["name"] == name)
+        .unwrap_or_else(|| panic!("no port {name}: {s}"))[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("port {name} has no counter {key}: {s}"))
+}
+
+/// The RSTs in a capture file (tcpdump -r), one line each.
+pub fn resets(pcap: &Path) -> Vec<String> {
+    let o = Command::new("tcpdump")
+        .args(["-nn", "-r"])
+        .arg(pcap)
+        .output()
+        .expect("tcpdump");
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .filter(|l| l.contains("Flags [R"))
+        .map(str::to_string)
+        .collect()
+}
