@@ -83,23 +83,8 @@ fn streams_survive_every_kind_of_restart() {
     // Every RST the clients' kernels see or send.
     let caps: Vec<(String, PathBuf)> = ["a", "ext"]
         .iter()
-        .map(|h| (h.to_string(), t.dir.path().join(format!("rst-{h}.pcap"))))
+        .map(|h| (h.to_string(), t.capture_resets(h)))
         .collect();
-    for (h, cap) in &caps {
-        t.spawn(
-            h,
-            &[
-                "tcpdump",
-                "-U",
-                "-nn",
-                "-i",
-                "eth0",
-                "-w",
-                cap.to_str().unwrap(),
-                "tcp[tcpflags] & tcp-rst != 0",
-            ],
-        );
-    }
     std::thread::sleep(Duration::from_millis(1000));
     let secs = 26;
     let flows = [

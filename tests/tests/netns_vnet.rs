@@ -166,20 +166,7 @@ fn vnet_ports_survive_restarts_mode_changes_and_pods_coming_and_going() {
     t.switchd(2, &state(2));
     let vnet = ["--pod-ports", "vnet"];
     let mut i = t.switchd_with(1, &live, &vnet);
-    let cap = t.dir.path().join("rst-a.pcap");
-    t.spawn(
-        "a",
-        &[
-            "tcpdump",
-            "-U",
-            "-nn",
-            "-i",
-            "eth0",
-            "-w",
-            cap.to_str().unwrap(),
-            "tcp[tcpflags] & tcp-rst != 0",
-        ],
-    );
+    let cap = t.capture_resets("a");
     std::thread::sleep(Duration::from_millis(1000));
     let secs = 20;
     let flows = [

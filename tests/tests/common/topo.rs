@@ -431,6 +431,27 @@ impl Topo {
         );
     }
 
+    /// Starts capturing every TCP RST on `host`'s eth0 (seen or sent) into a file of the
+    /// topology's dir, for [`resets`]; returns the file.
+    pub fn capture_resets(&mut self, host: &str) -> PathBuf {
+        let cap = self.dir.path().join(format!("rst-{host}.pcap"));
+        let file = cap.display().to_string();
+        self.spawn(
+            host,
+            &[
+                "tcpdump",
+                "-U",
+                "-nn",
+                "-i",
+                "eth0",
+                "-w",
+                &file,
+                "tcp[tcpflags] & tcp-rst != 0",
+            ],
+        );
+        cap
+    }
+
     /// Starts an echo server in `host` and waits until it listens.
     pub fn serve(&mut self, host: &str, proto: &str, port: u16) {
         let script = root_dir().join("tests/tools/echo.py");
