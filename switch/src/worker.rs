@@ -17,9 +17,9 @@
 //! moment for more and `poll` when idle.
 //!
 //! A vnet pod port (`--pod-ports vnet`, [`PortIo::Vnet`]) has no rings: its frames are read
-//! with `recvmmsg` from a packet socket (buffers that trade places with the batch buffers), with a free UMEM frame as
-//! each one's identity (so that every later path, a handoff or a transmit chain, is the
-//! AF_XDP one), up to a batch per round. A GSO packet (up to 64 KB, one frame) goes to the
+//! with `recvmmsg` from a packet socket (into buffers that trade places with the batch
+//! buffers), with a free UMEM frame as each one's identity (so that every later path, a
+//! handoff or a transmit chain, is the AF_XDP one), up to a batch per round. A GSO packet (up to 64 KB, one frame) goes to the
 //! pipeline whole when it is IPv4 to a vnet pod of this worker, and is otherwise cut into its
 //! segments first (`flowtable::gso`), as the kernel would cut it on the way out. What the
 //! pipeline sends to a vnet port goes out with `sendmsg` and a virtio-net header: a partial
