@@ -303,6 +303,8 @@ impl Collector for Counters {
                 ("tx_ring_full", p.tx_ring_full),
                 ("rx_not_a_port", p.rx_not_a_port),
                 ("rx_too_long", p.rx_too_long),
+                ("gso_refused", p.gso_refused),
+                ("tx_failed", p.tx_failed),
                 ("kernel_rx_ring_full", p.kernel_rx_ring_full),
                 ("kernel_rx_dropped", p.kernel_rx_dropped),
                 ("kernel_tx_invalid", p.kernel_tx_invalid),
@@ -318,6 +320,26 @@ impl Collector for Counters {
             "Frames dropped at a port, by reason (kernel_*: the kernel's socket counters).",
             MetricType::Counter,
             port_drops,
+        )?;
+        let mut gso = Vec::new();
+        for p in s.ports.iter().filter(|p| p.mode == "vnet") {
+            for (what, v) in [
+                ("received", p.rx_gso),
+                ("joined", p.tx_joined),
+                ("joined_segments", p.tx_joined_segments),
+            ] {
+                let mut l = port(p);
+                l.push(("what", what.into()));
+                gso.push((l, counter(v)));
+            }
+        }
+        family(
+            &mut enc,
+            "nodeswitch_port_gso_packets",
+            "vnet ports: GSO packets received (received), packets joined from TCP segments \
+             for the pod (joined) and the segments they were made of (joined_segments).",
+            MetricType::Counter,
+            gso,
         )?;
         family(
             &mut enc,
@@ -528,15 +550,28 @@ mod tests {
             received: 100,
             drops: [("spoofed_source".to_string(), 3)].into(),
             worker_drops: [("tx_ring_full".to_string(), 2)].into(),
-            ports: vec![pb::PortStats {
-                name: "veth-a".into(),
-                worker: 0,
-                mode: "copy".into(),
-                rx: 60,
-                tx: 40,
-                kernel_rx_ring_full: 7,
-                ..Default::default()
-            }],
+            ports: vec![
+                pb::PortStats {
+                    name: "veth-a".into(),
+                    worker: 0,
+                    mode: "copy".into(),
+                    rx: 60,
+                    tx: 40,
+                    kernel_rx_ring_full: 7,
+                    ..Default::default()
+                },
+                pb::PortStats {
+                    name: "veth-v".into(),
+                    worker: 0,
+                    mode: "vnet".into(),
+                    rx_gso: 12,
+                    tx_joined: 3,
+                    tx_joined_segments: 40,
+                    gso_refused: 1,
+                    tx_failed: 2,
+                    ..Default::default()
+                },
+            ],
             workers: vec![pb::WorkerStats {
                 id: 0,
                 generation: 4,
@@ -574,6 +609,11 @@ mod tests {
             "nodeswitch_worker_drops_total{worker=\"0\",stage=\"worker\",reason=\"tx_ring_full\"} 2",
             "nodeswitch_port_packets_total{port=\"veth-a\",worker=\"0\",direction=\"rx\"} 60",
             "nodeswitch_port_drops_total{port=\"veth-a\",worker=\"0\",reason=\"kernel_rx_ring_full\"} 7",
+            "nodeswitch_port_drops_total{port=\"veth-v\",worker=\"0\",reason=\"gso_refused\"} 1",
+            "nodeswitch_port_drops_total{port=\"veth-v\",worker=\"0\",reason=\"tx_failed\"} 2",
+            "nodeswitch_port_gso_packets_total{port=\"veth-v\",worker=\"0\",what=\"received\"} 12",
+            "nodeswitch_port_gso_packets_total{port=\"veth-v\",worker=\"0\",what=\"joined\"} 3",
+            "nodeswitch_port_gso_packets_total{port=\"veth-v\",worker=\"0\",what=\"joined_segments\"} 40",
             "nodeswitch_conntrack_events_total{event=\"expired\"} 11",
             "nodeswitch_conntrack_tcp_entries{state=\"established\"} 5",
             "nodeswitch_conntrack_entries_by_protocol{protocol=\"tcp\"} 7",
@@ -587,6 +627,10 @@ mod tests {
         ] {
             assert!(text.lines().any(|l| l == line), "{line} not in:\n{text}");
         }
+        assert!(
+            !text.contains("gso_packets_total{port=\"veth-a\""),
+            "no GSO series for an AF_XDP port"
+        );
         assert!(text.ends_with("# EOF\n"));
         // One line per sample or descriptor: an escaped newline never splits one.
         assert!(text

@@ -197,6 +197,12 @@ impl Dataplane for DaemonPlane {
                     kernel_rx_ring_full: p.kernel.rx_ring_full,
                     kernel_tx_invalid: p.kernel.tx_invalid,
                     rx_too_long: p.rx_too_long,
+                    rx_gso: p.rx_gso,
+                    rx_kernel: p.rx_kernel,
+                    gso_refused: p.gso_refused,
+                    tx_failed: p.tx_failed,
+                    tx_joined: p.tx_joined,
+                    tx_joined_segments: p.tx_joined_segments,
                 });
             }
             workers.push(pb::WorkerStats {
