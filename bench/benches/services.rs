@@ -261,5 +261,31 @@ fn services(c: &mut Criterion) {
     bench_scale(c, 10_000, 1_000_000);
 }
 
-criterion_group!(benches, services);
+/// Building one Maglev table as a Service's apply does: 10 backends (509 entries), 100 (4093)
+/// and 1000 (32749); a big apply builds one per Service port. Each iteration builds another
+/// Service's table (64 backend sets in turn): one set over and over would let the branch
+/// predictor learn its probe sequence, which no apply does.
+fn maglev(c: &mut Criterion) {
+    let mut g = c.benchmark_group("maglev build");
+    for n in [10usize, 100, 1000] {
+        let sets: Vec<Vec<(Ipv4Addr, u16)>> = (0..64u32)
+            .map(|k| {
+                (0..n as u32)
+                    .map(|i| (Ipv4Addr::from(0x0a00_0000 + (k << 16) + i * 7), 8080))
+                    .collect()
+            })
+            .collect();
+        let size = flowtable::services::table_size(n, flowtable::maglev::DEFAULT_TABLE_SIZE);
+        let mut k = 0;
+        g.bench_function(format!("{n} backends, {size} entries"), |b| {
+            b.iter(|| {
+                k = (k + 1) % sets.len();
+                flowtable::maglev::Maglev::build(black_box(&sets[k]), size)
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, services, maglev);
 criterion_main!(benches);

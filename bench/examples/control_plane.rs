@@ -4,6 +4,9 @@
 //! client over the control socket, wall clock, everything included. For comparison in the same
 //! run: `iptables-restore` of the equivalent kube-proxy (iptables mode) ruleset in a scratch
 //! network namespace, in full and as kube-proxy's partial update of one Service's chains.
+//! Before that, the steps of an apply timed in this process (the client's encoding, then
+//! decoding, conversion and planning as switchd does them); `--offline STATE_FILE` times only
+//! those, over that state file's node (no switchd, no root).
 #![allow(missing_docs)]
 
 use bench::{ms, node_cidr, percentile};
@@ -25,6 +28,7 @@ struct Args {
     changes: usize,
     runs: usize,
     json: Option<std::path::PathBuf>,
+    offline: Option<std::path::PathBuf>,
 }
 
 fn args() -> Args {
@@ -36,6 +40,7 @@ fn args() -> Args {
         changes: 1000,
         runs: 3,
         json: None,
+        offline: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -48,6 +53,7 @@ fn args() -> Args {
             "--changes" => a.changes = v.parse().expect("--changes N"),
             "--runs" => a.runs = v.parse().expect("--runs N"),
             "--json" => a.json = Some(v.into()),
+            "--offline" => a.offline = Some(v.into()),
             _ => panic!("unknown option {k}"),
         }
     }
@@ -234,9 +240,78 @@ fn iptables_restore(netns: &str, text: &str, noflush: bool) -> Duration {
     start.elapsed()
 }
 
+/// Medians of an apply's steps run in this process, in milliseconds.
+struct Steps {
+    encode: f64,
+    decode: f64,
+    convert: f64,
+    plan: f64,
+    bytes: usize,
+}
+
+impl Steps {
+    fn print(&self, runs: usize) {
+        println!(
+            "in-process steps (median of {runs}): encode {:.1} ms, decode {:.1} ms, convert {:.1} ms, plan {:.1} ms ({} bytes)",
+            self.encode, self.decode, self.convert, self.plan, self.bytes
+        );
+    }
+}
+
+/// Times the steps of applying `big` over `base` without switchd: encoding the request (the
+/// client's), decoding it, converting it to the state file's types and planning it (validation,
+/// Service tables, the snapshot), as the server does them.
+fn breakdown(base: &StateFile, big: &pb::State, runs: usize) -> Steps {
+    use prost::Message as _;
+    let (mut encode, mut decode, mut convert, mut plan) = (vec![], vec![], vec![], vec![]);
+    let mut bytes = 0;
+    for _ in 0..runs.max(1) {
+        let req = pb::ReplaceRequest {
+            owner: String::new(),
+            state: Some(big.clone()),
+            dry_run: false,
+        };
+        let t = Instant::now();
+        let wire = req.encode_to_vec();
+        encode.push(ms(t.elapsed()));
+        bytes = wire.len();
+        drop(req);
+        let t = Instant::now();
+        let req = pb::ReplaceRequest::decode(wire.as_slice()).expect("decode");
+        decode.push(ms(t.elapsed()));
+        let t = Instant::now();
+        let state = control::convert::state(req.state.as_ref().expect("state")).expect("convert");
+        convert.push(ms(t.elapsed()));
+        let (engine, snap) = control::engine::Engine::new(base.clone()).expect("engine");
+        let t = Instant::now();
+        let p = engine
+            .plan_replace(state, "", Some(&snap))
+            .expect("plan")
+            .expect("a change");
+        plan.push(ms(t.elapsed()));
+        drop(p);
+    }
+    Steps {
+        encode: percentile(&mut encode, 0.5),
+        decode: percentile(&mut decode, 0.5),
+        convert: percentile(&mut convert, 0.5),
+        plan: percentile(&mut plan, 0.5),
+        bytes,
+    }
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
     let a = args();
+    if let Some(path) = &a.offline {
+        // Only the in-process steps, over a state file's node: no switchd, no root.
+        let text = std::fs::read_to_string(path).expect("read the state file");
+        let base = StateFile::parse(&text).unwrap_or_else(|e| panic!("{e}"));
+        let big = big_state(&base, a.services, a.endpoints);
+        let s = breakdown(&base, &control::convert::state_pb(&big, 0), a.runs);
+        s.print(a.runs);
+        return;
+    }
     let mut c = control::client::connect(&a.socket)
         .await
         .expect("connect to switchd");
@@ -259,6 +334,11 @@ async fn main() {
         big.nodes.len()
     );
 
+    // 0. Where an apply's time goes, in this process (no socket): the client's encoding,
+    // switchd's decoding, conversion and planning, each a median of `runs`.
+    let steps = breakdown(&base, &big_pb, a.runs);
+    steps.print(a.runs);
+
     // 1. The whole state applied at once (from the small state), `runs` times.
     let mut full = Vec::new();
     let mut build = Vec::new();
@@ -273,13 +353,15 @@ async fn main() {
             .await
             .expect("back to the small state");
         }
+        // The request is copied before the clock starts: only the call is timed.
+        let req = pb::ReplaceRequest {
+            owner: String::new(),
+            state: Some(big_pb.clone()),
+            dry_run: false,
+        };
         let t = Instant::now();
         let r = c
-            .replace(pb::ReplaceRequest {
-                owner: String::new(),
-                state: Some(big_pb.clone()),
-                dry_run: false,
-            })
+            .replace(req)
             .await
             .expect("apply the big state")
             .into_inner()
@@ -358,6 +440,13 @@ async fn main() {
         "endpoints": a.services * a.endpoints,
         "apply_ms": full,
         "apply_median_ms": full_med,
+        "steps_ms": {
+            "encode": steps.encode,
+            "decode": steps.decode,
+            "convert": steps.convert,
+            "plan": steps.plan,
+        },
+        "request_bytes": steps.bytes,
         "change_p50_us": p50,
         "change_p99_us": p99,
         "change_max_us": max,

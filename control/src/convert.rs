@@ -228,10 +228,26 @@ pub fn endpoints(f: &str, es: &[pb::Endpoint]) -> Result<Vec<EndpointSpec>, ApiE
 
 /// A Service from its message.
 pub fn service(f: &str, s: &pb::Service) -> Result<ServiceSpec, ApiError> {
+    service_at(&|| f.to_string(), s)
+}
+
+/// Puts a field's path on an error made without one (a big request has hundreds of
+/// thousands of fields: their paths are made only for the error).
+fn at<T>(r: Result<T, ApiError>, field: impl FnOnce() -> String) -> Result<T, ApiError> {
+    r.map_err(|e| match e {
+        ApiError::Invalid { reason, .. } => ApiError::Invalid {
+            field: field(),
+            reason,
+        },
+        other => other,
+    })
+}
+
+fn service_at(f: At, s: &pb::Service) -> Result<ServiceSpec, ApiError> {
     let ips = |k: &str, v: &[String]| -> Result<Vec<Ipv4Addr>, ApiError> {
         v.iter()
             .enumerate()
-            .map(|(i, x)| ip_at(&|| format!("{f}.{k}[{i}]"), x))
+            .map(|(i, x)| ip_at(&|| format!("{}.{k}[{i}]", f()), x))
             .collect()
     };
     let ports = s
@@ -239,20 +255,21 @@ pub fn service(f: &str, s: &pb::Service) -> Result<ServiceSpec, ApiError> {
         .iter()
         .enumerate()
         .map(|(i, p)| {
-            let f = format!("{f}.ports[{i}]");
+            let f = |k: &str| format!("{}.ports[{i}].{k}", f());
             Ok(ServicePortSpec {
                 name: p.name.clone(),
-                protocol: protocol(&format!("{f}.protocol"), &p.protocol)?,
-                port: port(&format!("{f}.port"), p.port)?,
-                target_port: opt_port(&format!("{f}.target_port"), p.target_port)?,
-                node_port: opt_port(&format!("{f}.node_port"), p.node_port)?,
+                protocol: at(protocol("", &p.protocol), || f("protocol"))?,
+                port: at(port("", p.port), || f("port"))?,
+                target_port: at(opt_port("", p.target_port), || f("target_port"))?,
+                node_port: at(opt_port("", p.node_port), || f("node_port"))?,
             })
         })
         .collect::<Result<Vec<_>, ApiError>>()?;
+    let k = |k: &str| format!("{}.{k}", f());
     Ok(ServiceSpec {
-        name: name_at(&|| format!("{f}.name"), &s.name)?,
-        owner: owner(&format!("{f}.owner"), &s.owner)?,
-        cluster_ip: ip_at(&|| format!("{f}.cluster_ip"), &s.cluster_ip)?,
+        name: name_at(&|| k("name"), &s.name)?,
+        owner: at(owner("", &s.owner), || k("owner"))?,
+        cluster_ip: ip_at(&|| k("cluster_ip"), &s.cluster_ip)?,
         ports,
         load_balancer_ips: ips("load_balancer_ips", &s.load_balancer_ips)?,
         external_ips: ips("external_ips", &s.external_ips)?,
@@ -261,7 +278,7 @@ pub fn service(f: &str, s: &pb::Service) -> Result<ServiceSpec, ApiError> {
             "ClientIP" => SessionAffinity::ClientIp,
             other => {
                 return Err(invalid(
-                    &format!("{f}.session_affinity"),
+                    &k("session_affinity"),
                     format!(
                         "unknown session affinity {} (None or ClientIP)",
                         quote(other)
@@ -274,19 +291,59 @@ pub fn service(f: &str, s: &pb::Service) -> Result<ServiceSpec, ApiError> {
         } else {
             s.affinity_timeout_seconds
         },
-        external_traffic_policy: policy(
-            &format!("{f}.external_traffic_policy"),
-            &s.external_traffic_policy,
-        )?,
-        internal_traffic_policy: policy(
-            &format!("{f}.internal_traffic_policy"),
-            &s.internal_traffic_policy,
-        )?,
-        health_check_node_port: opt_port(
-            &format!("{f}.health_check_node_port"),
-            s.health_check_node_port,
-        )?,
-        endpoints: endpoints(&format!("{f}.endpoints"), &s.endpoints)?,
+        external_traffic_policy: at(policy("", &s.external_traffic_policy), || {
+            k("external_traffic_policy")
+        })?,
+        internal_traffic_policy: at(policy("", &s.internal_traffic_policy), || {
+            k("internal_traffic_policy")
+        })?,
+        health_check_node_port: at(opt_port("", s.health_check_node_port), || {
+            k("health_check_node_port")
+        })?,
+        endpoints: s
+            .endpoints
+            .iter()
+            .enumerate()
+            .map(|(i, e)| endpoint_at(&|| format!("{}.endpoints[{i}]", f()), e))
+            .collect::<Result<_, _>>()?,
+    })
+}
+
+/// Services converted on every core from this many on (10,000 take milliseconds).
+const PARALLEL_SERVICES: usize = 1024;
+
+/// A state message's Services, converted in parallel when there are many; the first bad one
+/// in the list's order is the error, as if they were converted one by one.
+fn services(list: &[pb::Service]) -> Result<Vec<ServiceSpec>, ApiError> {
+    let one = |i: usize, x: &pb::Service| service_at(&|| format!("state.services[{i}]"), x);
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .min(8);
+    if list.len() < PARALLEL_SERVICES || threads < 2 {
+        return list.iter().enumerate().map(|(i, x)| one(i, x)).collect();
+    }
+    let chunk = list.len().div_ceil(threads);
+    let part = |c: usize, xs: &[pb::Service]| {
+        xs.iter()
+            .enumerate()
+            .map(|(k, x)| one(c * chunk + k, x))
+            .collect::<Result<Vec<_>, _>>()
+    };
+    std::thread::scope(|scope| {
+        let mut chunks = list.chunks(chunk).enumerate();
+        let first = chunks.next();
+        let handles: Vec<_> = chunks
+            .map(|(c, xs)| scope.spawn(move || part(c, xs)))
+            .collect();
+        let mut out = Vec::with_capacity(list.len());
+        if let Some((c, xs)) = first {
+            out.extend(part(c, xs)?);
+        }
+        for h in handles {
+            out.extend(h.join().unwrap_or_else(|e| std::panic::resume_unwind(e))?);
+        }
+        Ok(out)
     })
 }
 
@@ -366,12 +423,7 @@ fn lists(s: &pb::State) -> Result<Objects, ApiError> {
             .enumerate()
             .map(|(i, n)| node(&format!("state.nodes[{i}]"), n))
             .collect::<Result<_, _>>()?,
-        services: s
-            .services
-            .iter()
-            .enumerate()
-            .map(|(i, x)| service(&format!("state.services[{i}]"), x))
-            .collect::<Result<_, _>>()?,
+        services: services(&s.services)?,
     })
 }
 
@@ -582,5 +634,43 @@ mod tests {
         m.pods[0].mac = "02:00".into();
         let e = state(&m).unwrap_err().to_string();
         assert!(e.starts_with("state.pods[0].mac: "), "{e}");
+    }
+
+    #[test]
+    fn converted_in_parallel_the_first_bad_service_in_order_is_the_error() {
+        let s = StateFile::parse(STATE).unwrap();
+        let mut m = state_pb(&s, 1);
+        let one = m.services[0].clone();
+        m.services = (0..3 * PARALLEL_SERVICES)
+            .map(|i| pb::Service {
+                name: format!("many/svc-{i}"),
+                ..one.clone()
+            })
+            .collect();
+        let good = state(&m).unwrap();
+        assert_eq!(good.services.len(), 3 * PARALLEL_SERVICES);
+        assert!(good
+            .services
+            .iter()
+            .enumerate()
+            .all(|(i, x)| x.name == format!("many/svc-{i}")));
+        let late = 3 * PARALLEL_SERVICES - 5;
+        let early = PARALLEL_SERVICES + 7;
+        m.services[late].endpoints[0].ip = "10.244.1".into();
+        m.services[early].external_traffic_policy = "Nearest".into();
+        let e = state(&m).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            format!(
+                "state.services[{early}].external_traffic_policy: unknown traffic policy \
+                 'Nearest' (Cluster or Local)"
+            )
+        );
+        m.services[early].external_traffic_policy = String::new();
+        let e = state(&m).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            format!("state.services[{late}].endpoints[0].ip: '10.244.1' is not an IPv4 address")
+        );
     }
 }

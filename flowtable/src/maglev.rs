@@ -47,10 +47,14 @@ pub struct Maglev {
 }
 
 impl Maglev {
-    /// Builds a table of `size` entries (a prime) over `backends` (at most 65535), given in any
-    /// order; entries index into `backends` as given. `None` if there are no backends.
+    /// Builds a table of `size` entries (a prime below 2^31) over `backends` (at most 65535),
+    /// given in any order; entries index into `backends` as given. `None` if there are no
+    /// backends or `size` is out of range.
     pub fn build(backends: &[(Ipv4Addr, u16)], size: usize) -> Option<Maglev> {
-        if backends.is_empty() || backends.len() > usize::from(u16::MAX) || size < 2 {
+        if backends.is_empty()
+            || backends.len() > usize::from(u16::MAX)
+            || !(2..1 << 31).contains(&size)
+        {
             return None;
         }
         // Fill in a canonical order so the table does not depend on how endpoints were listed.
@@ -146,6 +150,67 @@ mod tests {
                 6,
             )
         })
+    }
+
+    /// The fill as the paper gives it (entry = (offset + j * skip) mod M): what the walk by
+    /// additions must match.
+    fn reference(backends: &[(Ipv4Addr, u16)], size: usize) -> Vec<u16> {
+        let mut order: Vec<usize> = (0..backends.len()).collect();
+        order.sort_by_key(|&i| (u32::from(backends[i].0), backends[i].1));
+        let m = size as u64;
+        let perms: Vec<(u64, u64)> = order
+            .iter()
+            .map(|&i| {
+                let mut name = [0u8; 6];
+                name[..4].copy_from_slice(&backends[i].0.octets());
+                name[4..].copy_from_slice(&backends[i].1.to_be_bytes());
+                (
+                    stable_hash(&name, 1) % m,
+                    stable_hash(&name, 2) % (m - 1) + 1,
+                )
+            })
+            .collect();
+        let mut next = vec![0u64; order.len()];
+        let mut table = vec![u16::MAX; size];
+        let mut filled = 0;
+        loop {
+            for (k, &i) in order.iter().enumerate() {
+                let mut c = (perms[k].0 + next[k] * perms[k].1) % m;
+                while table[c as usize] != u16::MAX {
+                    next[k] += 1;
+                    c = (perms[k].0 + next[k] * perms[k].1) % m;
+                }
+                table[c as usize] = i as u16;
+                next[k] += 1;
+                filled += 1;
+                if filled == size {
+                    return table;
+                }
+            }
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_walk_fills_as_the_paper_does(
+            ips in proptest::collection::vec(proptest::prelude::any::<u32>(), 1..200),
+            port in 1u16..,
+            step in 0usize..8,
+        ) {
+            let b: Vec<(Ipv4Addr, u16)> = ips.iter().map(|&ip| (Ipv4Addr::from(ip), port)).collect();
+            let size = [7, 13, 251, 509, 1021, 4093, 16381, 65521][step];
+            let want = reference(&b, size);
+            let got = Maglev::build(&b, size).unwrap();
+            proptest::prop_assert_eq!(got.table, want);
+        }
+    }
+
+    #[test]
+    fn sizes_out_of_range_build_nothing() {
+        let b = backends(3);
+        assert!(Maglev::build(&b, 1).is_none());
+        assert!(Maglev::build(&b, 1 << 31).is_none());
+        assert!(Maglev::build(&[], 7).is_none());
     }
 
     #[test]

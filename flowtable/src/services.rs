@@ -721,35 +721,44 @@ fn build_ports(ctx: &Context, s: &ServiceSpec) -> Built {
     Built { ports }
 }
 
-/// Builds many Services' ports on every available core (Maglev tables dominate a big apply).
-fn build_all(ctx: &Context, specs: &[&ServiceSpec]) -> Vec<Built> {
+/// Validates many Services and builds their ports on every available core (validation and
+/// Maglev tables dominate a big apply). The first invalid Service in `specs`' order is the
+/// error, with its position, as if they were checked one by one.
+fn build_all(ctx: &Context, specs: &[&ServiceSpec]) -> Result<Vec<Built>, (usize, StateError)> {
+    let one = |i: usize, s: &ServiceSpec| {
+        check_service(ctx, s)
+            .map(|()| build_ports(ctx, s))
+            .map_err(|e| (i, e))
+    };
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1)
         .min(8);
     if specs.len() < 256 || threads < 2 {
-        return specs.iter().map(|s| build_ports(ctx, s)).collect();
+        return specs.iter().enumerate().map(|(i, s)| one(i, s)).collect();
     }
     let chunk = specs.len().div_ceil(threads);
+    let part = |c: usize, list: &[&ServiceSpec]| {
+        list.iter()
+            .enumerate()
+            .map(|(k, s)| one(c * chunk + k, s))
+            .collect::<Result<Vec<Built>, _>>()
+    };
     std::thread::scope(|scope| {
-        let handles: Vec<_> = specs
-            .chunks(chunk)
-            .map(|part| {
-                scope.spawn(move || {
-                    part.iter()
-                        .map(|s| build_ports(ctx, s))
-                        .collect::<Vec<Built>>()
-                })
-            })
+        let mut chunks = specs.chunks(chunk).enumerate();
+        // The first chunk on this thread, the others on their own.
+        let first = chunks.next();
+        let handles: Vec<_> = chunks
+            .map(|(c, list)| scope.spawn(move || part(c, list)))
             .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| {
-                h.join()
-                    .unwrap_or_else(|e| std::panic::resume_unwind(e))
-                    .into_iter()
-            })
-            .collect::<Vec<Built>>()
+        let mut out = Vec::with_capacity(specs.len());
+        if let Some((c, list)) = first {
+            out.extend(part(c, list)?);
+        }
+        for h in handles {
+            out.extend(h.join().unwrap_or_else(|e| std::panic::resume_unwind(e))?);
+        }
+        Ok(out)
     })
 }
 
@@ -786,16 +795,22 @@ impl ServiceTables {
                 "tables without settings cannot be updated".into(),
             ));
         };
+        // Checked one by one, a Service given twice is refused at its second mention unless
+        // a Service before that is invalid: the same here, with the checks run in parallel.
         let mut seen: std::collections::HashSet<&str> = Default::default();
-        for s in upserted {
-            check_service(&ctx, s)?;
-            if !seen.insert(s.name.as_str()) {
-                return Err(err(path(s, "name"), format!("'{}' is given twice", s.name)));
-            }
-        }
+        let twice = upserted.iter().position(|s| !seen.insert(s.name.as_str()));
+        let given_twice = |d: usize| {
+            let s = upserted[d];
+            err(path(s, "name"), format!("'{}' is given twice", s.name))
+        };
+        let built = match (build_all(&ctx, upserted), twice) {
+            (Ok(b), None) => b,
+            (Ok(_), Some(d)) => return Err(given_twice(d)),
+            (Err((i, _)), Some(d)) if d < i => return Err(given_twice(d)),
+            (Err((_, e)), _) => return Err(e),
+        };
         let gone: std::collections::HashSet<&str> = removed.iter().copied().collect();
         let mut t = self.clone();
-        let built = build_all(&ctx, upserted);
         // A Service whose frontends stay the same (an endpoint change, the common case) is
         // replaced in its slots: the frontend tables stay shared.
         let mut rest = Vec::new();
@@ -1381,6 +1396,57 @@ mod tests {
         assert_eq!(decisions(&next), decisions(&full(&state)));
         let e = next.update(&[], &[&web, &web]).unwrap_err();
         assert!(e.reason.contains("given twice"), "{e}");
+    }
+
+    /// `n` distinct valid Services (enough for the checks to run on every core).
+    fn many(state: &StateFile, n: usize) -> Vec<ServiceSpec> {
+        (0..n)
+            .map(|i| {
+                let mut s = state.services[0].clone();
+                s.name = format!("many/svc-{i}");
+                s.cluster_ip = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 100, 0, 0)) + i as u32);
+                for p in &mut s.ports {
+                    p.node_port = None;
+                }
+                s.load_balancer_ips.clear();
+                s.external_ips.clear();
+                s.health_check_node_port = None;
+                s
+            })
+            .collect()
+    }
+
+    #[test]
+    fn checked_in_parallel_the_first_bad_service_in_order_is_the_error() {
+        let state = StateFile::parse(STATE).unwrap();
+        let t = full(&state);
+        let mut v = many(&state, 3000);
+        v[2900].cluster_ip = Ipv4Addr::new(192, 0, 2, 1);
+        v[1700].affinity_timeout_seconds = 0;
+        let refs: Vec<&ServiceSpec> = v.iter().collect();
+        let e = t.update(&[], &refs).unwrap_err();
+        assert_eq!(
+            e.field, "services[many/svc-1700].affinity_timeout_seconds",
+            "{e}"
+        );
+        // A name given twice counts where its second mention is.
+        v[2000].name = "many/svc-10".into();
+        let refs: Vec<&ServiceSpec> = v.iter().collect();
+        let e = t.update(&[], &refs).unwrap_err();
+        assert_eq!(
+            e.field, "services[many/svc-1700].affinity_timeout_seconds",
+            "{e}"
+        );
+        v[1200].name = "many/svc-10".into();
+        let refs: Vec<&ServiceSpec> = v.iter().collect();
+        let e = t.update(&[], &refs).unwrap_err();
+        assert_eq!(e.field, "services[many/svc-10].name", "{e}");
+        assert!(e.reason.contains("given twice"), "{e}");
+        // And all valid, every one is built.
+        let v = many(&state, 3000);
+        let refs: Vec<&ServiceSpec> = v.iter().collect();
+        let next = t.update(&[], &refs).unwrap();
+        assert_eq!(next.iter().count(), 3000 + state.services.len());
     }
 
     #[test]
