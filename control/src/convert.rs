@@ -315,35 +315,8 @@ const PARALLEL_SERVICES: usize = 1024;
 /// A state message's Services, converted in parallel when there are many; the first bad one
 /// in the list's order is the error, as if they were converted one by one.
 fn services(list: &[pb::Service]) -> Result<Vec<ServiceSpec>, ApiError> {
-    let one = |i: usize, x: &pb::Service| service_at(&|| format!("state.services[{i}]"), x);
-    let threads = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
-        .min(8);
-    if list.len() < PARALLEL_SERVICES || threads < 2 {
-        return list.iter().enumerate().map(|(i, x)| one(i, x)).collect();
-    }
-    let chunk = list.len().div_ceil(threads);
-    let part = |c: usize, xs: &[pb::Service]| {
-        xs.iter()
-            .enumerate()
-            .map(|(k, x)| one(c * chunk + k, x))
-            .collect::<Result<Vec<_>, _>>()
-    };
-    std::thread::scope(|scope| {
-        let mut chunks = list.chunks(chunk).enumerate();
-        let first = chunks.next();
-        let handles: Vec<_> = chunks
-            .map(|(c, xs)| scope.spawn(move || part(c, xs)))
-            .collect();
-        let mut out = Vec::with_capacity(list.len());
-        if let Some((c, xs)) = first {
-            out.extend(part(c, xs)?);
-        }
-        for h in handles {
-            out.extend(h.join().unwrap_or_else(|e| std::panic::resume_unwind(e))?);
-        }
-        Ok(out)
+    flowtable::parallel::try_map(list, PARALLEL_SERVICES, |i, x| {
+        service_at(&|| format!("state.services[{i}]"), x)
     })
 }
 

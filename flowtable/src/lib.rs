@@ -18,6 +18,7 @@ pub mod hash;
 pub mod maglev;
 pub mod names;
 pub mod packet;
+pub mod parallel;
 pub mod pipeline;
 pub mod services;
 pub mod snapshot;

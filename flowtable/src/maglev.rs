@@ -61,17 +61,7 @@ impl Maglev {
         let mut order: Vec<usize> = (0..backends.len()).collect();
         order.sort_by_key(|&i| (u32::from(backends[i].0), backends[i].1));
         let m = size as u64;
-        let perms: Vec<(u64, u64)> = order
-            .iter()
-            .map(|&i| {
-                let mut name = [0u8; 6];
-                name[..4].copy_from_slice(&backends[i].0.octets());
-                name[4..].copy_from_slice(&backends[i].1.to_be_bytes());
-                let offset = stable_hash(&name, 1) % m;
-                let skip = stable_hash(&name, 2) % (m - 1) + 1;
-                (offset, skip)
-            })
-            .collect();
+        let perms: Vec<(u64, u64)> = order.iter().map(|&i| permutation(backends[i], m)).collect();
         // Each backend walks its permutation offset, offset+skip, ... (mod M) by additions.
         let mut pos: Vec<u64> = perms.iter().map(|p| p.0).collect();
         let mut table = vec![u16::MAX; size];
@@ -130,6 +120,18 @@ impl Maglev {
     }
 }
 
+/// A backend's permutation of a table of `m` entries: its first entry and its step, both
+/// from the stable hash of its address and port (so every node and version agrees).
+fn permutation(backend: (Ipv4Addr, u16), m: u64) -> (u64, u64) {
+    let mut name = [0u8; 6];
+    name[..4].copy_from_slice(&backend.0.octets());
+    name[4..].copy_from_slice(&backend.1.to_be_bytes());
+    (
+        stable_hash(&name, 1) % m,
+        stable_hash(&name, 2) % (m - 1) + 1,
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -158,18 +160,7 @@ mod tests {
         let mut order: Vec<usize> = (0..backends.len()).collect();
         order.sort_by_key(|&i| (u32::from(backends[i].0), backends[i].1));
         let m = size as u64;
-        let perms: Vec<(u64, u64)> = order
-            .iter()
-            .map(|&i| {
-                let mut name = [0u8; 6];
-                name[..4].copy_from_slice(&backends[i].0.octets());
-                name[4..].copy_from_slice(&backends[i].1.to_be_bytes());
-                (
-                    stable_hash(&name, 1) % m,
-                    stable_hash(&name, 2) % (m - 1) + 1,
-                )
-            })
-            .collect();
+        let perms: Vec<(u64, u64)> = order.iter().map(|&i| permutation(backends[i], m)).collect();
         let mut next = vec![0u64; order.len()];
         let mut table = vec![u16::MAX; size];
         let mut filled = 0;

@@ -725,40 +725,10 @@ fn build_ports(ctx: &Context, s: &ServiceSpec) -> Built {
 /// Maglev tables dominate a big apply). The first invalid Service in `specs`' order is the
 /// error, with its position, as if they were checked one by one.
 fn build_all(ctx: &Context, specs: &[&ServiceSpec]) -> Result<Vec<Built>, (usize, StateError)> {
-    let one = |i: usize, s: &ServiceSpec| {
+    crate::parallel::try_map(specs, 256, |i, s: &&ServiceSpec| {
         check_service(ctx, s)
             .map(|()| build_ports(ctx, s))
             .map_err(|e| (i, e))
-    };
-    let threads = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
-        .min(8);
-    if specs.len() < 256 || threads < 2 {
-        return specs.iter().enumerate().map(|(i, s)| one(i, s)).collect();
-    }
-    let chunk = specs.len().div_ceil(threads);
-    let part = |c: usize, list: &[&ServiceSpec]| {
-        list.iter()
-            .enumerate()
-            .map(|(k, s)| one(c * chunk + k, s))
-            .collect::<Result<Vec<Built>, _>>()
-    };
-    std::thread::scope(|scope| {
-        let mut chunks = specs.chunks(chunk).enumerate();
-        // The first chunk on this thread, the others on their own.
-        let first = chunks.next();
-        let handles: Vec<_> = chunks
-            .map(|(c, list)| scope.spawn(move || part(c, list)))
-            .collect();
-        let mut out = Vec::with_capacity(specs.len());
-        if let Some((c, list)) = first {
-            out.extend(part(c, list)?);
-        }
-        for h in handles {
-            out.extend(h.join().unwrap_or_else(|e| std::panic::resume_unwind(e))?);
-        }
-        Ok(out)
     })
 }
 
