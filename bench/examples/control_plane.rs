@@ -29,6 +29,7 @@ struct Args {
     runs: usize,
     json: Option<std::path::PathBuf>,
     offline: Option<std::path::PathBuf>,
+    settle_ms: u64,
 }
 
 fn args() -> Args {
@@ -41,6 +42,7 @@ fn args() -> Args {
         runs: 3,
         json: None,
         offline: None,
+        settle_ms: 0,
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
@@ -54,6 +56,7 @@ fn args() -> Args {
             "--runs" => a.runs = v.parse().expect("--runs N"),
             "--json" => a.json = Some(v.into()),
             "--offline" => a.offline = Some(v.into()),
+            "--settle-ms" => a.settle_ms = v.parse().expect("--settle-ms N"),
             _ => panic!("unknown option {k}"),
         }
     }
@@ -353,6 +356,8 @@ async fn main() {
             .await
             .expect("back to the small state");
         }
+        // Left to settle, switchd hands the memory it freed back to the system first.
+        tokio::time::sleep(std::time::Duration::from_millis(a.settle_ms)).await;
         // The request is copied before the clock starts: only the call is timed.
         let req = pb::ReplaceRequest {
             owner: String::new(),

@@ -138,6 +138,7 @@ pub struct ServerHandle {
     /// The TCP address, for a TCP server.
     addr: Option<std::net::SocketAddr>,
     stats: Arc<ListenStats>,
+    rt: tokio::runtime::Handle,
 }
 
 impl ServerHandle {
@@ -154,6 +155,12 @@ impl ServerHandle {
     /// What the listener did: connections accepted, refused, evicted, timed out.
     pub fn stats(&self) -> &Arc<ListenStats> {
         &self.stats
+    }
+
+    /// Runs `f` on the thread that serves the calls (for upkeep that is per thread, such as
+    /// handing an allocator's free memory back); does nothing once the server has stopped.
+    pub fn on_serving_thread(&self, f: fn()) {
+        drop(self.rt.spawn(async move { f() }));
     }
 }
 
@@ -281,6 +288,7 @@ pub fn spawn_unix_with<D: Dataplane>(
         )
     };
     let builder = server_builder(&limits);
+    let rt_handle = rt.handle().clone();
     let (stop, thread) =
         serve_on_thread(rt, builder, ctl.service(), incoming).map_err(socket_err(path))?;
     Ok(ServerHandle {
@@ -289,6 +297,7 @@ pub fn spawn_unix_with<D: Dataplane>(
         path: path.to_path_buf(),
         addr: None,
         stats,
+        rt: rt_handle,
     })
 }
 
@@ -311,6 +320,9 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .max_blocking_threads(4)
+        // The threads that decode, convert and plan big changes end soon after (and with
+        // them what their allocator keeps for them).
+        .thread_keep_alive(std::time::Duration::from_secs(1))
         .thread_name("switchd-control")
         .enable_all()
         .build()
@@ -397,6 +409,7 @@ pub fn spawn_tcp_with<D: Dataplane>(
         )
     };
     let builder = server_builder(&limits);
+    let rt_handle = rt.handle().clone();
     let (stop, thread) =
         serve_on_thread(rt, builder, ctl.service(), incoming).map_err(socket_err(&where_))?;
     Ok(ServerHandle {
@@ -405,6 +418,7 @@ pub fn spawn_tcp_with<D: Dataplane>(
         path: PathBuf::new(),
         addr: Some(bound),
         stats,
+        rt: rt_handle,
     })
 }
 

@@ -883,9 +883,10 @@ pub fn run(cfg: &Config) -> Result<(), DaemonError> {
             .map_err(DaemonError::Thread)?;
     }
     let mut last_stats = Instant::now();
-    // The generation seen at the last tick, and the one memory was last trimmed after: a
-    // change is trimmed after one tick, once every worker has let the old snapshot go.
-    let (mut seen_gen, mut trimmed_gen) = (run.cell.load().generation, run.cell.load().generation);
+    // The generation seen at the last tick, and for how many ticks it has stood: memory is
+    // trimmed once a change has stood one tick (every worker has let the old snapshot go) and
+    // again after `TRIM_AGAIN_TICKS` (the API's planning threads have ended by then).
+    let (mut seen_gen, mut stood) = (run.cell.load().generation, u32::MAX);
     let mut failure = None;
     let mut health_checks = crate::healthcheck::HealthChecks::default();
     let mut checked_gen = None;
@@ -922,9 +923,16 @@ pub fn run(cfg: &Config) -> Result<(), DaemonError> {
         }
         if last_stats.elapsed() >= Duration::from_millis(500) {
             let gen = run.cell.load().generation;
-            if gen == seen_gen && gen != trimmed_gen {
+            stood = if gen == seen_gen {
+                stood.saturating_add(1)
+            } else {
+                0
+            };
+            if stood == 1 || stood == TRIM_AGAIN_TICKS {
                 crate::alloc::trim();
-                trimmed_gen = gen;
+                for h in server.iter().chain(tcp_server.iter()) {
+                    h.on_serving_thread(crate::alloc::trim);
+                }
             }
             seen_gen = gen;
             update_host_ready(&mut run);
@@ -1028,7 +1036,18 @@ fn restore_kept(state: flowtable::state::StateFile, path: &Path) -> flowtable::s
 }
 
 /// Re-reads the state file and makes it the desired state; logs what happened.
+/// Stats ticks (500 ms) after a change when memory is trimmed a second time: past the API's
+/// blocking threads' keep-alive (1 s), so what they kept is handed back too.
+const TRIM_AGAIN_TICKS: u32 = 6;
+
+/// Reloads the state file through the control plane (on the reload thread), then hands back
+/// what planning it left free on this thread.
 fn reload(ctl: &Control<DaemonPlane>, path: &Path) {
+    reload_once(ctl, path);
+    crate::alloc::trim();
+}
+
+fn reload_once(ctl: &Control<DaemonPlane>, path: &Path) {
     let r = replay::read_state(path)
         .map_err(|e| e.to_string())
         .and_then(|s| ctl.replace(s, false).map_err(|e| e.to_string()));

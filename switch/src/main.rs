@@ -1,6 +1,10 @@
 //! `switchd`: nodeswitch's daemon. `run` forwards on real interfaces through AF_XDP,
 //! `replay` runs captures through the same pipeline, `check` validates a state file.
 
+/// switchd's heap (see `switch::alloc`).
+#[global_allocator]
+static ALLOCATOR: switch::alloc::Allocator = switch::alloc::Allocator;
+
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;

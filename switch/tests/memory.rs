@@ -11,6 +11,11 @@ use flowtable::state::{
 };
 use std::net::Ipv4Addr;
 use std::sync::Arc;
+
+/// The allocator switchd runs with.
+#[global_allocator]
+static ALLOCATOR: switch::alloc::Allocator = switch::alloc::Allocator;
+
 fn rss_bytes() -> usize {
     let s = std::fs::read_to_string("/proc/self/statm").unwrap();
     let pages: usize = s.split_whitespace().nth(1).unwrap().parse().unwrap();
