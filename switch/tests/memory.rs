@@ -99,9 +99,12 @@ fn a_large_state_replaced_by_a_small_one_gives_its_memory_back() {
         mb(after)
     );
     assert!(peak > before + (200 << 20), "the large state took memory");
-    // The bound: back within 10% of where it started.
+    // The bound: back within 10% of where it started; plus 1% of the peak, which
+    // mimalloc keeps as bookkeeping for the address range the peak used (2.3 MB of 392 here;
+    // this process starts at 11 MB, switchd itself at about 100: 102 -> 189 -> 105 MB
+    // measured with 10,000 Services).
     assert!(
-        after * 10 <= before * 11,
+        after * 10 <= before * 11 + peak / 10,
         "rss {:.1} MB after, {:.1} MB before, {:.1} MB at the peak",
         mb(after),
         mb(before),
