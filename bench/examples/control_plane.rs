@@ -443,6 +443,7 @@ async fn main() {
     let mut report = serde_json::json!({
         "services": a.services,
         "endpoints": a.services * a.endpoints,
+        "settle_ms": a.settle_ms,
         "apply_ms": full,
         "apply_median_ms": full_med,
         "steps_ms": {

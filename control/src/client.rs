@@ -138,6 +138,7 @@ pub struct ServerHandle {
     /// The TCP address, for a TCP server.
     addr: Option<std::net::SocketAddr>,
     stats: Arc<ListenStats>,
+    /// The runtime the calls are served on (for [`ServerHandle::on_serving_thread`]).
     rt: tokio::runtime::Handle,
 }
 
@@ -320,8 +321,8 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .max_blocking_threads(4)
-        // The threads that decode, convert and plan big changes end soon after (and with
-        // them what their allocator keeps for them).
+        // The threads that convert and plan big changes end soon after (and with them what
+        // their allocator keeps for them).
         .thread_keep_alive(std::time::Duration::from_secs(1))
         .thread_name("switchd-control")
         .enable_all()

@@ -4,7 +4,8 @@
 //! (built from a `state` file, published lock-free by generation); `pipeline` decides a batch
 //! of [`packet::Packet`]s against one snapshot and counts every outcome in `counters`.
 //! Thread-safety: snapshots are shared read-only between workers; a `Pipeline` and its
-//! counters belong to one worker; nothing here blocks.
+//! counters belong to one worker; nothing on the packet path blocks (`parallel` joins its
+//! threads, for the control plane only).
 
 #![forbid(unsafe_code)]
 

@@ -1,4 +1,4 @@
-//! Fallible maps over long lists on every core, for the control plane's big applies.
+//! Fallible maps over long lists on up to 8 cores, for the control plane's big applies.
 //!
 //! Design: [`try_map`] cuts a list into one contiguous chunk per core (at most 8), maps the
 //! first chunk on the calling thread and the others on scoped threads, and joins the results
@@ -71,8 +71,8 @@ mod tests {
         })
         .unwrap();
         assert_eq!(doubled, items.iter().map(|x| x * 2).collect::<Vec<_>>());
-        // Failures in the first and the last chunk: the earlier one is the error, whatever
-        // thread finishes first.
+        // Failures in both halves: the earlier one is the error, whatever thread finishes
+        // first.
         let e = try_map(&items, 100, |i, &x| {
             if x == 9_990 || x == 4_321 || x == 4_400 {
                 Err(i)
@@ -81,6 +81,16 @@ mod tests {
             }
         });
         assert_eq!(e, Err(4_321));
+        // Failures only in the second half: a thread of its own on any machine of 2 or more
+        // cores, and its error is the one returned.
+        let e = try_map(&items, 100, |i, &x| {
+            if x == 7_000 || x == 9_990 {
+                Err(i)
+            } else {
+                Ok(x)
+            }
+        });
+        assert_eq!(e, Err(7_000));
         // Below `min`, one by one, with the same answer.
         assert_eq!(
             try_map(&items[..50], 100, |i, &x| if x == 7 {

@@ -884,9 +884,10 @@ pub fn run(cfg: &Config) -> Result<(), DaemonError> {
     }
     let mut last_stats = Instant::now();
     // The generation seen at the last tick, and for how many ticks it has stood: memory is
-    // trimmed once a change has stood one tick (every worker has let the old snapshot go) and
-    // again after `TRIM_AGAIN_TICKS` (the API's planning threads have ended by then).
-    let (mut seen_gen, mut stood) = (run.cell.load().generation, u32::MAX);
+    // trimmed once a change has stood one tick (every worker has let the old snapshot go),
+    // again after `TRIM_AGAIN_TICKS` (the API's planning threads have ended by then), and
+    // every `TRIM_EVERY_TICKS` ticks whatever happened.
+    let (mut seen_gen, mut stood, mut ticks) = (run.cell.load().generation, u32::MAX, 0u32);
     let mut failure = None;
     let mut health_checks = crate::healthcheck::HealthChecks::default();
     let mut checked_gen = None;
@@ -928,7 +929,8 @@ pub fn run(cfg: &Config) -> Result<(), DaemonError> {
             } else {
                 0
             };
-            if stood == 1 || stood == TRIM_AGAIN_TICKS {
+            ticks = ticks.wrapping_add(1);
+            if stood == 1 || stood == TRIM_AGAIN_TICKS || ticks % TRIM_EVERY_TICKS == 0 {
                 crate::alloc::trim();
                 for h in server.iter().chain(tcp_server.iter()) {
                     h.on_serving_thread(crate::alloc::trim);
@@ -1035,10 +1037,13 @@ fn restore_kept(state: flowtable::state::StateFile, path: &Path) -> flowtable::s
     }
 }
 
-/// Re-reads the state file and makes it the desired state; logs what happened.
 /// Stats ticks (500 ms) after a change when memory is trimmed a second time: past the API's
 /// blocking threads' keep-alive (1 s), so what they kept is handed back too.
 const TRIM_AGAIN_TICKS: u32 = 6;
+
+/// Stats ticks between trims whatever happened (20: every 10 s), for what calls that change
+/// no generation left behind (a refused or dry-run Replace, a large GetState).
+const TRIM_EVERY_TICKS: u32 = 20;
 
 /// Reloads the state file through the control plane (on the reload thread), then hands back
 /// what planning it left free on this thread.
@@ -1047,6 +1052,7 @@ fn reload(ctl: &Control<DaemonPlane>, path: &Path) {
     crate::alloc::trim();
 }
 
+/// Re-reads the state file and makes it the desired state; logs what happened.
 fn reload_once(ctl: &Control<DaemonPlane>, path: &Path) {
     let r = replay::read_state(path)
         .map_err(|e| e.to_string())
