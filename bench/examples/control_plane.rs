@@ -6,8 +6,12 @@
 //! network namespace, in full and as kube-proxy's partial update of one Service's chains.
 //! Before that, the steps of an apply timed in this process (the client's encoding, then
 //! decoding, conversion and planning as switchd does them); `--offline STATE_FILE` times only
-//! those, over that state file's node (no switchd, no root).
+//! those, over that state file's node (no switchd, no root). This process allocates with
+//! mimalloc, as switchd does, so the steps cost here what they cost there.
 #![allow(missing_docs)]
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use bench::{ms, node_cidr, percentile};
 use control::pb;

@@ -146,6 +146,63 @@ fn duplicate<'a>(names: impl Iterator<Item = &'a str>) -> Option<(usize, usize)>
     None
 }
 
+/// `list` indexed by name (a later duplicate wins; lists given to the engine have none).
+fn index_by_name<'a, T>(list: &'a [T], name: impl Fn(&T) -> &String) -> HashMap<&'a str, &'a T> {
+    list.iter().map(|x| (name(x).as_str(), x)).collect()
+}
+
+/// What a Replace by `owner` makes of `list`: `owner`'s objects that `given` does not name
+/// are removed, and each of `given` replaces the object of its name (whoever owned it) or is
+/// added at the end. Linear in both lists (a cluster has thousands of nodes).
+fn replace_owned<T: Clone>(
+    list: &mut Vec<T>,
+    given: &[T],
+    owner: &str,
+    name: impl Fn(&T) -> &String,
+    owner_of: impl Fn(&T) -> &String,
+) {
+    let wanted = index_by_name(given, &name);
+    list.retain(|x| owner_of(x) != owner || wanted.contains_key(name(x).as_str()));
+    let mut at: HashMap<String, usize> = list
+        .iter()
+        .enumerate()
+        .map(|(i, x)| (name(x).clone(), i))
+        .collect();
+    for x in given {
+        match at.get(name(x).as_str()) {
+            Some(&i) => list[i] = x.clone(),
+            None => {
+                at.insert(name(x).clone(), list.len());
+                list.push(x.clone());
+            }
+        }
+    }
+}
+
+/// The `kind` objects created, configured and deleted from `before` to `after`.
+fn named_changes<T: PartialEq>(
+    changes: &mut Vec<pb::ObjectChange>,
+    kind: &str,
+    before: &[T],
+    after: &[T],
+    name: impl Fn(&T) -> &String,
+) {
+    let old = index_by_name(before, &name);
+    for x in after {
+        match old.get(name(x).as_str()) {
+            None => changes.push(change(kind, name(x), "created")),
+            Some(o) if *o != x => changes.push(change(kind, name(x), "configured")),
+            _ => {}
+        }
+    }
+    let new = index_by_name(after, &name);
+    for x in before {
+        if !new.contains_key(name(x).as_str()) {
+            changes.push(change(kind, name(x), "deleted"));
+        }
+    }
+}
+
 impl Engine {
     /// An engine holding `state`, and the first snapshot built from it.
     pub fn new(state: StateFile) -> Result<(Engine, Snapshot), ApiError> {
@@ -368,22 +425,20 @@ impl Engine {
             next.service_config = state.service_config.clone();
             next.egress = state.egress.clone();
         }
-        next.pods
-            .retain(|p| p.owner != owner || state.pods.iter().any(|x| x.name == p.name));
-        for p in &state.pods {
-            match next.pods.iter_mut().find(|x| x.name == p.name) {
-                Some(x) => *x = p.clone(),
-                None => next.pods.push(p.clone()),
-            }
-        }
-        next.nodes
-            .retain(|n| n.owner != owner || state.nodes.iter().any(|x| x.name == n.name));
-        for n in &state.nodes {
-            match next.nodes.iter_mut().find(|x| x.name == n.name) {
-                Some(x) => *x = n.clone(),
-                None => next.nodes.push(n.clone()),
-            }
-        }
+        replace_owned(
+            &mut next.pods,
+            &state.pods,
+            owner,
+            |p| &p.name,
+            |p| &p.owner,
+        );
+        replace_owned(
+            &mut next.nodes,
+            &state.nodes,
+            owner,
+            |n| &n.name,
+            |n| &n.owner,
+        );
         let mut pending: BTreeMap<String, Option<ServiceSpec>> = BTreeMap::new();
         let mut unchanged = 0u32;
         {
@@ -403,15 +458,17 @@ impl Engine {
                 pending.insert(s.name.clone(), Some(s));
             }
         }
+        let pods = index_by_name(&self.base.pods, |p| &p.name);
         unchanged += next
             .pods
             .iter()
-            .filter(|p| p.owner == owner && self.base.pods.contains(p))
+            .filter(|p| p.owner == owner && pods.get(p.name.as_str()) == Some(p))
             .count() as u32;
+        let nodes = index_by_name(&self.base.nodes, |n| &n.name);
         unchanged += next
             .nodes
             .iter()
-            .filter(|n| n.owner == owner && self.base.nodes.contains(n))
+            .filter(|n| n.owner == owner && nodes.get(n.name.as_str()) == Some(n))
             .count() as u32;
         let base = (next != *self.base).then_some(next);
         self.finish(base, pending, unchanged, start, current)
@@ -474,30 +531,10 @@ impl Engine {
             if b.egress != self.base.egress {
                 changes.push(change("egress", "", "configured"));
             }
-            for p in &b.pods {
-                match self.base.pods.iter().find(|x| x.name == p.name) {
-                    None => changes.push(change("pod", &p.name, "created")),
-                    Some(x) if x != p => changes.push(change("pod", &p.name, "configured")),
-                    _ => {}
-                }
-            }
-            for p in &self.base.pods {
-                if !b.pods.iter().any(|x| x.name == p.name) {
-                    changes.push(change("pod", &p.name, "deleted"));
-                }
-            }
-            for n in &b.nodes {
-                match self.base.nodes.iter().find(|x| x.name == n.name) {
-                    None => changes.push(change("node", &n.name, "created")),
-                    Some(x) if x != n => changes.push(change("node", &n.name, "configured")),
-                    _ => {}
-                }
-            }
-            for n in &self.base.nodes {
-                if !b.nodes.iter().any(|x| x.name == n.name) {
-                    changes.push(change("node", &n.name, "deleted"));
-                }
-            }
+            named_changes(&mut changes, "pod", &self.base.pods, &b.pods, |p| &p.name);
+            named_changes(&mut changes, "node", &self.base.nodes, &b.nodes, |n| {
+                &n.name
+            });
         }
         for (n, s) in &pending {
             let action = match (s, self.services.contains_key(n)) {
@@ -569,6 +606,76 @@ mod tests {
                 e.base().pods[1].ip
             )
         );
+    }
+
+    fn remote(name: &str, k: u8, owner: &str) -> RemoteNodeSpec {
+        RemoteNodeSpec {
+            owner: owner.into(),
+            name: name.into(),
+            ip: std::net::Ipv4Addr::new(198, 18, 1, k),
+            pod_cidr: format!("10.244.{}.0/24", 100 + k).parse().unwrap(),
+            vtep_mac: format!("02:00:00:00:fe:{k:02x}").parse().unwrap(),
+            mac: None,
+        }
+    }
+
+    #[test]
+    fn a_replace_changes_only_its_owners_objects_and_reports_each_once() {
+        let mut e = engine();
+        let mut s = e.state();
+        s.nodes.push(remote("a", 1, "agent"));
+        s.nodes.push(remote("b", 2, "agent"));
+        s.nodes.push(remote("c", 3, "agent"));
+        let (mut e2, _) = Engine::new(s).unwrap();
+        std::mem::swap(&mut e, &mut e2);
+        // The agent's Replace: a gone, b unchanged, c moved, d new.
+        let mut given = e.state();
+        given.services.clear();
+        given.pods.clear();
+        given.nodes = vec![remote("b", 2, ""), remote("c", 9, ""), remote("d", 4, "")];
+        let plan = e.plan_replace(given, "agent", None).unwrap().unwrap();
+        let names: Vec<(&str, &str)> = plan
+            .base()
+            .unwrap()
+            .nodes
+            .iter()
+            .map(|n| (n.name.as_str(), n.owner.as_str()))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("node2", ""),
+                ("b", "agent"),
+                ("c", "agent"),
+                ("d", "agent")
+            ]
+        );
+        assert_eq!(plan.base().unwrap().nodes[2].ip, remote("c", 9, "").ip);
+        let changes: Vec<(&str, &str, &str)> = plan
+            .changes
+            .iter()
+            .map(|c| (c.kind.as_str(), c.name.as_str(), c.action.as_str()))
+            .collect();
+        assert_eq!(
+            changes,
+            [
+                ("node", "c", "configured"),
+                ("node", "d", "created"),
+                ("node", "a", "deleted")
+            ]
+        );
+        assert_eq!(plan.unchanged, 1, "b");
+        // Another owner's object of a name the Replace gives is taken over, not doubled.
+        let mut given = e.state();
+        given.services.clear();
+        given.pods.clear();
+        let mut node2 = e.base().nodes[0].clone();
+        node2.vtep_mac = "02:00:00:00:fe:07".parse().unwrap();
+        given.nodes = vec![node2];
+        let plan = e.plan_replace(given, "cni", None).unwrap().unwrap();
+        let nodes = &plan.base().unwrap().nodes;
+        assert_eq!(nodes.iter().filter(|n| n.name == "node2").count(), 1);
+        assert_eq!(nodes[0].owner, "cni");
     }
 
     #[test]

@@ -62,26 +62,48 @@ impl Maglev {
         order.sort_by_key(|&i| (u32::from(backends[i].0), backends[i].1));
         let m = size as u64;
         let perms: Vec<(u64, u64)> = order.iter().map(|&i| permutation(backends[i], m)).collect();
-        // Each backend walks its permutation offset, offset+skip, ... (mod M) by additions.
+        // Each backend walks its permutation offset, offset+skip, ... (mod M) by additions,
+        // WIDE entries per step: which of them is the first free one is computed without a
+        // branch, so the step's only branch (none free) is rarely taken until the table is
+        // nearly full. One entry per step mispredicted that branch on most claims of a
+        // half-full table: 6.0 -> 5.9 us for 10 backends, 62.9 -> 57.0 us for 100, 301 -> 268
+        // us for 1000 (`cargo bench -p bench --bench services -- maglev`).
         let mut pos: Vec<u64> = perms.iter().map(|p| p.0).collect();
         let mut table = vec![u16::MAX; size];
         let mut filled = 0;
+        let wrap = |c: u64| if c >= m { c - m } else { c };
+        // Each backend's step times 0..=WIDE (mod M): a step's entries are independent sums.
+        let steps: Vec<[u64; WIDE + 1]> = perms
+            .iter()
+            .map(|p| {
+                let mut a = [0u64; WIDE + 1];
+                for j in 1..=WIDE {
+                    a[j] = wrap(a[j - 1] + p.1);
+                }
+                a
+            })
+            .collect();
         'fill: loop {
             for (k, &i) in order.iter().enumerate() {
-                let skip = perms[k].1;
-                let mut c = pos[k];
-                while table[c as usize] != u16::MAX {
-                    c += skip;
-                    if c >= m {
-                        c -= m;
+                let st = &steps[k];
+                let mut c0 = pos[k];
+                let (c, next) = loop {
+                    let mut at = [0u64; WIDE + 1];
+                    let mut free = 0u32;
+                    for j in 0..=WIDE {
+                        at[j] = wrap(c0 + st[j]);
                     }
-                }
+                    for j in 0..WIDE {
+                        free |= u32::from(table[at[j] as usize] == u16::MAX) << j;
+                    }
+                    if free != 0 {
+                        let j = free.trailing_zeros() as usize;
+                        break (at[j], at[j + 1]);
+                    }
+                    c0 = at[WIDE];
+                };
                 table[c as usize] = i as u16;
-                c += skip;
-                if c >= m {
-                    c -= m;
-                }
-                pos[k] = c;
+                pos[k] = next;
                 filled += 1;
                 if filled == size {
                     break 'fill;
@@ -119,6 +141,9 @@ impl Maglev {
         d
     }
 }
+
+/// Entries of a backend's walk tested per step while the table is filled.
+const WIDE: usize = 4;
 
 /// A backend's permutation of a table of `m` entries: its first entry and its step, both
 /// from the stable hash of its address and port (so every node and version agrees).
