@@ -315,7 +315,7 @@ async fn main() {
         let text = std::fs::read_to_string(path).expect("read the state file");
         let base = StateFile::parse(&text).unwrap_or_else(|e| panic!("{e}"));
         let big = big_state(&base, a.services, a.endpoints);
-        let s = breakdown(&base, &control::convert::state_pb(&big, 0), a.runs);
+        let s = breakdown(&base, &control::convert::state_request(&big), a.runs);
         s.print(a.runs);
         return;
     }
@@ -331,8 +331,8 @@ async fn main() {
         .unwrap();
     let base = control::convert::state(&base).expect("state");
     let big = big_state(&base, a.services, a.endpoints);
-    let big_pb = control::convert::state_pb(&big, 0);
-    let base_pb = control::convert::state_pb(&base, 0);
+    let big_pb = control::convert::state_request(&big);
+    let base_pb = control::convert::state_request(&base);
     println!(
         "state: {} Services x {} endpoints = {} endpoints on {} nodes",
         a.services,
@@ -408,7 +408,7 @@ async fn main() {
         let mut eps: Vec<pb::Endpoint> = s
             .endpoints
             .iter()
-            .map(control::convert::endpoint_pb)
+            .map(control::convert::endpoint_request)
             .collect();
         for (j, e) in eps.iter_mut().enumerate() {
             e.ready = Some(*ready.get(&(i, j)).unwrap_or(&true));

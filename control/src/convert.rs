@@ -198,8 +198,18 @@ pub fn endpoint(f: &str, e: &pb::Endpoint) -> Result<EndpointSpec, ApiError> {
 }
 
 fn endpoint_at(f: At, e: &pb::Endpoint) -> Result<EndpointSpec, ApiError> {
+    let ip = match (e.ipv4, e.ip.is_empty()) {
+        (0, _) => ip_at(&|| format!("{}.ip", f()), &e.ip)?,
+        (n, true) => Ipv4Addr::from(n),
+        (_, false) => {
+            return Err(invalid(
+                &format!("{}.ipv4", f()),
+                "is set beside ip: give one of them",
+            ))
+        }
+    };
     Ok(EndpointSpec {
-        ip: ip_at(&|| format!("{}.ip", f()), &e.ip)?,
+        ip,
         node: name_at(&|| format!("{}.node", f()), &e.node)?,
         ready: e.ready.unwrap_or(true),
         serving: e.serving,
@@ -207,14 +217,25 @@ fn endpoint_at(f: At, e: &pb::Endpoint) -> Result<EndpointSpec, ApiError> {
     })
 }
 
-/// An endpoint as a message.
+/// An endpoint as a message, its address in text (`ip`: what replies give).
 pub fn endpoint_pb(e: &EndpointSpec) -> pb::Endpoint {
     pb::Endpoint {
         ip: e.ip.to_string(),
+        ipv4: 0,
+        ..endpoint_request(e)
+    }
+}
+
+/// An endpoint as a message, its address as a number (`ipv4`: what this crate's clients
+/// send; a request with 100,000 endpoints decodes faster).
+pub fn endpoint_request(e: &EndpointSpec) -> pb::Endpoint {
+    pb::Endpoint {
+        ip: String::new(),
         node: e.node.clone(),
         ready: Some(e.ready),
         serving: e.serving,
         terminating: Some(e.terminating),
+        ipv4: u32::from(e.ip),
     }
 }
 
@@ -320,8 +341,17 @@ fn services(list: &[pb::Service]) -> Result<Vec<ServiceSpec>, ApiError> {
     })
 }
 
-/// A Service as a message.
+/// A Service as a message, its endpoints' addresses in text (replies).
 pub fn service_pb(s: &ServiceSpec) -> pb::Service {
+    service_msg(s, endpoint_pb)
+}
+
+/// A Service as a message, its endpoints' addresses as numbers (requests).
+pub fn service_request(s: &ServiceSpec) -> pb::Service {
+    service_msg(s, endpoint_request)
+}
+
+fn service_msg(s: &ServiceSpec, endpoint: fn(&EndpointSpec) -> pb::Endpoint) -> pb::Service {
     pb::Service {
         name: s.name.clone(),
         owner: flowtable::names::owner_shown(&s.owner).into(),
@@ -347,7 +377,7 @@ pub fn service_pb(s: &ServiceSpec) -> pb::Service {
         external_traffic_policy: policy_name(s.external_traffic_policy).into(),
         internal_traffic_policy: policy_name(s.internal_traffic_policy).into(),
         health_check_node_port: s.health_check_node_port.map(u32::from).unwrap_or(0),
-        endpoints: s.endpoints.iter().map(endpoint_pb).collect(),
+        endpoints: s.endpoints.iter().map(endpoint).collect(),
     }
 }
 
@@ -523,8 +553,21 @@ fn egress(e: Option<&pb::Egress>) -> Result<EgressSpec, ApiError> {
     })
 }
 
-/// The whole state as a message.
+/// The whole state as a message (a reply: endpoints' addresses in text).
 pub fn state_pb(s: &StateFile, generation: u64) -> pb::State {
+    state_msg(s, generation, service_pb)
+}
+
+/// The whole state as a Replace request sends it (endpoints' addresses as numbers).
+pub fn state_request(s: &StateFile) -> pb::State {
+    state_msg(s, 0, service_request)
+}
+
+fn state_msg(
+    s: &StateFile,
+    generation: u64,
+    service: fn(&ServiceSpec) -> pb::Service,
+) -> pb::State {
     let n = &s.node;
     pb::State {
         node: Some(pb::ThisNode {
@@ -551,7 +594,7 @@ pub fn state_pb(s: &StateFile, generation: u64) -> pb::State {
             maglev_table_size: s.service_config.maglev_table_size,
             hairpin_ip: s.service_config.hairpin_ip.to_string(),
         }),
-        services: s.services.iter().map(service_pb).collect(),
+        services: s.services.iter().map(service).collect(),
         generation,
         egress: Some(pb::Egress {
             masquerade: Some(s.egress.masquerade),
@@ -576,6 +619,27 @@ mod tests {
     fn state_round_trips() {
         let s = StateFile::parse(STATE).unwrap();
         assert_eq!(state(&state_pb(&s, 3)).unwrap(), s);
+        let r = state_request(&s);
+        assert_eq!(state(&r).unwrap(), s);
+        let e = &r.services[0].endpoints[0];
+        assert!(e.ip.is_empty());
+        assert_eq!(Ipv4Addr::from(e.ipv4), s.services[0].endpoints[0].ip);
+    }
+
+    #[test]
+    fn an_endpoint_gives_its_address_once() {
+        let s = StateFile::parse(STATE).unwrap();
+        let mut m = state_request(&s);
+        m.services[1].endpoints[0].ip = "10.244.1.9".into();
+        let e = state(&m).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "state.services[1].endpoints[0].ipv4: is set beside ip: give one of them"
+        );
+        m.services[1].endpoints[0].ip.clear();
+        m.services[1].endpoints[0].ipv4 = 0;
+        let e = state(&m).unwrap_err().to_string();
+        assert_eq!(e, "state.services[1].endpoints[0].ip: is required");
     }
 
     #[test]

@@ -169,7 +169,12 @@ fn every_object_round_trips() {
                         ready: Some(false),
                         ..ep("10.244.3.5", "node3")
                     },
-                    ep("10.244.3.6", "node3"),
+                    // The address as a number (what switchctl and the agent send); replies
+                    // give it as text.
+                    pb::Endpoint {
+                        ipv4: 0x0af4_0306,
+                        ..ep("", "node3")
+                    },
                 ],
             })
             .await
@@ -300,6 +305,7 @@ fn invalid_changes_are_refused_with_field_and_reason() {
         (change(C::UpsertService(service("default/x", "10.97.0.1", 80, vec![ep("10.244.7.1", "node7")]))), "services[default/x].endpoints[0].node: 'node7' is not this node nor a known node"),
         (change(C::UpsertService(service("default/x", "10.97.0.1", 80, vec![ep("10.244.1.5", "node2")]))), "services[default/x].endpoints[0].ip: 10.244.1.5 is neither in the pod CIDR 10.244.2.0/24 of node node2 nor that node's IP"),
         (change(C::UpsertService(service("default/x", "10.97.0.1", 80, vec![ep("10.244.2.5", "node2"), ep("10.244.2.5", "node2")]))), "services[default/x].endpoints[1].ip: 10.244.2.5 is also endpoints[0]"),
+        (change(C::UpsertService(service("default/x", "10.97.0.1", 80, vec![pb::Endpoint { ipv4: 0x0af4_0205, ..ep("10.244.2.5", "node2") }]))), "changes[0].upsert_service.endpoints[0].ipv4: is set beside ip: give one of them"),
         (change(C::UpsertService(service("default/x", "10.244.1.50", 80, vec![]))), "services[default/x].cluster_ip: 10.244.1.50 is outside the Service CIDR 10.96.0.0/12"),
         (change(C::UpsertService(service("default/x", "10.96.0.10", 80, vec![]))), "services[default/x].ports[0].port: 10.96.0.10:80/TCP is already served by Service default/web"),
         (change(C::UpsertService(pb::Service { session_affinity: "Sticky".into(), ..service("default/x", "10.97.0.1", 80, vec![]) })), "changes[0].upsert_service.session_affinity: unknown session affinity 'Sticky'"),

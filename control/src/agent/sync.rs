@@ -230,7 +230,7 @@ impl Op {
         let c = match self {
             Op::UpsertNode(n) => C::UpsertNode(crate::convert::node_pb(n)),
             Op::DeleteNode(n) => C::DeleteNode(n.clone()),
-            Op::UpsertService(s) => C::UpsertService(crate::convert::service_pb(s)),
+            Op::UpsertService(s) => C::UpsertService(crate::convert::service_request(s)),
             Op::DeleteService(n) => C::DeleteService(n.clone()),
         };
         pb::Change { change: Some(c) }
@@ -541,7 +541,7 @@ impl Writer {
                 nodes: nodes.iter().map(|n| crate::convert::node_pb(n)).collect(),
                 services: services
                     .iter()
-                    .map(|s| crate::convert::service_pb(s))
+                    .map(|s| crate::convert::service_request(s))
                     .collect(),
                 ..Default::default()
             };

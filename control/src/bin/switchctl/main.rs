@@ -620,7 +620,7 @@ async fn apply(cli: &Cli, file: &PathBuf, dry_run: bool) -> Result<(), Failure> 
     let r = c
         .replace(pb::ReplaceRequest {
             owner: String::new(),
-            state: Some(control::convert::state_pb(&state, 0)),
+            state: Some(control::convert::state_request(&state)),
             dry_run,
         })
         .await?
