@@ -146,33 +146,53 @@ fn duplicate<'a>(names: impl Iterator<Item = &'a str>) -> Option<(usize, usize)>
     None
 }
 
+/// Pods and other nodes: objects a writer owns, named uniquely.
+trait Named {
+    /// Its name.
+    fn name(&self) -> &str;
+    /// The writer that owns it.
+    fn owner(&self) -> &str;
+}
+
+impl Named for PodSpec {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn owner(&self) -> &str {
+        &self.owner
+    }
+}
+
+impl Named for RemoteNodeSpec {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn owner(&self) -> &str {
+        &self.owner
+    }
+}
+
 /// `list` indexed by name (a later duplicate wins; lists given to the engine have none).
-fn index_by_name<'a, T>(list: &'a [T], name: impl Fn(&T) -> &String) -> HashMap<&'a str, &'a T> {
-    list.iter().map(|x| (name(x).as_str(), x)).collect()
+fn index_by_name<T: Named>(list: &[T]) -> HashMap<&str, &T> {
+    list.iter().map(|x| (x.name(), x)).collect()
 }
 
 /// What a Replace by `owner` makes of `list`: `owner`'s objects that `given` does not name
 /// are removed, and each of `given` replaces the object of its name (whoever owned it) or is
 /// added at the end. Linear in both lists (a cluster has thousands of nodes).
-fn replace_owned<T: Clone>(
-    list: &mut Vec<T>,
-    given: &[T],
-    owner: &str,
-    name: impl Fn(&T) -> &String,
-    owner_of: impl Fn(&T) -> &String,
-) {
-    let wanted = index_by_name(given, &name);
-    list.retain(|x| owner_of(x) != owner || wanted.contains_key(name(x).as_str()));
+fn replace_owned<T: Named + Clone>(list: &mut Vec<T>, given: &[T], owner: &str) {
+    let wanted = index_by_name(given);
+    list.retain(|x| x.owner() != owner || wanted.contains_key(x.name()));
     let mut at: HashMap<String, usize> = list
         .iter()
         .enumerate()
-        .map(|(i, x)| (name(x).clone(), i))
+        .map(|(i, x)| (x.name().to_string(), i))
         .collect();
     for x in given {
-        match at.get(name(x).as_str()) {
+        match at.get(x.name()) {
             Some(&i) => list[i] = x.clone(),
             None => {
-                at.insert(name(x).clone(), list.len());
+                at.insert(x.name().to_string(), list.len());
                 list.push(x.clone());
             }
         }
@@ -180,25 +200,24 @@ fn replace_owned<T: Clone>(
 }
 
 /// The `kind` objects created, configured and deleted from `before` to `after`.
-fn named_changes<T: PartialEq>(
+fn named_changes<T: Named + PartialEq>(
     changes: &mut Vec<pb::ObjectChange>,
     kind: &str,
     before: &[T],
     after: &[T],
-    name: impl Fn(&T) -> &String,
 ) {
-    let old = index_by_name(before, &name);
+    let old = index_by_name(before);
     for x in after {
-        match old.get(name(x).as_str()) {
-            None => changes.push(change(kind, name(x), "created")),
-            Some(o) if *o != x => changes.push(change(kind, name(x), "configured")),
+        match old.get(x.name()) {
+            None => changes.push(change(kind, x.name(), "created")),
+            Some(o) if *o != x => changes.push(change(kind, x.name(), "configured")),
             _ => {}
         }
     }
-    let new = index_by_name(after, &name);
+    let new = index_by_name(after);
     for x in before {
-        if !new.contains_key(name(x).as_str()) {
-            changes.push(change(kind, name(x), "deleted"));
+        if !new.contains_key(x.name()) {
+            changes.push(change(kind, x.name(), "deleted"));
         }
     }
 }
@@ -425,20 +444,8 @@ impl Engine {
             next.service_config = state.service_config.clone();
             next.egress = state.egress.clone();
         }
-        replace_owned(
-            &mut next.pods,
-            &state.pods,
-            owner,
-            |p| &p.name,
-            |p| &p.owner,
-        );
-        replace_owned(
-            &mut next.nodes,
-            &state.nodes,
-            owner,
-            |n| &n.name,
-            |n| &n.owner,
-        );
+        replace_owned(&mut next.pods, &state.pods, owner);
+        replace_owned(&mut next.nodes, &state.nodes, owner);
         let mut pending: BTreeMap<String, Option<ServiceSpec>> = BTreeMap::new();
         let mut unchanged = 0u32;
         {
@@ -458,13 +465,13 @@ impl Engine {
                 pending.insert(s.name.clone(), Some(s));
             }
         }
-        let pods = index_by_name(&self.base.pods, |p| &p.name);
+        let pods = index_by_name(&self.base.pods);
         unchanged += next
             .pods
             .iter()
             .filter(|p| p.owner == owner && pods.get(p.name.as_str()) == Some(p))
             .count() as u32;
-        let nodes = index_by_name(&self.base.nodes, |n| &n.name);
+        let nodes = index_by_name(&self.base.nodes);
         unchanged += next
             .nodes
             .iter()
@@ -531,10 +538,8 @@ impl Engine {
             if b.egress != self.base.egress {
                 changes.push(change("egress", "", "configured"));
             }
-            named_changes(&mut changes, "pod", &self.base.pods, &b.pods, |p| &p.name);
-            named_changes(&mut changes, "node", &self.base.nodes, &b.nodes, |n| {
-                &n.name
-            });
+            named_changes(&mut changes, "pod", &self.base.pods, &b.pods);
+            named_changes(&mut changes, "node", &self.base.nodes, &b.nodes);
         }
         for (n, s) in &pending {
             let action = match (s, self.services.contains_key(n)) {

@@ -149,7 +149,7 @@ impl<D: Dataplane> Control<D> {
         };
         let mut reply = pb::ApplyResult {
             changed: true,
-            changes: plan.changes.clone(),
+            changes: std::mem::take(&mut plan.changes),
             unchanged: plan.unchanged,
             build_micros: plan.build.as_micros() as u64,
             dry_run,
