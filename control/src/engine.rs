@@ -626,13 +626,11 @@ mod tests {
 
     #[test]
     fn a_replace_changes_only_its_owners_objects_and_reports_each_once() {
-        let mut e = engine();
-        let mut s = e.state();
+        let mut s = engine().state();
         s.nodes.push(remote("a", 1, "agent"));
         s.nodes.push(remote("b", 2, "agent"));
         s.nodes.push(remote("c", 3, "agent"));
-        let (mut e2, _) = Engine::new(s).unwrap();
-        std::mem::swap(&mut e, &mut e2);
+        let (e, _) = Engine::new(s).unwrap();
         // The agent's Replace: a gone, b unchanged, c moved, d new.
         let mut given = e.state();
         given.services.clear();

@@ -328,8 +328,6 @@ struct Context {
     /// Whether this node has a host port (its kernel behind the switch: host-network
     /// endpoints on this node need it).
     host_port: bool,
-    /// Pod CIDRs by node name, this node's first.
-    pod_cidrs: Vec<(Ipv4Cidr, String)>,
     /// Every node (this node too) by name: its pod CIDR and its own address (host-network
     /// endpoints). One hash lookup per endpoint: a big apply looks up 100,000.
     nodes: FastMap<String, (Ipv4Cidr, Ipv4Addr)>,
@@ -343,10 +341,6 @@ struct Context {
 impl Context {
     fn of(state: &StateFile) -> Context {
         let node = &state.node;
-        let pod_cidrs: Vec<(Ipv4Cidr, String)> =
-            std::iter::once((node.pod_cidr, node.name.clone()))
-                .chain(state.nodes.iter().map(|n| (n.pod_cidr, n.name.clone())))
-                .collect();
         Context {
             nodes: std::iter::once((node.name.clone(), (node.pod_cidr, node.ip)))
                 .chain(
@@ -356,7 +350,6 @@ impl Context {
                         .map(|n| (n.name.clone(), (n.pod_cidr, n.ip))),
                 )
                 .collect(),
-            pod_cidrs,
             node_name: node.name.clone(),
             node_ip: node.ip,
             host_port: node.host_port.is_some(),
@@ -563,7 +556,7 @@ fn check_service(ctx: &Context, s: &ServiceSpec) -> Result<(), StateError> {
                     ),
                 ));
             }
-            if ctx.pod_cidrs.iter().any(|(c, _)| c.contains(*ip))
+            if ctx.nodes.values().any(|(c, _)| c.contains(*ip))
                 || ctx.service_cidr.contains(*ip)
                 || ip.is_unspecified()
                 || ip.is_multicast()
