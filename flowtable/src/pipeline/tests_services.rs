@@ -672,6 +672,20 @@ fn service_validation_protects_the_node() {
         e.field.ends_with("load_balancer_ips[0]") && e.reason.contains("node's address"),
         "{e}"
     );
+    // An address in this node's or another node's pod CIDR would take over a pod's traffic.
+    for (ip, cidr) in [("10.244.1.77", "this"), ("10.244.2.77", "node2's")] {
+        let in_pods = STATE.replace(
+            "load_balancer_ips = [\"198.18.1.10\"]",
+            &format!("load_balancer_ips = [\"{ip}\"]"),
+        );
+        let e = Snapshot::build(&StateFile::parse(&in_pods).unwrap(), 1).unwrap_err();
+        assert!(
+            e.field.ends_with("load_balancer_ips[0]")
+                && e.reason
+                    == format!("{ip} must be outside the pod and Service CIDRs, and unicast"),
+            "{cidr} pod CIDR: {e}"
+        );
+    }
     let np_vxlan = STATE.replace(
         "ports = [{ name = \"dns\", protocol = \"UDP\", port = 53, target_port = 5353 }]",
         "ports = [{ name = \"dns\", protocol = \"UDP\", port = 53, target_port = 5353, node_port = 30472 }]",
